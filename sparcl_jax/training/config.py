@@ -1,0 +1,255 @@
+"""Run configuration: one dataclass, validated up front.
+
+The command line (``experiments/train.py``) defines one absl flag per field of
+:class:`RunConfig`, so flagfiles, the CLI and Python callers share one list of
+names, defaults and checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from sparcl_jax.errors import ConfigError
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
+            "digits")
+DATA_SOURCES = ("files", "tfds", "digits")
+SCENARIO_KINDS = ("split", "permuted", "cifar10_100")
+MODELS = ("mlp", "resnet18", "zenke_cnn")
+HEADS = ("shared", "multi")
+OPTIMIZERS = ("sgd", "adam")
+METHODS = ("sgd", "joint", "er", "der", "derpp", "sparcl_er", "sparcl_derpp",
+           "snip_derpp", "rigl_derpp")
+SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
+
+# Default number of tasks per (scenario kind, dataset) when --num_tasks is 0.
+DEFAULT_NUM_TASKS = {
+    ("split", "mnist"): 5, ("split", "fashion_mnist"): 5,
+    ("split", "digits"): 5, ("split", "cifar10"): 5,
+    ("split", "cifar100"): 10, ("split", "tiny_imagenet"): 10,
+    ("permuted", "mnist"): 10, ("permuted", "fashion_mnist"): 10,
+    ("permuted", "digits"): 5, ("cifar10_100", "cifar10"): 6,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Every setting of one continual-learning run.
+
+  Field docs double as the ``--help`` text of the command line (the first
+  line of each ``help`` metadata entry).
+  """
+
+  workdir: str = dataclasses.field(
+      default="", metadata={"help": "Directory for config, results, logs and "
+                                    "plots (required)."})
+  dataset: str = dataclasses.field(
+      default="digits", metadata={"help": f"One of {', '.join(DATASETS)}; "
+                                          "with --data_source=tfds any tfds "
+                                          "image-classification name."})
+  data_source: str = dataclasses.field(
+      default="digits", metadata={"help": "Where images come from: files "
+                                          "(original distribution files in "
+                                          "--data_dir), tfds, or digits "
+                                          "(bundled with scikit-learn)."})
+  data_dir: str = dataclasses.field(
+      default="", metadata={"help": "Directory holding the dataset files "
+                                    "(files) or the tfds data dir (tfds)."})
+  scenario: str = dataclasses.field(
+      default="split", metadata={"help": "split (disjoint classes per task), "
+                                         "permuted (pixel permutations) or "
+                                         "cifar10_100 (Zenke et al. 2017)."})
+  num_tasks: int = dataclasses.field(
+      default=0, metadata={"help": "Number of tasks; 0 takes the usual "
+                                   "number for the scenario and dataset."})
+  shuffle_classes: bool = dataclasses.field(
+      default=False, metadata={"help": "Shuffle the class order with --seed "
+                                       "before splitting into tasks."})
+  val_fraction: float = dataclasses.field(
+      default=0.0, metadata={"help": "Fraction of each task's training data "
+                                     "held out for validation (seeded)."})
+  model: str = dataclasses.field(
+      default="mlp", metadata={"help": f"One of {', '.join(MODELS)}."})
+  hidden_sizes: str = dataclasses.field(
+      default="100,100", metadata={"help": "MLP hidden widths, "
+                                           "comma-separated."})
+  nf: int = dataclasses.field(
+      default=64, metadata={"help": "ResNet-18 base width (64 as in SparCL, "
+                                    "20 for the reduced variant)."})
+  head: str = dataclasses.field(
+      default="shared", metadata={"help": "shared: one output layer; multi: "
+                                          "one output layer per task."})
+  method: str = dataclasses.field(
+      default="derpp", metadata={"help": f"One of {', '.join(METHODS)}."})
+  epochs: int = dataclasses.field(
+      default=1, metadata={"help": "Epochs per task."})
+  batch_size: int = dataclasses.field(
+      default=32, metadata={"help": "Stream mini-batch size (partial batches "
+                                    "are dropped)."})
+  minibatch_size: int = dataclasses.field(
+      default=0, metadata={"help": "Buffer mini-batch size for replay; 0 "
+                                   "means --batch_size."})
+  lr: float = dataclasses.field(
+      default=0.03, metadata={"help": "Learning rate (constant)."})
+  optimizer: str = dataclasses.field(
+      default="sgd", metadata={"help": f"One of {', '.join(OPTIMIZERS)}; a "
+                                       "fresh optimizer state every task."})
+  buffer_size: int = dataclasses.field(
+      default=200, metadata={"help": "Reservoir buffer size (rehearsal "
+                                     "methods)."})
+  alpha: float = dataclasses.field(
+      default=0.1, metadata={"help": "DER/DER++ weight of the logit-matching "
+                                     "(MSE) replay term."})
+  beta: float = dataclasses.field(
+      default=0.5, metadata={"help": "DER++ weight of the label (CE) replay "
+                                     "term."})
+  current_task_logit_mask: bool = dataclasses.field(
+      default=False, metadata={"help": "Mask logits outside the current "
+                                       "task's classes in the stream loss "
+                                       "(SparCL's use_cl_mask)."})
+  replay_first_task: bool = dataclasses.field(
+      default=False, metadata={"help": "Replay from the buffer during the "
+                                       "first task too (mammoth does; "
+                                       "SparCL's code does not)."})
+  seed: int = dataclasses.field(
+      default=0, metadata={"help": "Seed for initialisation, data order, "
+                                   "buffer and masks."})
+  eval_batch_size: int = dataclasses.field(
+      default=1000, metadata={"help": "Batch size of evaluation."})
+  steps_per_call: int = dataclasses.field(
+      default=100, metadata={"help": "Train steps fused into one jitted call "
+                                     "(a lax.scan); affects speed only."})
+  overwrite: bool = dataclasses.field(
+      default=False, metadata={"help": "Allow replacing finished results in "
+                                       "--workdir."})
+  progress: bool = dataclasses.field(
+      default=True, metadata={"help": "Show a progress bar per task when "
+                                      "output is a terminal."})
+
+  @property
+  def hidden_widths(self) -> tuple[int, ...]:
+    return tuple(int(w) for w in self.hidden_sizes.split(",") if w.strip())
+
+  @property
+  def resolved_num_tasks(self) -> int:
+    if self.num_tasks:
+      return self.num_tasks
+    return DEFAULT_NUM_TASKS.get((self.scenario, self.dataset), 5)
+
+  @property
+  def replay_batch_size(self) -> int:
+    return self.minibatch_size or self.batch_size
+
+  @property
+  def uses_buffer(self) -> bool:
+    return self.method in ("er", "der", "derpp", "sparcl_er", "sparcl_derpp",
+                           "snip_derpp", "rigl_derpp")
+
+
+def _choice(name: str, value: str, choices) -> None:
+  if value not in choices:
+    raise ConfigError(f"--{name}={value!r} is not known; choose one of: "
+                      f"{', '.join(choices)}.")
+
+
+def _at_least(name: str, value, low) -> None:
+  if value < low:
+    raise ConfigError(f"--{name}={value} must be at least {low}.")
+
+
+def validate(config: RunConfig) -> RunConfig:
+  """Checks every field of a run configuration before any work starts.
+
+  Args:
+    config: the configuration to check.
+
+  Returns:
+    The same configuration, unchanged, when every value is possible.
+
+  Raises:
+    ConfigError: with a one-line message naming the flag and what to do.
+
+  Example:
+    >>> validate(RunConfig(workdir="/tmp/run", method="er"))  # doctest: +SKIP
+  """
+  if not config.workdir:
+    raise ConfigError("--workdir is required: pass a directory for the run's "
+                      "results, e.g. --workdir=/tmp/sparcl_run.")
+  if config.data_source != "tfds":
+    _choice("dataset", config.dataset, DATASETS)
+  _choice("data_source", config.data_source, DATA_SOURCES)
+  _choice("scenario", config.scenario, SCENARIO_KINDS)
+  _choice("model", config.model, MODELS)
+  _choice("head", config.head, HEADS)
+  _choice("method", config.method, METHODS)
+  _choice("optimizer", config.optimizer, OPTIMIZERS)
+  if config.data_source == "digits" and config.dataset != "digits":
+    raise ConfigError(f"--data_source=digits only provides --dataset=digits, "
+                      f"not {config.dataset!r}; use --data_source=files or "
+                      "tfds for it.")
+  if config.data_source == "files" and not config.data_dir:
+    raise ConfigError("--data_source=files needs --data_dir: the directory "
+                      "holding the original dataset files.")
+  _at_least("num_tasks", config.num_tasks, 0)
+  if config.scenario != "permuted" and config.resolved_num_tasks < 2:
+    raise ConfigError(f"--num_tasks={config.num_tasks} must be at least 2 "
+                      "for a split scenario.")
+  _at_least("epochs", config.epochs, 1)
+  _at_least("batch_size", config.batch_size, 1)
+  _at_least("minibatch_size", config.minibatch_size, 0)
+  _at_least("buffer_size", config.buffer_size, 0)
+  _at_least("nf", config.nf, 1)
+  _at_least("eval_batch_size", config.eval_batch_size, 1)
+  _at_least("steps_per_call", config.steps_per_call, 1)
+  if not config.lr > 0:
+    raise ConfigError(f"--lr={config.lr} must be a positive number.")
+  if config.alpha < 0 or config.beta < 0:
+    raise ConfigError("--alpha and --beta must be non-negative.")
+  if not 0.0 <= config.val_fraction < 1.0:
+    raise ConfigError(f"--val_fraction={config.val_fraction} must be in "
+                      "[0, 1).")
+  try:
+    widths = config.hidden_widths
+  except ValueError:
+    raise ConfigError(f"--hidden_sizes={config.hidden_sizes!r} must be "
+                      "comma-separated positive integers, e.g. 100,100.")
+  if config.model == "mlp" and (not widths or min(widths) < 1):
+    raise ConfigError(f"--hidden_sizes={config.hidden_sizes!r} must be "
+                      "comma-separated positive integers, e.g. 100,100.")
+  if config.uses_buffer:
+    if config.buffer_size < 1:
+      raise ConfigError(f"--method={config.method} replays from a buffer: "
+                        "set --buffer_size to at least 1.")
+    if config.replay_batch_size > config.buffer_size:
+      raise ConfigError(f"the replay mini-batch ({config.replay_batch_size}) "
+                        f"is larger than --buffer_size={config.buffer_size}; "
+                        "lower --minibatch_size or raise --buffer_size.")
+  return config
+
+
+def field_help(field: dataclasses.Field) -> str:
+  return field.metadata.get("help", field.name)
+
+
+def config_fields() -> tuple[dataclasses.Field, ...]:
+  return dataclasses.fields(RunConfig)
+
+
+def replace(config: RunConfig, **changes) -> RunConfig:
+  """Returns a copy of ``config`` with ``changes`` applied (not validated)."""
+  return dataclasses.replace(config, **changes)
+
+
+def to_dict(config: RunConfig) -> dict:
+  return dataclasses.asdict(config)
+
+
+def from_dict(values: dict, base: Optional[RunConfig] = None) -> RunConfig:
+  """Builds a config from a dict of field values, rejecting unknown keys."""
+  names = {f.name for f in config_fields()}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see "
+                      "--helpfull for the list.")
+  return dataclasses.replace(base or RunConfig(), **values)

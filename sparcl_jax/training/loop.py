@@ -1,0 +1,305 @@
+"""The thin Python loop over tasks and epochs of one continual-learning run.
+
+All per-step work happens in the jitted functions of
+:mod:`sparcl_jax.training.steps`; this module moves the data to the device
+once, orders each epoch, calls the fused train chunks, and evaluates after
+every task.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparcl_jax import metrics as metrics_lib
+from sparcl_jax import rehearsal
+from sparcl_jax.data import scenarios as scenarios_lib
+from sparcl_jax.data import sources
+from sparcl_jax.data.types import Scenario
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.models import registry
+from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import steps
+from sparcl_jax.training.config import RunConfig
+
+LogFn = Callable[[dict], None]
+
+_REPLAY = {"er": "er", "der": "der", "derpp": "derpp", "sparcl_er": "er",
+           "sparcl_derpp": "derpp", "snip_derpp": "derpp",
+           "rigl_derpp": "derpp"}
+
+
+def build_scenario(config: RunConfig) -> Scenario:
+  """Loads the data a config names and cuts it into tasks.
+
+  Args:
+    config: a validated run configuration.
+
+  Returns:
+    The scenario.
+
+  Raises:
+    DataError: the data is missing or malformed.
+    ConfigError: the scenario cannot be built from this data.
+
+  Example:
+    >>> build_scenario(RunConfig(workdir="/tmp/x"))  # doctest: +SKIP
+  """
+  data_dir = config.data_dir or None
+  dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
+                                 seed=config.seed)
+  num_tasks = config.resolved_num_tasks
+  if config.scenario == "split":
+    if dataset.num_classes % num_tasks:
+      raise ConfigError(
+          f"--num_tasks={num_tasks} does not divide the "
+          f"{dataset.num_classes} classes of {config.dataset}; pick a "
+          "divisor.")
+    return scenarios_lib.split_scenario(
+        dataset, dataset.num_classes // num_tasks, seed=config.seed,
+        shuffle_classes=config.shuffle_classes,
+        val_fraction=config.val_fraction)
+  if config.scenario == "permuted":
+    return scenarios_lib.permuted_scenario(
+        dataset, num_tasks, seed=config.seed,
+        val_fraction=config.val_fraction)
+  cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
+                                  seed=config.seed)
+  return scenarios_lib.cifar10_100_scenario(
+      dataset, cifar100, val_fraction=config.val_fraction, seed=config.seed)
+
+
+def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
+  """The base optimizer of a run, accepting the loop's extra args.
+
+  Args:
+    config: run configuration (optimizer, lr).
+
+  Returns:
+    An optax transformation whose ``update`` accepts ``epoch`` and
+    ``step_in_epoch`` keyword arguments.
+
+  Example:
+    >>> tx = make_optimizer(RunConfig(optimizer="adam", lr=1e-3))
+  """
+  if config.optimizer == "adam":
+    base = optax.adam(config.lr)
+  else:
+    base = optax.sgd(config.lr)
+  return optax.with_extra_args_support(base)
+
+
+def method_spec(config: RunConfig) -> steps.MethodSpec:
+  """Static loss description of ``config.method``."""
+  return steps.MethodSpec(
+      replay=_REPLAY.get(config.method, ""),
+      alpha=config.alpha,
+      beta=config.beta,
+      replay_batch_size=config.replay_batch_size,
+      current_task_logit_mask=config.current_task_logit_mask,
+      replay_first_task=config.replay_first_task)
+
+
+def input_spec(scenario: Scenario) -> steps.InputSpec:
+  permuted = any(t.permutation is not None for t in scenario.tasks)
+  return steps.InputSpec(tuple(scenario.image_shape), permuted,
+                         bool(scenario.augment), tuple(scenario.mean),
+                         tuple(scenario.std))
+
+
+def _pad(values: np.ndarray, length: int) -> np.ndarray:
+  out = np.zeros(length, np.int32)
+  out[:len(values)] = values
+  return out
+
+
+class _TaskArrays:
+  """Host-side index arrays of every task, padded to common lengths."""
+
+  def __init__(self, scenario: Scenario, joint: bool):
+    tasks = scenario.tasks
+    sizes = [len(t.train_indices) for t in tasks]
+    self.train_len = sum(sizes) if joint else max(sizes)
+    self.test_len = max(max(len(t.test_indices) for t in tasks),
+                        max(len(t.val_indices) for t in tasks))
+    self.joint = joint
+    self.scenario = scenario
+
+  def train(self, task_id: int):
+    """(example_index, example_task, usable) for training task ``task_id``."""
+    tasks = range(task_id + 1) if self.joint else [task_id]
+    index = np.concatenate(
+        [self.scenario.tasks[t].train_indices for t in tasks])
+    owner = np.concatenate(
+        [np.full(len(self.scenario.tasks[t].train_indices), t) for t in tasks])
+    usable = np.zeros(self.train_len, bool)
+    usable[:len(index)] = True
+    return (_pad(index, self.train_len), _pad(owner, self.train_len), usable)
+
+
+def _class_masks(scenario: Scenario) -> np.ndarray:
+  masks = np.zeros((scenario.num_tasks, scenario.num_outputs), bool)
+  for t, task in enumerate(scenario.tasks):
+    masks[t, np.asarray(task.classes)] = True
+  return masks
+
+
+def _progress(total: int, desc: str, enabled: bool):
+  from tqdm import auto as tqdm_auto  # pylint: disable=import-outside-toplevel
+  return tqdm_auto.tqdm(total=total, desc=desc, unit="step", leave=False,
+                        disable=not (enabled and sys.stderr.isatty()))
+
+
+def run(config: RunConfig, scenario: Optional[Scenario] = None,
+        log_fn: Optional[LogFn] = None) -> dict[str, Any]:
+  """Trains a method on every task of a scenario and evaluates after each.
+
+  Args:
+    config: validated run configuration.
+    scenario: the scenario to use; built from ``config`` when None.
+    log_fn: called with one JSON-able dict per epoch and per evaluation.
+
+  Returns:
+    The results dict (see README, "results.json"): accuracy matrices in
+    percent, summary metrics, timings, and the flags.
+
+  Example:
+    >>> results = run(validate(RunConfig(workdir="/tmp/r")))  # doctest: +SKIP
+    >>> results["final"]["class_il"]
+  """
+  config_lib.validate(config)
+  log = log_fn or (lambda record: None)
+  start = time.perf_counter()
+  if scenario is None:
+    scenario = build_scenario(config)
+  num_train = sum(len(t.train_indices) for t in scenario.tasks)
+  if config.uses_buffer and config.buffer_size > num_train:
+    raise ConfigError(f"--buffer_size={config.buffer_size} is larger than the "
+                      f"{num_train} training examples of the scenario; lower "
+                      "it.")
+  min_task = min(len(t.train_indices) for t in scenario.tasks)
+  if config.batch_size > min_task:
+    raise ConfigError(f"--batch_size={config.batch_size} is larger than the "
+                      f"smallest task ({min_task} examples); lower it.")
+
+  num_tasks = scenario.num_tasks
+  head_sizes = [len(t.classes) for t in scenario.tasks]
+  model = registry.make_model(
+      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
+      nf=config.nf, head=config.head, head_sizes=head_sizes)
+  spec = input_spec(scenario)
+  method = method_spec(config)
+  joint = config.method == "joint"
+  arrays = _TaskArrays(scenario, joint)
+  batch_size = config.batch_size
+  steps_per_call = max(1, min(config.steps_per_call,
+                              arrays.train_len // batch_size))
+
+  rng = jax.random.key(config.seed)
+  rng, init_rng = jax.random.split(rng)
+
+  def fresh_model(key):
+    variables = registry.init_model(model, key, (1,) + spec.image_shape)
+    return variables["params"], variables.get("batch_stats", {})
+
+  params, batch_stats = fresh_model(init_rng)
+  tx = make_optimizer(config)
+  buffer = None
+  if method.replay:
+    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
+                                   scenario.num_outputs)
+  state = steps.TrainState(params, batch_stats, tx.init(params), buffer, None,
+                           rng)
+
+  images = jax.device_put(scenario.train_images)
+  labels = jax.device_put(np.asarray(scenario.train_labels, np.int32))
+  test_images = jax.device_put(scenario.test_images)
+  test_labels = jax.device_put(np.asarray(scenario.test_labels, np.int32))
+  d = int(np.prod(spec.image_shape))
+  perms = np.stack([np.arange(d) if t.permutation is None else t.permutation
+                    for t in scenario.tasks]).astype(np.int32)
+  permutations = jax.device_put(perms)
+  label_offsets = jax.device_put(
+      np.array([t.label_offset for t in scenario.tasks], np.int32))
+  class_masks = _class_masks(scenario)
+
+  chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
+                                 steps_per_call, buffer_ops=rehearsal)
+  epoch_order = steps.make_epoch_order()
+  evaluate = steps.make_evaluate(model, spec, config.eval_batch_size,
+                                 arrays.test_len)
+
+  acc_class = np.zeros((num_tasks, num_tasks))
+  acc_task = np.zeros((num_tasks, num_tasks))
+  task_times = []
+  for t in range(num_tasks):
+    task_start = time.perf_counter()
+    if joint and t > 0:
+      rng, init_rng = jax.random.split(state.rng)
+      params, batch_stats = fresh_model(init_rng)
+      state = state._replace(params=params, batch_stats=batch_stats, rng=rng)
+    # A fresh optimizer per task, as in the papers' code.
+    state = state._replace(opt_state=tx.init(state.params))
+    ex_index, ex_task, usable = arrays.train(t)
+    data = (images, labels, permutations, label_offsets,
+            jax.device_put(ex_index), jax.device_put(ex_task))
+    usable_dev = jax.device_put(usable)
+    task_mask = jnp.asarray(
+        class_masks[:t + 1].any(0) if joint else class_masks[t])
+    steps_per_epoch = int(usable.sum()) // batch_size
+    bar = _progress(steps_per_epoch * config.epochs,
+                    f"task {t + 1}/{num_tasks}", config.progress)
+    for epoch in range(config.epochs):
+      order_rng, rng = jax.random.split(state.rng)
+      state = state._replace(rng=rng)
+      order, count = epoch_order(order_rng, usable_dev)
+      num_steps = int(count) // batch_size
+      loss_sum = jnp.zeros(())
+      for first in range(0, num_steps, steps_per_call):
+        facts = steps.StepFacts(
+            task_id=jnp.int32(t), epoch=jnp.int32(epoch),
+            first_step=jnp.int32(first), num_steps=jnp.int32(num_steps),
+            task_class_mask=task_mask)
+        state, chunk_loss = chunk(state, data, order, facts)
+        loss_sum = loss_sum + chunk_loss
+        bar.update(min(steps_per_call, num_steps - first))
+      log({"event": "epoch", "task": t, "epoch": epoch, "steps": num_steps,
+           "examples": num_steps * batch_size,
+           "loss": float(loss_sum) / max(num_steps, 1)})
+    bar.close()
+    seen = jnp.asarray(class_masks[:t + 1].any(0))
+    for j in range(num_tasks):
+      test_index = scenario.tasks[j].test_indices
+      correct_class, correct_task = evaluate(
+          state.params, state.batch_stats, test_images, test_labels,
+          permutations, label_offsets,
+          jnp.asarray(_pad(test_index, arrays.test_len)),
+          jnp.int32(len(test_index)), jnp.int32(j), seen,
+          jnp.asarray(class_masks[j]))
+      acc_class[t, j] = 100.0 * int(correct_class) / len(test_index)
+      acc_task[t, j] = 100.0 * int(correct_task) / len(test_index)
+    task_times.append(time.perf_counter() - task_start)
+    log({"event": "eval", "task": t,
+         "class_il": acc_class[t, :t + 1].tolist(),
+         "task_il": acc_task[t, :t + 1].tolist(),
+         "task_time_s": task_times[-1]})
+
+  final = metrics_lib.summarize(acc_class, acc_task)
+  return {
+      "acc_matrix": {"class_il": acc_class.tolist(),
+                     "task_il": acc_task.tolist()},
+      "final": {k: float(v) for k, v in final.items()},
+      "wall_time_s": time.perf_counter() - start,
+      "task_time_s": task_times,
+      "scenario": {"name": scenario.name, "num_tasks": num_tasks,
+                   "num_outputs": scenario.num_outputs,
+                   "train_examples_per_task":
+                       [len(t.train_indices) for t in scenario.tasks]},
+      "flags": config_lib.to_dict(config),
+  }

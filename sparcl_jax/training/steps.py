@@ -1,0 +1,394 @@
+"""Jitted train and evaluation steps, built once per scenario and method.
+
+Every step reads its batch from device-resident uint8 images by index, so a
+run transfers data to the device once and no Python runs per step: a whole
+chunk of steps is one ``lax.scan`` call. Shapes never depend on the task or
+epoch, which keeps a run at one compilation per function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparcl_jax.training import losses
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+  """Everything a run carries from step to step.
+
+  Attributes:
+    params: model parameters.
+    batch_stats: batch-norm statistics ({} for models without them).
+    opt_state: optimizer state (holds SparCL's masks when TDM/DGM are on).
+    buffer: the rehearsal buffer, or None.
+    ddr: dynamic-data-removal statistics of the current task, or None.
+    rng: PRNG key, split every step.
+  """
+
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: PyTree
+  buffer: Any
+  ddr: Any
+  rng: jax.Array
+
+
+class InputSpec(NamedTuple):
+  """Static facts about inputs that the steps are specialised on."""
+
+  image_shape: tuple[int, int, int]
+  permuted: bool
+  augment: bool
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+
+class MethodSpec(NamedTuple):
+  """Static description of a method's loss.
+
+  Attributes:
+    replay: '' (no buffer), 'er', 'der' or 'derpp'.
+    alpha: weight of the logit-matching replay term.
+    beta: weight of the label replay term (DER++).
+    replay_batch_size: examples drawn from the buffer per replay term.
+    current_task_logit_mask: mask logits outside the current task's classes in
+      the stream loss.
+    replay_first_task: replay while training the first task too.
+    track_forgetting: record per-example correctness for DDR.
+  """
+
+  replay: str = ""
+  alpha: float = 0.0
+  beta: float = 0.0
+  replay_batch_size: int = 0
+  current_task_logit_mask: bool = False
+  replay_first_task: bool = False
+  track_forgetting: bool = False
+
+
+def gather_inputs(images: jax.Array, permutations: jax.Array,
+                  example_index: jax.Array, example_task: jax.Array,
+                  spec: InputSpec) -> jax.Array:
+  """Gathers uint8 images by index and returns floats in [0, 1].
+
+  Args:
+    images: [N, H, W, C] uint8, on the device.
+    permutations: [T, H*W*C] int32 pixel permutations (ignored unless
+      ``spec.permuted``).
+    example_index: [B] rows of ``images``.
+    example_task: [B] task of each example (selects its permutation).
+    spec: static input facts.
+
+  Returns:
+    [B, H, W, C] float32.
+
+  Example:
+    >>> x = gather_inputs(imgs, perms, jnp.array([0, 5]), jnp.array([0, 0]),
+    ...                   spec)  # doctest: +SKIP
+  """
+  x = images[example_index]
+  if spec.permuted:
+    flat = x.reshape(x.shape[0], -1)
+    flat = jnp.take_along_axis(flat, permutations[example_task], axis=1)
+    x = flat.reshape(x.shape)
+  return x.astype(jnp.float32) / 255.0
+
+
+def augment_crop_flip(rng: jax.Array, x: jax.Array, padding: int = 4
+                      ) -> jax.Array:
+  """Random crop after zero padding, and random horizontal flip, per example.
+
+  Args:
+    rng: PRNG key.
+    x: [B, H, W, C] float images.
+    padding: pixels of zero padding on each side before cropping.
+
+  Returns:
+    Augmented images of the same shape.
+
+  Example:
+    >>> augment_crop_flip(jax.random.key(0), jnp.ones((2, 8, 8, 3))).shape
+    (2, 8, 8, 3)
+  """
+  b, h, w, c = x.shape
+  k_crop, k_flip = jax.random.split(rng)
+  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * padding + 1)
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+
+  cropped = jax.vmap(crop)(padded, offsets)
+  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+  return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1, :], cropped)
+
+
+def _prepare(rng: Optional[jax.Array], x: jax.Array, spec: InputSpec
+             ) -> jax.Array:
+  """Train-time augmentation (when rng is given) then normalisation."""
+  if rng is not None and spec.augment:
+    x = augment_crop_flip(rng, x)
+  mean = jnp.asarray(spec.mean, jnp.float32)
+  std = jnp.asarray(spec.std, jnp.float32)
+  return (x - mean) / std
+
+
+def make_forward(model) -> Callable:
+  """Returns ``forward(params, batch_stats, x, rng, train)``.
+
+  The returned function gives ``(logits, new_batch_stats)`` and hides whether
+  the model has batch norm or dropout.
+
+  Args:
+    model: a Flax Linen module whose ``__call__(x, train)`` returns logits.
+
+  Returns:
+    The forward function.
+
+  Example:
+    >>> forward = make_forward(model)  # doctest: +SKIP
+    >>> logits, stats = forward(params, {}, x, rng, train=True)
+  """
+
+  def forward(params, batch_stats, x, rng, train):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    rngs = {"dropout": rng} if rng is not None else {}
+    if train and batch_stats:
+      logits, updates = model.apply(variables, x, train=True, rngs=rngs,
+                                    mutable=["batch_stats"])
+      return logits, updates["batch_stats"]
+    return model.apply(variables, x, train=train, rngs=rngs), batch_stats
+
+  return forward
+
+
+class StepFacts(NamedTuple):
+  """Per-call facts of a training chunk (all traced, so no recompiles)."""
+
+  task_id: jax.Array
+  epoch: jax.Array
+  first_step: jax.Array
+  num_steps: jax.Array
+  task_class_mask: jax.Array
+
+
+def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
+                     method: MethodSpec, inputs: InputSpec, batch_size: int,
+                     steps_per_call: int, buffer_ops=None, ddr_ops=None
+                     ) -> Callable:
+  """Builds the jitted function that runs ``steps_per_call`` train steps.
+
+  Args:
+    model: Flax module.
+    tx: optimizer; receives ``epoch`` and ``step_in_epoch`` as extra args
+      (SparCL's transforms schedule mask updates on them).
+    method: static loss description.
+    inputs: static input description.
+    batch_size: stream batch size.
+    steps_per_call: steps fused in one call; steps past ``num_steps`` are
+      skipped, so one compiled function serves every epoch length.
+    buffer_ops: module-like object with ``reservoir_add`` and
+      ``buffer_sample`` (the rehearsal buffer functions), needed when
+      ``method.replay``.
+    ddr_ops: object with ``ddr_update`` for forgetting statistics, needed when
+      ``method.track_forgetting``.
+
+  Returns:
+    ``chunk(state, data, order, facts) -> (state, summed_loss)`` where
+    ``data`` is ``(images, labels, permutations, label_offsets,
+    example_index, example_task)`` and ``order`` holds positions into the
+    example arrays in this epoch's order.
+
+  Example:
+    >>> chunk = make_train_chunk(model, tx, MethodSpec(), spec, 32, 100)
+    ... # doctest: +SKIP
+  """
+  forward = make_forward(model)
+  replay = method.replay
+
+  def stream_and_replay_loss(params, batch_stats, x_stream, y_stream,
+                             replay_batches, do_replay, rng, facts):
+    k_stream, k_r1, k_r2 = jax.random.split(rng, 3)
+    logits, batch_stats = forward(params, batch_stats, x_stream, k_stream,
+                                  True)
+    stream_logits = logits
+    if method.current_task_logit_mask:
+      stream_logits = losses.mask_logits(logits, facts.task_class_mask)
+    loss = losses.cross_entropy(stream_logits, y_stream)
+    if not replay:
+      return loss, (logits, batch_stats)
+
+    def replay_terms(batch_stats):
+      (x1, y1, z1), (x2, y2) = replay_batches
+      out1, batch_stats = forward(params, batch_stats, x1, k_r1, True)
+      if replay == "er":
+        term = losses.cross_entropy(out1, y1)
+      else:
+        term = method.alpha * losses.logit_matching(out1, z1)
+      if replay == "derpp":
+        out2, batch_stats = forward(params, batch_stats, x2, k_r2, True)
+        term = term + method.beta * losses.cross_entropy(out2, y2)
+      return term, batch_stats
+
+    def no_replay(batch_stats):
+      return jnp.zeros((), jnp.float32), batch_stats
+
+    term, batch_stats = jax.lax.cond(do_replay, replay_terms, no_replay,
+                                     batch_stats)
+    return loss + term, (logits, batch_stats)
+
+  grad_fn = jax.value_and_grad(stream_and_replay_loss, has_aux=True)
+
+  def one_step(state: TrainState, data, order, facts: StepFacts, step):
+    images, labels, permutations, label_offsets, ex_index, ex_task = data
+    rng, k_aug, k_loss, k_buf1, k_buf2, k_buf_add, k_raug1, k_raug2 = (
+        jax.random.split(state.rng, 8))
+    positions = jax.lax.dynamic_slice(order, (step * batch_size,),
+                                      (batch_size,))
+    index = ex_index[positions]
+    task = ex_task[positions]
+    x_raw = gather_inputs(images, permutations, index, task, inputs)
+    y = labels[index] + label_offsets[task]
+    x = _prepare(k_aug, x_raw, inputs)
+
+    replay_batches = None
+    do_replay = jnp.asarray(False)
+    if replay:
+      n = method.replay_batch_size
+      bx1, by1, bz1, _ = buffer_ops.buffer_sample(state.buffer, k_buf1, n)
+      bx2, by2, _, _ = buffer_ops.buffer_sample(state.buffer, k_buf2, n)
+      replay_batches = ((_prepare(k_raug1, bx1, inputs), by1, bz1),
+                        (_prepare(k_raug2, bx2, inputs), by2))
+      has_data = state.buffer.num_seen >= n
+      if method.replay_first_task:
+        do_replay = has_data
+      else:
+        do_replay = jnp.logical_and(has_data, facts.task_id > 0)
+
+    (loss, (logits, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, x, y, replay_batches, do_replay,
+        k_loss, facts)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                   epoch=facts.epoch,
+                                   step_in_epoch=facts.first_step + step)
+    params = optax.apply_updates(state.params, updates)
+
+    buffer = state.buffer
+    if replay:
+      buffer = buffer_ops.reservoir_add(buffer, k_buf_add, x_raw, y,
+                                        logits, task)
+    ddr = state.ddr
+    if method.track_forgetting:
+      correct = jnp.argmax(logits, axis=-1) == y
+      ddr = ddr_ops.ddr_update(ddr, positions, correct,
+                               jnp.ones_like(correct))
+    new_state = TrainState(params, batch_stats, opt_state, buffer, ddr, rng)
+    return new_state, loss
+
+  def chunk(state: TrainState, data, order, facts: StepFacts):
+
+    def body(carry, k):
+      state, loss_sum = carry
+      step = facts.first_step + k
+
+      def run(state):
+        return one_step(state, data, order, facts, k)
+
+      def skip(state):
+        return state, jnp.zeros((), jnp.float32)
+
+      state, loss = jax.lax.cond(step < facts.num_steps, run, skip, state)
+      return (state, loss_sum + loss), None
+
+    (state, loss_sum), _ = jax.lax.scan(
+        body, (state, jnp.zeros((), jnp.float32)),
+        jnp.arange(steps_per_call))
+    return state, loss_sum
+
+  # The chunk's `order` is relative to the chunk's first step.
+  def chunk_entry(state, data, order, facts):
+    order = jax.lax.dynamic_slice(
+        jnp.pad(order, (0, steps_per_call * batch_size)),
+        (facts.first_step * batch_size,), (steps_per_call * batch_size,))
+    return chunk(state, data, order, facts)
+
+  return jax.jit(chunk_entry, donate_argnums=(0,))
+
+
+def make_epoch_order() -> Callable:
+  """Returns a jitted ``order(rng, usable) -> (positions, count)``.
+
+  ``usable`` is a [L] bool array over a task's example slots (False for
+  padding and removed examples); ``positions`` lists the usable slots first,
+  in random order, and ``count`` is how many there are.
+
+  Returns:
+    The jitted function.
+
+  Example:
+    >>> positions, count = make_epoch_order()(jax.random.key(0),
+    ...                                       jnp.array([True, False, True]))
+  """
+
+  def order(rng, usable):
+    keys = jax.random.uniform(rng, usable.shape)
+    keys = jnp.where(usable, keys, 2.0)
+    return jnp.argsort(keys).astype(jnp.int32), usable.sum()
+
+  return jax.jit(order)
+
+
+def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
+                  max_examples: int) -> Callable:
+  """Builds the jitted evaluation of one task's test (or validation) set.
+
+  Args:
+    model: Flax module.
+    inputs: static input description.
+    eval_batch_size: examples per evaluation batch.
+    max_examples: padded length of every task's index array.
+
+  Returns:
+    ``evaluate(params, batch_stats, images, labels, permutations,
+    label_offsets, index, count, task_id, seen_mask, task_mask)`` giving
+    ``(class_il_correct, task_il_correct)`` counts over the first ``count``
+    entries of ``index``.
+
+  Example:
+    >>> evaluate = make_evaluate(model, spec, 1000, 2000)  # doctest: +SKIP
+  """
+  forward = make_forward(model)
+  num_batches = -(-max_examples // eval_batch_size)
+
+  def evaluate(params, batch_stats, images, labels, permutations,
+               label_offsets, index, count, task_id, seen_mask, task_mask):
+    padded = jnp.pad(index, (0, num_batches * eval_batch_size - index.shape[0]))
+    batches = padded.reshape(num_batches, eval_batch_size)
+
+    def body(totals, b):
+      rows = batches[b]
+      valid = b * eval_batch_size + jnp.arange(eval_batch_size) < count
+      tasks = jnp.full((eval_batch_size,), task_id)
+      x = _prepare(None, gather_inputs(images, permutations, rows, tasks,
+                                       inputs), inputs)
+      y = labels[rows] + label_offsets[task_id]
+      logits, _ = forward(params, batch_stats, x, None, False)
+      class_il = jnp.argmax(losses.mask_logits(logits, seen_mask), -1) == y
+      task_il = jnp.argmax(losses.mask_logits(logits, task_mask), -1) == y
+      totals = (totals[0] + jnp.sum(class_il & valid),
+                totals[1] + jnp.sum(task_il & valid))
+      return totals, None
+
+    zero = jnp.zeros((), jnp.int32)
+    totals, _ = jax.lax.scan(body, (zero, zero), jnp.arange(num_batches))
+    return totals
+
+  return jax.jit(evaluate)
