@@ -1,0 +1,636 @@
+"""Sparsity masks over arbitrary parameter pytrees.
+
+Everything here works on any pytree of arrays (plain dicts, ``FrozenDict``, the
+pure dict of an ``nnx.State``) and knows nothing about the model. A leaf is
+named by its ``'/'``-joined key path, e.g. ``'layer1_0/conv1/kernel'``.
+
+Representation used throughout the library:
+
+* a *sparsities* pytree has the structure of the params with a Python float in
+  ``[0, 1)`` at every sparse leaf and ``None`` at every dense leaf;
+* a *masks* pytree has the structure of the params with a ``bool`` array of
+  the leaf's shape at every sparse leaf (``True`` = weight kept) and ``None``
+  at every dense leaf. ``None`` keeps dense leaves free (no all-ones copies)
+  and tells every consumer, statically, which leaves are sparse.
+
+Kept counts are always exact: a layer of ``n`` weights at sparsity ``s`` keeps
+``keep_count(n, s) == round((1 - s) * n)`` weights, whatever the ties.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparcl_jax.errors import ConfigError
+
+PyTree = Any
+SparseFilter = Callable[[str, Any], bool]
+Sparsity = Union[float, jax.Array]
+
+GROWTH_MODES = ('random', 'gradient')
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def key_to_str(key: Any) -> str:
+  """Returns the plain name of one pytree key-path entry.
+
+  Args:
+    key: a ``jax.tree_util`` key entry (DictKey, GetAttrKey, SequenceKey, ...).
+
+  Returns:
+    The key as a string, e.g. ``'kernel'`` or ``'0'``.
+
+  Example:
+    >>> key_to_str(jax.tree_util.DictKey('kernel'))
+    'kernel'
+  """
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_to_str(key_path: tuple[Any, ...]) -> str:
+  """Joins a pytree key path with ``'/'``.
+
+  Args:
+    key_path: a key path as produced by ``jax.tree_util.tree_flatten_with_path``.
+
+  Returns:
+    The ``'/'``-joined path, e.g. ``'layer1_0/conv1/kernel'``.
+
+  Example:
+    >>> kp = jax.tree_util.tree_flatten_with_path({'a': {'b': 1}})[0][0][0]
+    >>> path_to_str(kp)
+    'a/b'
+  """
+  return '/'.join(key_to_str(k) for k in key_path)
+
+
+def flatten_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
+  """Lists ``(path, leaf)`` pairs of a pytree, ``None`` leaves skipped.
+
+  Args:
+    tree: any pytree.
+
+  Returns:
+    A list of ``('/'-joined path, leaf)`` in flattening order.
+
+  Example:
+    >>> flatten_with_paths({'a': 1, 'b': None})
+    [('a', 1)]
+  """
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return [(path_to_str(kp), leaf) for kp, leaf in leaves]
+
+
+def default_sparse_filter(path: str, leaf: Any) -> bool:
+  """Selects the leaves SparCL keeps sparse in the project's models.
+
+  True for 4-D kernels of the two 3x3 convolutions inside residual blocks
+  (path contains ``'layer'`` and ends with ``'conv1/kernel'`` or
+  ``'conv2/kernel'``, no ``'shortcut'``) and for 2-D kernels of MLP hidden
+  layers (``'hidden_*/kernel'``). The stem conv, shortcut convs, norms, biases
+  and heads stay dense.
+
+  Args:
+    path: ``'/'``-joined path of the leaf.
+    leaf: the leaf (only its ``ndim`` is read).
+
+  Returns:
+    Whether the leaf is sparse.
+
+  Example:
+    >>> default_sparse_filter('layer1_0/conv1/kernel', jnp.zeros((3, 3, 4, 4)))
+    True
+    >>> default_sparse_filter('conv1/kernel', jnp.zeros((3, 3, 3, 4)))
+    False
+  """
+  ndim = len(getattr(leaf, 'shape', ()))
+  parts = path.split('/')
+  if ndim == 4 and 'shortcut' not in path:
+    in_block = any(p.startswith('layer') for p in parts[:-2])
+    if in_block and (path.endswith('conv1/kernel') or
+                     path.endswith('conv2/kernel')):
+      return True
+  if ndim == 2 and len(parts) >= 2 and parts[-1] == 'kernel':
+    return parts[-2].startswith('hidden_')
+  return False
+
+
+def filter_from_regex(pattern: str, min_ndim: int = 2) -> SparseFilter:
+  """Builds a sparse filter from a regular expression over leaf paths.
+
+  Args:
+    pattern: regex matched with ``re.search`` against the ``'/'``-joined path.
+    min_ndim: leaves with fewer dimensions (biases, norm scales) never match.
+
+  Returns:
+    A predicate ``(path, leaf) -> bool``.
+
+  Raises:
+    ConfigError: if the pattern does not compile.
+
+  Example:
+    >>> f = filter_from_regex(r'dense_\\d+/kernel$')
+    >>> f('dense_1/kernel', jnp.zeros((3, 4)))
+    True
+  """
+  try:
+    compiled = re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f'Invalid sparse-layer regex {pattern!r}: {e}.') from e
+
+  def predicate(path: str, leaf: Any) -> bool:
+    ndim = len(getattr(leaf, 'shape', ()))
+    return ndim >= min_ndim and compiled.search(path) is not None
+
+  return predicate
+
+
+def _check_sparsity(sparsity: float, name: str = 'sparsity') -> float:
+  sparsity = float(sparsity)
+  if not 0.0 <= sparsity < 1.0:
+    raise ConfigError(f'{name} must be in [0, 1), got {sparsity}.')
+  return sparsity
+
+
+def keep_count(size: int, sparsity: float) -> int:
+  """Number of weights a layer keeps at a given sparsity.
+
+  Args:
+    size: number of weights in the layer.
+    sparsity: fraction of zeros in ``[0, 1]``.
+
+  Returns:
+    ``round((1 - sparsity) * size)`` (Python rounding), clipped to
+    ``[0, size]``.
+
+  Example:
+    >>> keep_count(1000, 0.75)
+    250
+  """
+  return int(min(max(round((1.0 - float(sparsity)) * size), 0), size))
+
+
+def _map_selected(fn: Callable[[str, Any], Any], tree: PyTree,
+                  sparse_filter: SparseFilter) -> PyTree:
+  """Maps ``fn(path, leaf)`` over selected leaves, ``None`` elsewhere."""
+  return jax.tree_util.tree_map_with_path(
+      lambda kp, x: fn(path_to_str(kp), x)
+      if sparse_filter(path_to_str(kp), x) else None, tree)
+
+
+def uniform_sparsities(params: PyTree, sparse_filter: SparseFilter,
+                       sparsity: float) -> PyTree:
+  """Gives every selected leaf the same sparsity.
+
+  Args:
+    params: parameter pytree (arrays or ``ShapeDtypeStruct``).
+    sparse_filter: predicate choosing the sparse leaves.
+    sparsity: target sparsity in ``[0, 1)``.
+
+  Returns:
+    A sparsities pytree: ``sparsity`` at selected leaves, ``None`` elsewhere.
+
+  Raises:
+    ConfigError: if ``sparsity`` is outside ``[0, 1)``.
+
+  Example:
+    >>> p = {'hidden_0': {'kernel': jnp.ones((4, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
+    >>> uniform_sparsities(p, default_sparse_filter, 0.5)
+    {'head': {'kernel': None}, 'hidden_0': {'kernel': 0.5}}
+  """
+  sparsity = _check_sparsity(sparsity)
+  return _map_selected(lambda _, x: sparsity, params, sparse_filter)
+
+
+def erk_sparsities(params: PyTree, sparse_filter: SparseFilter,
+                   sparsity: float) -> PyTree:
+  """Erdos-Renyi-Kernel sparsities with the requested overall sparsity.
+
+  A layer of shape ``(d_1, ..., d_k)`` gets density proportional to
+  ``sum(d_i) / prod(d_i)``; one factor scales all densities so that the kept
+  weights over the selected layers are ``(1 - sparsity)`` of their total.
+  Layers whose density would exceed 1 are made dense (sparsity 0) one at a
+  time, largest raw density first, and the rest rescaled.
+
+  Args:
+    params: parameter pytree (arrays or ``ShapeDtypeStruct``).
+    sparse_filter: predicate choosing the sparse leaves.
+    sparsity: overall target sparsity over the selected leaves, in ``[0, 1)``.
+
+  Returns:
+    A sparsities pytree: a float per selected leaf, ``None`` elsewhere.
+
+  Raises:
+    ConfigError: if ``sparsity`` is outside ``[0, 1)``.
+
+  Example:
+    >>> p = {'hidden_0': {'kernel': jnp.ones((64, 64))},
+    ...      'hidden_1': {'kernel': jnp.ones((64, 4))}}
+    >>> s = erk_sparsities(p, default_sparse_filter, 0.9)
+    >>> s['hidden_1']['kernel'] < s['hidden_0']['kernel']
+    True
+  """
+  sparsity = _check_sparsity(sparsity)
+  selected = [(path, int(np.prod(leaf.shape)), leaf.shape)
+              for path, leaf in flatten_with_paths(params)
+              if sparse_filter(path, leaf)]
+  total = sum(n for _, n, _ in selected)
+  raw = {path: sum(shape) / n for path, n, shape in selected}
+  dense: set[str] = set()
+  target_kept = (1.0 - sparsity) * total
+  while True:
+    dense_size = sum(n for path, n, _ in selected if path in dense)
+    weighted = sum(raw[path] * n for path, n, _ in selected
+                   if path not in dense)
+    if weighted == 0:
+      scale = 0.0
+      break
+    scale = (target_kept - dense_size) / weighted
+    over = [path for path, _, _ in selected
+            if path not in dense and scale * raw[path] > 1.0]
+    if not over:
+      break
+    dense.add(max(over, key=lambda p: raw[p]))
+  result = {path: 0.0 if path in dense else
+            float(min(max(1.0 - scale * raw[path], 0.0), 1.0))
+            for path, _, _ in selected}
+  return _map_selected(lambda path, _: result[path], params, sparse_filter)
+
+
+def _keep_count_traced(size: int, sparsity: Sparsity) -> jax.Array:
+  """Traced twin of ``keep_count`` for sparsities that are arrays."""
+  kept = jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * size)
+  return jnp.clip(kept, 0, size).astype(jnp.int32)
+
+
+def _count(size: int, sparsity: Sparsity) -> Union[int, jax.Array]:
+  if isinstance(sparsity, (int, float, np.floating, np.integer)):
+    return keep_count(size, float(sparsity))
+  return _keep_count_traced(size, sparsity)
+
+
+def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
+              ) -> jax.Array:
+  """Marks the ``count`` first positions in lexicographic ascending order.
+
+  Jittable with a traced ``count``: the shapes never depend on it. Callers add
+  a random key as last sort key to break ties at random; remaining ties go to
+  the lower flat index.
+
+  Args:
+    sort_keys: arrays of one shape, most significant first, sorted ascending.
+    count: how many positions to mark (int or int32 scalar).
+
+  Returns:
+    A bool array of the keys' shape with exactly ``count`` True entries
+    (clipped to ``[0, size]``).
+
+  Example:
+    >>> rank_mask([-jnp.array([1., 5., 3.])], 2)
+    Array([False,  True,  True], dtype=bool)
+  """
+  shape = sort_keys[0].shape
+  flat = [k.reshape(-1) for k in sort_keys]
+  n = flat[0].shape[0]
+  index = jnp.arange(n, dtype=jnp.int32)
+  *_, order = jax.lax.sort((*flat, index), num_keys=len(flat))
+  ranks = jnp.zeros((n,), jnp.int32).at[order].set(index)
+  return (ranks < count).reshape(shape)
+
+
+def _random_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  return jax.random.bits(rng, shape, jnp.uint32)
+
+
+def topk_mask(scores: jax.Array, count: Union[int, jax.Array],
+              rng: Optional[jax.Array] = None) -> jax.Array:
+  """Marks exactly ``count`` largest entries of ``scores``.
+
+  Args:
+    scores: array of any shape.
+    count: number of entries to keep (static or traced).
+    rng: optional key; when given, ties are broken uniformly at random,
+      otherwise towards the lower flat index.
+
+  Returns:
+    A bool array with exactly ``count`` True entries.
+
+  Example:
+    >>> topk_mask(jnp.array([[0.1, 0.9], [0.5, 0.2]]), 2)
+    Array([[False,  True],
+           [ True, False]], dtype=bool)
+  """
+  keys = [-scores.astype(jnp.float32)]
+  if rng is not None:
+    keys.append(_random_bits(rng, scores.shape))
+  return rank_mask(keys, count)
+
+
+def _broadcast_sparsities(value: Any, masks: PyTree) -> PyTree:
+  """Accepts a scalar sparsity or a sparsities pytree matching ``masks``."""
+  if isinstance(value, (int, float, np.floating, np.integer)) or (
+      hasattr(value, 'shape') and np.ndim(value) == 0):
+    return jax.tree.map(lambda m: None if m is None else value, masks,
+                        is_leaf=_is_none)
+  return value
+
+
+def magnitude_mask(params: PyTree, sparsities: PyTree) -> PyTree:
+  """Keeps, per sparse leaf, exactly the ``keep_count`` largest ``|w|``.
+
+  Args:
+    params: parameter pytree.
+    sparsities: sparsities pytree (float at sparse leaves, ``None`` at dense
+      leaves), e.g. from ``uniform_sparsities``.
+
+  Returns:
+    A masks pytree (bool arrays at sparse leaves, ``None`` elsewhere). Ties go
+    to the lower flat index, so the result is deterministic.
+
+  Example:
+    >>> p = {'hidden_0': {'kernel': jnp.array([[1., -3.], [2., 0.5]])}}
+    >>> magnitude_mask(p, {'hidden_0': {'kernel': 0.5}})['hidden_0']['kernel']
+    Array([[False,  True],
+           [ True, False]], dtype=bool)
+  """
+  return jax.tree.map(
+      lambda s, w: None if s is None else topk_mask(
+          jnp.abs(w), _count(w.size, s)),
+      sparsities, params, is_leaf=_is_none)
+
+
+def snip_mask(params: PyTree, grads: PyTree, sparsities: PyTree) -> PyTree:
+  """SNIP mask: keeps, per sparse leaf, the largest ``|w * g|``.
+
+  Args:
+    params: parameter pytree.
+    grads: gradient pytree of the same structure (e.g. of one batch's loss).
+    sparsities: sparsities pytree.
+
+  Returns:
+    A masks pytree with exact kept counts per sparse leaf.
+
+  Example:
+    >>> p = {'hidden_0': {'kernel': jnp.array([1., 2., 3., 4.])}}
+    >>> g = {'hidden_0': {'kernel': jnp.array([4., 0., 1., 0.])}}
+    >>> snip_mask(p, g, {'hidden_0': {'kernel': 0.5}})['hidden_0']['kernel']
+    Array([ True, False,  True, False], dtype=bool)
+  """
+  return jax.tree.map(
+      lambda s, w, g: None if s is None else topk_mask(
+          jnp.abs(w * g), _count(w.size, s)),
+      sparsities, params, grads, is_leaf=_is_none)
+
+
+def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
+  """Zeroes the masked-out weights; dense leaves pass unchanged.
+
+  Args:
+    params: parameter pytree.
+    masks: masks pytree (``None`` at dense leaves).
+
+  Returns:
+    Params with exact zeros where the mask is False.
+
+  Example:
+    >>> apply_mask({'w': jnp.array([1., 2.])}, {'w': jnp.array([True, False])})
+    {'w': Array([1., 0.], dtype=float32)}
+  """
+  return jax.tree.map(
+      lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros_like(w)),
+      masks, params, is_leaf=_is_none)
+
+
+def _drop_and_grow_leaf(rng: jax.Array, scores: jax.Array, mask: jax.Array,
+                        keep: Union[int, jax.Array],
+                        total: Union[int, jax.Array], growth: str,
+                        grow_scores: Optional[jax.Array]) -> jax.Array:
+  """Drop to ``keep`` active weights, then grow to ``total``."""
+  drop_rng, grow_rng = jax.random.split(rng)
+  total = jnp.maximum(total, keep)
+  # Inactive positions sort last, so drop only removes active weights; if
+  # `keep` exceeds the active count the rest is filled at random.
+  kept = rank_mask([jnp.logical_not(mask).astype(jnp.int32),
+                    -scores.astype(jnp.float32),
+                    _random_bits(drop_rng, mask.shape)], keep)
+  if growth == 'gradient':
+    priority = -jnp.abs(grow_scores).astype(jnp.float32)
+  else:
+    priority = jnp.zeros(mask.shape, jnp.float32)
+  # Kept positions rank first; the remaining `total - keep` slots go to the
+  # best zero positions (random order, or largest |g|), just-dropped included.
+  return rank_mask([jnp.logical_not(kept).astype(jnp.int32), priority,
+                    _random_bits(grow_rng, mask.shape)], total)
+
+
+def _check_growth(growth: str) -> None:
+  if growth not in GROWTH_MODES:
+    raise ConfigError(
+        f'growth must be one of {GROWTH_MODES}, got {growth!r}.')
+
+
+def drop_and_grow_counts(rng: jax.Array, params: PyTree, scores: PyTree,
+                         masks: PyTree, keep_counts: PyTree,
+                         total_counts: PyTree, *, growth: str = 'random',
+                         grow_scores: Optional[PyTree] = None
+                         ) -> tuple[PyTree, PyTree]:
+  """``drop_and_grow`` with explicit per-leaf kept counts.
+
+  Args:
+    rng: PRNG key.
+    params: parameter pytree.
+    scores: importance pytree (same structure; read at sparse leaves).
+    masks: current masks pytree.
+    keep_counts: pytree with an int (or int32 scalar) per sparse leaf: how
+      many weights survive the drop; ``None`` at dense leaves.
+    total_counts: like ``keep_counts``: how many weights after growth.
+    growth: ``'random'`` (SparCL) or ``'gradient'`` (RigL).
+    grow_scores: pytree read by ``'gradient'`` growth (e.g. the dense
+      gradient); the zero positions with the largest ``|grow_scores|`` grow.
+
+  Returns:
+    ``(new_params, new_masks)``; ``new_params`` are zero at every position
+    outside the new mask and at every grown position.
+
+  Raises:
+    ConfigError: on an unknown growth mode, or gradient growth without scores.
+
+  Example:
+    >>> p = {'w': jnp.array([3., 1., 2., 0.])}
+    >>> m = {'w': jnp.array([True, True, True, False])}
+    >>> _, m2 = drop_and_grow_counts(jax.random.key(0), p, p, m, {'w': 2},
+    ...                              {'w': 2})
+    >>> m2['w']
+    Array([ True, False,  True, False], dtype=bool)
+  """
+  _check_growth(growth)
+  if growth == 'gradient' and grow_scores is None:
+    raise ConfigError("growth='gradient' needs grow_scores (e.g. gradients).")
+  if grow_scores is None:
+    grow_scores = jax.tree.map(lambda m: None, masks, is_leaf=_is_none)
+  num_leaves = len(jax.tree.leaves(masks))
+  rngs = list(jax.random.split(rng, max(num_leaves, 1)))
+
+  def leaf_fn(m, w, sc, k, t, gs):
+    if m is None:
+      return None
+    return _drop_and_grow_leaf(rngs.pop(0), sc, m, k, t, growth, gs)
+
+  new_masks = jax.tree.map(leaf_fn, masks, params, scores, keep_counts,
+                           total_counts, grow_scores, is_leaf=_is_none)
+  # Grown weights start from zero; kept weights keep their values.
+  survivors = jax.tree.map(
+      lambda new, old: None if new is None else jnp.logical_and(new, old),
+      new_masks, masks, is_leaf=_is_none)
+  return apply_mask(params, survivors), new_masks
+
+
+def drop_and_grow(rng: jax.Array, params: PyTree, scores: PyTree,
+                  masks: PyTree, prune_sparsity: Any, grow_sparsity: Any, *,
+                  growth: str = 'random',
+                  grow_scores: Optional[PyTree] = None
+                  ) -> tuple[PyTree, PyTree]:
+  """Drops the least important weights, then grows new ones.
+
+  Per sparse leaf of ``n`` weights: keep exactly ``keep_count(n, prune)``
+  active positions with the highest score (random tie-break; inactive
+  positions are never preferred over active ones), then add positions among
+  the zeros (just-dropped ones included) until exactly ``keep_count(n, grow)``
+  are kept: uniformly at random (``'random'``, SparCL) or by largest
+  ``|grow_scores|`` (``'gradient'``, RigL). Jittable; sparsities may be
+  traced, counts then use float32 rounding.
+
+  Args:
+    rng: PRNG key.
+    params: parameter pytree.
+    scores: importance pytree of the same structure.
+    masks: current masks pytree.
+    prune_sparsity: float, 0-d array, or sparsities pytree: the sparsity
+      after dropping.
+    grow_sparsity: same, after growing; must not exceed ``prune_sparsity``.
+    growth: ``'random'`` or ``'gradient'``.
+    grow_scores: pytree used by ``'gradient'`` growth.
+
+  Returns:
+    ``(new_params, new_masks)``: params zeroed outside the new mask and at
+    grown positions, and the new masks.
+
+  Raises:
+    ConfigError: on an unknown growth mode, or static ``grow > prune``.
+
+  Example:
+    >>> p = {'w': jnp.arange(1., 9.)}
+    >>> m = {'w': p['w'] > 4}
+    >>> _, m2 = drop_and_grow(jax.random.key(0), p, p, m, 0.75, 0.5)
+    >>> int(m2['w'].sum()), bool(m2['w'][-2:].all())
+    (4, True)
+  """
+  _check_growth(growth)
+  prune = _broadcast_sparsities(prune_sparsity, masks)
+  grow = _broadcast_sparsities(grow_sparsity, masks)
+
+  def counts(s, m):
+    if m is None:
+      return None
+    if isinstance(s, float) and not 0.0 <= s <= 1.0:
+      raise ConfigError(f'Sparsities must be in [0, 1], got {s}.')
+    return _count(m.size, s)
+
+  keep = jax.tree.map(counts, prune, masks, is_leaf=_is_none)
+  total = jax.tree.map(counts, grow, masks, is_leaf=_is_none)
+  for k, t in zip(jax.tree.leaves(keep), jax.tree.leaves(total)):
+    if isinstance(k, int) and isinstance(t, int) and t < k:
+      raise ConfigError('grow_sparsity must not exceed prune_sparsity.')
+  return drop_and_grow_counts(rng, params, scores, masks, keep, total,
+                              growth=growth, grow_scores=grow_scores)
+
+
+def masks_from_filter(params: PyTree, sparse_filter: SparseFilter) -> PyTree:
+  """All-True masks at selected leaves, ``None`` elsewhere.
+
+  Args:
+    params: parameter pytree.
+    sparse_filter: predicate choosing the sparse leaves.
+
+  Returns:
+    A masks pytree with every selected weight kept.
+
+  Example:
+    >>> masks_from_filter({'hidden_0': {'kernel': jnp.ones((2, 2))}},
+    ...                   default_sparse_filter)['hidden_0']['kernel'].all()
+    Array(True, dtype=bool)
+  """
+  return _map_selected(lambda _, w: jnp.ones(w.shape, jnp.bool_), params,
+                       sparse_filter)
+
+
+def summarize_sparsity(tree: PyTree,
+                       sparse_filter: Optional[SparseFilter] = None
+                       ) -> dict[str, Any]:
+  """Counts zeros per leaf and overall (host-side, for reporting).
+
+  For a params pytree a zero weight counts as pruned; for a masks pytree
+  (bool leaves) a False entry does. ``None`` leaves are skipped.
+
+  Args:
+    tree: params or masks pytree.
+    sparse_filter: optional predicate; only matching leaves are summarized
+      (default: every leaf).
+
+  Returns:
+    ``{'layers': {path: {'size', 'nnz', 'sparsity'}}, 'size': int,
+    'nnz': int, 'sparsity': float}`` with Python numbers.
+
+  Example:
+    >>> summarize_sparsity({'w': jnp.array([0., 1., 0., 2.])})['sparsity']
+    0.5
+  """
+  layers = {}
+  for path, leaf in flatten_with_paths(tree):
+    if sparse_filter is not None and not sparse_filter(path, leaf):
+      continue
+    values = np.asarray(leaf)
+    size = int(values.size)
+    nnz = int(np.count_nonzero(values))
+    layers[path] = {'size': size, 'nnz': nnz,
+                    'sparsity': 1.0 - nnz / size if size else 0.0}
+  size = sum(v['size'] for v in layers.values())
+  nnz = sum(v['nnz'] for v in layers.values())
+  return {'layers': layers, 'size': size, 'nnz': nnz,
+          'sparsity': 1.0 - nnz / size if size else 0.0}
+
+
+def sparsities_by_path(sparsities: PyTree) -> dict[str, float]:
+  """Flattens a sparsities (or any float) pytree into ``{path: value}``.
+
+  Args:
+    sparsities: pytree with floats at some leaves and ``None`` elsewhere.
+
+  Returns:
+    A dict from ``'/'``-joined path to float, dense leaves omitted.
+
+  Example:
+    >>> sparsities_by_path({'a': {'kernel': 0.5}, 'b': None})
+    {'a/kernel': 0.5}
+  """
+  return {path: float(v) for path, v in flatten_with_paths(sparsities)}
+
+
+__all__ = [
+    'apply_mask', 'default_sparse_filter', 'drop_and_grow',
+    'drop_and_grow_counts', 'erk_sparsities', 'filter_from_regex',
+    'flatten_with_paths', 'keep_count', 'magnitude_mask', 'masks_from_filter',
+    'path_to_str', 'rank_mask', 'snip_mask', 'sparsities_by_path',
+    'summarize_sparsity', 'topk_mask', 'uniform_sparsities',
+]
