@@ -1,0 +1,151 @@
+"""Dynamic gradient masking (DGM), SparCL's gradient-sparsity transform.
+
+Every ``refresh_interval`` steps each selected layer keeps only the largest
+entries of its (weight-masked) gradient, and the kept set is reused on the
+steps in between. The official code thresholds at a quantile; here exactly
+``round((1 - gradient_sparsity) * n)`` entries are kept, so counts are exact
+whatever the ties.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparcl_jax import masks as masks_lib
+from sparcl_jax.errors import ConfigError
+
+PyTree = Any
+
+
+class DGMState(NamedTuple):
+  """State of ``dgm``.
+
+  Attributes:
+    count: int32 number of updates so far (used when no ``step_in_epoch``).
+    masks: gradient masks (bool at selected leaves, ``None`` elsewhere).
+  """
+
+  count: jax.Array
+  masks: PyTree
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
+  """Aligns an optional weight-mask pytree with the gradient masks."""
+  if weight_mask is None:
+    return jax.tree.map(lambda m: None, masks, is_leaf=_is_none)
+  return jax.tree.map(lambda m, wm: None if m is None else wm, masks,
+                      weight_mask, is_leaf=_is_none)
+
+
+def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
+        sparse_filter: masks_lib.SparseFilter = masks_lib.default_sparse_filter
+        ) -> optax.GradientTransformationExtraArgs:
+  """Dynamic gradient masking.
+
+  At steps where ``step % refresh_interval == 0`` (``step`` is the extra arg
+  ``step_in_epoch`` when given, else the internal counter), per selected
+  leaf: ``g' = g * weight_mask`` (extra arg ``weight_mask``; a missing pytree
+  or a ``None`` leaf means dense), keep exactly the
+  ``keep_count(n, gradient_sparsity)`` largest ``|g'|`` (ties favour
+  positions inside the weight mask, then lower index) and store that set. On
+  other steps the gradient is multiplied by the stored set. Unselected leaves
+  pass through unchanged.
+
+  Args:
+    gradient_sparsity: share of gradient entries zeroed, in ``[0, 1)``.
+    refresh_interval: steps between refreshes of the gradient mask.
+    sparse_filter: which leaves get a gradient mask.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Raises:
+    ConfigError: on invalid hyper-parameters.
+
+  Example:
+    >>> params = {'hidden_0': {'kernel': jnp.zeros((2, 5))}}
+    >>> tx = optax.chain(dgm(0.8), optax.sgd(1.0))
+    >>> g = {'hidden_0': {'kernel': jnp.arange(10.).reshape(2, 5)}}
+    >>> u, _ = tx.update(g, tx.init(params), params)
+    >>> u['hidden_0']['kernel']
+    Array([[-0., -0., -0., -0., -0.],
+           [-0., -0., -0., -8., -9.]], dtype=float32)
+  """
+  if not 0.0 <= float(gradient_sparsity) < 1.0:
+    raise ConfigError(
+        f'gradient_sparsity must be in [0, 1), got {gradient_sparsity}.')
+  if int(refresh_interval) < 1:
+    raise ConfigError(
+        f'refresh_interval must be >= 1, got {refresh_interval}.')
+  gs = float(gradient_sparsity)
+  interval = int(refresh_interval)
+
+  def init_fn(params):
+    return DGMState(count=jnp.zeros([], jnp.int32),
+                    masks=masks_lib.masks_from_filter(params, sparse_filter))
+
+  def refresh(grads, masks, weight_mask):
+
+    def leaf(m, g, wm):
+      if m is None:
+        return None
+      if wm is None:
+        wm = jnp.ones(g.shape, jnp.bool_)
+      g_masked = jnp.where(wm, g, jnp.zeros_like(g))
+      return masks_lib.rank_mask(
+          [-jnp.abs(g_masked).astype(jnp.float32),
+           jnp.logical_not(wm).astype(jnp.int32)],
+          masks_lib.keep_count(g.size, gs))
+
+    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=_is_none)
+
+  def update_fn(updates, state, params=None, *, weight_mask=None,
+                step_in_epoch=None, **extra):
+    del params, extra
+    step = state.count if step_in_epoch is None else jnp.asarray(
+        step_in_epoch, jnp.int32)
+    wm = _weight_mask_leaf(weight_mask, state.masks)
+    masks = jax.lax.cond(step % interval == 0,
+                         lambda m: refresh(updates, m, wm), lambda m: m,
+                         state.masks)
+    out = jax.tree.map(
+        lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
+        masks, updates, is_leaf=_is_none)
+    return out, DGMState(count=state.count + 1, masks=masks)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def dgm_masks(state: optax.OptState) -> PyTree:
+  """Returns the current gradient masks from a (possibly nested) state.
+
+  Args:
+    state: a ``dgm`` state or any optax state containing exactly one.
+
+  Returns:
+    The gradient masks pytree (bool at selected leaves, ``None`` elsewhere).
+
+  Raises:
+    ValueError: if the state holds no or several DGM states.
+
+  Example:
+    >>> params = {'hidden_0': {'kernel': jnp.zeros((2, 5))}}
+    >>> dgm_masks(dgm(0.8).init(params))['hidden_0']['kernel'].all()
+    Array(True, dtype=bool)
+  """
+  found = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, DGMState))
+  found = [x for x in found if isinstance(x, DGMState)]
+  if len(found) != 1:
+    raise ValueError(f'Expected one DGMState in the state, found {len(found)}.')
+  return found[0].masks
+
+
+__all__ = ['DGMState', 'dgm', 'dgm_masks']

@@ -1,0 +1,401 @@
+"""Task-aware dynamic masking (TDM), SparCL's weight-sparsity transform.
+
+``tdm`` wraps an inner optax optimizer rather than being one link of a chain:
+the gradient must be masked *before* the inner optimizer (so momentum never
+sees pruned weights) and the final update must be masked *after* it (so that
+``optax.apply_updates`` leaves pruned weights at exactly zero, including the
+ones just dropped). A single chain link can do only one of the two.
+
+The schedule follows the official SparCL code: a drop-and-grow mask update at
+the start of every ``update_interval``-th epoch of a task, with 1% extra
+capacity at the task start, ~1% swapped connections in the middle, and a
+fixed mask for the last interval. Importance is ``|W| + lambda * |g_last|``
+with ``g_last`` the (DGM-masked) gradient of the last mini-batch seen; the
+state is carried across tasks, so the first update of a task uses the previous
+task's last gradient, which is what makes the mask task-aware.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparcl_jax import masks as masks_lib
+from sparcl_jax.errors import ConfigError
+
+PyTree = Any
+
+# Phases of the schedule; 0 means no mask update at this epoch.
+_NO_UPDATE, _TASK_START, _SWAP, _FINAL = 0, 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSchedule:
+  """When TDM updates the masks and to which sparsities.
+
+  Attributes:
+    update_interval: epochs between mask updates (the epoch counter restarts
+      every task).
+    epochs_per_task: epochs per task; the last update happens at epoch
+      ``epochs_per_task - update_interval`` and does not grow.
+    extra_growth: extra density grown at the task start (``s - extra_growth``).
+    swap_fraction: share of connections swapped at the middle updates (prune
+      to ``s + swap_fraction``, grow back to ``s``).
+
+  Example:
+    >>> MaskSchedule().targets(5, 0.75)
+    (True, 0.76, 0.75)
+  """
+
+  update_interval: int = 5
+  epochs_per_task: int = 50
+  extra_growth: float = 0.01
+  swap_fraction: float = 0.01
+
+  def __post_init__(self):
+    if int(self.update_interval) < 1:
+      raise ConfigError(
+          f'update_interval must be >= 1, got {self.update_interval}.')
+    if int(self.epochs_per_task) < 1:
+      raise ConfigError(
+          f'epochs_per_task must be >= 1, got {self.epochs_per_task}.')
+    for name in ('extra_growth', 'swap_fraction'):
+      value = getattr(self, name)
+      if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f'{name} must be in [0, 1), got {value}.')
+
+  @property
+  def last_update_epoch(self) -> int:
+    """Epoch of the final (prune-only) update of a task."""
+    return self.epochs_per_task - self.update_interval
+
+  def phase(self, epoch_in_task: Union[int, jax.Array]) -> jax.Array:
+    """Phase of an epoch: 0 none, 1 task start, 2 swap, 3 final.
+
+    Args:
+      epoch_in_task: epoch counter within the task (int or traced int).
+
+    Returns:
+      An int32 scalar.
+
+    Example:
+      >>> int(MaskSchedule().phase(45))
+      3
+    """
+    e = jnp.asarray(epoch_in_task, jnp.int32)
+    on_grid = (e % self.update_interval == 0) & (e >= 0)
+    return jnp.where(
+        e == 0, _TASK_START,
+        jnp.where(on_grid & (e == self.last_update_epoch), _FINAL,
+                  jnp.where(on_grid & (e < self.last_update_epoch), _SWAP,
+                            _NO_UPDATE))).astype(jnp.int32)
+
+  def phase_sparsities(self, s: float) -> tuple[tuple[float, float], ...]:
+    """``(prune_to, grow_to)`` for phases 0..3, clipped to ``[0, 1]``.
+
+    Args:
+      s: target sparsity of one layer.
+
+    Returns:
+      Four ``(prune_to, grow_to)`` pairs; phase 0 repeats ``(s, s)``.
+
+    Example:
+      >>> MaskSchedule().phase_sparsities(0.5)[1]
+      (0.5, 0.49)
+    """
+    clip = lambda x: float(min(max(x, 0.0), 1.0))
+    return ((clip(s), clip(s)),
+            (clip(s), clip(s - self.extra_growth)),
+            (clip(s + self.swap_fraction), clip(s)),
+            (clip(s), clip(s)))
+
+  def targets(self, epoch_in_task: Union[int, jax.Array],
+              target_sparsity: float) -> tuple[Any, Any, Any]:
+    """The schedule's table: whether to update and to which sparsities.
+
+    Args:
+      epoch_in_task: epoch within the task; a Python int gives Python values,
+        a traced int gives jnp scalars.
+      target_sparsity: the layer's target sparsity ``s``.
+
+    Returns:
+      ``(update, prune_to, grow_to)``; when ``update`` is False the
+      sparsities are ``(s, s)``.
+
+    Example:
+      >>> MaskSchedule().targets(0, 0.75)
+      (True, 0.75, 0.74)
+      >>> MaskSchedule().targets(7, 0.75)
+      (False, 0.75, 0.75)
+    """
+    table = self.phase_sparsities(target_sparsity)
+    if isinstance(epoch_in_task, (int, np.integer)):
+      phase = int(self.phase(int(epoch_in_task)))
+      prune, grow = table[phase]
+      return phase != _NO_UPDATE, round(prune, 10), round(grow, 10)
+    phase = self.phase(epoch_in_task)
+    values = jnp.asarray(table, jnp.float32)[phase]
+    return phase != _NO_UPDATE, values[0], values[1]
+
+
+class TDMState(NamedTuple):
+  """State of ``tdm``.
+
+  Attributes:
+    count: int32 number of updates so far.
+    masks: masks pytree (bool at sparse leaves, ``None`` at dense leaves).
+    last_grads: gradient of the last step after masking (sparse leaves only).
+    has_grads: whether ``last_grads`` holds a real gradient yet.
+    rng: PRNG key for random tie-breaks and growth.
+    inner_state: state of the inner optimizer.
+    masking_state: state of the gradient-masking transform (or EmptyState).
+  """
+
+  count: jax.Array
+  masks: PyTree
+  last_grads: PyTree
+  has_grads: jax.Array
+  rng: jax.Array
+  inner_state: optax.OptState
+  masking_state: optax.OptState
+
+
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def _final_update(mask: Optional[jax.Array], old_mask: Optional[jax.Array],
+                  u: jax.Array, w: jax.Array) -> jax.Array:
+  """Update that leaves masked weights at exactly zero."""
+  if mask is None:
+    return u
+  # `-w` lands a masked weight on exactly 0.0 after apply_updates; a grown
+  # weight restarts from 0 (`u - w`); a kept weight gets `u` bit-for-bit.
+  out = jnp.where(old_mask, u, u - w)
+  return jnp.where(mask, out, -w).astype(u.dtype)
+
+
+def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
+                     schedule: MaskSchedule) -> tuple[PyTree, PyTree]:
+  """Static kept/total counts per sparse leaf for each schedule phase."""
+
+  def table(m, s):
+    if m is None:
+      return None
+    pairs = schedule.phase_sparsities(s)
+    keep = [masks_lib.keep_count(m.size, p) for p, _ in pairs]
+    total = [max(masks_lib.keep_count(m.size, g), k)
+             for (_, g), k in zip(pairs, keep)]
+    return np.asarray(keep, np.int32), np.asarray(total, np.int32)
+
+  tables = jax.tree.map(table, masks_shapes, sparsities, is_leaf=_is_none)
+  keep = jax.tree.map(lambda m, t: None if m is None else t[0], masks_shapes,
+                      tables, is_leaf=_is_none)
+  total = jax.tree.map(lambda m, t: None if m is None else t[1], masks_shapes,
+                       tables, is_leaf=_is_none)
+  return keep, total
+
+
+def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
+                        sparsities: Optional[PyTree], sparse_filter,
+                        distribution: str) -> PyTree:
+  if sparsities is not None:
+    return sparsities
+  if distribution == 'uniform':
+    return masks_lib.uniform_sparsities(params, sparse_filter, sparsity)
+  return masks_lib.erk_sparsities(params, sparse_filter, sparsity)
+
+
+def tdm(inner: optax.GradientTransformation, *,
+        sparsity: Optional[float] = None,
+        sparsities: Optional[PyTree] = None,
+        schedule: MaskSchedule = MaskSchedule(),
+        sparse_filter: masks_lib.SparseFilter = masks_lib.default_sparse_filter,
+        distribution: str = 'uniform',
+        importance_lambda: float = 0.5,
+        growth: str = 'random',
+        gradient_masking: Optional[optax.GradientTransformation] = None,
+        steps_per_epoch: Optional[int] = None,
+        seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """Task-aware dynamic masking around an inner optimizer.
+
+  ``update`` takes the extra keyword args ``epoch`` (epoch within the
+  current task) and ``step_in_epoch``; at ``step_in_epoch == 0`` of an epoch
+  the schedule marks, it runs drop-and-grow with importance
+  ``|W| + importance_lambda * |g_last|`` (``|W|`` before any gradient was
+  seen). It then masks the gradient, applies ``gradient_masking`` (given the
+  extra arg ``weight_mask``), records the result as ``g_last``, runs
+  ``inner`` (also given ``weight_mask``) and returns updates after which
+  every masked weight is exactly zero. Other extra args are passed on.
+
+  If ``epoch``/``step_in_epoch`` are not given, ``steps_per_epoch`` must be:
+  the epoch is then derived from the internal step counter as
+  ``(count // steps_per_epoch) % schedule.epochs_per_task``.
+
+  ``init`` does not change the params: weights outside the initial mask are
+  zeroed by the first update. For a sparse first forward pass, start from
+  ``apply_mask(params, tdm_masks(state))``.
+
+  Args:
+    inner: the optimizer producing the updates (e.g. ``optax.sgd(0.03)``).
+    sparsity: target sparsity, distributed by ``distribution``.
+    sparsities: a sparsities pytree instead of ``sparsity`` (must match the
+      params' structure, ``None`` at dense leaves).
+    schedule: when and how far to drop and grow.
+    sparse_filter: which leaves are sparse (ignored with ``sparsities``).
+    distribution: ``'uniform'`` or ``'erk'``.
+    importance_lambda: weight of ``|g_last|`` in the importance.
+    growth: ``'random'`` (SparCL) or ``'gradient'`` (RigL; grows the zero
+      positions with the largest ``|g|`` of the current, unmasked gradient).
+    gradient_masking: optional transform applied to the masked gradient
+      before ``inner``, e.g. ``dgm(0.8)``.
+    steps_per_epoch: fallback for missing ``epoch``/``step_in_epoch``.
+    seed: seed of the transform's PRNG key.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Raises:
+    ConfigError: on invalid hyper-parameters.
+
+  Example:
+    >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
+    >>> tx = tdm(optax.sgd(0.1), sparsity=0.5)
+    >>> state = tx.init(params)
+    >>> u, state = tx.update(params, state, params, epoch=0, step_in_epoch=0)
+    >>> int((optax.apply_updates(params, u)['hidden_0']['kernel'] != 0).sum())
+    51
+  """
+  if (sparsity is None) == (sparsities is None):
+    raise ConfigError('tdm needs exactly one of sparsity= or sparsities=.')
+  if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
+    raise ConfigError(f'tdm sparsity must be in [0, 1), got {sparsity}.')
+  if distribution not in ('uniform', 'erk'):
+    raise ConfigError(
+        f"tdm distribution must be 'uniform' or 'erk', got {distribution!r}.")
+  if growth not in masks_lib.GROWTH_MODES:
+    raise ConfigError(
+        f'tdm growth must be one of {masks_lib.GROWTH_MODES}, got {growth!r}.')
+  if float(importance_lambda) < 0:
+    raise ConfigError(
+        f'importance_lambda must be >= 0, got {importance_lambda}.')
+  if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+    raise ConfigError(f'steps_per_epoch must be >= 1, got {steps_per_epoch}.')
+  if not isinstance(schedule, MaskSchedule):
+    raise ConfigError('tdm schedule must be a MaskSchedule.')
+
+  inner = optax.with_extra_args_support(inner)
+  masking = optax.with_extra_args_support(
+      gradient_masking if gradient_masking is not None else optax.identity())
+  lam = float(importance_lambda)
+
+  def init_fn(params):
+    sp = _resolve_sparsities(params, sparsity, sparsities, sparse_filter,
+                             distribution)
+    masks = masks_lib.magnitude_mask(params, sp)
+    last_grads = jax.tree.map(
+        lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
+        is_leaf=_is_none)
+    return TDMState(
+        count=jnp.zeros([], jnp.int32), masks=masks, last_grads=last_grads,
+        has_grads=jnp.zeros([], jnp.bool_),
+        rng=jax.random.PRNGKey(seed),
+        inner_state=inner.init(params), masking_state=masking.init(params))
+
+  def _epoch_and_step(state, extra):
+    epoch = extra.pop('epoch', None)
+    step = extra.pop('step_in_epoch', None)
+    if epoch is None or step is None:
+      if steps_per_epoch is None:
+        raise ConfigError(
+            'tdm update needs extra args epoch= and step_in_epoch= '
+            '(or build tdm with steps_per_epoch=).')
+      derived_epoch = (state.count // steps_per_epoch) % schedule.epochs_per_task
+      derived_step = state.count % steps_per_epoch
+      epoch = derived_epoch if epoch is None else epoch
+      step = derived_step if step is None else step
+    return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
+
+  def update_fn(updates, state, params=None, **extra):
+    if params is None:
+      raise ConfigError('tdm update needs params.')
+    epoch, step = _epoch_and_step(state, extra)
+    # `schedule` indexes use phases; counts are static per phase, so the
+    # kept counts are exact Python-rounded integers even with traced epochs.
+    sp = _resolve_sparsities(params, sparsity, sparsities, sparse_filter,
+                             distribution)
+    keep_table, total_table = _per_leaf_counts(state.masks, sp, schedule)
+    phase = schedule.phase(epoch)
+    do_update = (step == 0) & (phase != _NO_UPDATE)
+    rng, update_rng = jax.random.split(state.rng)
+
+    def new_masks(masks):
+      scores = jax.tree.map(
+          lambda m, w, g: None if m is None else jnp.abs(w) + jnp.where(
+              state.has_grads, lam * jnp.abs(g), jnp.zeros_like(g)),
+          masks, params, state.last_grads, is_leaf=_is_none)
+      pick = lambda t: jax.tree.map(
+          lambda m, c: None if m is None else jnp.asarray(c)[phase], masks, t,
+          is_leaf=_is_none)
+      _, out = masks_lib.drop_and_grow_counts(
+          update_rng, params, scores, masks, pick(keep_table),
+          pick(total_table), growth=growth,
+          grow_scores=updates if growth == 'gradient' else None)
+      return out
+
+    masks = jax.lax.cond(do_update, new_masks, lambda m: m, state.masks)
+    masked = jax.tree.map(
+        lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
+        masks, updates, is_leaf=_is_none)
+    shared = dict(extra, epoch=epoch, step_in_epoch=step, weight_mask=masks)
+    masked, masking_state = masking.update(masked, state.masking_state,
+                                           params, **shared)
+    last_grads = jax.tree.map(lambda m, g: None if m is None else g, masks,
+                              masked, is_leaf=_is_none)
+    inner_updates, inner_state = inner.update(masked, state.inner_state,
+                                              params, **shared)
+    final = jax.tree.map(_final_update, masks, state.masks, inner_updates,
+                         params, is_leaf=_is_none)
+    return final, TDMState(
+        count=state.count + 1, masks=masks, last_grads=last_grads,
+        has_grads=jnp.ones([], jnp.bool_), rng=rng, inner_state=inner_state,
+        masking_state=masking_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_states(state: Any, cls: type) -> list[Any]:
+  found = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls))
+  return [x for x in found if isinstance(x, cls)]
+
+
+def tdm_masks(state: optax.OptState) -> PyTree:
+  """Returns the current weight masks from a (possibly chained) state.
+
+  Args:
+    state: a state of ``tdm`` or of any optax combinator containing one.
+
+  Returns:
+    The masks pytree (bool arrays at sparse leaves, ``None`` elsewhere).
+
+  Raises:
+    ValueError: if the state holds no or several TDM states.
+
+  Example:
+    >>> params = {'hidden_0': {'kernel': jnp.ones((4, 4))}}
+    >>> tx = optax.chain(tdm(optax.sgd(0.1), sparsity=0.5))
+    >>> tdm_masks(tx.init(params))['hidden_0']['kernel'].sum()
+    Array(8, dtype=int32)
+  """
+  found = _find_states(state, TDMState)
+  if len(found) != 1:
+    raise ValueError(f'Expected one TDMState in the state, found {len(found)}.')
+  return found[0].masks
+
+
+__all__ = ['MaskSchedule', 'TDMState', 'tdm', 'tdm_masks']
