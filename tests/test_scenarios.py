@@ -25,7 +25,7 @@ def _dataset(num_classes=6, per_class=4, test_per_class=2, shape=(2, 2, 1),
 
 
 def _check_partition(scenario, dataset):
-  """Tasks own disjoint classes, cover them, and index exactly their examples."""
+  """Tasks own disjoint classes, cover them, index exactly their examples."""
   seen = []
   for t in scenario.tasks:
     assert set(scenario.train_labels[t.train_indices]) == set(t.classes)
