@@ -321,6 +321,8 @@ def test_digits_split_is_stratified_and_seeded():
   a = sources.load_dataset("digits", "embedded", None, seed=0)
   b = sources.load_digits(0)
   c = sources.load_digits(1)
+  d = sources.load_dataset("digits", "digits", None, seed=1)
+  np.testing.assert_array_equal(c.test_labels, d.test_labels)
   assert len(a.train_labels) + len(a.test_labels) == 1797
   assert a.train_images.shape[1:] == (8, 8, 1)
   assert a.train_images.dtype == np.uint8
@@ -368,8 +370,9 @@ def test_tfds_unknown_name():
 
 @pytest.mark.parametrize("name,source,match", [
     ("imagenet_huge", "files", "valid names: mnist, fashion_mnist"),
-    ("mnist", "ftp", "valid sources: files, tfds, embedded"),
+    ("mnist", "ftp", "valid sources: files, tfds, embedded, digits"),
     ("mnist", "embedded", "only 'digits'"),
+    ("cifar10", "digits", "only 'digits'"),
 ])
 def test_unknown_dataset_or_source(tmp_path, name, source, match):
   with pytest.raises(DataError, match=match):

@@ -221,7 +221,7 @@ def test_make_split_and_permuted_digits():
   two = scenarios.make_scenario("split_digits", seed=0, num_tasks=2)
   assert [len(t.classes) for t in two.tasks] == [5, 5]
   p = scenarios.make_scenario("permuted_digits", seed=0, val_fraction=0.1)
-  assert p.num_tasks == 3 and p.num_outputs == 30
+  assert p.num_tasks == 5 and p.num_outputs == 50
   assert len(p.tasks[0].val_indices) == round(0.1 * len(p.train_labels))
 
 

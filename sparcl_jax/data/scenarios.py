@@ -38,7 +38,7 @@ _PRESETS = {
     "split_tinyimagenet": ("split", "tiny_imagenet", 200, 10),
     "cifar10_100": ("cifar10_100", "cifar10", 60, 6),
     "split_digits": ("split", "digits", 10, 5),
-    "permuted_digits": ("permuted", "digits", 10, 3),
+    "permuted_digits": ("permuted", "digits", 10, 5),
 }
 
 # Per-channel statistics of the training images after scaling to [0, 1].
@@ -280,14 +280,14 @@ def make_scenario(name: str,
   Presets (default number of tasks x classes per task): split_mnist,
   split_fashion_mnist, split_cifar10, split_digits (5x2); split_cifar100
   (10x10); split_cifar100_20 (20x5); split_tinyimagenet (10x20);
-  permuted_mnist (10 tasks); permuted_digits (3 tasks, for tiny tests);
+  permuted_mnist (10 tasks); permuted_digits (5 tasks, for tiny tests);
   cifar10_100 (6 tasks: CIFAR-10, then 5x10 CIFAR-100 classes). Classes keep
   their natural order; permuted presets use disjoint label spaces.
 
   Args:
     name: one of ``SCENARIOS``.
     data_dir: where the data lives (see :func:`sources.load_dataset`).
-    source: ``"files"``, ``"tfds"`` or ``"embedded"``.
+    source: ``"files"``, ``"tfds"`` or ``"embedded"`` (``"digits"``).
     seed: seed of the digits split, permutations and validation split.
     val_fraction: share of each task's training examples held out.
     num_tasks: override of the number of tasks; for split presets it must

@@ -6,7 +6,8 @@ Three sources are supported:
   MNIST / Fashion-MNIST, the pickled python batches for CIFAR-10/100, the
   ``tiny-imagenet-200`` folder of JPEGs). Works on air-gapped machines.
 * ``"tfds"``: any prepared TensorFlow Datasets image-classification dataset.
-* ``"embedded"``: scikit-learn's bundled 8x8 digits (no files needed).
+* ``"embedded"`` (or ``"digits"``): scikit-learn's bundled 8x8 digits (no
+  files needed).
 
 Every failure a user can fix (missing folder, truncated file, unknown name)
 raises :class:`~sparcl_jax.errors.DataError` with a one-line message.
@@ -28,7 +29,8 @@ from sparcl_jax.errors import DataError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
             "digits")
-SOURCES = ("files", "tfds", "embedded")
+# "digits" is a synonym of "embedded" (the only embedded dataset).
+SOURCES = ("files", "tfds", "embedded", "digits")
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -83,7 +85,7 @@ def load_dataset(name: str, source: str, data_dir: Optional[str],
                     f"{', '.join(SOURCES)}")
   if name == "digits":
     return load_digits(seed)
-  if source == "embedded":
+  if source in ("embedded", "digits"):
     raise DataError(f"dataset {name!r} is not embedded; only 'digits' is "
                     "(use --data_source=files or --data_source=tfds)")
   if source == "tfds":
