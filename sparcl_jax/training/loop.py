@@ -19,6 +19,7 @@ import optax
 
 from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import rehearsal
+from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
@@ -107,8 +108,8 @@ def method_spec(config: RunConfig) -> steps.MethodSpec:
 
 
 def input_spec(scenario: Scenario) -> steps.InputSpec:
-  permuted = any(t.permutation is not None for t in scenario.tasks)
-  return steps.InputSpec(tuple(scenario.image_shape), permuted,
+  return steps.InputSpec(tuple(scenario.image_shape),
+                         pipeline.needs_permutation(scenario),
                          bool(scenario.augment), tuple(scenario.mean),
                          tuple(scenario.std))
 
@@ -217,16 +218,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   state = steps.TrainState(params, batch_stats, tx.init(params), buffer, None,
                            rng)
 
-  images = jax.device_put(scenario.train_images)
-  labels = jax.device_put(np.asarray(scenario.train_labels, np.int32))
-  test_images = jax.device_put(scenario.test_images)
-  test_labels = jax.device_put(np.asarray(scenario.test_labels, np.int32))
-  d = int(np.prod(spec.image_shape))
-  perms = np.stack([np.arange(d) if t.permutation is None else t.permutation
-                    for t in scenario.tasks]).astype(np.int32)
-  permutations = jax.device_put(perms)
-  label_offsets = jax.device_put(
-      np.array([t.label_offset for t in scenario.tasks], np.int32))
+  device_data = pipeline.to_device(scenario)
   class_masks = _class_masks(scenario)
 
   chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
@@ -247,8 +239,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     # A fresh optimizer per task, as in the papers' code.
     state = state._replace(opt_state=tx.init(state.params))
     ex_index, ex_task, usable = arrays.train(t)
-    data = (images, labels, permutations, label_offsets,
-            jax.device_put(ex_index), jax.device_put(ex_task))
+    data = (device_data, jax.device_put(ex_index), jax.device_put(ex_task))
     usable_dev = jax.device_put(usable)
     task_mask = jnp.asarray(
         class_masks[:t + 1].any(0) if joint else class_masks[t])
@@ -277,8 +268,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     for j in range(num_tasks):
       test_index = scenario.tasks[j].test_indices
       correct_class, correct_task = evaluate(
-          state.params, state.batch_stats, test_images, test_labels,
-          permutations, label_offsets,
+          state.params, state.batch_stats, device_data, "test",
           jnp.asarray(_pad(test_index, arrays.test_len)),
           jnp.int32(len(test_index)), jnp.int32(j), seen,
           jnp.asarray(class_masks[j]))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
 
 PyTree = Any
@@ -72,71 +73,12 @@ class MethodSpec(NamedTuple):
   track_forgetting: bool = False
 
 
-def gather_inputs(images: jax.Array, permutations: jax.Array,
-                  example_index: jax.Array, example_task: jax.Array,
-                  spec: InputSpec) -> jax.Array:
-  """Gathers uint8 images by index and returns floats in [0, 1].
-
-  Args:
-    images: [N, H, W, C] uint8, on the device.
-    permutations: [T, H*W*C] int32 pixel permutations (ignored unless
-      ``spec.permuted``).
-    example_index: [B] rows of ``images``.
-    example_task: [B] task of each example (selects its permutation).
-    spec: static input facts.
-
-  Returns:
-    [B, H, W, C] float32.
-
-  Example:
-    >>> x = gather_inputs(imgs, perms, jnp.array([0, 5]), jnp.array([0, 0]),
-    ...                   spec)  # doctest: +SKIP
-  """
-  x = images[example_index]
-  if spec.permuted:
-    flat = x.reshape(x.shape[0], -1)
-    flat = jnp.take_along_axis(flat, permutations[example_task], axis=1)
-    x = flat.reshape(x.shape)
-  return x.astype(jnp.float32) / 255.0
-
-
-def augment_crop_flip(rng: jax.Array, x: jax.Array, padding: int = 4
-                      ) -> jax.Array:
-  """Random crop after zero padding, and random horizontal flip, per example.
-
-  Args:
-    rng: PRNG key.
-    x: [B, H, W, C] float images.
-    padding: pixels of zero padding on each side before cropping.
-
-  Returns:
-    Augmented images of the same shape.
-
-  Example:
-    >>> augment_crop_flip(jax.random.key(0), jnp.ones((2, 8, 8, 3))).shape
-    (2, 8, 8, 3)
-  """
-  b, h, w, c = x.shape
-  k_crop, k_flip = jax.random.split(rng)
-  offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * padding + 1)
-  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-
-  def crop(image, offset):
-    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
-
-  cropped = jax.vmap(crop)(padded, offsets)
-  flip = jax.random.bernoulli(k_flip, 0.5, (b,))
-  return jnp.where(flip[:, None, None, None], cropped[:, :, ::-1, :], cropped)
-
-
 def _prepare(rng: Optional[jax.Array], x: jax.Array, spec: InputSpec
              ) -> jax.Array:
   """Train-time augmentation (when rng is given) then normalisation."""
   if rng is not None and spec.augment:
-    x = augment_crop_flip(rng, x)
-  mean = jnp.asarray(spec.mean, jnp.float32)
-  std = jnp.asarray(spec.std, jnp.float32)
-  return (x - mean) / std
+    x = pipeline.augment_batch(rng, x)
+  return pipeline.normalize(x, spec.mean, spec.std)
 
 
 def make_forward(model) -> Callable:
@@ -203,8 +145,7 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
 
   Returns:
     ``chunk(state, data, order, facts) -> (state, summed_loss)`` where
-    ``data`` is ``(images, labels, permutations, label_offsets,
-    example_index, example_task)`` and ``order`` holds positions into the
+    ``data`` is ``(device_data, example_index, example_task)`` and ``order`` holds positions into the
     example arrays in this epoch's order.
 
   Example:
@@ -248,15 +189,15 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
   grad_fn = jax.value_and_grad(stream_and_replay_loss, has_aux=True)
 
   def one_step(state: TrainState, data, order, facts: StepFacts, step):
-    images, labels, permutations, label_offsets, ex_index, ex_task = data
+    device_data, ex_index, ex_task = data
     rng, k_aug, k_loss, k_buf1, k_buf2, k_buf_add, k_raug1, k_raug2 = (
         jax.random.split(state.rng, 8))
     positions = jax.lax.dynamic_slice(order, (step * batch_size,),
                                       (batch_size,))
     index = ex_index[positions]
     task = ex_task[positions]
-    x_raw = gather_inputs(images, permutations, index, task, inputs)
-    y = labels[index] + label_offsets[task]
+    x_raw, y = pipeline.gather_batch(device_data, index, task, "train",
+                                     inputs.permuted)
     x = _prepare(k_aug, x_raw, inputs)
 
     replay_batches = None
@@ -357,8 +298,9 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
     max_examples: padded length of every task's index array.
 
   Returns:
-    ``evaluate(params, batch_stats, images, labels, permutations,
-    label_offsets, index, count, task_id, seen_mask, task_mask)`` giving
+    ``evaluate(params, batch_stats, device_data, split, index, count,
+    task_id, seen_mask, task_mask)`` (``split`` static: "test" or "val")
+    giving
     ``(class_il_correct, task_il_correct)`` counts over the first ``count``
     entries of ``index``.
 
@@ -368,18 +310,17 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
   forward = make_forward(model)
   num_batches = -(-max_examples // eval_batch_size)
 
-  def evaluate(params, batch_stats, images, labels, permutations,
-               label_offsets, index, count, task_id, seen_mask, task_mask):
+  def evaluate(params, batch_stats, device_data, split, index, count, task_id,
+               seen_mask, task_mask):
     padded = jnp.pad(index, (0, num_batches * eval_batch_size - index.shape[0]))
     batches = padded.reshape(num_batches, eval_batch_size)
 
     def body(totals, b):
       rows = batches[b]
       valid = b * eval_batch_size + jnp.arange(eval_batch_size) < count
-      tasks = jnp.full((eval_batch_size,), task_id)
-      x = _prepare(None, gather_inputs(images, permutations, rows, tasks,
-                                       inputs), inputs)
-      y = labels[rows] + label_offsets[task_id]
+      x, y = pipeline.gather_batch(device_data, rows, task_id, split,
+                                   inputs.permuted)
+      x = _prepare(None, x, inputs)
       logits, _ = forward(params, batch_stats, x, None, False)
       class_il = jnp.argmax(losses.mask_logits(logits, seen_mask), -1) == y
       task_il = jnp.argmax(losses.mask_logits(logits, task_mask), -1) == y
@@ -391,4 +332,4 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
     totals, _ = jax.lax.scan(body, (zero, zero), jnp.arange(num_batches))
     return totals
 
-  return jax.jit(evaluate)
+  return jax.jit(evaluate, static_argnums=(3,))

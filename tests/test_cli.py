@@ -1,0 +1,132 @@
+"""The command line: bad input answers with one line and exit 2; a run works.
+
+The end-to-end run uses the digits bundled with scikit-learn, so it needs no
+download and no ../shared data.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sparcl_jax.training import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "experiments", "train.py")
+QUICKSTART = os.path.join(REPO, "experiments", "configs", "quickstart.cfg")
+
+
+def _run_main(capsys, *args):
+  status = cli.main(["train.py", *args])
+  captured = capsys.readouterr()
+  return status, captured.err
+
+
+def _assert_usage_error(status, err, *fragments):
+  assert status == 2
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  assert lines[0].startswith("train.py: error: ")
+  assert "Traceback" not in err
+  for fragment in fragments:
+    assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("flag,fragment", [
+    ("--dataset=imagenet22k", "--dataset='imagenet22k' is not known"),
+    ("--model=vit", "--model='vit' is not known"),
+    ("--method=magic", "--method='magic' is not known"),
+    ("--optimizer=lion", "--optimizer='lion' is not known"),
+    ("--lr=abc", "lr"),
+    ("--epochs=-1", "--epochs=-1 must be at least 1"),
+    ("--batch_size=0", "--batch_size=0 must be at least 1"),
+    ("--lr=-0.1", "must be a positive number"),
+    ("--buffer_size=-5", "--buffer_size=-5 must be at least 0"),
+    ("--hidden_sizes=100,x", "comma-separated positive integers"),
+    ("--val_fraction=1.5", "must be in [0, 1)"),
+    ("--no_such_flag=1", "no_such_flag"),
+])
+def test_bad_flag_is_one_line_exit_2(capsys, tmp_path, flag, fragment):
+  status, err = _run_main(capsys, f"--workdir={tmp_path / 'run'}",
+                          "--dataset=digits", "--data_source=digits", flag)
+  _assert_usage_error(status, err, fragment)
+  assert not (tmp_path / "run").exists()
+
+
+def test_missing_workdir_is_reported(capsys):
+  status, err = _run_main(capsys, "--dataset=digits")
+  _assert_usage_error(status, err, "--workdir is required")
+
+
+def test_missing_flagfile_is_reported(capsys, tmp_path):
+  status, err = _run_main(capsys, f"--flagfile={tmp_path / 'nope.cfg'}",
+                          f"--workdir={tmp_path}")
+  _assert_usage_error(status, err, "nope.cfg")
+
+
+def test_buffer_larger_than_data(capsys, tmp_path):
+  status, err = _run_main(capsys, f"--workdir={tmp_path}", "--method=er",
+                          "--buffer_size=100000")
+  _assert_usage_error(status, err, "--buffer_size=100000 is larger than the")
+
+
+def test_unwritable_workdir(capsys, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  status, err = _run_main(capsys, f"--workdir={blocker / 'run'}")
+  _assert_usage_error(status, err, "cannot write to --workdir")
+
+
+def test_missing_data_dir_names_directory(capsys, tmp_path):
+  missing = tmp_path / "no_mnist_here"
+  status, err = _run_main(capsys, f"--workdir={tmp_path / 'run'}",
+                          "--dataset=mnist", "--data_source=files",
+                          f"--data_dir={missing}")
+  _assert_usage_error(status, err, str(missing))
+
+
+def test_finished_results_are_never_overwritten(capsys, tmp_path):
+  results = tmp_path / "results.json"
+  results.write_text('{"final": "precious"}')
+  status, err = _run_main(capsys, f"--workdir={tmp_path}")
+  _assert_usage_error(status, err, "already holds finished results",
+                      "--overwrite")
+  assert results.read_text() == '{"final": "precious"}'
+
+
+def test_end_to_end_quickstart_run(tmp_path):
+  """One short epoch of the quickstart config through the real script."""
+  workdir = tmp_path / "quick"
+  proc = subprocess.run(
+      [sys.executable, TRAIN, f"--flagfile={QUICKSTART}",
+       f"--workdir={workdir}", "--epochs=1", "--num_tasks=2"],
+      capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "mean" in proc.stdout
+  results = json.loads((workdir / "results.json").read_text())
+  class_il = results["acc_matrix"]["class_il"]
+  task_il = results["acc_matrix"]["task_il"]
+  assert len(class_il) == 2 and all(len(row) == 2 for row in class_il)
+  for key in ("class_il", "task_il", "forgetting_class_il",
+              "forgetting_task_il", "bwt_class_il", "bwt_task_il"):
+    assert isinstance(results["final"][key], float)
+  assert results["final"]["class_il"] == pytest.approx(
+      sum(class_il[-1]) / 2)
+  # After task 1, task 2's classes are unseen: Class-IL accuracy on it is 0.
+  assert class_il[0][1] == 0.0
+  assert task_il[1][1] > 50.0
+  assert results["flags"]["method"] == "derpp"
+  assert (workdir / "acc_matrix.png").stat().st_size > 1000
+  records = [json.loads(l) for l in
+             (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["event"] for r in records] == ["epoch", "eval", "epoch", "eval"]
+  assert "--method=derpp" in (workdir / "config").read_text().splitlines()
+  # Running again on the same work directory refuses, and keeps the results.
+  again = subprocess.run(
+      [sys.executable, TRAIN, f"--flagfile={QUICKSTART}",
+       f"--workdir={workdir}"], capture_output=True, text=True, timeout=120,
+      cwd=REPO, check=False)
+  assert again.returncode == 2
+  assert json.loads((workdir / "results.json").read_text()) == results
