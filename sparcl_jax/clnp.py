@@ -64,7 +64,14 @@ DEFAULT_QUANTILES = (1.0, 0.975, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5,
 
 
 class NoFreeUnitsError(SparclError):
-  """A layer has no free units left to train a new task on."""
+  """A layer has no free units left to train a new task on.
+
+  Example:
+    >>> try:
+    ...   part = compute_partition(params, specs, used, task=7)
+    ... except NoFreeUnitsError as e:
+    ...   print(e)  # names the full layer
+  """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,6 +490,10 @@ class ClnpPartitionState(NamedTuple):
     trainable: bool pytree, see :class:`Partition`.
     zero: bool pytree, see :class:`Partition`.
     inner_state: state of the wrapped optimizer.
+
+  Example:
+    >>> state = clnp_partition(optax.adam(1e-3)).init(params)
+    >>> state.trainable  # all True until set_partition
   """
 
   trainable: PyTree
@@ -712,7 +723,8 @@ def unit_activity(model_apply: Callable[..., Any],
   totals: dict[str, np.ndarray] = {}
   counts: dict[str, int] = {}
   for start in range(0, n, batch_size):
-    for name, (s, c) in sums(variables, inputs[start:start + batch_size]).items():
+    batch = inputs[start:start + batch_size]
+    for name, (s, c) in sums(variables, batch).items():
       totals[name] = totals.get(name, 0.0) + np.asarray(s, np.float64)
       counts[name] = counts.get(name, 0) + int(c)
   return {name: totals[name] / counts[name] for name in layer_names}
@@ -754,6 +766,11 @@ class SearchResult(NamedTuple):
     accepted: whether ``accuracy >= acc_before - margin``.
     tuned: what ``finetune_fn`` returned at ``theta`` (``None`` without it).
     trials: ``(quantile, accuracy)`` of every evaluated candidate, in order.
+
+  Example:
+    >>> res = graceful_forgetting_search(evaluate, act, free, 1.0, 97.5)
+    >>> params, used = commit_task(params, specs, used, res.kept, key,
+    ...                            init_fn, task=t)
   """
 
   theta: Union[float, dict[str, float]]
@@ -767,8 +784,10 @@ class SearchResult(NamedTuple):
 
 def _thresholds(activities, free_units, q: float, per_layer: bool):
   if per_layer:
-    return {name: float(np.quantile(np.asarray(activities[name])[free], q))
-            for name, free in free_units.items() if free.any()}
+    # A full layer keeps nothing new whatever its threshold.
+    return {name: (float(np.quantile(np.asarray(activities[name])[free], q))
+                   if free.any() else np.inf)
+            for name, free in free_units.items()}
   pooled = np.concatenate([np.asarray(activities[name])[free]
                            for name, free in free_units.items()])
   return float(np.quantile(pooled, q))
@@ -786,11 +805,12 @@ def graceful_forgetting_search(
     per_layer: bool = False) -> SearchResult:
   """Chooses the most aggressive threshold whose accuracy stays in margin.
 
-  Candidates are quantiles of the free units' activities (pooled over layers,
-  or per layer with ``per_layer=True``; the paper does not say which (?)),
-  tried from the highest quantile down; the first whose validation accuracy is
-  ``>= acc_before - margin`` wins. If none does, every free unit is kept
-  (``theta = -inf``). Thresholds that keep the same units are evaluated once.
+  Candidates are quantiles of the free units' activities, pooled over layers
+  (the paper speaks of one theta (?)) or, with ``per_layer=True``, one
+  quantile threshold per layer, which prunes more evenly when the layers'
+  activity scales differ. They are tried from the highest quantile down; the
+  first whose validation accuracy is ``>= acc_before - margin`` wins. If
+  none does, every free unit is kept (``theta = -inf``). Thresholds that keep the same units are evaluated once.
 
   Args:
     evaluate_fn: ``evaluate_fn(kept) -> accuracy`` in percent, with the cut

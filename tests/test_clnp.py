@@ -305,6 +305,17 @@ def test_search_falls_back_to_keeping_all_and_finetune_hook():
   assert res.trials == ((0.5, 88.0), (0.0, 96.0))
 
 
+def test_search_per_layer_quantiles_skip_full_layers():
+  free = {"a": np.array([T, T, T, T]), "b": np.array([F, F])}
+  res = clnp.graceful_forgetting_search(
+      lambda kept: 80.0 + 4.0 * _count(kept), _ACT, free, margin=12.0,
+      acc_before=100.0, candidate_quantiles=(1.0, 0.5), per_layer=True)
+  assert res.quantile == 0.5 and res.accuracy == 88.0
+  assert res.theta == {"a": pytest.approx(0.25), "b": np.inf}
+  np.testing.assert_array_equal(res.kept["a"], [F, F, T, T])
+  np.testing.assert_array_equal(res.kept["b"], [F, F])
+
+
 @pytest.mark.parametrize("margin", [-0.5, 100.5])
 def test_search_rejects_margin_outside_percent_range(margin):
   with pytest.raises(ConfigError):
