@@ -810,7 +810,8 @@ def graceful_forgetting_search(
   quantile threshold per layer, which prunes more evenly when the layers'
   activity scales differ. They are tried from the highest quantile down; the
   first whose validation accuracy is ``>= acc_before - margin`` wins. If
-  none does, every free unit is kept (``theta = -inf``). Thresholds that keep the same units are evaluated once.
+  none does, every free unit is kept (``theta = -inf``). Thresholds that
+  keep the same units are evaluated once.
 
   Args:
     evaluate_fn: ``evaluate_fn(kept) -> accuracy`` in percent, with the cut
