@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,6 @@ import pytest
 
 from sparcl_jax import clnp
 from sparcl_jax.errors import ConfigError, SparclError
-from sparcl_jax.models.cnn import ZenkeCNN
-from sparcl_jax.models.mlp import MLP
 
 T, F = True, False
 
@@ -26,6 +25,30 @@ def _zeros_mlp(n_in=4, widths=(3, 3), n_heads=2, classes=2):
     params[f"head_{t}"] = {"kernel": jnp.zeros((prev, classes)),
                            "bias": jnp.zeros((classes,))}
   return params
+
+
+class _Heads(nn.Module):
+  """One 2-way Dense per task, under ``head/head_<t>``, concatenated."""
+
+  n_heads: int
+
+  @nn.compact
+  def __call__(self, h):
+    return jnp.concatenate([nn.Dense(2, name=f"head_{t}")(h)
+                            for t in range(self.n_heads)], axis=-1)
+
+
+class _TinyMLP(nn.Module):
+  """6-8-8 MLP laid out like the project's: activations sown as ``*_act``."""
+
+  n_heads: int = 3
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(2):
+      x = nn.relu(nn.Dense(8, name=f"hidden_{i}")(x))
+      self.sow("intermediates", f"hidden_{i}_act", x)
+    return _Heads(self.n_heads, name="head")(x)
 
 
 # ----------------------------------------------------------------------------
@@ -143,17 +166,20 @@ def test_uncovered_leaf_is_an_error_unless_asked():
   assert int(part.trainable["norm"]["scale"].sum()) == 0
 
 
-def test_specs_for_project_models_nested_multi_head_and_shared_head():
-  mlp = jax.eval_shape(
-      MLP((8, 8), 4, head="multi", head_sizes=(2, 2)).init,
-      jax.random.PRNGKey(0), jnp.zeros((1, 6)))["params"]
+def test_specs_for_nested_multi_head_and_cnn_with_shared_head():
+  mlp = jax.eval_shape(_TinyMLP(n_heads=2).init, jax.random.PRNGKey(0),
+                       jnp.zeros((1, 6)))["params"]
   assert [(s.kernel_path, s.role, s.task) for s in clnp.mlp_layer_specs(mlp)][
       2:] == [("head/head_0/kernel", "head", 0),
               ("head/head_1/kernel", "head", 1)]
-  cnn = jax.eval_shape(ZenkeCNN(10).init, jax.random.PRNGKey(0),
-                       jnp.zeros((1, 32, 32, 3)))["params"]
+  # Zenke CNN on 32x32x3: 32 -> 30 (valid) -> pool 15 -> 13 (valid) -> pool 6.
+  shapes = {"conv_0": (3, 3, 3, 32), "conv_1": (3, 3, 32, 32),
+            "conv_2": (3, 3, 32, 64), "conv_3": (3, 3, 64, 64),
+            "dense_0": (36 * 64, 512), "head": (512, 10)}
+  cnn = {k: {"kernel": jax.ShapeDtypeStruct(v, jnp.float32),
+             "bias": jax.ShapeDtypeStruct(v[-1:], jnp.float32)}
+         for k, v in shapes.items()}
   specs = clnp.cnn_layer_specs(cnn)
-  # 32 -> 30 (valid) -> pool 15 -> 13 (valid) -> pool 6: 36 positions.
   assert [(s.name, s.kind, s.spatial, s.role) for s in specs] == [
       ("conv_0", "conv", 1, "hidden"), ("conv_1", "conv", 1, "hidden"),
       ("conv_2", "conv", 1, "hidden"), ("conv_3", "conv", 1, "hidden"),
@@ -360,7 +386,7 @@ def test_capacity_report_counts():
 
 
 def test_three_tasks_keep_earlier_logits_bit_identical():
-  model = MLP((8, 8), 6, head="multi", head_sizes=(2, 2, 2))
+  model = _TinyMLP(n_heads=3)
   rng = jax.random.PRNGKey(42)
   k_init, k_data, rng = jax.random.split(rng, 3)
   x_fix = jax.random.normal(k_data, (16, 6))
