@@ -1,0 +1,58 @@
+"""Fully connected ReLU network (CLNP's permuted-MNIST model)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+
+from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
+
+
+class MLP(nn.Module):
+  """Flattens the input, applies Dense+ReLU layers, then an output head.
+
+  Hidden layers are named ``hidden_0``, ``hidden_1``, ...; their post-ReLU
+  activations are sown to ``intermediates`` as ``hidden_<i>_act``.
+
+  Attributes:
+    hidden_sizes: units per hidden layer.
+    num_outputs: number of logits.
+    head: ``'shared'`` or ``'multi'`` (see ``OutputHead``).
+    head_sizes: classes per task, for ``head='multi'``.
+
+  Example:
+    >>> model = MLP((100, 100), 10)
+    >>> v = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> model.apply(v, jnp.zeros((2, 28, 28, 1))).shape
+    (2, 10)
+  """
+
+  hidden_sizes: Sequence[int] = (100, 100)
+  num_outputs: int = 10
+  head: str = "shared"
+  head_sizes: Optional[Sequence[int]] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Computes logits.
+
+    Args:
+      x: float array [B, ...] (NHWC images or already flat vectors).
+      train: unused; kept so every model has the same call signature.
+
+    Returns:
+      Logits [B, num_outputs].
+
+    Example:
+      >>> logits = MLP((8,), 2).apply(v, x)  # doctest: +SKIP
+    """
+    del train
+    h = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.hidden_sizes):
+      name = f"hidden_{i}"
+      h = nn.relu(nn.Dense(int(width), name=name)(h))
+      self.sow("intermediates", name + ACT_SUFFIX, h)
+    return OutputHead(self.head, self.num_outputs, self.head_sizes,
+                      name="head")(h)

@@ -1,0 +1,117 @@
+"""Models looked up by name, plus helpers to initialise them and read
+their sown activations."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.models.cnn import ZenkeCNN
+from sparcl_jax.models.heads import ACT_SUFFIX, validate_head
+from sparcl_jax.models.mlp import MLP
+from sparcl_jax.models.resnet import ResNet18
+
+MODELS = ("mlp", "resnet18", "zenke_cnn")
+
+
+def make_model(name: str, num_outputs: int, *,
+               hidden_sizes: Sequence[int] = (100, 100), nf: int = 64,
+               head: str = "shared",
+               head_sizes: Optional[Sequence[int]] = None,
+               width_multiplier: int = 1) -> nn.Module:
+  """Builds a model by name after checking its hyper-parameters.
+
+  Args:
+    name: one of ``MODELS``.
+    num_outputs: number of logits (all classes of all tasks).
+    hidden_sizes: hidden widths of ``'mlp'``.
+    nf: base width of ``'resnet18'``.
+    head: ``'shared'`` or ``'multi'``.
+    head_sizes: classes per task, required for ``head='multi'``.
+    width_multiplier: width scale of ``'zenke_cnn'``.
+
+  Returns:
+    An unbound Flax Linen module.
+
+  Example:
+    >>> model = make_model('resnet18', 10, nf=20)
+  """
+  if name not in MODELS:
+    raise ConfigError(
+        f"Unknown model {name!r}; valid models: {', '.join(MODELS)}.")
+  validate_head(head, num_outputs, head_sizes)
+  sizes = None if head_sizes is None else tuple(int(s) for s in head_sizes)
+  if name == "mlp":
+    hidden = tuple(int(h) for h in hidden_sizes)
+    if any(h < 1 for h in hidden):
+      raise ConfigError(f"hidden_sizes must be positive, got {hidden}.")
+    return MLP(hidden, num_outputs, head, sizes)
+  if name == "resnet18":
+    if nf < 1:
+      raise ConfigError(f"nf must be >= 1, got {nf}.")
+    return ResNet18(int(nf), num_outputs, head, sizes)
+  if width_multiplier < 1:
+    raise ConfigError(
+        f"width_multiplier must be >= 1, got {width_multiplier}.")
+  return ZenkeCNN(num_outputs, head, sizes, int(width_multiplier))
+
+
+def init_model(model: nn.Module, rng: jax.Array,
+               input_shape: Sequence[int]) -> dict[str, Any]:
+  """Initialises a model's variables from one dummy example.
+
+  Args:
+    model: a module whose ``__call__`` takes ``(x, train)``.
+    rng: PRNG key for the parameter initialisers.
+    input_shape: shape of one example, without the batch axis, e.g.
+      ``(32, 32, 3)``.
+
+  Returns:
+    ``{'params': ...}`` plus ``'batch_stats'`` when the model has batch norm;
+    sown intermediates are dropped.
+
+  Example:
+    >>> variables = init_model(make_model('mlp', 10), jax.random.key(0),
+    ...                        (28, 28, 1))
+  """
+  x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
+  variables = model.init(rng, x, train=False)
+  return {k: v for k, v in variables.items() if k != "intermediates"}
+
+
+def collect_activations(
+    intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """Flattens sown post-ReLU activations to ``{layer path: array}``.
+
+  The layer path is the parameter path of the layer whose units the
+  activation measures, joined by ``/`` (e.g. ``'hidden_0'``,
+  ``'layer2_1/conv1'``), so it can be matched against parameter paths.
+
+  Args:
+    intermediates: the ``'intermediates'`` collection returned by
+      ``model.apply(..., mutable=['intermediates'])``.
+
+  Returns:
+    A dict from layer path to the last activation sown there.
+
+  Example:
+    >>> _, state = model.apply(v, x, mutable=['intermediates'])
+    >>> acts = collect_activations(state['intermediates'])  # doctest: +SKIP
+  """
+  out: dict[str, jax.Array] = {}
+
+  def visit(prefix: tuple[str, ...], node: Any) -> None:
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        visit(prefix + (key,), value)
+      elif key.endswith(ACT_SUFFIX):
+        layer = key[:-len(ACT_SUFFIX)]
+        # sow() appends to a tuple each call; the last call is the current one.
+        out["/".join(prefix + (layer,))] = value[-1]
+
+  visit((), intermediates)
+  return out

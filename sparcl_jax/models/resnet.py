@@ -1,0 +1,137 @@
+"""ResNet-18 as in mammoth (the DER++ and SparCL code base).
+
+Differences from the ImageNet ResNet-18: a 3x3 stride-1 stem and no max-pool,
+so 32x32 inputs keep their resolution in the first stage; ``nf`` scales every
+width (64 is the standard net, 20 the "reduced" one common in CL papers).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
+
+# PyTorch's BatchNorm momentum 0.1 weights the new batch; Flax's weights the
+# running average, hence 0.9.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+STAGE_STRIDES = (1, 2, 2, 2)
+BLOCKS_PER_STAGE = 2
+
+
+def _conv3x3(features: int, stride: int, name: str) -> nn.Conv:
+  # Explicit padding 1 matches PyTorch; Flax's 'SAME' pads stride-2 convs
+  # asymmetrically and would shift every feature map by half a pixel.
+  return nn.Conv(features, (3, 3), strides=(stride, stride),
+                 padding=((1, 1), (1, 1)), use_bias=False, name=name)
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                      epsilon=BN_EPSILON, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 conv-BN layers with a residual connection.
+
+  Post-ReLU outputs are sown as ``conv1_act`` (after ``bn1``) and
+  ``conv2_act`` (the block output, after the residual sum).
+
+  Attributes:
+    features: output channels.
+    stride: stride of ``conv1`` and of the shortcut.
+
+  Example:
+    >>> block = BasicBlock(8, 2)
+    >>> v = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+    >>> sorted(v['params'])
+    ['bn1', 'bn2', 'conv1', 'conv2', 'shortcut_bn', 'shortcut_conv']
+  """
+
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: float array [B, H, W, C_in].
+      train: batch statistics (True) or running averages (False).
+
+    Returns:
+      Float array [B, H / stride, W / stride, features].
+
+    Example:
+      >>> y = BasicBlock(8, 2).apply(v, x)  # doctest: +SKIP
+    """
+    h = _conv3x3(self.features, self.stride, "conv1")(x)
+    h = nn.relu(_batch_norm(train, "bn1")(h))
+    self.sow("intermediates", "conv1" + ACT_SUFFIX, h)
+    h = _conv3x3(self.features, 1, "conv2")(h)
+    h = _batch_norm(train, "bn2")(h)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = nn.Conv(self.features, (1, 1),
+                         strides=(self.stride, self.stride), padding="VALID",
+                         use_bias=False, name="shortcut_conv")(x)
+      shortcut = _batch_norm(train, "shortcut_bn")(shortcut)
+    out = nn.relu(h + shortcut)
+    self.sow("intermediates", "conv2" + ACT_SUFFIX, out)
+    return out
+
+
+class ResNet18(nn.Module):
+  """Mammoth's ResNet-18: stem, 4 stages of 2 BasicBlocks, global pool, head.
+
+  Parameter names: stem ``conv1``/``bn1``; blocks ``layer{1..4}_{0,1}``;
+  output ``head``. Call with ``mutable=['batch_stats']`` when
+  ``train=True``.
+
+  Attributes:
+    nf: width of the first stage; stages have nf, 2nf, 4nf, 8nf channels.
+    num_outputs: number of logits.
+    head: ``'shared'`` or ``'multi'``.
+    head_sizes: classes per task, for ``head='multi'``.
+
+  Example:
+    >>> model = ResNet18(nf=4, num_outputs=10)
+    >>> v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    >>> logits, new_state = model.apply(
+    ...     v, jnp.zeros((2, 32, 32, 3)), train=True, mutable=['batch_stats'])
+  """
+
+  nf: int = 64
+  num_outputs: int = 10
+  head: str = "shared"
+  head_sizes: Optional[Sequence[int]] = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Computes logits.
+
+    Args:
+      x: normalised float images [B, H, W, C] (any H, W >= 8).
+      train: batch statistics (True) or running averages (False).
+
+    Returns:
+      Logits [B, num_outputs].
+
+    Example:
+      >>> logits = ResNet18(nf=4).apply(v, x)  # doctest: +SKIP
+    """
+    h = _conv3x3(self.nf, 1, "conv1")(x)
+    h = nn.relu(_batch_norm(train, "bn1")(h))
+    self.sow("intermediates", "conv1" + ACT_SUFFIX, h)
+    for stage, stride in enumerate(STAGE_STRIDES):
+      features = self.nf * 2**stage
+      for b in range(BLOCKS_PER_STAGE):
+        h = BasicBlock(features, stride if b == 0 else 1,
+                       name=f"layer{stage + 1}_{b}")(h, train)
+    h = jnp.mean(h, axis=(1, 2))
+    return OutputHead(self.head, self.num_outputs, self.head_sizes,
+                      name="head")(h)
