@@ -111,7 +111,8 @@ def forward_transfer(R: np.ndarray, baseline: np.ndarray) -> float:
   return float(np.mean(before - b[1:]))
 
 
-def summarize(R_class_il: np.ndarray, R_task_il: np.ndarray) -> dict[str, float]:
+def summarize(R_class_il: np.ndarray,
+              R_task_il: np.ndarray) -> dict[str, float]:
   """Headline metrics for a run evaluated in both Class-IL and Task-IL.
 
   Args:

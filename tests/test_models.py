@@ -26,7 +26,7 @@ def _variables(model, input_shape, seed=0):
   eval_shape runs init_model without compiling anything.
   """
   shapes = jax.eval_shape(
-      lambda: init_model(model, jax.random.key(0), input_shape))
+      lambda: init_model(model, jax.random.key(0), (1, *input_shape)))
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -87,10 +87,15 @@ def test_multi_head_concatenates_task_heads_in_order():
   # Inside a model the heads sit under params['head'].
   model = make_model("mlp", 5, hidden_sizes=(3,), head="multi",
                      head_sizes=(2, 3))
-  shapes = jax.eval_shape(lambda: init_model(model, jax.random.key(0), (4,)))
+  shapes = jax.eval_shape(lambda: init_model(model, jax.random.key(0), (1, 4)))
   assert _shapes(shapes["params"]["head"]) == {
       "head_0": {"kernel": (3, 2), "bias": (2,)},
       "head_1": {"kernel": (3, 3), "bias": (3,)}}
+
+
+def test_init_model_needs_a_batch_axis():
+  with pytest.raises(ConfigError, match="batch axis"):
+    init_model(make_model("mlp", 3), jax.random.key(0), (784,))
 
 
 def test_registry_rejects_bad_configs_with_one_line():
@@ -117,7 +122,7 @@ def test_registry_rejects_bad_configs_with_one_line():
 def test_resnet18_parameter_names_and_shapes():
   model = make_model("resnet18", 10, nf=4)
   shapes = _shapes(jax.eval_shape(
-      lambda: init_model(model, jax.random.key(0), (32, 32, 3))))
+      lambda: init_model(model, jax.random.key(0), (1, 32, 32, 3))))
   assert set(shapes) == {"params", "batch_stats"}
   p = shapes["params"]
   blocks = [f"layer{s}_{b}" for s in range(1, 5) for b in range(2)]
@@ -171,7 +176,7 @@ def test_resnet18_train_mode_updates_batch_stats_pytorch_style():
 def test_resnet18_runs_on_32_and_64_pixel_inputs():
   model = make_model("resnet18", 5, nf=4)
   variables = jax.eval_shape(
-      lambda: init_model(model, jax.random.key(0), (32, 32, 3)))
+      lambda: init_model(model, jax.random.key(0), (1, 32, 32, 3)))
   for side in (32, 64):
     x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     out, state = jax.eval_shape(
@@ -216,7 +221,7 @@ def test_zenke_cnn_width_multiplier_scales_hidden_layers():
   model = make_model("zenke_cnn", 10, width_multiplier=2, head="multi",
                      head_sizes=(4, 6))
   p = _shapes(jax.eval_shape(
-      lambda: init_model(model, jax.random.key(0), (32, 32, 3)))["params"])
+      lambda: init_model(model, jax.random.key(0), (1, 32, 32, 3)))["params"])
   assert p["conv_0"]["kernel"] == (3, 3, 3, 64)
   assert p["conv_3"]["kernel"] == (3, 3, 128, 128)
   # 32 -> 30 -> 15 -> 13 -> 6: 6 * 6 * 128 inputs to dense_0.

@@ -1,7 +1,7 @@
 """Pieces shared by every model: the output head and activation naming.
 
-A shared head owns its ``kernel`` and ``bias`` directly, so its parameters sit at
-``params['head']``. A multi-head owns one Dense per task, at
+A shared head owns its ``kernel`` and ``bias`` directly, so its parameters sit
+at ``params['head']``. A multi-head owns one Dense per task, at
 ``params['head']['head_<t>']``. Either way a path filter that looks for
 ``head`` finds every output parameter.
 """

@@ -62,13 +62,13 @@ def make_model(name: str, num_outputs: int, *,
 
 def init_model(model: nn.Module, rng: jax.Array,
                input_shape: Sequence[int]) -> dict[str, Any]:
-  """Initialises a model's variables from one dummy example.
+  """Initialises a model's variables from a dummy batch of zeros.
 
   Args:
     model: a module whose ``__call__`` takes ``(x, train)``.
     rng: PRNG key for the parameter initialisers.
-    input_shape: shape of one example, without the batch axis, e.g.
-      ``(32, 32, 3)``.
+    input_shape: shape of the dummy batch, batch axis first, as for Flax's
+      ``init``, e.g. ``(1, 32, 32, 3)``.
 
   Returns:
     ``{'params': ...}`` plus ``'batch_stats'`` when the model has batch norm;
@@ -76,10 +76,14 @@ def init_model(model: nn.Module, rng: jax.Array,
 
   Example:
     >>> variables = init_model(make_model('mlp', 10), jax.random.key(0),
-    ...                        (28, 28, 1))
+    ...                        (1, 28, 28, 1))
   """
-  x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
-  variables = model.init(rng, x, train=False)
+  shape = tuple(int(d) for d in input_shape)
+  if len(shape) < 2:
+    raise ConfigError(
+        f"input_shape must include the batch axis, e.g. (1, 28, 28, 1); "
+        f"got {shape}.")
+  variables = model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
   return {k: v for k, v in variables.items() if k != "intermediates"}
 
 

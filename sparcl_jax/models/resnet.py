@@ -16,7 +16,9 @@ import jax.numpy as jnp
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
 
 # PyTorch's BatchNorm momentum 0.1 weights the new batch; Flax's weights the
-# running average, hence 0.9.
+# running average, hence 0.9. (Flax keeps the biased batch variance in the
+# running average where PyTorch keeps the unbiased one; with B*H*W values per
+# channel the difference is negligible.)
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 STAGE_STRIDES = (1, 2, 2, 2)
