@@ -1,5 +1,37 @@
-"""sparcl_jax: sparse, efficient continual learning in JAX (SparCL and CLNP)."""
+"""sparcl_jax: sparse, efficient continual learning in JAX (SparCL and CLNP).
 
+The public API is flat: ``import sparcl_jax as sc`` then ``sc.tdm``,
+``sc.dgm``, ``sc.ddr_update``, ``sc.clnp_partition``, ``sc.reservoir_add``...
+Modules stay importable for the rest (``sparcl_jax.training``,
+``sparcl_jax.data``, ``sparcl_jax.models``).
+"""
+
+from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
+                             Partition, SearchResult, apply_cut,
+                             capacity_report, chain_layer_specs,
+                             clnp_partition, cnn_layer_specs, commit_task,
+                             compute_partition, graceful_forgetting_search,
+                             init_used, l1_penalty, mlp_layer_specs,
+                             prune_by_threshold, set_partition,
+                             single_head_gate, unit_activity)
+from sparcl_jax.ddr import (DDRSchedule, DDRState, ddr_init, ddr_order,
+                            ddr_remove, ddr_reset, ddr_scores, ddr_update)
+from sparcl_jax.dgm import DGMState, dgm, dgm_masks
 from sparcl_jax.errors import ConfigError, DataError, SparclError
+from sparcl_jax.flops import (dense_train_flops, forward_macs, layer_macs,
+                              train_flops)
+from sparcl_jax.masks import (apply_mask, default_sparse_filter,
+                              drop_and_grow, erk_sparsities, filter_from_regex,
+                              magnitude_mask, snip_mask, summarize_sparsity,
+                              uniform_sparsities)
+from sparcl_jax.metrics import (average_accuracy, average_forgetting,
+                                backward_transfer, forward_transfer, summarize)
+from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
+                                     ewc_init, ewc_penalty, fisher_diagonal,
+                                     si_accumulate, si_consolidate, si_init,
+                                     si_penalty)
+from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,
+                                  buffer_sample, reservoir_add)
+from sparcl_jax.tdm import MaskSchedule, TDMState, tdm, tdm_masks
 
 __version__ = "0.1.0"

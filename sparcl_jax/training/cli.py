@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   try:
     config = parse_config(argv)
-    # Imported late so that --help and flag errors answer without loading JAX.
+    # Imported late: --help and flag errors need none of the training code.
     from sparcl_jax.training import loop, outputs  # pylint: disable=import-outside-toplevel
     workdir = outputs.prepare_workdir(config.workdir, config.overwrite)
     config = config_lib.replace(config, workdir=workdir)

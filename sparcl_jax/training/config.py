@@ -8,6 +8,7 @@ names, defaults and checks.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional
 
 from sparcl_jax.errors import ConfigError
@@ -112,6 +113,50 @@ class RunConfig:
       default=False, metadata={"help": "Replay from the buffer during the "
                                        "first task too (mammoth does; "
                                        "SparCL's code does not)."})
+  sparsity: float = dataclasses.field(
+      default=0.75, metadata={"help": "SparCL/SNIP/RigL: target weight "
+                                      "sparsity of the sparse layers."})
+  sparsity_distribution: str = dataclasses.field(
+      default="uniform", metadata={"help": "How sparsity spreads over layers: "
+                                           "uniform or erk."})
+  sparse_layers: str = dataclasses.field(
+      default="", metadata={"help": "Regex over parameter paths (e.g. "
+                                    "'hidden_.*/kernel') choosing the sparse "
+                                    "layers; empty: residual-block convs and "
+                                    "MLP hidden kernels."})
+  tdm: bool = dataclasses.field(
+      default=True, metadata={"help": "SparCL: task-aware dynamic masking "
+                                      "(sparse weights)."})
+  dgm: bool = dataclasses.field(
+      default=True, metadata={"help": "SparCL: dynamic gradient masking."})
+  ddr: bool = dataclasses.field(
+      default=True, metadata={"help": "SparCL: dynamic data removal."})
+  mask_update_interval: int = dataclasses.field(
+      default=5, metadata={"help": "TDM: epochs between drop-and-grow "
+                                   "updates (the counter restarts every "
+                                   "task)."})
+  mask_extra_growth: float = dataclasses.field(
+      default=0.01, metadata={"help": "TDM: extra density grown at each task "
+                                      "start."})
+  mask_swap_fraction: float = dataclasses.field(
+      default=0.01, metadata={"help": "TDM: share of connections swapped at "
+                                      "the middle updates."})
+  importance_lambda: float = dataclasses.field(
+      default=0.5, metadata={"help": "TDM: importance = |W| + lambda |g|."})
+  gradient_sparsity: float = dataclasses.field(
+      default=0.8, metadata={"help": "DGM: share of each sparse layer's "
+                                     "gradient zeroed (must exceed "
+                                     "--sparsity to matter)."})
+  dgm_refresh: int = dataclasses.field(
+      default=30, metadata={"help": "DGM: iterations between gradient-mask "
+                                    "refreshes (restarts every epoch)."})
+  ddr_epochs: str = dataclasses.field(
+      default="5,10,15,20", metadata={"help": "DDR: epochs of a task at whose "
+                                              "start data is removed, "
+                                              "comma-separated."})
+  ddr_fraction: float = dataclasses.field(
+      default=0.075, metadata={"help": "DDR: share of the task's training "
+                                       "set removed at each removal epoch."})
   seed: int = dataclasses.field(
       default=0, metadata={"help": "Seed for initialisation, data order, "
                                    "buffer and masks."})
@@ -130,6 +175,20 @@ class RunConfig:
   @property
   def hidden_widths(self) -> tuple[int, ...]:
     return tuple(int(w) for w in self.hidden_sizes.split(",") if w.strip())
+
+  @property
+  def ddr_epoch_list(self) -> tuple[int, ...]:
+    return tuple(int(e) for e in self.ddr_epochs.split(",") if e.strip())
+
+  @property
+  def is_sparcl(self) -> bool:
+    return self.method.startswith("sparcl_")
+
+  @property
+  def is_sparse(self) -> bool:
+    """Whether weights are masked (SparCL with TDM, SNIP, RigL)."""
+    return (self.is_sparcl and self.tdm) or self.method in ("snip_derpp",
+                                                             "rigl_derpp")
 
   @property
   def resolved_num_tasks(self) -> int:
@@ -209,6 +268,40 @@ def validate(config: RunConfig) -> RunConfig:
   if not 0.0 <= config.val_fraction < 1.0:
     raise ConfigError(f"--val_fraction={config.val_fraction} must be in "
                       "[0, 1).")
+  _choice("sparsity_distribution", config.sparsity_distribution,
+          SPARSITY_DISTRIBUTIONS)
+  for name in ("sparsity", "gradient_sparsity", "mask_extra_growth",
+               "mask_swap_fraction", "ddr_fraction"):
+    value = getattr(config, name)
+    if not 0.0 <= value < 1.0:
+      raise ConfigError(f"--{name}={value} is impossible: it must be in "
+                        "[0, 1).")
+  if config.sparsity + config.mask_swap_fraction >= 1.0:
+    raise ConfigError(f"--sparsity={config.sparsity} leaves no weights once "
+                      "TDM swaps connections; use a sparsity below "
+                      f"{1.0 - config.mask_swap_fraction:.2f}.")
+  if config.importance_lambda < 0:
+    raise ConfigError("--importance_lambda must be non-negative.")
+  _at_least("mask_update_interval", config.mask_update_interval, 1)
+  _at_least("dgm_refresh", config.dgm_refresh, 1)
+  try:
+    epochs = config.ddr_epoch_list
+  except ValueError:
+    epochs = (-1,)
+  if min(epochs, default=0) < 0:
+    raise ConfigError(f"--ddr_epochs={config.ddr_epochs!r} must be "
+                      "comma-separated non-negative integers, e.g. "
+                      "5,10,15,20.")
+  if config.ddr_fraction * len(set(epochs)) >= 1.0:
+    raise ConfigError(f"--ddr_fraction={config.ddr_fraction} at "
+                      f"{len(set(epochs))} removal epochs would remove the "
+                      "whole task; lower it.")
+  if config.sparse_layers:
+    try:
+      re.compile(config.sparse_layers)
+    except re.error as err:
+      raise ConfigError(f"--sparse_layers={config.sparse_layers!r} is not a "
+                        f"valid regular expression ({err}).")
   try:
     widths = config.hidden_widths
   except ValueError:

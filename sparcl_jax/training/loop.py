@@ -17,15 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sparcl_jax import ddr as ddr_lib
+from sparcl_jax import flops as flops_lib
+from sparcl_jax import masks as masks_lib
 from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import rehearsal
+from sparcl_jax import tdm as tdm_lib
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry
+from sparcl_jax.training import accounting
 from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import optimizers
 from sparcl_jax.training import steps
 from sparcl_jax.training.config import RunConfig
 
@@ -76,26 +82,6 @@ def build_scenario(config: RunConfig) -> Scenario:
       dataset, cifar100, val_fraction=config.val_fraction, seed=config.seed)
 
 
-def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
-  """The base optimizer of a run, accepting the loop's extra args.
-
-  Args:
-    config: run configuration (optimizer, lr).
-
-  Returns:
-    An optax transformation whose ``update`` accepts ``epoch`` and
-    ``step_in_epoch`` keyword arguments.
-
-  Example:
-    >>> tx = make_optimizer(RunConfig(optimizer="adam", lr=1e-3))
-  """
-  if config.optimizer == "adam":
-    base = optax.adam(config.lr)
-  else:
-    base = optax.sgd(config.lr)
-  return optax.with_extra_args_support(base)
-
-
 def method_spec(config: RunConfig) -> steps.MethodSpec:
   """Static loss description of ``config.method``."""
   return steps.MethodSpec(
@@ -104,7 +90,8 @@ def method_spec(config: RunConfig) -> steps.MethodSpec:
       beta=config.beta,
       replay_batch_size=config.replay_batch_size,
       current_task_logit_mask=config.current_task_logit_mask,
-      replay_first_task=config.replay_first_task)
+      replay_first_task=config.replay_first_task,
+      track_forgetting=config.is_sparcl and config.ddr)
 
 
 def input_spec(scenario: Scenario) -> steps.InputSpec:
@@ -210,47 +197,77 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     return variables["params"], variables.get("batch_stats", {})
 
   params, batch_stats = fresh_model(init_rng)
-  tx = make_optimizer(config)
+  tx = optimizers.make_optimizer(config)
+  opt_state = tx.init(params)
+  if config.is_sparse:
+    if config.method == "snip_derpp":
+      opt_state = _snip_masks(config, model, params, batch_stats, opt_state,
+                              scenario, spec)
+    params = masks_lib.apply_mask(params, tdm_lib.tdm_masks(opt_state))
   buffer = None
   if method.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
                                    scenario.num_outputs)
-  state = steps.TrainState(params, batch_stats, tx.init(params), buffer, None,
-                           rng)
+  state = steps.TrainState(params, batch_stats, opt_state, buffer, None, rng)
 
   device_data = pipeline.to_device(scenario)
   class_masks = _class_masks(scenario)
 
   chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
-                                 steps_per_call, buffer_ops=rehearsal)
+                                 steps_per_call, buffer_ops=rehearsal,
+                                 ddr_ops=ddr_lib)
   epoch_order = steps.make_epoch_order()
   evaluate = steps.make_evaluate(model, spec, config.eval_batch_size,
                                  arrays.test_len)
+  ddr_remove = jax.jit(ddr_lib.ddr_remove)
+  ddr_schedule = ddr_lib.DDRSchedule(config.ddr_epoch_list,
+                                     config.ddr_fraction)
+  counter = accounting.FlopsCounter(_layer_macs(model, params, batch_stats,
+                                                spec))
+  grad_sparsity = _dgm_sparsities(config, params)
+  replay_terms = {"": 0, "er": 1, "der": 1, "derpp": 2}[method.replay]
 
   acc_class = np.zeros((num_tasks, num_tasks))
   acc_task = np.zeros((num_tasks, num_tasks))
   task_times = []
+  kept_per_epoch = []
   for t in range(num_tasks):
     task_start = time.perf_counter()
     if joint and t > 0:
       rng, init_rng = jax.random.split(state.rng)
       params, batch_stats = fresh_model(init_rng)
       state = state._replace(params=params, batch_stats=batch_stats, rng=rng)
-    # A fresh optimizer per task, as in the papers' code.
-    state = state._replace(opt_state=tx.init(state.params))
+    if not config.is_sparse:
+      # A fresh optimizer per task, as in the papers' code. Sparse methods
+      # keep theirs: it holds the masks (their base optimizer, SGD without
+      # momentum, has no state of its own).
+      state = state._replace(opt_state=tx.init(state.params))
     ex_index, ex_task, usable = arrays.train(t)
     data = (device_data, jax.device_put(ex_index), jax.device_put(ex_task))
     usable_dev = jax.device_put(usable)
+    task_size = int(usable.sum())
+    if method.track_forgetting:
+      state = state._replace(
+          ddr=ddr_lib.ddr_init(arrays.train_len)._replace(kept=usable_dev))
     task_mask = jnp.asarray(
         class_masks[:t + 1].any(0) if joint else class_masks[t])
-    steps_per_epoch = int(usable.sum()) // batch_size
-    bar = _progress(steps_per_epoch * config.epochs,
+    replay_active = bool(method.replay) and (t > 0 or
+                                             method.replay_first_task)
+    bar = _progress((task_size // batch_size) * config.epochs,
                     f"task {t + 1}/{num_tasks}", config.progress)
+    kept_per_epoch.append([])
     for epoch in range(config.epochs):
-      order_rng, rng = jax.random.split(state.rng)
+      order_rng, remove_rng, rng = jax.random.split(state.rng, 3)
       state = state._replace(rng=rng)
+      if method.track_forgetting:
+        removal = ddr_schedule.removal_count(epoch, task_size)
+        if removal:
+          state = state._replace(ddr=ddr_remove(state.ddr, remove_rng,
+                                                jnp.int32(removal)))
+        usable_dev = state.ddr.kept
       order, count = epoch_order(order_rng, usable_dev)
       num_steps = int(count) // batch_size
+      buffer_seen = int(state.buffer.num_seen) if method.replay else 0
       loss_sum = jnp.zeros(())
       for first in range(0, num_steps, steps_per_call):
         facts = steps.StepFacts(
@@ -260,8 +277,18 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
         state, chunk_loss = chunk(state, data, order, facts)
         loss_sum = loss_sum + chunk_loss
         bar.update(min(steps_per_call, num_steps - first))
+      weight_sparsity = _weight_sparsities(config, state.opt_state)
+      stream = num_steps * batch_size
+      replayed = accounting.replayed_examples(
+          num_steps, batch_size, method.replay_batch_size, replay_terms,
+          replay_active, buffer_seen)
+      epoch_flops = counter.add(stream + replayed, weight_sparsity,
+                                grad_sparsity)
+      kept_per_epoch[-1].append(int(count))
       log({"event": "epoch", "task": t, "epoch": epoch, "steps": num_steps,
-           "examples": num_steps * batch_size,
+           "kept": int(count), "examples": stream,
+           "replayed_examples": replayed, "train_flops": epoch_flops,
+           "train_flops_so_far": counter.train_flops,
            "loss": float(loss_sum) / max(num_steps, 1)})
     bar.close()
     seen = jnp.asarray(class_masks[:t + 1].any(0))
@@ -281,10 +308,17 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
          "task_time_s": task_times[-1]})
 
   final = metrics_lib.summarize(acc_class, acc_task)
+  sparsity = masks_lib.summarize_sparsity(state.params)
   return {
       "acc_matrix": {"class_il": acc_class.tolist(),
                      "task_il": acc_task.tolist()},
       "final": {k: float(v) for k, v in final.items()},
+      "train_flops": counter.train_flops,
+      "dense_train_flops": counter.dense_train_flops,
+      "train_examples": counter.examples,
+      "data_kept_per_epoch": kept_per_epoch,
+      "sparsity": _sparsity_report(config, state),
+      "weights_zero_fraction": sparsity["sparsity"],
       "wall_time_s": time.perf_counter() - start,
       "task_time_s": task_times,
       "scenario": {"name": scenario.name, "num_tasks": num_tasks,
@@ -293,3 +327,73 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
                        [len(t.train_indices) for t in scenario.tasks]},
       "flags": config_lib.to_dict(config),
   }
+
+
+def _layer_macs(model, params, batch_stats, spec: steps.InputSpec
+                ) -> dict[str, int]:
+  """Forward MACs per example of every kernel, traced from the model."""
+
+  def apply(p, x):
+    variables = {"params": p}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    return model.apply(variables, x, train=False)
+
+  x = jax.ShapeDtypeStruct((2,) + tuple(spec.image_shape), jnp.float32)
+  return flops_lib.layer_macs(apply, params, x, batch_size=2)
+
+
+def _weight_sparsities(config: RunConfig, opt_state) -> dict[str, float]:
+  """Current sparsity of each masked layer ({} for dense methods)."""
+  if not config.is_sparse:
+    return {}
+  summary = masks_lib.summarize_sparsity(tdm_lib.tdm_masks(opt_state))
+  return {path: layer["sparsity"] for path, layer in
+          summary["layers"].items()}
+
+
+def _dgm_sparsities(config: RunConfig, params) -> dict[str, float]:
+  """Gradient sparsity DGM gives each layer it masks ({} without DGM)."""
+  if optimizers.gradient_masking(config) is None:
+    return {}
+  selected = masks_lib.masks_from_filter(params,
+                                         optimizers.sparse_filter(config))
+  return {path: config.gradient_sparsity for path, _ in
+          masks_lib.flatten_with_paths(selected)}
+
+
+def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
+  """Per-layer and overall sparsity of the final weights and masks."""
+  report = {"weights": masks_lib.summarize_sparsity(state.params)}
+  if config.is_sparse:
+    report["masks"] = masks_lib.summarize_sparsity(
+        tdm_lib.tdm_masks(state.opt_state))
+  return report
+
+
+def _snip_masks(config: RunConfig, model, params, batch_stats, opt_state,
+                scenario: Scenario, spec: steps.InputSpec):
+  """SNIP: the static mask keeping the largest |W * g| of one batch.
+
+  The gradient is that of the cross-entropy of ``batch_size`` examples of the
+  first task at initialisation.
+  """
+  task = scenario.tasks[0]
+  rows = np.random.default_rng(config.seed).choice(
+      task.train_indices, config.batch_size, replace=False)
+  data = pipeline.to_device(scenario)
+  x, y = pipeline.gather_batch(data, jnp.asarray(rows, jnp.int32), 0,
+                               "train", spec.permuted)
+  x = pipeline.normalize(x, spec.mean, spec.std)
+  forward = steps.make_forward(model)
+
+  def loss(p):
+    logits, _ = forward(p, batch_stats, x, None, False)
+    return steps.losses.cross_entropy(logits, y)
+
+  grads = jax.grad(loss)(params)
+  sparsities = masks_lib.uniform_sparsities(params,
+                                            optimizers.sparse_filter(config),
+                                            config.sparsity)
+  masks = masks_lib.snip_mask(params, grads, sparsities)
+  return opt_state._replace(masks=masks)

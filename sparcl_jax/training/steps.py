@@ -261,7 +261,7 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
         (facts.first_step * batch_size,), (steps_per_call * batch_size,))
     return chunk(state, data, order, facts)
 
-  return jax.jit(chunk_entry, donate_argnums=(0,))
+  return jax.jit(chunk_entry)
 
 
 def make_epoch_order() -> Callable:
