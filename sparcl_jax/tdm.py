@@ -169,15 +169,15 @@ def _is_none(x: Any) -> bool:
   return x is None
 
 
-def _final_update(mask: Optional[jax.Array], old_mask: Optional[jax.Array],
-                  u: jax.Array, w: jax.Array) -> jax.Array:
+def _final_update(mask: Optional[jax.Array], u: jax.Array, w: jax.Array,
+                  w_start: jax.Array) -> jax.Array:
   """Update that leaves masked weights at exactly zero."""
   if mask is None:
     return u
-  # `-w` lands a masked weight on exactly 0.0 after apply_updates; a grown
-  # weight restarts from 0 (`u - w`); a kept weight gets `u` bit-for-bit.
-  out = jnp.where(old_mask, u, u - w)
-  return jnp.where(mask, out, -w).astype(u.dtype)
+  # `-w` lands a masked weight on exactly 0.0 after apply_updates. `w_start`
+  # is `w` except at grown positions, where it is 0, so grown weights restart
+  # from zero; a kept weight gets `u + 0.0`, i.e. the inner update.
+  return jnp.where(mask, u + (w_start - w), -w).astype(u.dtype)
 
 
 def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
@@ -334,7 +334,8 @@ def tdm(inner: optax.GradientTransformation, *,
     do_update = (step == 0) & (phase != _NO_UPDATE)
     rng, update_rng = jax.random.split(state.rng)
 
-    def new_masks(masks):
+    def new_masks(carry):
+      masks, _ = carry
       scores = jax.tree.map(
           lambda m, w, g: None if m is None else jnp.abs(w) + jnp.where(
               state.has_grads, lam * jnp.abs(g), jnp.zeros_like(g)),
@@ -342,13 +343,14 @@ def tdm(inner: optax.GradientTransformation, *,
       pick = lambda t: jax.tree.map(
           lambda m, c: None if m is None else jnp.asarray(c)[phase], masks, t,
           is_leaf=_is_none)
-      _, out = masks_lib.drop_and_grow_counts(
+      start, out = masks_lib.drop_and_grow_counts(
           update_rng, params, scores, masks, pick(keep_table),
           pick(total_table), growth=growth,
           grow_scores=updates if growth == 'gradient' else None)
-      return out
+      return out, start
 
-    masks = jax.lax.cond(do_update, new_masks, lambda m: m, state.masks)
+    masks, start_params = jax.lax.cond(do_update, new_masks, lambda c: c,
+                                       (state.masks, params))
     masked = jax.tree.map(
         lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
         masks, updates, is_leaf=_is_none)
@@ -359,8 +361,8 @@ def tdm(inner: optax.GradientTransformation, *,
                               masked, is_leaf=_is_none)
     inner_updates, inner_state = inner.update(masked, state.inner_state,
                                               params, **shared)
-    final = jax.tree.map(_final_update, masks, state.masks, inner_updates,
-                         params, is_leaf=_is_none)
+    final = jax.tree.map(_final_update, masks, inner_updates, params,
+                         start_params, is_leaf=_is_none)
     return final, TDMState(
         count=state.count + 1, masks=masks, last_grads=last_grads,
         has_grads=jnp.ones([], jnp.bool_), rng=rng, inner_state=inner_state,
