@@ -1,0 +1,226 @@
+"""Tests for sparcl_jax.masks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import FrozenDict
+
+from sparcl_jax import masks
+from sparcl_jax.errors import ConfigError
+
+
+def _params(seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      'hidden_0': {'kernel': jnp.asarray(rng.normal(size=(20, 50)),
+                                         jnp.float32),
+                   'bias': jnp.zeros((50,))},
+      'hidden_1': {'kernel': jnp.asarray(rng.normal(size=(50, 8)),
+                                         jnp.float32)},
+      'head': {'kernel': jnp.asarray(rng.normal(size=(8, 3)), jnp.float32)},
+  }
+
+
+@pytest.mark.parametrize('path,shape,expected', [
+    ('layer1_0/conv1/kernel', (3, 3, 4, 4), True),
+    ('layer4_1/conv2/kernel', (3, 3, 4, 4), True),
+    ('params/layer2_0/conv1/kernel', (3, 3, 4, 4), True),
+    ('conv1/kernel', (3, 3, 3, 4), False),
+    ('layer1_0/shortcut_conv/kernel', (1, 1, 4, 8), False),
+    ('layer1_0/bn1/scale', (4,), False),
+    ('bn1/scale', (4,), False),
+    ('hidden_0/kernel', (4, 8), True),
+    ('hidden_3/kernel', (4, 8), True),
+    ('hidden_0/bias', (8,), False),
+    ('head/kernel', (8, 2), False),
+    ('head_0/kernel', (8, 2), False),
+])
+def test_default_sparse_filter(path, shape, expected):
+  assert masks.default_sparse_filter(path, jnp.zeros(shape)) is expected
+
+
+def test_filter_from_regex():
+  f = masks.filter_from_regex(r'dense_\d+/kernel$')
+  assert f('dense_12/kernel', jnp.zeros((2, 2)))
+  assert not f('dense_12/bias', jnp.zeros((2, 2)))
+  # 1-D leaves are never sparse by default even if the path matches.
+  assert not masks.filter_from_regex('bias')('a/bias', jnp.zeros((3,)))
+  with pytest.raises(ConfigError, match='regex'):
+    masks.filter_from_regex('(')
+
+
+def test_keep_count():
+  assert masks.keep_count(1000, 0.75) == 250
+  assert masks.keep_count(1000, 0.76) == 240
+  assert masks.keep_count(1000, 0.74) == 260
+  assert masks.keep_count(10, 0.0) == 10
+  assert masks.keep_count(7, 1.0) == 0
+
+
+def test_uniform_sparsities_structure_and_validation():
+  sp = masks.uniform_sparsities(_params(), masks.default_sparse_filter, 0.9)
+  assert sp == {'hidden_0': {'kernel': 0.9, 'bias': None},
+                'hidden_1': {'kernel': 0.9}, 'head': {'kernel': None}}
+  for bad in (1.0, -0.1):
+    with pytest.raises(ConfigError, match=r'\[0, 1\)'):
+      masks.uniform_sparsities(_params(), masks.default_sparse_filter, bad)
+
+
+def test_erk_hand_computed_with_dense_clipping():
+  p = {'hidden_0': {'kernel': jnp.zeros((64, 64))},
+       'hidden_1': {'kernel': jnp.zeros((64, 4))}}
+  # Raw densities 128/4096 and 68/256. At s=0.5 the scale would give the
+  # small layer density 2.96 > 1, so it becomes dense and the big layer keeps
+  # (2176 - 256) / 4096 = 0.46875.
+  sp = masks.erk_sparsities(p, masks.default_sparse_filter, 0.5)
+  assert sp['hidden_1']['kernel'] == 0.0
+  assert sp['hidden_0']['kernel'] == pytest.approx(0.53125, abs=1e-12)
+  # At s=0.9 no clipping: density ratio equals raw-density ratio.
+  sp = masks.erk_sparsities(p, masks.default_sparse_filter, 0.9)
+  d0, d1 = 1 - sp['hidden_0']['kernel'], 1 - sp['hidden_1']['kernel']
+  assert d1 / d0 == pytest.approx((68 / 256) / (128 / 4096))
+  assert (d0 * 4096 + d1 * 256) / 4352 == pytest.approx(0.1)
+
+
+def test_magnitude_mask_exact_and_largest():
+  p = _params()
+  sp = masks.uniform_sparsities(p, masks.default_sparse_filter, 0.73)
+  m = masks.magnitude_mask(p, sp)
+  assert m['head']['kernel'] is None and m['hidden_0']['bias'] is None
+  for name, n in (('hidden_0', 1000), ('hidden_1', 400)):
+    mk = np.asarray(m[name]['kernel'])
+    assert mk.dtype == bool and mk.sum() == masks.keep_count(n, 0.73)
+    w = np.abs(np.asarray(p[name]['kernel']))
+    assert w[mk].min() > w[~mk].max()
+
+
+def test_magnitude_mask_on_frozendict():
+  p = FrozenDict(_params())
+  sp = masks.uniform_sparsities(p, masks.default_sparse_filter, 0.5)
+  m = masks.magnitude_mask(p, sp)
+  assert int(m['hidden_1']['kernel'].sum()) == 200
+  out = masks.apply_mask(p, m)
+  assert int((out['hidden_1']['kernel'] != 0).sum()) == 200
+  assert np.array_equal(out['head']['kernel'], p['head']['kernel'])
+
+
+def test_snip_mask_hand_example():
+  p = {'hidden_0': {'kernel': jnp.array([[1., 2.], [3., 4.]])}}
+  g = {'hidden_0': {'kernel': jnp.array([[5., 0.], [1., -1.]])}}
+  # |w*g| = [[5, 0], [3, 4]] -> keep 5 and 4.
+  m = masks.snip_mask(p, g, {'hidden_0': {'kernel': 0.5}})
+  assert m['hidden_0']['kernel'].tolist() == [[True, False], [False, True]]
+
+
+def test_apply_mask_exact_zeros():
+  p = {'a': jnp.array([-1.5, 2.0, 3.0]), 'b': jnp.array([7.0])}
+  out = masks.apply_mask(p, {'a': jnp.array([False, True, False]), 'b': None})
+  assert out['a'].tolist() == [0.0, 2.0, 0.0]
+  assert out['b'].tolist() == [7.0]
+
+
+def _drop_grow_case():
+  rng = np.random.default_rng(3)
+  w = rng.normal(size=(10, 20)).astype(np.float32)
+  mask = np.zeros(200, bool)
+  mask[rng.permutation(200)[:100]] = True
+  mask = mask.reshape(10, 20)
+  w = np.where(mask, w, 0.0).astype(np.float32)
+  scores = np.abs(w) + 0.1 * rng.random((10, 20)).astype(np.float32)
+  return {'w': jnp.asarray(w)}, {'w': jnp.asarray(scores)}, {
+      'w': jnp.asarray(mask)}
+
+
+def test_drop_and_grow_random_exact_counts_under_jit():
+  p, sc, m = _drop_grow_case()
+  fn = jax.jit(lambda rng, prune, grow: masks.drop_and_grow(
+      rng, p, sc, m, prune, grow))
+  mask0 = np.asarray(m['w'])
+  scores = np.asarray(sc['w'])
+  # 100 active of 200: prune to 0.55 keeps 90, grow to 0.5 gives 100.
+  new_p, new_m = fn(jax.random.key(1), jnp.float32(0.55), jnp.float32(0.5))
+  nm = np.asarray(new_m['w'])
+  assert nm.sum() == 100
+  active_scores = np.where(mask0, scores, -np.inf).ravel()
+  survivors = np.zeros(200, bool)
+  survivors[np.argsort(-active_scores)[:90]] = True
+  survivors = survivors.reshape(10, 20)
+  assert np.all(nm[survivors])
+  grown = nm & ~survivors
+  assert grown.sum() == 10
+  # Grown weights start from zero, dropped weights are zeroed, kept ones
+  # keep their value.
+  assert np.all(np.asarray(new_p['w'])[grown] == 0)
+  assert np.all(np.asarray(new_p['w'])[~nm] == 0)
+  assert np.array_equal(np.asarray(new_p['w'])[survivors],
+                        np.asarray(p['w'])[survivors])
+  # Same traced function, other sparsities: the task-start growth.
+  _, m2 = fn(jax.random.key(1), jnp.float32(0.5), jnp.float32(0.45))
+  assert int(m2['w'].sum()) == 110
+  assert np.all(np.asarray(m2['w'])[mask0])
+
+
+def test_drop_and_grow_random_growth_depends_on_rng():
+  p, sc, m = _drop_grow_case()
+  _, a = masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.4)
+  _, b = masks.drop_and_grow(jax.random.key(5), p, sc, m, 0.5, 0.4)
+  assert int(a['w'].sum()) == int(b['w'].sum()) == 120
+  assert not np.array_equal(np.asarray(a['w']), np.asarray(b['w']))
+
+
+def test_drop_and_grow_gradient_growth_picks_largest_gradients():
+  p, sc, m = _drop_grow_case()
+  g = np.random.default_rng(9).normal(size=(10, 20)).astype(np.float32)
+  _, nm = masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.45,
+                              growth='gradient', grow_scores={'w': g})
+  nm = np.asarray(nm['w'])
+  mask0 = np.asarray(m['w'])
+  assert nm.sum() == 110 and np.all(nm[mask0])
+  zero_grads = np.where(mask0, -np.inf, np.abs(g)).ravel()
+  expected = np.zeros(200, bool)
+  expected[np.argsort(-zero_grads)[:10]] = True
+  assert np.array_equal(nm & ~mask0, expected.reshape(10, 20))
+
+
+def test_drop_and_grow_validation():
+  p, sc, m = _drop_grow_case()
+  with pytest.raises(ConfigError, match='grow_sparsity'):
+    masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.6)
+  with pytest.raises(ConfigError, match='growth'):
+    masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.5, growth='x')
+  with pytest.raises(ConfigError, match='grow_scores'):
+    masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.5,
+                        growth='gradient')
+
+
+def test_topk_mask_random_ties_exact():
+  scores = jnp.ones((50,))
+  a = masks.topk_mask(scores, 7, jax.random.key(0))
+  b = masks.topk_mask(scores, 7, jax.random.key(1))
+  assert int(a.sum()) == int(b.sum()) == 7
+  assert not np.array_equal(np.asarray(a), np.asarray(b))
+  # Without a key, ties go to the lower index.
+  assert np.flatnonzero(masks.topk_mask(scores, 3)).tolist() == [0, 1, 2]
+
+
+def test_summarize_sparsity_params_and_masks():
+  p = {'hidden_0': {'kernel': jnp.array([[0., 1.], [0., 0.]]),
+                    'bias': jnp.array([1., 1.])}}
+  s = masks.summarize_sparsity(p)
+  assert s['size'] == 6 and s['nnz'] == 3 and s['sparsity'] == 0.5
+  assert s['layers']['hidden_0/kernel'] == {'size': 4, 'nnz': 1,
+                                            'sparsity': 0.75}
+  s = masks.summarize_sparsity(p, masks.default_sparse_filter)
+  assert list(s['layers']) == ['hidden_0/kernel'] and s['sparsity'] == 0.75
+  m = {'hidden_0': {'kernel': jnp.array([True, False, False, False]),
+                    'bias': None}}
+  assert masks.summarize_sparsity(m)['sparsity'] == 0.75
+
+
+def test_sparsities_by_path():
+  sp = masks.uniform_sparsities(_params(), masks.default_sparse_filter, 0.5)
+  assert masks.sparsities_by_path(sp) == {'hidden_0/kernel': 0.5,
+                                          'hidden_1/kernel': 0.5}

@@ -1,0 +1,267 @@
+"""Tests for sparcl_jax.tdm (task-aware dynamic masking)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sparcl_jax import masks as masks_lib
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.tdm import MaskSchedule, TDMState, tdm, tdm_masks
+
+
+def _expected_row(epoch):
+  if epoch == 0:
+    return True, 0.75, 0.74
+  if epoch == 45:
+    return True, 0.75, 0.75
+  if epoch % 5 == 0:
+    return True, 0.76, 0.75
+  return False, 0.75, 0.75
+
+
+def test_schedule_table_python_ints():
+  sched = MaskSchedule()
+  for epoch in range(50):
+    assert sched.targets(epoch, 0.75) == _expected_row(epoch), epoch
+  assert sched.targets(50, 0.75) == (False, 0.75, 0.75)
+  assert sched.targets(55, 0.75) == (False, 0.75, 0.75)
+
+
+def test_schedule_table_traced_matches():
+  sched = MaskSchedule()
+  upd, prune, grow = jax.jit(jax.vmap(lambda e: sched.targets(e, 0.9)))(
+      jnp.arange(50))
+  for epoch in range(50):
+    u, p, g = _expected_row(epoch)
+    assert bool(upd[epoch]) == u
+    assert float(prune[epoch]) == pytest.approx(p + 0.15, abs=1e-6)
+    assert float(grow[epoch]) == pytest.approx(g + 0.15, abs=1e-6)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(update_interval=0), 'update_interval'),
+    (dict(epochs_per_task=0), 'epochs_per_task'),
+    (dict(extra_growth=1.0), 'extra_growth'),
+    (dict(swap_fraction=-0.1), 'swap_fraction'),
+])
+def test_schedule_validation(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    MaskSchedule(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(), 'exactly one'),
+    (dict(sparsity=0.5, sparsities={}), 'exactly one'),
+    (dict(sparsity=1.0), r'\[0, 1\)'),
+    (dict(sparsity=0.5, distribution='lognormal'), 'distribution'),
+    (dict(sparsity=0.5, growth='magic'), 'growth'),
+    (dict(sparsity=0.5, importance_lambda=-1.0), 'importance_lambda'),
+    (dict(sparsity=0.5, steps_per_epoch=0), 'steps_per_epoch'),
+])
+def test_tdm_validation(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    tdm(optax.sgd(0.1), **kwargs)
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {
+      'hidden_0': {'kernel': jnp.asarray(rng.normal(size=(20, 50)),
+                                         jnp.float32),
+                   'bias': jnp.zeros((50,), jnp.float32)},
+      'head': {'kernel': jnp.asarray(rng.normal(size=(50, 4)), jnp.float32)},
+  }
+
+
+def _grads(step):
+  rng = np.random.default_rng(100 + step)
+  return jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), _params())
+
+
+SCHED = MaskSchedule(update_interval=2, epochs_per_task=6)
+STEPS_PER_EPOCH = 2
+
+
+def _run(tx, num_tasks=2, check=None):
+  """Runs tasks of SCHED.epochs_per_task epochs with fixed fake gradients."""
+  params = _params()
+  state = tx.init(params)
+
+  @jax.jit
+  def step_fn(g, s, p, e, k):
+    updates, s = tx.update(g, s, p, epoch=e, step_in_epoch=k)
+    return optax.apply_updates(p, updates), s
+
+  step = 0
+  for _ in range(num_tasks):
+    for epoch in range(SCHED.epochs_per_task):
+      for k in range(STEPS_PER_EPOCH):
+        grads = _grads(step)
+        new_params, new_state = step_fn(grads, state, params, epoch, k)
+        if check is not None:
+          check(epoch, k, grads, params, state, new_params, new_state)
+        params, state = new_params, new_state
+        step += 1
+  return params, state
+
+
+def test_tdm_masks_exact_zeros_and_counts_through_schedule():
+  tx = tdm(optax.sgd(0.1), sparsity=0.5, schedule=SCHED, seed=3)
+  n = 1000
+  expected_nnz = {0: 510, 2: 500, 4: 500}  # task start, swap, final
+  seen = []
+
+  def check(epoch, k, grads, params, state, new_params, new_state):
+    mask = np.asarray(new_state.masks['hidden_0']['kernel'])
+    w = np.asarray(new_params['hidden_0']['kernel'])
+    # Masked weights are exactly zero after every step.
+    assert np.all(w[~mask] == 0.0)
+    assert new_state.masks['head']['kernel'] is None
+    old = np.asarray(state.masks['hidden_0']['kernel'])
+    if k == 0 and epoch in expected_nnz:
+      assert mask.sum() == expected_nnz[epoch]
+      seen.append(epoch)
+      score = np.abs(np.asarray(params['hidden_0']['kernel']))
+      if bool(state.has_grads):
+        score = score + 0.5 * np.abs(
+            np.asarray(state.last_grads['hidden_0']['kernel']))
+      keep = masks_lib.keep_count(n, {0: 0.5, 2: 0.51, 4: 0.5}[epoch])
+      ranked = np.argsort(-np.where(old, score, -np.inf).ravel())[:keep]
+      # The highest-importance active weights survive the drop.
+      assert np.all(mask.ravel()[ranked])
+      survivors = np.zeros(n, bool)
+      survivors[ranked] = True
+      survivors = survivors.reshape(mask.shape)
+      # Grown positions: anything outside the drop survivors, just-dropped
+      # weights included.
+      grown = mask & ~survivors
+      assert grown.sum() == mask.sum() - min(keep, old.sum())
+      # Grown weights start from zero: after one SGD step they equal the
+      # (masked) update, -lr * g.
+      np.testing.assert_allclose(
+          w[grown], -0.1 * np.asarray(grads['hidden_0']['kernel'])[grown],
+          rtol=1e-6)
+    else:
+      assert np.array_equal(mask, old)
+    # Kept weights get the SGD update of the masked gradient.
+    kept = mask & old
+    if k == 0 and epoch in expected_nnz:
+      kept = mask & survivors
+    expect = np.asarray(params['hidden_0']['kernel']) - np.float32(
+        0.1) * np.asarray(grads['hidden_0']['kernel'])
+    np.testing.assert_allclose(w[kept], expect[kept], rtol=1e-6, atol=1e-7)
+    # Dense leaves are updated normally.
+    np.testing.assert_allclose(
+        np.asarray(new_params['head']['kernel']),
+        np.asarray(params['head']['kernel']) - 0.1 * np.asarray(
+            grads['head']['kernel']), rtol=1e-6, atol=1e-7)
+
+  _, state = _run(tx, num_tasks=2, check=check)
+  assert seen == [0, 2, 4, 0, 2, 4]
+  assert int(state.count) == 2 * 6 * STEPS_PER_EPOCH
+  assert bool(state.has_grads)
+
+
+def test_tdm_first_update_uses_weights_only_then_task_aware():
+  # lambda large: after the first task, gradients dominate the importance,
+  # so the second task's start mask must differ from a |W|-only choice.
+  tx = tdm(optax.sgd(0.0), sparsity=0.5, schedule=SCHED,
+           importance_lambda=100.0)
+  params = _params()
+  state = tx.init(params)
+  init_mask = np.asarray(state.masks['hidden_0']['kernel'])
+  step_fn = jax.jit(lambda g, s, p, e, k: tx.update(
+      g, s, p, epoch=e, step_in_epoch=k))
+  _, state = step_fn(_grads(0), state, params, 0, 0)
+  # First update: prune to 0.5 keeps exactly the magnitude mask.
+  assert np.all(np.asarray(state.masks['hidden_0']['kernel'])[init_mask])
+  last = np.asarray(state.last_grads['hidden_0']['kernel'])
+  mask = np.asarray(state.masks['hidden_0']['kernel'])
+  np.testing.assert_array_equal(
+      last, np.where(mask, np.asarray(_grads(0)['hidden_0']['kernel']), 0))
+  # "Next task" start (epoch 0 again) ranks by |W| + 100 |g_last|.
+  _, state2 = step_fn(_grads(1), state, params, 0, 0)
+  score = np.abs(np.asarray(params['hidden_0']['kernel'])) + 100 * np.abs(
+      last)
+  keep = np.argsort(-np.where(mask, score, -np.inf).ravel())[:500]
+  assert np.all(np.asarray(state2.masks['hidden_0']['kernel']).ravel()[keep])
+
+
+def test_tdm_with_momentum_and_chain_and_accessor():
+  inner = optax.sgd(0.05, momentum=0.9)
+  tx = optax.chain(optax.clip_by_global_norm(10.0),
+                   tdm(inner, sparsity=0.8, schedule=SCHED))
+  params, state = _run(tx, num_tasks=1)
+  mask = np.asarray(tdm_masks(state)['hidden_0']['kernel'])
+  assert mask.sum() == 200
+  w = np.asarray(params['hidden_0']['kernel'])
+  assert np.all(w[~mask] == 0) and np.count_nonzero(w) <= 200
+  # Momentum is fed masked gradients: positions never active have no trace.
+  trace = np.asarray(state[1].inner_state[0].trace['hidden_0']['kernel'])
+  assert np.count_nonzero(trace) < trace.size
+
+
+def test_tdm_accessor_errors():
+  with pytest.raises(ValueError, match='found 0'):
+    tdm_masks(optax.sgd(0.1).init(_params()))
+
+
+def test_tdm_counter_fallback_and_missing_extra_args():
+  params = _params()
+  tx = tdm(optax.sgd(0.1), sparsity=0.5, schedule=SCHED,
+           steps_per_epoch=STEPS_PER_EPOCH)
+  state = tx.init(params)
+
+  @jax.jit
+  def step_fn(g, s, p):
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  nnz = []
+  for step in range(6):
+    params, state = step_fn(_grads(step), state, params)
+    nnz.append(int(state.masks['hidden_0']['kernel'].sum()))
+  # Epoch 0 grows to 510, epoch 2 (steps 4-5) swaps back to 500.
+  assert nnz == [510, 510, 510, 510, 500, 500]
+  bad = tdm(optax.sgd(0.1), sparsity=0.5)
+  with pytest.raises(ConfigError, match='epoch= and step_in_epoch='):
+    bad.update(_grads(0), bad.init(params), params)
+
+
+def test_tdm_erk_init_counts_and_gradient_growth():
+  params = {'hidden_0': {'kernel': jnp.asarray(
+      np.random.default_rng(1).normal(size=(40, 40)), jnp.float32)},
+            'hidden_1': {'kernel': jnp.asarray(
+                np.random.default_rng(2).normal(size=(40, 5)), jnp.float32)}}
+  sp = masks_lib.erk_sparsities(params, masks_lib.default_sparse_filter, 0.8)
+  tx = tdm(optax.sgd(0.1), sparsity=0.8, distribution='erk',
+           growth='gradient', schedule=SCHED)
+  state = tx.init(params)
+  for name, n in (('hidden_0', 1600), ('hidden_1', 200)):
+    assert int(state.masks[name]['kernel'].sum()) == masks_lib.keep_count(
+        n, sp[name]['kernel'])
+  old = np.asarray(state.masks['hidden_0']['kernel'])
+  g = {'hidden_0': {'kernel': jnp.asarray(np.random.default_rng(5).normal(
+      size=(40, 40)), jnp.float32)}, 'hidden_1': {'kernel': jnp.ones((40, 5))}}
+  _, state = jax.jit(lambda g, s, p: tx.update(
+      g, s, p, epoch=0, step_in_epoch=0))(g, state, params)
+  new = np.asarray(state.masks['hidden_0']['kernel'])
+  s0 = sp['hidden_0']['kernel']
+  n_grow = masks_lib.keep_count(1600, s0 - 0.01) - masks_lib.keep_count(
+      1600, s0)
+  assert n_grow > 0 and (new & ~old).sum() == n_grow
+  zero_g = np.where(old, -np.inf, np.abs(np.asarray(g['hidden_0']['kernel'])))
+  expected = np.argsort(-zero_g.ravel())[:n_grow]
+  assert np.all(new.ravel()[expected])
+
+
+def test_tdm_state_is_namedtuple_with_int32_counter():
+  state = tdm(optax.sgd(0.1), sparsity=0.5).init(_params())
+  assert isinstance(state, TDMState)
+  assert state.count.dtype == jnp.int32
+  assert state.last_grads['head']['kernel'] is None
