@@ -21,7 +21,10 @@ MODELS = ("mlp", "resnet18", "zenke_cnn")
 HEADS = ("shared", "multi")
 OPTIMIZERS = ("sgd", "adam")
 METHODS = ("sgd", "joint", "er", "der", "derpp", "sparcl_er", "sparcl_derpp",
-           "snip_derpp", "rigl_derpp")
+           "snip_derpp", "rigl_derpp", "clnp", "ewc", "si", "single_task")
+# Task-incremental methods of the CLNP comparison, run by clnp_runner.
+CLNP_METHODS = ("clnp", "ewc", "si", "single_task")
+ACTIVITY_READINGS = ("mean", "firing_rate")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
 
 # Default number of tasks per (scenario kind, dataset) when --num_tasks is 0.
@@ -157,6 +160,31 @@ class RunConfig:
   ddr_fraction: float = dataclasses.field(
       default=0.075, metadata={"help": "DDR: share of the task's training "
                                        "set removed at each removal epoch."})
+  l1: float = dataclasses.field(
+      default=1e-5, metadata={"help": "CLNP: weight of the L1 penalty on the "
+                                      "trainable (free) weights (?)."})
+  margin: float = dataclasses.field(
+      default=0.1, metadata={"help": "CLNP: graceful-forgetting margin m in "
+                                     "accuracy points, in [0, 100]."})
+  activity_reading: str = dataclasses.field(
+      default="mean", metadata={"help": "CLNP: unit activity = mean post-ReLU "
+                                        "activation (mean) or share of inputs "
+                                        "with positive activation "
+                                        "(firing_rate) (?)."})
+  threshold_per_layer: bool = dataclasses.field(
+      default=True, metadata={"help": "CLNP: search one activity quantile "
+                                      "per layer rather than one pooled "
+                                      "threshold (?)."})
+  finetune_epochs: int = dataclasses.field(
+      default=0, metadata={"help": "CLNP: epochs of fine-tuning after "
+                                   "pruning, before the validation check "
+                                   "(0: no fine-tuning)."})
+  ewc_lambda: float = dataclasses.field(
+      default=100.0, metadata={"help": "EWC: penalty strength lambda."})
+  si_c: float = dataclasses.field(
+      default=0.1, metadata={"help": "SI: penalty strength c."})
+  si_xi: float = dataclasses.field(
+      default=1e-3, metadata={"help": "SI: damping xi."})
   seed: int = dataclasses.field(
       default=0, metadata={"help": "Seed for initialisation, data order, "
                                    "buffer and masks."})
@@ -268,6 +296,15 @@ def validate(config: RunConfig) -> RunConfig:
   if not 0.0 <= config.val_fraction < 1.0:
     raise ConfigError(f"--val_fraction={config.val_fraction} must be in "
                       "[0, 1).")
+  _choice("activity_reading", config.activity_reading, ACTIVITY_READINGS)
+  if not 0.0 <= config.margin <= 100.0:
+    raise ConfigError(f"--margin={config.margin} must be in [0, 100] "
+                      "(accuracy points).")
+  for name in ("l1", "ewc_lambda", "si_c", "si_xi"):
+    if getattr(config, name) < 0:
+      raise ConfigError(f"--{name}={getattr(config, name)} must be "
+                        "non-negative.")
+  _at_least("finetune_epochs", config.finetune_epochs, 0)
   _choice("sparsity_distribution", config.sparsity_distribution,
           SPARSITY_DISTRIBUTIONS)
   for name in ("sparsity", "gradient_sparsity", "mask_extra_growth",

@@ -166,6 +166,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   start = time.perf_counter()
   if scenario is None:
     scenario = build_scenario(config)
+  if config.method in config_lib.CLNP_METHODS:
+    from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
+    return clnp_runner.run(config, scenario, log, start)
   num_train = sum(len(t.train_indices) for t in scenario.tasks)
   if config.uses_buffer and config.buffer_size > num_train:
     raise ConfigError(f"--buffer_size={config.buffer_size} is larger than the "
