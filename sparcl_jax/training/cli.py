@@ -120,10 +120,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
     return EXIT_USAGE
   outputs.write_results(workdir, results)
+  title = f"{config.method} on {results['scenario']['name']}"
   outputs.plot_acc_matrix(workdir, results["acc_matrix"]["class_il"],
-                          results["acc_matrix"]["task_il"],
-                          f"{config.method} on {results['scenario']['name']}")
+                          results["acc_matrix"]["task_il"], title)
+  if "masks" in results.get("sparsity", {}):
+    outputs.plot_sparsity(workdir, results["sparsity"]["masks"]["layers"],
+                          title)
+  if "data_kept_per_epoch" in results:
+    outputs.plot_data_kept(workdir, results["data_kept_per_epoch"], title)
   print(outputs.summary_table(results))
+  if "stopped_early" in results:
+    print(f"stopped early: {results['stopped_early']}")
   print(f"results: {os.path.join(workdir, outputs.RESULTS)}")
   return 0
 

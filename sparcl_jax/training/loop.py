@@ -22,7 +22,7 @@ from sparcl_jax import flops as flops_lib
 from sparcl_jax import masks as masks_lib
 from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import rehearsal
-from sparcl_jax import tdm as tdm_lib
+from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
@@ -206,7 +206,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     if config.method == "snip_derpp":
       opt_state = _snip_masks(config, model, params, batch_stats, opt_state,
                               scenario, spec)
-    params = masks_lib.apply_mask(params, tdm_lib.tdm_masks(opt_state))
+    params = masks_lib.apply_mask(params, tdm_masks(opt_state))
   buffer = None
   if method.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
@@ -350,7 +350,7 @@ def _weight_sparsities(config: RunConfig, opt_state) -> dict[str, float]:
   """Current sparsity of each masked layer ({} for dense methods)."""
   if not config.is_sparse:
     return {}
-  summary = masks_lib.summarize_sparsity(tdm_lib.tdm_masks(opt_state))
+  summary = masks_lib.summarize_sparsity(tdm_masks(opt_state))
   return {path: layer["sparsity"] for path, layer in
           summary["layers"].items()}
 
@@ -370,7 +370,7 @@ def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
   report = {"weights": masks_lib.summarize_sparsity(state.params)}
   if config.is_sparse:
     report["masks"] = masks_lib.summarize_sparsity(
-        tdm_lib.tdm_masks(state.opt_state))
+        tdm_masks(state.opt_state))
   return report
 
 

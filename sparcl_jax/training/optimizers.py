@@ -11,9 +11,9 @@ from typing import Optional
 
 import optax
 
-from sparcl_jax import dgm as dgm_lib
+from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
-from sparcl_jax import tdm as tdm_lib
+from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
 from sparcl_jax.training.config import RunConfig
 
 
@@ -24,11 +24,11 @@ def sparse_filter(config: RunConfig) -> masks_lib.SparseFilter:
   return masks_lib.default_sparse_filter
 
 
-def mask_schedule(config: RunConfig) -> tdm_lib.MaskSchedule:
+def mask_schedule(config: RunConfig) -> MaskSchedule:
   """TDM's drop-and-grow schedule of a run."""
   if config.method == "snip_derpp":
-    return tdm_lib.MaskSchedule(epochs_per_task=config.epochs, static=True)
-  return tdm_lib.MaskSchedule(
+    return MaskSchedule(epochs_per_task=config.epochs, static=True)
+  return MaskSchedule(
       update_interval=config.mask_update_interval,
       epochs_per_task=config.epochs,
       extra_growth=config.mask_extra_growth,
@@ -39,7 +39,7 @@ def gradient_masking(config: RunConfig
                      ) -> Optional[optax.GradientTransformationExtraArgs]:
   """DGM when the method uses it, else None."""
   if config.is_sparcl and config.dgm:
-    return dgm_lib.dgm(config.gradient_sparsity, config.dgm_refresh,
+    return dgm(config.gradient_sparsity, config.dgm_refresh,
                        sparse_filter=sparse_filter(config))
   return None
 
@@ -67,7 +67,7 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
   masking = gradient_masking(config)
   if config.is_sparse:
     rigl = config.method == "rigl_derpp"
-    return tdm_lib.tdm(
+    return tdm(
         base, sparsity=config.sparsity, schedule=mask_schedule(config),
         sparse_filter=sparse_filter(config),
         distribution=config.sparsity_distribution,

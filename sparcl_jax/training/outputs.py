@@ -118,10 +118,7 @@ def plot_acc_matrix(workdir: str, class_il: Sequence[Sequence[float]],
   Example:
     >>> plot_acc_matrix("/tmp", [[90.0]], [[99.0]], "demo")  # doctest: +SKIP
   """
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
+  plt = _pyplot()
   mats = [np.asarray(class_il), np.asarray(task_il)]
   n = mats[0].shape[0]
   fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * n, 2 + 0.6 * n))
@@ -130,8 +127,8 @@ def plot_acc_matrix(workdir: str, class_il: Sequence[Sequence[float]],
     ax.set_title(name)
     ax.set_xlabel("evaluated task j")
     ax.set_ylabel("after training task i")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    ax.set_xticks(range(n), [str(k + 1) for k in range(n)])
+    ax.set_yticks(range(n), [str(k + 1) for k in range(n)])
     for i in range(n):
       for j in range(n):
         ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center",
@@ -160,3 +157,74 @@ def summary_table(results: dict[str, Any]) -> str:
                f"{final['bwt_task_il']:.2f}")
   lines.append(f"wall time {results['wall_time_s']:.1f} s")
   return "\n".join(lines)
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def plot_sparsity(workdir: str, layers: dict[str, dict[str, Any]],
+                  title: str) -> str:
+  """Saves a bar chart of the final sparsity of every sparse layer.
+
+  Args:
+    workdir: directory for ``sparsity.png``.
+    layers: ``{path: {"sparsity": float, ...}}`` as in ``results.json``'s
+      ``sparsity.masks.layers``.
+    title: figure title.
+
+  Returns:
+    The PNG's path.
+
+  Example:
+    >>> plot_sparsity("/tmp", {"hidden_0/kernel": {"sparsity": 0.75}},
+    ...               "demo")  # doctest: +SKIP
+  """
+  plt = _pyplot()
+  names = list(layers)
+  values = [layers[n]["sparsity"] for n in names]
+  fig, ax = plt.subplots(figsize=(6, 1.5 + 0.3 * len(names)))
+  ax.barh(range(len(names)), values)
+  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.set_xlim(0, 1)
+  ax.invert_yaxis()
+  ax.set_xlabel("sparsity (share of zero weights)")
+  ax.set_title(title)
+  fig.tight_layout()
+  path = os.path.join(workdir, "sparsity.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_data_kept(workdir: str, kept_per_epoch: Sequence[Sequence[int]],
+                   title: str) -> str:
+  """Saves the number of training examples used in every epoch of every task.
+
+  Args:
+    workdir: directory for ``data_kept.png``.
+    kept_per_epoch: ``[task][epoch]`` example counts (DDR shrinks them).
+    title: figure title.
+
+  Returns:
+    The PNG's path.
+
+  Example:
+    >>> plot_data_kept("/tmp", [[100, 90], [100, 90]], "demo")  # doctest: +SKIP
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 3))
+  for task, counts in enumerate(kept_per_epoch):
+    ax.plot(range(1, len(counts) + 1), counts, marker="o", label=f"task {task + 1}")
+  ax.set_xlabel("epoch in task")
+  ax.set_ylabel("training examples kept")
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(workdir, "data_kept.png")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
