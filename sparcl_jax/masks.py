@@ -62,7 +62,7 @@ def path_to_str(key_path: tuple[Any, ...]) -> str:
   """Joins a pytree key path with ``'/'``.
 
   Args:
-    key_path: a key path as produced by ``jax.tree_util.tree_flatten_with_path``.
+    key_path: a key path from ``jax.tree_util.tree_flatten_with_path``.
 
   Returns:
     The ``'/'``-joined path, e.g. ``'layer1_0/conv1/kernel'``. A trailing
@@ -211,7 +211,8 @@ def uniform_sparsities(params: PyTree, sparse_filter: SparseFilter,
     ConfigError: if ``sparsity`` is outside ``[0, 1)``.
 
   Example:
-    >>> p = {'hidden_0': {'kernel': jnp.ones((4, 4))}, 'head': {'kernel': jnp.ones((4, 2))}}
+    >>> p = {'hidden_0': {'kernel': jnp.ones((4, 4))},
+    ...      'head': {'kernel': jnp.ones((4, 2))}}
     >>> uniform_sparsities(p, default_sparse_filter, 0.5)
     {'head': {'kernel': None}, 'hidden_0': {'kernel': 0.5}}
   """

@@ -315,7 +315,8 @@ def tdm(inner: optax.GradientTransformation, *,
         raise ConfigError(
             'tdm update needs extra args epoch= and step_in_epoch= '
             '(or build tdm with steps_per_epoch=).')
-      derived_epoch = (state.count // steps_per_epoch) % schedule.epochs_per_task
+      derived_epoch = ((state.count // steps_per_epoch)
+                       % schedule.epochs_per_task)
       derived_step = state.count % steps_per_epoch
       epoch = derived_epoch if epoch is None else epoch
       step = derived_step if step is None else step

@@ -1,4 +1,4 @@
-"""The SparCL transforms in user code: a plain-JAX model and a Flax NNX model."""
+"""SparCL transforms in user code: a plain-JAX model and a Flax NNX model."""
 
 from __future__ import annotations
 
