@@ -46,6 +46,8 @@ class MaskSchedule:
     extra_growth: extra density grown at the task start (``s - extra_growth``).
     swap_fraction: share of connections swapped at the middle updates (prune
       to ``s + swap_fraction``, grow back to ``s``).
+    static: never update: the initial mask stays for the whole run (e.g. a
+      SNIP mask set into the state).
 
   Example:
     >>> MaskSchedule().targets(5, 0.75)
@@ -56,6 +58,7 @@ class MaskSchedule:
   epochs_per_task: int = 50
   extra_growth: float = 0.01
   swap_fraction: float = 0.01
+  static: bool = False
 
   def __post_init__(self):
     if int(self.update_interval) < 1:
@@ -88,6 +91,8 @@ class MaskSchedule:
       3
     """
     e = jnp.asarray(epoch_in_task, jnp.int32)
+    if self.static:
+      return jnp.zeros_like(e) + _NO_UPDATE
     on_grid = (e % self.update_interval == 0) & (e >= 0)
     return jnp.where(
         e == 0, _TASK_START,

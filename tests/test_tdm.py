@@ -265,3 +265,11 @@ def test_tdm_state_is_namedtuple_with_int32_counter():
   assert isinstance(state, TDMState)
   assert state.count.dtype == jnp.int32
   assert state.last_grads['head']['kernel'] is None
+
+
+def test_static_schedule_never_updates():
+  schedule = MaskSchedule(epochs_per_task=10, static=True)
+  for epoch in range(10):
+    assert schedule.targets(epoch, 0.75) == (False, 0.75, 0.75)
+  update, _, _ = schedule.targets(jnp.int32(0), 0.75)
+  assert not bool(update)

@@ -31,6 +31,7 @@ from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry
 from sparcl_jax.training import accounting
 from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import steps
 from sparcl_jax.training.config import RunConfig
@@ -200,20 +201,19 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     return variables["params"], variables.get("batch_stats", {})
 
   params, batch_stats = fresh_model(init_rng)
+  device_data = pipeline.to_device(scenario)
   tx = optimizers.make_optimizer(config)
   opt_state = tx.init(params)
   if config.is_sparse:
     if config.method == "snip_derpp":
       opt_state = _snip_masks(config, model, params, batch_stats, opt_state,
-                              scenario, spec)
+                              scenario, device_data, spec)
     params = masks_lib.apply_mask(params, tdm_masks(opt_state))
   buffer = None
   if method.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
                                    scenario.num_outputs)
   state = steps.TrainState(params, batch_stats, opt_state, buffer, None, rng)
-
-  device_data = pipeline.to_device(scenario)
   class_masks = _class_masks(scenario)
 
   chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
@@ -375,7 +375,8 @@ def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
 
 
 def _snip_masks(config: RunConfig, model, params, batch_stats, opt_state,
-                scenario: Scenario, spec: steps.InputSpec):
+                scenario: Scenario, data: pipeline.DeviceData,
+                spec: steps.InputSpec):
   """SNIP: the static mask keeping the largest |W * g| of one batch.
 
   The gradient is that of the cross-entropy of ``batch_size`` examples of the
@@ -384,7 +385,6 @@ def _snip_masks(config: RunConfig, model, params, batch_stats, opt_state,
   task = scenario.tasks[0]
   rows = np.random.default_rng(config.seed).choice(
       task.train_indices, config.batch_size, replace=False)
-  data = pipeline.to_device(scenario)
   x, y = pipeline.gather_batch(data, jnp.asarray(rows, jnp.int32), 0,
                                "train", spec.permuted)
   x = pipeline.normalize(x, spec.mean, spec.std)
@@ -392,7 +392,7 @@ def _snip_masks(config: RunConfig, model, params, batch_stats, opt_state,
 
   def loss(p):
     logits, _ = forward(p, batch_stats, x, None, False)
-    return steps.losses.cross_entropy(logits, y)
+    return losses.cross_entropy(logits, y)
 
   grads = jax.grad(loss)(params)
   sparsities = masks_lib.uniform_sparsities(params,
