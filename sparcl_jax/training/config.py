@@ -199,6 +199,30 @@ class RunConfig:
   progress: bool = dataclasses.field(
       default=True, metadata={"help": "Show a progress bar per task when "
                                       "output is a terminal."})
+  num_devices: int = dataclasses.field(
+      default=1, metadata={"help": "Devices for data-parallel training: the "
+                                   "batch is sharded over a 'data' mesh axis "
+                                   "and the state replicated; 0 uses every "
+                                   "device. Must divide --batch_size."})
+  checkpoint_every_steps: int = dataclasses.field(
+      default=0, metadata={"help": "Also checkpoint every N train steps "
+                                   "(rounded up to a --steps_per_call "
+                                   "chunk); 0: only at the end of each "
+                                   "task. Rerunning on --workdir resumes."})
+  tensorboard: bool = dataclasses.field(
+      default=True, metadata={"help": "Write TensorBoard event files to "
+                                      "WORKDIR/tensorboard (needs no "
+                                      "TensorFlow)."})
+  coordinator_address: str = dataclasses.field(
+      default="", metadata={"help": "Multi-host: host:port of process 0 for "
+                                    "jax.distributed.initialize; empty runs "
+                                    "on this host only."})
+  num_processes: int = dataclasses.field(
+      default=1, metadata={"help": "Multi-host: number of processes (with "
+                                   "--coordinator_address)."})
+  process_id: int = dataclasses.field(
+      default=0, metadata={"help": "Multi-host: this process's index in "
+                                   "[0, --num_processes)."})
 
   @property
   def hidden_widths(self) -> tuple[int, ...]:
@@ -289,6 +313,19 @@ def validate(config: RunConfig) -> RunConfig:
   _at_least("nf", config.nf, 1)
   _at_least("eval_batch_size", config.eval_batch_size, 1)
   _at_least("steps_per_call", config.steps_per_call, 1)
+  _at_least("num_devices", config.num_devices, 0)
+  if config.num_devices > 1 and config.batch_size % config.num_devices:
+    raise ConfigError(f"--batch_size={config.batch_size} cannot be split "
+                      f"evenly over --num_devices={config.num_devices}; use "
+                      "a batch size divisible by the device count.")
+  _at_least("checkpoint_every_steps", config.checkpoint_every_steps, 0)
+  _at_least("num_processes", config.num_processes, 1)
+  if not 0 <= config.process_id < config.num_processes:
+    raise ConfigError(f"--process_id={config.process_id} must be in [0, "
+                      f"--num_processes={config.num_processes}).")
+  if config.num_processes > 1 and not config.coordinator_address:
+    raise ConfigError("--num_processes > 1 needs --coordinator_address "
+                      "(host:port of process 0).")
   if not config.lr > 0:
     raise ConfigError(f"--lr={config.lr} must be a positive number.")
   if config.alpha < 0 or config.beta < 0:
