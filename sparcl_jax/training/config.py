@@ -318,6 +318,12 @@ def validate(config: RunConfig) -> RunConfig:
     raise ConfigError(f"--batch_size={config.batch_size} cannot be split "
                       f"evenly over --num_devices={config.num_devices}; use "
                       "a batch size divisible by the device count.")
+  if (config.num_devices > 1 and config.uses_buffer and
+      config.replay_batch_size % config.num_devices):
+    raise ConfigError(f"the replay mini-batch ({config.replay_batch_size}) "
+                      f"cannot be split evenly over --num_devices="
+                      f"{config.num_devices}; set --minibatch_size to a "
+                      "multiple of the device count.")
   _at_least("checkpoint_every_steps", config.checkpoint_every_steps, 0)
   _at_least("num_processes", config.num_processes, 1)
   if not 0 <= config.process_id < config.num_processes:

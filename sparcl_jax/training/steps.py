@@ -16,6 +16,7 @@ import optax
 
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
+from sparcl_jax.training import sharding as sharding_lib
 
 PyTree = Any
 
@@ -124,8 +125,8 @@ class StepFacts(NamedTuple):
 
 def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
                      method: MethodSpec, inputs: InputSpec, batch_size: int,
-                     steps_per_call: int, buffer_ops=None, ddr_ops=None
-                     ) -> Callable:
+                     steps_per_call: int, buffer_ops=None, ddr_ops=None,
+                     batch_sharding=None) -> Callable:
   """Builds the jitted function that runs ``steps_per_call`` train steps.
 
   Args:
@@ -142,6 +143,9 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
       ``method.replay``.
     ddr_ops: object with ``ddr_update`` for forgetting statistics, needed when
       ``method.track_forgetting``.
+    batch_sharding: for data-parallel runs, the sharding that splits a
+      batch over the mesh (``sharding.batch_sharded``); each step's indices
+      and gathered images are constrained to it. None: one device.
 
   Returns:
     ``chunk(state, data, order, facts) -> (state, summed_loss)`` where
@@ -194,18 +198,22 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
         jax.random.split(state.rng, 8))
     positions = jax.lax.dynamic_slice(order, (step * batch_size,),
                                       (batch_size,))
-    index = ex_index[positions]
-    task = ex_task[positions]
-    x_raw, y = pipeline.gather_batch(device_data, index, task, "train",
-                                     inputs.permuted)
+    index, task = sharding_lib.constrain_batch((ex_index[positions],
+                                                ex_task[positions]),
+                                               batch_sharding)
+    x_raw, y = sharding_lib.constrain_batch(
+        pipeline.gather_batch(device_data, index, task, "train",
+                              inputs.permuted), batch_sharding)
     x = _prepare(k_aug, x_raw, inputs)
 
     replay_batches = None
     do_replay = jnp.asarray(False)
     if replay:
       n = method.replay_batch_size
-      bx1, by1, bz1, _ = buffer_ops.buffer_sample(state.buffer, k_buf1, n)
-      bx2, by2, _, _ = buffer_ops.buffer_sample(state.buffer, k_buf2, n)
+      bx1, by1, bz1, _ = sharding_lib.constrain_batch(
+          buffer_ops.buffer_sample(state.buffer, k_buf1, n), batch_sharding)
+      bx2, by2, _, _ = sharding_lib.constrain_batch(
+          buffer_ops.buffer_sample(state.buffer, k_buf2, n), batch_sharding)
       replay_batches = ((_prepare(k_raug1, bx1, inputs), by1, bz1),
                         (_prepare(k_raug2, bx2, inputs), by2))
       has_data = state.buffer.num_seen >= n
