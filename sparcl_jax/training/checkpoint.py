@@ -1,0 +1,447 @@
+"""Checkpoints that let a run resume, and the faults that stop a run.
+
+A checkpoint is one orbax step under ``WORKDIR/checkpoints/<n>`` holding two
+items: ``state``, every array the training loop carries (any pytree: model,
+optimizer state with masks, rehearsal buffer, DDR statistics, PRNG keys,
+CLNP partitions...), and ``meta``, a JSON dict (the position in the run, the
+accuracy matrices so far, counters, the run's flags). Nothing here knows the
+loop's layout, so any runner can use it:
+
+1. ``ckpt = Checkpointer(workdir, every_steps)``; when ``ckpt.exists()``,
+   ``tree, meta = ckpt.restore(fresh_tree)`` and
+   ``check_config(meta["config"], current_flags, ckpt.directory)``;
+2. after a chunk of steps, ``ckpt.due(steps_before, steps_after)`` or
+   ``ckpt.stop_requested`` say when to ``ckpt.save(tree, meta)``; always
+   save after each task;
+3. ``raise ckpt.interrupted(where)`` once saved when a stop was requested,
+   and :func:`check_finite` before every save.
+
+:func:`stop_on_signals` turns SIGINT/SIGTERM into ``stop_requested``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+from typing import Any, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparcl_jax.errors import ConfigError, SparclError
+
+CHECKPOINTS = "checkpoints"
+FORMAT = 1
+
+# Flags that may differ between a run and its resumption: they change where
+# files go or what is shown, not what is computed.
+RESUME_FREE_FLAGS = ("workdir", "overwrite", "progress", "tensorboard",
+                     "checkpoint_every_steps", "coordinator_address",
+                     "num_processes", "process_id", "data_dir")
+
+
+class CheckpointError(ConfigError):
+  """A checkpoint cannot be read or does not belong to this run."""
+
+
+class RunInterrupted(SparclError):
+  """The run stopped on a signal after saving a checkpoint.
+
+  Attributes:
+    signum: the signal's number.
+  """
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class NonFiniteLossError(SparclError):
+  """The training loss became NaN or infinite."""
+
+
+def _fresh_hint(directory: str) -> str:
+  return (f"to start fresh, use another --workdir or delete {directory} "
+          "(or pass --overwrite)")
+
+
+def _is_key(leaf: Any) -> bool:
+  return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
+      leaf.dtype, jax.dtypes.prng_key)
+
+
+def _flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
+  """Paths, leaves and treedef of ``tree`` (None leaves count as empty)."""
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  paths = [jax.tree_util.keystr(path) for path, _ in with_paths]
+  return paths, [leaf for _, leaf in with_paths], treedef
+
+
+def _storable(leaf: Any) -> jax.Array:
+  """PRNG keys as their raw uint32 data; everything else as a jax array."""
+  if _is_key(leaf):
+    return jax.random.key_data(leaf)
+  return leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+
+
+def _describe(paths: Sequence[str], leaves: Sequence[Any]) -> list[list]:
+  out = []
+  for path, leaf in zip(paths, leaves):
+    kind = str(jax.random.key_impl(leaf)) if _is_key(leaf) else ""
+    stored = _storable(leaf)
+    out.append([path, list(stored.shape), str(stored.dtype), kind])
+  return out
+
+
+def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+  stored = _storable(leaf)
+  return jax.ShapeDtypeStruct(stored.shape, stored.dtype,
+                              sharding=stored.sharding)
+
+
+class Checkpointer:
+  """Saves and restores a run's state in ``WORKDIR/checkpoints``.
+
+  Args:
+    workdir: the run's work directory.
+    every_steps: also save every this many train steps (0: only where the
+      caller saves unconditionally, e.g. at task ends).
+    max_to_keep: complete checkpoints kept; older ones are deleted after a
+      newer one is committed, so the last good one survives a failed save.
+
+  Example:
+    >>> ckpt = Checkpointer("/tmp/run", every_steps=100)  # doctest: +SKIP
+    >>> ckpt.save({"w": w}, {"task": 0})
+  """
+
+  def __init__(self, workdir: str, every_steps: int = 0,
+               max_to_keep: int = 2):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    self.every_steps = int(every_steps)
+    self.max_to_keep = max_to_keep
+    self.stop_signal: Optional[int] = None
+    self.last_saved: Optional[str] = None
+    self._manager = None
+
+  @property
+  def stop_requested(self) -> bool:
+    """Whether a signal asked the run to save and stop."""
+    return self.stop_signal is not None
+
+  def request_stop(self, signum: int) -> None:
+    """Asks the run to save at its next chunk boundary and stop."""
+    self.stop_signal = signum
+
+  def _orbax(self):
+    # Imported here: only runs that checkpoint pay for orbax's start-up.
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    return ocp
+
+  def _get_manager(self):
+    if self._manager is None:
+      ocp = self._orbax()
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=self.max_to_keep, create=True,
+          enable_async_checkpointing=False)
+      try:
+        self._manager = ocp.CheckpointManager(self.directory,
+                                              options=options)
+      except Exception as err:  # pylint: disable=broad-except
+        raise CheckpointError(
+            f"the checkpoint directory {self.directory} cannot be opened "
+            f"({type(err).__name__}: {err}); {_fresh_hint(self.directory)}.")
+    return self._manager
+
+  def _entries(self) -> list[str]:
+    if not os.path.isdir(self.directory):
+      return []
+    # Orbax writes into '<n>.orbax-checkpoint-tmp-*' and renames when done;
+    # such leftovers of a killed save are not checkpoints.
+    return [name for name in os.listdir(self.directory)
+            if "tmp" not in name and not name.startswith(".")]
+
+  def exists(self) -> bool:
+    """Whether the directory holds anything that claims to be a checkpoint.
+
+    Returns:
+      True when ``checkpoints/`` has entries other than unfinished saves.
+
+    Example:
+      >>> Checkpointer("/nonexistent").exists()
+      False
+    """
+    return bool(self._entries())
+
+  def latest_step(self) -> Optional[int]:
+    """Number of the newest complete checkpoint, or None."""
+    if not self.exists():
+      return None
+    return self._get_manager().latest_step()
+
+  def save(self, tree: Any, meta: dict[str, Any]) -> str:
+    """Writes one checkpoint and waits until it is committed.
+
+    Args:
+      tree: pytree of arrays (PRNG keys and None leaves allowed).
+      meta: JSON-able dict saved beside it.
+
+    Returns:
+      The new checkpoint's directory.
+
+    Example:
+      >>> path = ckpt.save(state, {"task": 1})  # doctest: +SKIP
+    """
+    ocp = self._orbax()
+    manager = self._get_manager()
+    paths, leaves, _ = _flatten(tree)
+    arrays = {f"leaf_{i:05d}": _storable(leaf)
+              for i, leaf in enumerate(leaves)}
+    full_meta = {"format": FORMAT, "leaves": _describe(paths, leaves),
+                 "meta": meta}
+    step = (manager.latest_step() or 0) + 1
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(arrays),
+        meta=ocp.args.JsonSave(full_meta)), force=True)
+    manager.wait_until_finished()
+    self.last_saved = os.path.join(self.directory, str(step))
+    return self.last_saved
+
+  def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Reads the newest checkpoint into the structure of ``like``.
+
+    Args:
+      like: a pytree with the same structure, shapes and dtypes as the
+        saved one (e.g. the freshly initialised state); its arrays'
+        shardings are the restored arrays' shardings.
+
+    Returns:
+      ``(tree, meta)``.
+
+    Raises:
+      CheckpointError: there is no complete checkpoint, it cannot be read,
+        or it was saved from a different structure; the message names the
+        checkpoint and how to start fresh.
+
+    Example:
+      >>> state, meta = ckpt.restore(fresh_state)  # doctest: +SKIP
+    """
+    ocp = self._orbax()
+    manager = self._get_manager()
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(
+          f"{self.directory} holds no complete checkpoint (found: "
+          f"{', '.join(sorted(self._entries()))}); "
+          f"{_fresh_hint(self.directory)}.")
+    where = os.path.join(self.directory, str(step))
+    try:
+      saved = manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+      described = saved["leaves"]
+    except Exception as err:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint {where} is corrupt: its metadata cannot be read "
+          f"({type(err).__name__}: {_short(err)}); "
+          f"{_fresh_hint(self.directory)}.")
+    paths, leaves, treedef = _flatten(like)
+    expected = _describe(paths, leaves)
+    if saved.get("format") != FORMAT or described != expected:
+      raise CheckpointError(
+          f"checkpoint {where} does not fit this run "
+          f"({_first_difference(described, expected)}); it was written by "
+          f"another configuration or version; {_fresh_hint(self.directory)}.")
+    abstract = {f"leaf_{i:05d}": _abstract(leaf)
+                for i, leaf in enumerate(leaves)}
+    try:
+      arrays = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))["state"]
+      restored = []
+      for i, leaf in enumerate(leaves):
+        value = arrays[f"leaf_{i:05d}"]
+        if _is_key(leaf):
+          value = jax.random.wrap_key_data(value,
+                                           impl=jax.random.key_impl(leaf))
+        restored.append(value)
+    except Exception as err:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint {where} is corrupt: its arrays cannot be read "
+          f"({type(err).__name__}: {_short(err)}); "
+          f"{_fresh_hint(self.directory)}.")
+    self.last_saved = where
+    return jax.tree_util.tree_unflatten(treedef, restored), saved["meta"]
+
+  def due(self, steps_before: int, steps_after: int) -> bool:
+    """Whether a periodic save falls in the steps just run.
+
+    Args:
+      steps_before: train steps of the run before the chunk.
+      steps_after: train steps after it.
+
+    Returns:
+      True when a multiple of ``every_steps`` lies in
+      ``(steps_before, steps_after]``.
+
+    Example:
+      >>> Checkpointer("/tmp/r", every_steps=10).due(8, 12)
+      True
+    """
+    if self.every_steps <= 0:
+      return False
+    return steps_after // self.every_steps > steps_before // self.every_steps
+
+  def interrupted(self, where: str) -> RunInterrupted:
+    """The exception that ends a run stopped by a signal, after its save.
+
+    Args:
+      where: the position saved, e.g. "task 2, epoch 1, step 40".
+
+    Returns:
+      A :class:`RunInterrupted` whose message says how to resume.
+
+    Example:
+      >>> raise ckpt.interrupted("task 2, epoch 1")  # doctest: +SKIP
+    """
+    signum = self.stop_signal or signal.SIGINT
+    name = signal.Signals(signum).name
+    return RunInterrupted(
+        f"stopped by {name}: saved a checkpoint at {where} in "
+        f"{self.last_saved}; run the same command again to resume.", signum)
+
+  def close(self) -> None:
+    """Releases orbax's resources (safe to call twice)."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+  text = " ".join(str(err).split())
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _first_difference(saved: list, expected: list) -> str:
+  if len(saved) != len(expected):
+    return (f"it holds {len(saved)} arrays, this run has "
+            f"{len(expected)}")
+  for (path, shape, dtype, kind), want in zip(saved, expected):
+    if [path, shape, dtype, kind] != want:
+      return (f"array {path or '<root>'} is {dtype}{shape} there, "
+              f"{want[2]}{want[1]} here")
+  return "its format version differs"
+
+
+def check_config(saved: dict[str, Any], current: dict[str, Any],
+                 directory: str,
+                 free: Sequence[str] = RESUME_FREE_FLAGS) -> None:
+  """Refuses to resume a checkpoint with flags other than the current ones.
+
+  Args:
+    saved: the flags stored in the checkpoint.
+    current: this run's flags.
+    directory: the checkpoint directory (for the message).
+    free: flags allowed to differ.
+
+  Raises:
+    CheckpointError: naming the differing flags and how to start fresh.
+
+  Example:
+    >>> check_config({"lr": 0.1}, {"lr": 0.1}, "/tmp/r/checkpoints")
+  """
+  names = sorted((set(saved) | set(current)) - set(free))
+  differ = [n for n in names if saved.get(n) != current.get(n)]
+  if differ:
+    shown = ", ".join(f"--{n}={saved.get(n)!r} there, {current.get(n)!r} here"
+                      for n in differ[:3])
+    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+    raise CheckpointError(
+        f"{directory} belongs to a run with other flags ({shown}{more}); "
+        f"resume with the same flags, or {_fresh_hint(directory)}.")
+
+
+def check_finite(loss: float, where: str,
+                 checkpointer: Optional[Checkpointer] = None) -> None:
+  """Stops a run whose loss is NaN or infinite.
+
+  Args:
+    loss: the (summed or mean) loss just computed.
+    where: the position, e.g. "task 2 of 5, epoch 3, steps 40-59".
+    checkpointer: the run's checkpointer, to name the last good checkpoint.
+
+  Raises:
+    NonFiniteLossError: ``loss`` is not finite.
+
+  Example:
+    >>> check_finite(0.5, "task 1, epoch 1, step 1")
+  """
+  if math.isfinite(loss):
+    return
+  kept = "no checkpoint was saved yet"
+  if checkpointer is not None and checkpointer.last_saved:
+    kept = f"the last good checkpoint {checkpointer.last_saved} is kept"
+  raise NonFiniteLossError(
+      f"the training loss became {loss} at {where}; {kept}; lower --lr or "
+      "check the data, then start fresh (another --workdir) or resume.")
+
+
+@contextlib.contextmanager
+def stop_on_signals(checkpointer: Checkpointer,
+                    signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
+                    ) -> Iterator[Checkpointer]:
+  """Within the block, SIGINT/SIGTERM ask the run to save and stop.
+
+  A second signal while the first is being handled raises
+  ``KeyboardInterrupt`` at once (the impatient Ctrl-C). Outside the main
+  thread, where handlers cannot be set, the block runs unchanged.
+
+  Args:
+    checkpointer: receives :meth:`Checkpointer.request_stop`.
+    signals: the signals to catch.
+
+  Yields:
+    The checkpointer.
+
+  Example:
+    >>> with stop_on_signals(ckpt):  # doctest: +SKIP
+    ...   results = loop.run(config, checkpoints=ckpt)
+  """
+
+  def handle(signum, frame):
+    del frame
+    if checkpointer.stop_requested:
+      raise KeyboardInterrupt
+    checkpointer.request_stop(signum)
+    print(f"{signal.Signals(signum).name} received: saving a checkpoint at "
+          "the next chunk boundary, then stopping.", file=sys.stderr,
+          flush=True)
+
+  previous = {}
+  try:
+    for sig in signals:
+      previous[sig] = signal.signal(sig, handle)
+  except ValueError:
+    pass
+  try:
+    yield checkpointer
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def host_floats(values: Sequence[Any]) -> list[float]:
+  """Device scalars as exact Python floats (JSON keeps them bit-identical).
+
+  Args:
+    values: scalars (device arrays, numpy or Python numbers).
+
+  Returns:
+    Python floats.
+
+  Example:
+    >>> host_floats([np.float32(0.1)])[0] == float(np.float32(0.1))
+    True
+  """
+  return [float(np.asarray(v)) for v in values]
