@@ -65,8 +65,7 @@ class NonFiniteLossError(SparclError):
 
 
 def _fresh_hint(directory: str) -> str:
-  return (f"to start fresh, use another --workdir or delete {directory} "
-          "(or pass --overwrite)")
+  return f"to start fresh, use another --workdir or delete {directory}"
 
 
 def _is_key(leaf: Any) -> bool:
@@ -231,22 +230,9 @@ class Checkpointer:
     """
     ocp = self._orbax()
     manager = self._get_manager()
-    step = manager.latest_step()
-    if step is None:
-      raise CheckpointError(
-          f"{self.directory} holds no complete checkpoint (found: "
-          f"{', '.join(sorted(self._entries()))}); "
-          f"{_fresh_hint(self.directory)}.")
+    step, saved = self._read_meta()
     where = os.path.join(self.directory, str(step))
-    try:
-      saved = manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))["meta"]
-      described = saved["leaves"]
-    except Exception as err:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"checkpoint {where} is corrupt: its metadata cannot be read "
-          f"({type(err).__name__}: {_short(err)}); "
-          f"{_fresh_hint(self.directory)}.")
+    described = saved["leaves"]
     paths, leaves, treedef = _flatten(like)
     expected = _describe(paths, leaves)
     if saved.get("format") != FORMAT or described != expected:
@@ -273,6 +259,43 @@ class Checkpointer:
           f"{_fresh_hint(self.directory)}.")
     self.last_saved = where
     return jax.tree_util.tree_unflatten(treedef, restored), saved["meta"]
+
+  def _read_meta(self) -> tuple[int, dict[str, Any]]:
+    ocp = self._orbax()
+    manager = self._get_manager()
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(
+          f"{self.directory} holds no complete checkpoint (found: "
+          f"{', '.join(sorted(self._entries()))}); "
+          f"{_fresh_hint(self.directory)}.")
+    where = os.path.join(self.directory, str(step))
+    try:
+      saved = manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+      if not isinstance(saved.get("leaves"), list) or "meta" not in saved:
+        raise ValueError("the metadata lacks 'leaves' or 'meta'")
+    except Exception as err:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f"checkpoint {where} is corrupt: its metadata cannot be read "
+          f"({type(err).__name__}: {_short(err)}); "
+          f"{_fresh_hint(self.directory)}.")
+    return step, saved
+
+  def read_meta(self) -> dict[str, Any]:
+    """The JSON metadata of the newest checkpoint, without its arrays.
+
+    Returns:
+      The ``meta`` dict given to :meth:`save`.
+
+    Raises:
+      CheckpointError: there is no complete checkpoint or it is corrupt.
+
+    Example:
+      >>> ckpt.read_meta()["task"]  # doctest: +SKIP
+      2
+    """
+    return self._read_meta()[1]["meta"]
 
   def due(self, steps_before: int, steps_after: int) -> bool:
     """Whether a periodic save falls in the steps just run.

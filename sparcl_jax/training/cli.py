@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -20,6 +21,8 @@ from sparcl_jax.training import config as config_lib
 from sparcl_jax.training.config import RunConfig
 
 EXIT_USAGE = 2
+# A run whose loss became NaN/inf: not a usage error, but not a success.
+EXIT_DIVERGED = 1
 
 
 def make_flag_values() -> flags.FlagValues:
@@ -82,6 +85,35 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
   return config_lib.validate(RunConfig(**values))
 
 
+def _fan_out(sinks):
+  def log(record):
+    for sink in sinks:
+      sink(record)
+  return log
+
+
+def _is_a(err: SparclError, name: str) -> bool:
+  # Flag errors happen before the checkpoint module (and JAX) is imported.
+  module = sys.modules.get("sparcl_jax.training.checkpoint")
+  return module is not None and isinstance(err, getattr(module, name))
+
+
+def _failure(err: SparclError) -> str:
+  """The one stderr line of a run that stopped early."""
+  if _is_a(err, "RunInterrupted"):
+    return _one_line(err)
+  return f"error: {_one_line(err)}"
+
+
+def _exit_status(err: SparclError) -> int:
+  """2 for user errors, 1 for a diverged run, 128+N for signal N."""
+  if _is_a(err, "RunInterrupted"):
+    return 128 + int(err.signum)
+  if _is_a(err, "NonFiniteLossError"):
+    return EXIT_DIVERGED
+  return EXIT_USAGE
+
+
 def _help_text() -> str:
   fv = make_flag_values()
   return ("usage: python experiments/train.py --flagfile=CONFIG.cfg "
@@ -107,18 +139,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
     print(_help_text())
     return 0
+  writers = []
   try:
     config = parse_config(argv)
     # Imported late: --help and flag errors need none of the training code.
-    from sparcl_jax.training import loop, outputs  # pylint: disable=import-outside-toplevel
+    from sparcl_jax.training import checkpoint, loop, outputs, sharding  # pylint: disable=import-outside-toplevel
+    sharding.initialize_distributed(config.coordinator_address,
+                                    config.num_processes, config.process_id)
+    primary = sharding.is_primary()
     workdir = outputs.prepare_workdir(config.workdir, config.overwrite)
     config = config_lib.replace(config, workdir=workdir)
-    outputs.write_config(workdir, config_lib.to_dict(config))
-    log = outputs.MetricsLog(workdir)
-    results = loop.run(config, log_fn=log)
+    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    writers.append(ckpt)
+    if ckpt.exists() and os.path.exists(os.path.join(workdir,
+                                                     outputs.RESULTS)):
+      # --overwrite of a finished run: its checkpoints are finished too.
+      if primary:
+        shutil.rmtree(ckpt.directory)
+    meta = None
+    if ckpt.exists():
+      # Checked before anything in the work directory is rewritten.
+      meta = ckpt.read_meta()
+      checkpoint.check_config(meta["config"], config_lib.to_dict(config),
+                              ckpt.directory)
+    log = lambda record: None
+    if primary:
+      outputs.write_config(workdir, config_lib.to_dict(config))
+      log = outputs.MetricsLog(workdir, meta and meta["logged"])
+      if config.tensorboard:
+        from sparcl_jax.training import tensorboard  # pylint: disable=import-outside-toplevel
+        writers.append(tensorboard.TensorBoardLog(
+            workdir, meta and meta["steps_done"]))
+    log_fn = _fan_out([log] + writers[1:])
+    with checkpoint.stop_on_signals(ckpt):
+      results = loop.run(config, log_fn=log_fn, checkpoints=ckpt)
   except SparclError as err:
-    print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-    return EXIT_USAGE
+    print(f"{prog}: {_failure(err)}", file=sys.stderr)
+    return _exit_status(err)
+  finally:
+    for writer in writers:
+      writer.close()
+  if not primary:
+    return 0
   outputs.write_results(workdir, results)
   title = f"{config.method} on {results['scenario']['name']}"
   outputs.plot_acc_matrix(workdir, results["acc_matrix"]["class_il"],

@@ -30,9 +30,11 @@ from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry
 from sparcl_jax.training import accounting
+from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
+from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import steps
 from sparcl_jax.training.config import RunConfig
 
@@ -146,13 +148,20 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def run(config: RunConfig, scenario: Optional[Scenario] = None,
-        log_fn: Optional[LogFn] = None) -> dict[str, Any]:
+        log_fn: Optional[LogFn] = None,
+        checkpoints: Optional[checkpoint_lib.Checkpointer] = None
+        ) -> dict[str, Any]:
   """Trains a method on every task of a scenario and evaluates after each.
 
   Args:
     config: validated run configuration.
     scenario: the scenario to use; built from ``config`` when None.
     log_fn: called with one JSON-able dict per epoch and per evaluation.
+    checkpoints: when given, the run resumes from its newest checkpoint (if
+      any), saves one after every task and every
+      ``checkpoints.every_steps`` steps, and stops with
+      :class:`~sparcl_jax.training.checkpoint.RunInterrupted` after saving
+      when a stop is requested (see ``checkpoint.stop_on_signals``).
 
   Returns:
     The results dict (see README, "results.json"): accuracy matrices in
@@ -201,7 +210,14 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     return variables["params"], variables.get("batch_stats", {})
 
   params, batch_stats = fresh_model(init_rng)
-  device_data = pipeline.to_device(scenario)
+  mesh = sharding_lib.make_mesh(config.num_devices, batch_size)
+  if (mesh is not None and method.replay and
+      method.replay_batch_size % mesh.size):
+    raise ConfigError(f"the replay mini-batch ({method.replay_batch_size}) "
+                      f"cannot be split over {mesh.size} devices; set "
+                      f"--minibatch_size to a multiple of {mesh.size}.")
+  device_data = pipeline.to_device(
+      scenario, None if mesh is None else sharding_lib.replicated(mesh))
   tx = optimizers.make_optimizer(config)
   opt_state = tx.init(params)
   if config.is_sparse:
@@ -213,12 +229,16 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   if method.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
                                    scenario.num_outputs)
-  state = steps.TrainState(params, batch_stats, opt_state, buffer, None, rng)
+  state = sharding_lib.replicate(
+      steps.TrainState(params, batch_stats, opt_state, buffer, None, rng),
+      mesh)
   class_masks = _class_masks(scenario)
 
   chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
                                  steps_per_call, buffer_ops=rehearsal,
-                                 ddr_ops=ddr_lib)
+                                 ddr_ops=ddr_lib,
+                                 batch_sharding=None if mesh is None else
+                                 sharding_lib.batch_sharded(mesh))
   epoch_order = steps.make_epoch_order()
   evaluate = steps.make_evaluate(model, spec, config.eval_batch_size,
                                  arrays.test_len)
@@ -234,13 +254,58 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   acc_task = np.zeros((num_tasks, num_tasks))
   task_times = []
   kept_per_epoch = []
-  for t in range(num_tasks):
+  progress = _Progress(log)
+  log = progress.log
+  resume = None
+  if checkpoints is not None and checkpoints.exists():
+    meta = checkpoints.read_meta()
+    checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
+                                checkpoints.directory)
+    like = state
+    if meta["has_ddr"]:
+      like = state._replace(ddr=ddr_lib.ddr_init(arrays.train_len))
+    tree, meta = checkpoints.restore(
+        {"train": like, "order": jnp.zeros(arrays.train_len, jnp.int32)})
+    state = tree["train"]
+    acc_class = np.asarray(meta["acc_class"], np.float64)
+    acc_task = np.asarray(meta["acc_task"], np.float64)
+    task_times = list(meta["task_times"])
+    kept_per_epoch = [list(k) for k in meta["kept_per_epoch"]]
+    (counter.train_flops, counter.dense_train_flops,
+     counter.examples) = meta["flops"]
+    progress.steps_done, progress.logged = meta["steps_done"], meta["logged"]
+    resume = meta if meta["in_task"] else None
+    if resume is not None:
+      resume["order"] = tree["order"]
+    print(f"resuming from {checkpoints.last_saved} ({meta['where']})",
+          flush=True)
+    first_task = meta["task"]
+  else:
+    first_task = 0
+
+  def save_checkpoint(position: dict[str, Any], where: str,
+                      order=None) -> None:
+    meta = dict(position, config=config_lib.to_dict(config), where=where,
+                acc_class=acc_class.tolist(), acc_task=acc_task.tolist(),
+                task_times=task_times, kept_per_epoch=kept_per_epoch,
+                flops=[counter.train_flops, counter.dense_train_flops,
+                       counter.examples],
+                steps_done=progress.steps_done, logged=progress.logged,
+                has_ddr=state.ddr is not None)
+    if order is None:
+      order = jnp.zeros(arrays.train_len, jnp.int32)
+    checkpoints.save({"train": state, "order": order}, meta)
+    if checkpoints.stop_requested:
+      raise checkpoints.interrupted(where)
+
+  for t in range(first_task, num_tasks):
     task_start = time.perf_counter()
-    if joint and t > 0:
+    resuming_task = resume is not None
+    if joint and t > 0 and not resuming_task:
       rng, init_rng = jax.random.split(state.rng)
       params, batch_stats = fresh_model(init_rng)
       state = state._replace(params=params, batch_stats=batch_stats, rng=rng)
-    if not config.is_sparse:
+    if not config.is_sparse and not resuming_task:
       # A fresh optimizer per task, as in the papers' code. Sparse methods
       # keep theirs: it holds the masks (their base optimizer, SGD without
       # momentum, has no state of its own).
@@ -249,7 +314,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     data = (device_data, jax.device_put(ex_index), jax.device_put(ex_task))
     usable_dev = jax.device_put(usable)
     task_size = int(usable.sum())
-    if method.track_forgetting:
+    if method.track_forgetting and not resuming_task:
       state = state._replace(
           ddr=ddr_lib.ddr_init(arrays.train_len)._replace(kept=usable_dev))
     task_mask = jnp.asarray(
@@ -258,28 +323,59 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
                                              method.replay_first_task)
     bar = _progress((task_size // batch_size) * config.epochs,
                     f"task {t + 1}/{num_tasks}", config.progress)
-    kept_per_epoch.append([])
-    for epoch in range(config.epochs):
-      order_rng, remove_rng, rng = jax.random.split(state.rng, 3)
-      state = state._replace(rng=rng)
-      if method.track_forgetting:
-        removal = ddr_schedule.removal_count(epoch, task_size)
-        if removal:
-          state = state._replace(ddr=ddr_remove(state.ddr, remove_rng,
-                                                jnp.int32(removal)))
-        usable_dev = state.ddr.kept
-      order, count = epoch_order(order_rng, usable_dev)
-      num_steps = int(count) // batch_size
-      buffer_seen = int(state.buffer.num_seen) if method.replay else 0
-      loss_sum = jnp.zeros(())
-      for first in range(0, num_steps, steps_per_call):
+    if not resuming_task:
+      kept_per_epoch.append([])
+    for epoch in range(resume["epoch"] if resuming_task else 0,
+                       config.epochs):
+      if resume is not None:
+        # Mid-epoch restart: this epoch's order and sums come from the
+        # checkpoint, so the remaining steps see exactly the same batches.
+        order, count = resume["order"], resume["count"]
+        num_steps, buffer_seen = resume["num_steps"], resume["buffer_seen"]
+        loss_sum = jnp.asarray(resume["loss_sum"], jnp.float32)
+        first_step, resume = resume["step"], None
+        bar.update(first_step)
+      else:
+        order_rng, remove_rng, rng = jax.random.split(state.rng, 3)
+        state = state._replace(rng=rng)
+        if method.track_forgetting:
+          removal = ddr_schedule.removal_count(epoch, task_size)
+          if removal:
+            state = state._replace(ddr=ddr_remove(state.ddr, remove_rng,
+                                                  jnp.int32(removal)))
+          usable_dev = state.ddr.kept
+        order, count = epoch_order(order_rng, usable_dev)
+        num_steps = int(count) // batch_size
+        buffer_seen = int(state.buffer.num_seen) if method.replay else 0
+        loss_sum = jnp.zeros(())
+        first_step = 0
+      chunk_losses = []
+      for first in range(first_step, num_steps, steps_per_call):
         facts = steps.StepFacts(
             task_id=jnp.int32(t), epoch=jnp.int32(epoch),
             first_step=jnp.int32(first), num_steps=jnp.int32(num_steps),
             task_class_mask=task_mask)
         state, chunk_loss = chunk(state, data, order, facts)
         loss_sum = loss_sum + chunk_loss
-        bar.update(min(steps_per_call, num_steps - first))
+        done = min(steps_per_call, num_steps - first)
+        bar.update(done)
+        chunk_losses.append((first, chunk_loss))
+        before, progress.steps_done = (progress.steps_done,
+                                       progress.steps_done + done)
+        if checkpoints is not None and (
+            checkpoints.stop_requested or
+            checkpoints.due(before, progress.steps_done)):
+          _check_loss(loss_sum, chunk_losses, t, num_tasks, epoch,
+                      num_steps, steps_per_call, checkpoints)
+          save_checkpoint(
+              {"task": t, "in_task": True, "epoch": epoch,
+               "step": first + done, "count": int(count),
+               "num_steps": num_steps, "buffer_seen": buffer_seen,
+               "loss_sum": float(loss_sum)},
+              f"task {t + 1} of {num_tasks}, epoch {epoch + 1}, step "
+              f"{first + done} of {num_steps}", order)
+      _check_loss(loss_sum, chunk_losses, t, num_tasks, epoch, num_steps,
+                  steps_per_call, checkpoints)
       weight_sparsity = _weight_sparsities(config, state.opt_state)
       stream = num_steps * batch_size
       replayed = accounting.replayed_examples(
@@ -292,7 +388,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
            "kept": int(count), "examples": stream,
            "replayed_examples": replayed, "train_flops": epoch_flops,
            "train_flops_so_far": counter.train_flops,
-           "loss": float(loss_sum) / max(num_steps, 1)})
+           "loss": float(loss_sum) / max(num_steps, 1),
+           "global_step": progress.steps_done,
+           "weight_sparsity": weight_sparsity})
     bar.close()
     seen = jnp.asarray(class_masks[:t + 1].any(0))
     for j in range(num_tasks):
@@ -308,7 +406,11 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     log({"event": "eval", "task": t,
          "class_il": acc_class[t, :t + 1].tolist(),
          "task_il": acc_task[t, :t + 1].tolist(),
-         "task_time_s": task_times[-1]})
+         "task_time_s": task_times[-1],
+         "global_step": progress.steps_done})
+    if checkpoints is not None:
+      save_checkpoint({"task": t + 1, "in_task": False},
+                      f"the end of task {t + 1} of {num_tasks}")
 
   final = metrics_lib.summarize(acc_class, acc_task)
   sparsity = masks_lib.summarize_sparsity(state.params)
@@ -330,6 +432,37 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
                        [len(t.train_indices) for t in scenario.tasks]},
       "flags": config_lib.to_dict(config),
   }
+
+
+class _Progress:
+  """Counts train steps and log records (both are saved in checkpoints)."""
+
+  def __init__(self, log: LogFn):
+    self._log = log
+    self.steps_done = 0
+    self.logged = 0
+
+  def log(self, record: dict) -> None:
+    self.logged += 1
+    self._log(record)
+
+
+def _check_loss(loss_sum, chunk_losses, task: int, num_tasks: int,
+                epoch: int, num_steps: int, steps_per_call: int,
+                checkpoints) -> None:
+  """Stops the run, naming where, when the loss is no longer finite."""
+  total = float(loss_sum)
+  if np.isfinite(total):
+    return
+  where = f"task {task + 1} of {num_tasks}, epoch {epoch + 1}"
+  for first, loss in chunk_losses:
+    if not np.isfinite(float(loss)):
+      last = min(first + steps_per_call, num_steps)
+      span = (f"step {first + 1}" if last == first + 1 else
+              f"steps {first + 1}-{last}")
+      where += f", {span} of {num_steps}"
+      break
+  checkpoint_lib.check_finite(total, where, checkpoints)
 
 
 def _layer_macs(model, params, batch_stats, spec: steps.InputSpec

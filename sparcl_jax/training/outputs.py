@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -90,12 +90,23 @@ def write_results(workdir: str, results: dict[str, Any]) -> None:
 
 
 class MetricsLog:
-  """Appends one JSON object per line to ``metrics.jsonl``."""
+  """Appends one JSON object per line to ``metrics.jsonl``.
 
-  def __init__(self, workdir: str):
+  Args:
+    workdir: the run's directory.
+    keep_records: None starts a new log; a number resumes one, keeping that
+      many records (those logged up to the checkpoint being resumed) and
+      dropping later ones, which the resumed run logs again.
+  """
+
+  def __init__(self, workdir: str, keep_records: Optional[int] = None):
     self.path = os.path.join(workdir, METRICS_LOG)
+    kept = []
+    if keep_records is not None and os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = f.readlines()[:keep_records]
     # A new run starts a new log; a half-finished earlier log is not results.
-    open(self.path, "w").close()
+    write_atomic(self.path, "".join(kept))
 
   def __call__(self, record: dict[str, Any]) -> None:
     with open(self.path, "a") as f:
