@@ -287,6 +287,52 @@ def _count(size: int, sparsity: Sparsity) -> Union[int, jax.Array]:
   return _keep_count_traced(size, sparsity)
 
 
+def _ordinal(key: jax.Array) -> jax.Array:
+  """uint32 whose unsigned order is the ascending sort order of ``key``.
+
+  Floats follow ``lax.sort``: ``-0.0`` equals ``0.0`` and every NaN sorts
+  last, as one value.
+  """
+  if key.dtype == jnp.bool_:
+    return key.astype(jnp.uint32)
+  if jnp.issubdtype(key.dtype, jnp.floating):
+    x = key.astype(jnp.float32)
+    x = jnp.where(x == 0, jnp.zeros_like(x), x)
+    x = jnp.where(jnp.isnan(x), jnp.full_like(x, jnp.nan), x)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    negative = (bits >> 31) == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+  if jnp.issubdtype(key.dtype, jnp.signedinteger):
+    bits = jax.lax.bitcast_convert_type(key.astype(jnp.int32), jnp.uint32)
+    return bits ^ jnp.uint32(0x80000000)
+  return key.astype(jnp.uint32)
+
+
+def _select_value(key: jax.Array, candidates: jax.Array,
+                  need: jax.Array) -> jax.Array:
+  """Smallest ``v`` with ``#{candidates with key <= v} >= need``.
+
+  A binary search over the candidates' value range: one counting pass per
+  step, at most 32 steps, and none for a constant key. Without such a ``v``
+  (``need`` above the candidate count) it returns the candidates' maximum.
+  """
+  big = jnp.uint32(0xFFFFFFFF)
+  lo = jnp.min(jnp.where(candidates, key, big))
+  hi = jnp.max(jnp.where(candidates, key, jnp.uint32(0)))
+  hi = jnp.maximum(hi, lo)
+
+  def cond(bounds):
+    return bounds[0] < bounds[1]
+
+  def body(bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    enough = jnp.sum(candidates & (key <= mid), dtype=jnp.int32) >= need
+    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+  return jax.lax.while_loop(cond, body, (lo, hi))[0]
+
+
 @jax.jit
 def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
               ) -> jax.Array:
@@ -295,6 +341,10 @@ def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
   Jitted with a traced ``count``: the shapes never depend on it. Callers add
   a random key as last sort key to break ties at random; remaining ties go to
   the lower flat index.
+
+  The result equals ranking by ``lax.sort`` over ``(*sort_keys, index)``,
+  but it is found by a radix-style selection (a few counting passes per key)
+  because a multi-operand sort of a large layer costs hundreds of ms on CPU.
 
   Args:
     sort_keys: arrays of one shape, most significant first, sorted ascending.
@@ -309,12 +359,21 @@ def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
     Array([False,  True,  True], dtype=bool)
   """
   shape = sort_keys[0].shape
-  flat = [k.reshape(-1) for k in sort_keys]
-  n = flat[0].shape[0]
-  index = jnp.arange(n, dtype=jnp.int32)
-  *_, order = jax.lax.sort((*flat, index), num_keys=len(flat))
-  ranks = jnp.zeros((n,), jnp.int32).at[order].set(index)
-  return (ranks < count).reshape(shape)
+  need = jnp.asarray(count, jnp.int32)
+  candidates = jnp.ones(shape, jnp.bool_)
+  selected = jnp.zeros(shape, jnp.bool_)
+  # Each key settles the positions strictly before the threshold value and
+  # leaves the ties at the threshold to the next key.
+  for key in sort_keys:
+    key = _ordinal(key)
+    value = _select_value(key, candidates, need)
+    below = candidates & (key < value)
+    need = need - jnp.sum(below, dtype=jnp.int32)
+    selected = selected | below
+    candidates = candidates & (key == value)
+  flat = candidates.reshape(-1)
+  first = jnp.cumsum(flat.astype(jnp.int32)) <= need
+  return selected | (flat & first).reshape(shape)
 
 
 def _hash_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
