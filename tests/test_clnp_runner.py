@@ -1,0 +1,220 @@
+"""End-to-end CLNP, EWC, SI and single-task runs on permuted 8x8 digits.
+
+The runs are tiny (MLP 64-24-24, a few epochs, scikit-learn's digits), so
+the numbers are not the point; the structure is: CLNP never changes an
+earlier task's Task-IL accuracy, not even in the last bit, the diagnostics
+add up, a full layer stops the run cleanly with partial results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sparcl_jax import regularizers
+from sparcl_jax.data import pipeline, scenarios, sources
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.models import registry
+from sparcl_jax.training import cli, clnp_runner, loop, losses
+from sparcl_jax.training.config import RunConfig, validate
+
+_DIGITS = sources.load_digits(0)
+
+
+def _scenario(num_tasks: int, val_fraction: float = 0.2):
+  return scenarios.permuted_scenario(_DIGITS, num_tasks, seed=0,
+                                     val_fraction=val_fraction)
+
+
+def _config(tmp_path, **changes) -> RunConfig:
+  base = dict(workdir=str(tmp_path), dataset="digits", data_source="digits",
+              scenario="permuted", model="mlp", hidden_sizes="32,32",
+              head="multi", method="clnp", epochs=2, batch_size=32,
+              optimizer="adam", lr=1e-2, l1=3e-3, margin=2.0,
+              val_fraction=0.2, eval_batch_size=128, steps_per_call=40,
+              seed=0, progress=False)
+  base.update(changes)
+  return validate(RunConfig(**base))
+
+
+def _run(config, scenario):
+  records = []
+  results = clnp_runner.run(config, scenario, records.append,
+                            time.perf_counter())
+  return results, records
+
+
+def _assert_columns_constant_below_diagonal(matrix):
+  R = np.asarray(matrix)
+  for j in range(R.shape[1]):
+    for i in range(j + 1, R.shape[0]):
+      # Exact equality on purpose: CLNP promises bit-identical outputs.
+      assert R[i, j] == R[j, j], (i, j, R)
+
+
+def test_clnp_multi_head_zero_forgetting_and_diagnostics(tmp_path):
+  results, records = _run(_config(tmp_path, num_tasks=3), _scenario(3))
+
+  assert "stopped_early" not in results
+  task_il = results["acc_matrix"]["task_il"]
+  assert np.shape(task_il) == (3, 3)
+  _assert_columns_constant_below_diagonal(task_il)
+  assert results["final"]["forgetting_task_il"] == 0.0
+  assert results["final"]["bwt_task_il"] == 0.0
+  # Every task is learnt well above the 10% of chance.
+  assert min(np.diag(task_il)) > 40.0
+
+  widths = {"hidden_0": 32, "hidden_1": 32}
+  assert results["clnp"]["units"] == widths
+  tasks = results["clnp"]["tasks"]
+  assert [d["task"] for d in tasks] == [0, 1, 2]
+  claimed_sum = {n: 0 for n in widths}
+  for t, diag in enumerate(tasks):
+    assert diag["val_acc_after"] >= diag["val_acc_before"] - 2.0
+    for name, width in widths.items():
+      layer = diag["layers"][name]
+      claimed_sum[name] += layer["claimed"]
+      assert layer["used"] == claimed_sum[name]
+      assert layer["used"] + layer["free"] == width
+      assert 0 <= layer["reused"] <= layer["available"]
+      used_before = layer["used"] - layer["claimed"]
+      assert layer["available"] == used_before
+      fraction = results["capacity_plot_data"]["used_fraction"][name][t]
+      assert fraction == layer["used"] / width
+  assert tasks[0]["layers"]["hidden_0"]["available"] == 0
+  assert results["capacity_plot_data"]["tasks"] == [1, 2, 3]
+
+  events = [r["event"] for r in records]
+  assert events.count("epoch") == 3 * 2
+  assert events.count("clnp_prune") == 3
+  assert events.count("eval") == 3
+  # results.json must be strict JSON (no NaN or Infinity).
+  json.dumps(results, allow_nan=False)
+  path = clnp_runner.plot_capacity(str(tmp_path), results)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_clnp_shared_head_gate_with_finetuning(tmp_path):
+  config = _config(tmp_path, num_tasks=2, head="shared", finetune_epochs=1)
+  results, records = _run(config, _scenario(2))
+
+  assert np.shape(results["acc_matrix"]["task_il"]) == (2, 2)
+  _assert_columns_constant_below_diagonal(results["acc_matrix"]["task_il"])
+  # The gate also freezes task 0's logits over the classes seen by then.
+  _assert_columns_constant_below_diagonal(results["acc_matrix"]["class_il"])
+  # Fine-tuning runs once per distinct candidate the search evaluates.
+  trials = sum(len(d["trials"]) for d in results["clnp"]["tasks"])
+  finetunes = [r for r in records if r["event"] == "finetune"]
+  assert 2 <= len(finetunes) <= trials + 2
+
+
+def test_full_layer_stops_cleanly_and_cli_writes_results(tmp_path, capsys):
+  # hidden_0 has one unit: once a task keeps it (cutting a live unit makes
+  # every prediction the same, which a margin of 0 rejects), the next task
+  # finds no free unit there.
+  workdir = tmp_path / "run"
+  status = cli.main([
+      "train.py", f"--workdir={workdir}", "--dataset=digits",
+      "--data_source=digits", "--scenario=permuted", "--num_tasks=3",
+      "--model=mlp", "--hidden_sizes=1,8", "--head=multi", "--method=clnp",
+      "--epochs=2", "--batch_size=32", "--optimizer=adam", "--lr=0.01",
+      "--margin=0", "--val_fraction=0.2", "--eval_batch_size=128",
+      "--steps_per_call=40", "--noprogress"])
+  capsys.readouterr()
+  assert status == 0
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  done = len(results["acc_matrix"]["task_il"])
+  assert 1 <= done < 3
+  assert np.shape(results["acc_matrix"]["class_il"]) == (done, done)
+  assert results["stopped_early"].startswith(
+      f"stopped before task {done + 1} of 3: layer 'hidden_0' has no free "
+      "units left")
+  last = results["clnp"]["tasks"][-1]["layers"]["hidden_0"]
+  assert len(results["clnp"]["tasks"]) == done
+  assert (last["used"], last["free"]) == (1, 0)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    events = [json.loads(line)["event"] for line in f]
+  assert events[-1] == "stopped"
+
+
+def test_regularisers_vanish_on_the_first_task(tmp_path):
+  scenario = _scenario(2, val_fraction=0.0)
+  rows = {}
+  for method in ("single_task", "ewc", "si"):
+    config = _config(tmp_path, num_tasks=2, method=method, val_fraction=0.0,
+                     epochs=1, ewc_lambda=1e3, si_c=1.0)
+    results, _ = _run(config, scenario)
+    rows[method] = np.asarray(results["acc_matrix"]["task_il"])
+    assert "clnp" not in results
+  # Same seed, zero penalty before any consolidation: identical first rows.
+  np.testing.assert_array_equal(rows["ewc"][0], rows["single_task"][0])
+  np.testing.assert_array_equal(rows["si"][0], rows["single_task"][0])
+  # single_task answers for task 0 with network 0, which never changes.
+  assert rows["single_task"][1, 0] == rows["single_task"][0, 0]
+  # The carried-over network of EWC and SI is another network.
+  assert not np.array_equal(rows["ewc"][1], rows["single_task"][1])
+  assert not np.array_equal(rows["si"][1], rows["ewc"][1])
+
+
+def test_device_fisher_matches_library_estimate():
+  scenario = _scenario(2)
+  model = registry.make_model("mlp", 20, hidden_sizes=(5,), head="multi",
+                              head_sizes=(10, 10))
+  params = registry.init_model(model, jax.random.key(1),
+                               (1, 8, 8, 1))["params"]
+  spec = loop.input_spec(scenario)
+  data = pipeline.to_device(scenario)
+  rows = np.asarray(scenario.tasks[1].train_indices[:7])
+  mask = jnp.arange(20) >= 10
+  fisher = clnp_runner.make_fisher(model, spec, chunk=3)(
+      params, data, jnp.asarray(np.pad(rows, (0, 5))), jnp.int32(7),
+      jnp.int32(1), mask)
+
+  x, y = pipeline.gather_batch(data, jnp.asarray(rows), 1, "train", True)
+
+  def log_likelihood(p, xb, yb):
+    logits = model.apply({"params": p}, xb)
+    return -losses.cross_entropy(losses.mask_logits(logits, mask), yb)
+
+  expected = regularizers.fisher_diagonal(log_likelihood, params, x, y,
+                                          batch_size=4)
+  for got, want in zip(jax.tree.leaves(fisher), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+  # Task 0's head does not take part in task 1's likelihood.
+  assert not np.any(np.asarray(fisher["head"]["head_0"]["kernel"]))
+
+
+def test_setup_errors_are_config_errors(tmp_path):
+  scenario = _scenario(2, val_fraction=0.0)
+  with pytest.raises(ConfigError, match="--val_fraction > 0"):
+    clnp_runner.run(_config(tmp_path, num_tasks=2, val_fraction=0.0),
+                    scenario, print, 0.0)
+  with pytest.raises(ConfigError, match="zenke_cnn"):
+    clnp_runner.run(_config(tmp_path, num_tasks=2, model="resnet18",
+                            val_fraction=0.0, method="ewc"),
+                    scenario, print, 0.0)
+  bare = registry.make_model("mlp", 10, hidden_sizes=())
+  params = registry.init_model(bare, jax.random.key(0), (1, 8, 8, 1))
+  with pytest.raises(ConfigError, match="no ReLU units|none"):
+    clnp_runner.layer_specs("mlp", params["params"])
+  with pytest.raises(ConfigError, match="plot_capacity"):
+    clnp_runner.plot_capacity(str(tmp_path), {"acc_matrix": {}})
+
+
+def test_gate_shared_head_zeroes_gated_rows():
+  params = {"hidden_0": {"kernel": jnp.ones((2, 3))},
+            "head": {"kernel": jnp.arange(6.0).reshape(3, 2),
+                     "bias": jnp.ones(2)}}
+  gated = clnp_runner.gate_shared_head(params, np.array([1.0, 0.0, 1.0]))
+  np.testing.assert_array_equal(gated["head"]["kernel"],
+                                [[0.0, 1.0], [0.0, 0.0], [4.0, 5.0]])
+  assert gated["head"]["bias"] is params["head"]["bias"]
+  assert gated["hidden_0"] is params["hidden_0"]
