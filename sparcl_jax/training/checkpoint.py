@@ -22,10 +22,12 @@ loop's layout, so any runner can use it:
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import signal
 import sys
+import time
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
@@ -253,6 +255,7 @@ class Checkpointer:
                                            impl=jax.random.key_impl(leaf))
         restored.append(value)
     except Exception as err:  # pylint: disable=broad-except
+      _silence_closed_loop_noise()
       raise CheckpointError(
           f"checkpoint {where} is corrupt: its arrays cannot be read "
           f"({type(err).__name__}: {_short(err)}); "
@@ -341,6 +344,47 @@ class Checkpointer:
       self._manager = None
 
 
+def _silence_closed_loop_noise() -> None:
+  """Drops the tracebacks a failed orbax read leaves behind.
+
+  When one array of a restore fails, orbax closes its event loop while
+  tensorstore still completes the other reads; their callbacks then report
+  "Event loop is closed" from a background thread, burying the one-line
+  error. Only that message is dropped; anything else reaches the previous
+  hook.
+  """
+  def noise(value) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(
+        value)
+
+  # The callbacks report through PyErr_Print (sys.excepthook) or, under
+  # some runners, as unraisable exceptions.
+  previous_unraisable = sys.unraisablehook
+  if not getattr(previous_unraisable, "_sparcl_filter", False):
+
+    def unraisable_hook(unraisable):
+      if not noise(unraisable.exc_value):
+        previous_unraisable(unraisable)
+
+    unraisable_hook._sparcl_filter = True  # pylint: disable=protected-access
+    sys.unraisablehook = unraisable_hook
+  previous_except = sys.excepthook
+  if not getattr(previous_except, "_sparcl_filter", False):
+
+    def except_hook(kind, value, traceback):
+      if not noise(value):
+        previous_except(kind, value, traceback)
+
+    except_hook._sparcl_filter = True  # pylint: disable=protected-access
+    sys.excepthook = except_hook
+  # Let the stragglers finish now, while nothing else is being printed.
+  saved, sys.stderr = sys.stderr, io.StringIO()
+  try:
+    time.sleep(0.3)
+  finally:
+    sys.stderr = saved
+
+
 def _short(err: BaseException, limit: int = 200) -> str:
   text = " ".join(str(err).split())
   return text if len(text) <= limit else text[:limit] + "..."
@@ -408,6 +452,37 @@ def check_finite(loss: float, where: str,
   raise NonFiniteLossError(
       f"the training loss became {loss} at {where}; {kept}; lower --lr or "
       "check the data, then start fresh (another --workdir) or resume.")
+
+
+def check_finite_tree(tree: Any, where: str,
+                      checkpointer: Optional[Checkpointer] = None) -> None:
+  """Refuses to go on (or to save) with NaN or infinite weights.
+
+  A step can turn the weights non-finite while its own loss was still
+  finite; checking before each save keeps such a state out of checkpoints.
+
+  Args:
+    tree: the weights (any pytree; non-float leaves are ignored).
+    where: the position, for the message.
+    checkpointer: the run's checkpointer, to name the last good checkpoint.
+
+  Raises:
+    NonFiniteLossError: some weight is NaN or infinite.
+
+  Example:
+    >>> check_finite_tree({"w": jnp.ones(2)}, "task 1")
+  """
+  leaves = [leaf for leaf in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
+  if all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
+    return
+  kept = "no checkpoint was saved yet"
+  if checkpointer is not None and checkpointer.last_saved:
+    kept = f"the last good checkpoint {checkpointer.last_saved} is kept"
+  raise NonFiniteLossError(
+      f"the model weights became NaN or infinite by {where}; {kept}; lower "
+      "--lr or check the data, then start fresh (another --workdir) or "
+      "resume.")
 
 
 @contextlib.contextmanager

@@ -292,6 +292,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
                        counter.examples],
                 steps_done=progress.steps_done, logged=progress.logged,
                 has_ddr=state.ddr is not None)
+    checkpoint_lib.check_finite_tree(state.params, where, checkpoints)
     if order is None:
       order = jnp.zeros(arrays.train_len, jnp.int32)
     checkpoints.save({"train": state, "order": order}, meta)
