@@ -744,9 +744,10 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
                                         partition)
       used_history.append(used)
       diagnostics.append(diag)
-    elif method == "ewc":
+    elif method == "ewc" and t + 1 < num_tasks:
+      # After the last task nothing would read the consolidated state.
       state = _ewc_consolidate(runner, state, fisher_fn, t)
-    elif method == "si":
+    elif method == "si" and t + 1 < num_tasks:
       state = state._replace(reg=regularizers.si_consolidate(
           state.reg, state.params, config.si_xi))
     if method == "single_task":
