@@ -14,7 +14,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from sparcl_jax.training import checkpoint
 from sparcl_jax.training import cli
