@@ -1,0 +1,987 @@
+"""Speed, overhead, FLOP/s, memory and scaling of the training steps.
+
+Measures, in one process so that ratios share the machine's state:
+
+* per-step wall time (after compilation) of a plain optax SGD step and of the
+  fine-tuning, DER++, SparCL-DER++ and CLNP steps, as ratios to the plain
+  step; variants are timed interleaved (round-robin) and summarised by
+  their median and quartiles;
+* the compile time of each step and the number of compilations of whole
+  multi-task runs (2 and 5 tasks);
+* whole-epoch throughput (ordering, gathering, augmentation and the host loop
+  included) against the bare step time;
+* achieved FLOP/s of every step against a large dense matmul's (the practical
+  peak of this machine);
+* peak host RSS (and device memory where the backend reports it);
+* scaling of the step with batch size, buffer size and model width, and of a
+  whole run with the number of tasks.
+
+Inputs are random data of the real shapes (28x28x1 for the MLP, 32x32x3 for
+ResNet-18). ``--savings`` adds whole Split MNIST runs of DER++ and
+SparCL-DER++ (real MNIST with ``--data_dir``, else random data of its shape).
+
+Usage:
+  python experiments/benchmark.py --quick            # < 2 min on 2 CPU cores
+  python experiments/benchmark.py --out=benchmark.json --savings \
+      --data_dir=PATH/TO/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sparcl_jax import ddr as ddr_lib
+from sparcl_jax import masks as masks_lib
+from sparcl_jax import rehearsal
+from sparcl_jax.data import pipeline
+from sparcl_jax.data import scenarios
+from sparcl_jax.data.types import Dataset, Scenario
+from sparcl_jax.models import registry
+from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import loop
+from sparcl_jax.training import losses
+from sparcl_jax.training import optimizers
+from sparcl_jax.training import steps
+from sparcl_jax.training.config import RunConfig
+
+# jax.monitoring event recorded once per XLA compilation.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+# Variants of the step benchmark, in table order.
+STEP_METHODS = ("plain", "sgd", "derpp", "sparcl_derpp", "clnp_finetune",
+                "clnp")
+
+
+# ----------------------------------------------------------------------------
+# Measuring.
+
+
+class CompileCounter:
+  """Counts XLA compilations (and their seconds) while active.
+
+  Use as a context manager; ``count`` and ``seconds`` hold the totals.
+
+  Example:
+    >>> with CompileCounter() as counter:
+    ...   jax.jit(lambda x: x + 1)(1.0)
+    >>> counter.count
+    1
+  """
+
+  def __init__(self):
+    self.count = 0
+    self.seconds = 0.0
+    self._active = False
+
+  def _listener(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if self._active and event == COMPILE_EVENT:
+      self.count += 1
+      self.seconds += float(duration)
+
+  def __enter__(self) -> "CompileCounter":
+    self._active = True
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._active = False
+    jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def time_interleaved(fns: dict[str, Callable[[int], Any]], repeats: int
+                     ) -> dict[str, list[float]]:
+  """Times each function ``repeats`` times, round-robin, in seconds.
+
+  Interleaving spreads the machine's load (other processes, frequency
+  changes) evenly over the variants, so their ratios stay meaningful on a
+  busy machine.
+
+  Args:
+    fns: name -> ``fn(rep)``; its result is blocked on.
+    repeats: calls per function.
+
+  Returns:
+    name -> list of ``repeats`` wall times.
+
+  Example:
+    >>> t = time_interleaved({'a': lambda r: jnp.ones(3)}, 2)
+    >>> len(t['a'])
+    2
+  """
+  times = {name: [] for name in fns}
+  for rep in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(rep))
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def summarize(samples: Sequence[float], scale: float = 1.0) -> dict:
+  """Median, quartiles, min and relative spread of timing samples.
+
+  Args:
+    samples: the measurements.
+    scale: factor applied to every value (e.g. 1e3 / steps for ms/step).
+
+  Returns:
+    ``{'median', 'p25', 'p75', 'min', 'spread', 'n'}``; ``spread`` is the
+    interquartile range over the median.
+
+  Example:
+    >>> summarize([1.0, 2.0, 3.0])['median']
+    2.0
+  """
+  x = np.asarray(samples, np.float64) * scale
+  median = float(np.median(x))
+  p25, p75 = (float(v) for v in np.percentile(x, [25, 75]))
+  return {"median": median, "p25": p25, "p75": p75, "min": float(x.min()),
+          "spread": (p75 - p25) / median if median else 0.0, "n": len(x)}
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> dict:
+  """Practical peak: FLOP/s of an ``n x n`` float32 matmul (median).
+
+  Args:
+    n: matrix size.
+    repeats: timed calls.
+
+  Returns:
+    ``{'n', 'flops_per_s', 'seconds'}``.
+
+  Example:
+    >>> matmul_flops_per_s(64, 2)['n']
+    64
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  mm = jax.jit(jnp.matmul)
+  jax.block_until_ready(mm(a, b))
+  times = time_interleaved({"mm": lambda r: mm(a, b)}, repeats)["mm"]
+  seconds = float(np.median(times))
+  return {"n": n, "flops_per_s": 2.0 * n ** 3 / seconds, "seconds": seconds}
+
+
+def memory_report() -> dict:
+  """Peak host RSS and, where the backend reports it, device memory.
+
+  Returns:
+    ``{'host_peak_rss_mb', 'device_peak_bytes'}`` (the latter None when
+    unreported, as on CPU).
+
+  Example:
+    >>> memory_report()['host_peak_rss_mb'] > 0
+    True
+  """
+  rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  device_peak = None
+  try:
+    stats = jax.devices()[0].memory_stats()
+    if stats:
+      device_peak = stats.get("peak_bytes_in_use")
+  except Exception:  # pylint: disable=broad-except
+    device_peak = None
+  return {"host_peak_rss_mb": rss_kb / 1024.0,
+          "device_peak_bytes": device_peak}
+
+
+def environment() -> dict:
+  """Device, versions and CPU count of this run.
+
+  Returns:
+    A JSON-able dict.
+
+  Example:
+    >>> 'jax' in environment()
+    True
+  """
+  import flax  # pylint: disable=import-outside-toplevel
+  device = jax.devices()[0]
+  return {"device": f"{device.platform}:{device.device_kind}",
+          "backend": jax.default_backend(),
+          "num_devices": jax.device_count(),
+          "cpu_count": os.cpu_count(),
+          "affinity_cpus": len(os.sched_getaffinity(0))
+                           if hasattr(os, "sched_getaffinity") else None,
+          "jax": jax.__version__, "jaxlib": jax.lib.__version__
+                                            if hasattr(jax, "lib") else None,
+          "flax": flax.__version__, "optax": optax.__version__,
+          "numpy": np.__version__, "python": platform.python_version(),
+          "machine": platform.machine()}
+
+
+# ----------------------------------------------------------------------------
+# Inputs.
+
+
+def random_scenario(image_shape: Sequence[int], train_per_task: int,
+                    test_per_task: int = 64, num_tasks: int = 5,
+                    augment: bool = False, seed: int = 0) -> Scenario:
+  """A split scenario over random uint8 images of a real shape.
+
+  Args:
+    image_shape: (H, W, C).
+    train_per_task: training examples per task (two classes per task).
+    test_per_task: test examples per task.
+    num_tasks: tasks; 10 classes are split evenly (must divide 10).
+    augment: random crop and flip of training inputs.
+    seed: numpy seed of the pixels.
+
+  Returns:
+    The scenario.
+
+  Example:
+    >>> random_scenario((8, 8, 1), 40).num_tasks
+    5
+  """
+  rng = np.random.default_rng(seed)
+  classes = 10
+  per_class_train = -(-train_per_task * num_tasks // classes)
+  per_class_test = -(-test_per_task * num_tasks // classes)
+  shape = tuple(image_shape)
+  train_y = np.repeat(np.arange(classes), per_class_train).astype(np.int32)
+  test_y = np.repeat(np.arange(classes), per_class_test).astype(np.int32)
+  dataset = Dataset(
+      "random", rng.integers(0, 256, (len(train_y),) + shape, np.uint8),
+      train_y, rng.integers(0, 256, (len(test_y),) + shape, np.uint8),
+      test_y, classes)
+  return scenarios.split_scenario(dataset, classes // num_tasks,
+                                  augment=augment)
+
+
+def make_config(method: str, model: str = "mlp", **changes) -> RunConfig:
+  """A validated config with the benchmark's defaults.
+
+  SparCL settings follow ``split_mnist_sparcl_derpp.cfg`` (sparsity 0.75,
+  masks updated every epoch, DGM at 0.8 refreshed every 30 steps, DDR on).
+
+  Args:
+    method: ``RunConfig.method``.
+    model: ``RunConfig.model``.
+    **changes: other fields.
+
+  Returns:
+    The config.
+
+  Example:
+    >>> make_config('derpp').batch_size
+    32
+  """
+  base = dict(workdir="/tmp/sparcl_benchmark", dataset="mnist",
+              data_source="files", data_dir="/unused",
+              method=method, model=model, hidden_sizes="2000,2000", nf=20,
+              batch_size=32, minibatch_size=32, buffer_size=200, epochs=5,
+              lr=0.03, alpha=0.2, beta=1.0, sparsity=0.75,
+              mask_update_interval=1, gradient_sparsity=0.8, dgm_refresh=30,
+              ddr_epochs="1,2,3,4", ddr_fraction=0.075, progress=False,
+              steps_per_call=30)
+  base.update(changes)
+  if method == "clnp":
+    base.setdefault("optimizer", "adam")
+  return config_lib.validate(RunConfig(**base))
+
+
+class StepBench(NamedTuple):
+  """One compiled training chunk ready to be called repeatedly.
+
+  Attributes:
+    call: ``call(rep) -> outputs``; runs ``steps`` train steps.
+    steps: train steps per call.
+    examples_per_step: forward/backward examples per step (replay included).
+    macs_per_example: forward MACs of one example (dense).
+    compile_s: seconds of the first (compiling) call.
+    compiles: XLA compilations of the first call.
+    note: how the step was built.
+  """
+
+  call: Callable[[int], Any]
+  steps: int
+  examples_per_step: int
+  macs_per_example: int
+  compile_s: float
+  compiles: int
+  note: str
+
+
+def _model_and_params(config: RunConfig, scenario: Scenario):
+  model = registry.make_model(
+      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
+      nf=config.nf, head=config.head,
+      head_sizes=[len(t.classes) for t in scenario.tasks])
+  variables = registry.init_model(model, jax.random.key(config.seed),
+                                  (1,) + tuple(scenario.image_shape))
+  return model, variables["params"], variables.get("batch_stats", {})
+
+
+def _macs(model, params, batch_stats, scenario: Scenario) -> int:
+  spec = loop.input_spec(scenario)
+  return int(sum(loop._layer_macs(model, params, batch_stats,  # pylint: disable=protected-access
+                                  spec).values()))
+
+
+def _first_call(fn: Callable[[], Any]) -> tuple[float, int]:
+  with CompileCounter() as counter:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    seconds = time.perf_counter() - start
+  return seconds, counter.count
+
+
+def build_plain_step(config: RunConfig, scenario: Scenario,
+                     num_steps: int) -> StepBench:
+  """A bare optax SGD step: no gather, no augmentation, no CL machinery.
+
+  Each call is one jitted ``lax.scan`` over ``num_steps`` pre-made,
+  normalised device batches (the same fusion the library's chunks use), so
+  Python dispatch is not part of the step time.
+
+  Args:
+    config: model, batch size and learning rate.
+    scenario: gives the input shape and number of outputs.
+    num_steps: steps per call.
+
+  Returns:
+    The :class:`StepBench`.
+
+  Example:
+    >>> bench = build_plain_step(cfg, scenario, 10)  # doctest: +SKIP
+  """
+  model, params, batch_stats = _model_and_params(config, scenario)
+  forward = steps.make_forward(model)
+  tx = optax.sgd(config.lr)
+  b = config.batch_size
+  rng = np.random.default_rng(1)
+  xs = jnp.asarray(rng.normal(size=(num_steps, b) + scenario.image_shape),
+                   jnp.float32)
+  ys = jnp.asarray(rng.integers(0, scenario.num_outputs, (num_steps, b)),
+                   jnp.int32)
+
+  def loss_fn(p, bs, x, y):
+    logits, bs = forward(p, bs, x, None, True)
+    return losses.cross_entropy(logits, y), bs
+
+  def body(carry, batch):
+    p, bs, opt = carry
+    (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        p, bs, *batch)
+    updates, opt = tx.update(grads, opt, p)
+    return (optax.apply_updates(p, updates), bs, opt), loss
+
+  @jax.jit
+  def chunk(p, bs, opt, xs, ys):
+    carry, losses_ = jax.lax.scan(body, (p, bs, opt), (xs, ys))
+    return carry, losses_.sum()
+
+  opt_state = tx.init(params)
+  call = lambda rep: chunk(params, batch_stats, opt_state, xs, ys)
+  compile_s, compiles = _first_call(lambda: call(0))
+  return StepBench(call, num_steps, b,
+                   _macs(model, params, batch_stats, scenario), compile_s,
+                   compiles, "optax.sgd, fixed device batches, lax.scan")
+
+
+def build_train_chunk(config: RunConfig, scenario: Scenario,
+                      steps_per_epoch: int, task_id: int = 1,
+                      epoch: int = 2) -> StepBench:
+  """The library's train chunk of ``config.method``, set up as ``loop.run``.
+
+  The chunk runs ``config.steps_per_call`` steps of task ``task_id`` (so
+  replay is active) at epoch ``epoch``. Successive calls move through the
+  epoch (``first_step`` = 0, K, 2K, ...) so that SparCL's periodic work (a
+  DGM refresh every ``dgm_refresh`` steps, a TDM drop-and-grow at step 0)
+  is amortised as in a real epoch of ``steps_per_epoch`` steps.
+
+  Args:
+    config: the run configuration.
+    scenario: the data (each task needs ``steps_per_epoch * batch_size``
+      training examples).
+    steps_per_epoch: steps of the simulated epoch.
+    task_id: the task trained.
+    epoch: epoch within the task.
+
+  Returns:
+    The :class:`StepBench`.
+
+  Example:
+    >>> bench = build_train_chunk(make_config('derpp'), sc, 60)  # doctest: +SKIP
+  """
+  model, params, batch_stats = _model_and_params(config, scenario)
+  spec = loop.input_spec(scenario)
+  method = loop.method_spec(config)
+  k = config.steps_per_call
+  b = config.batch_size
+  tx = optimizers.make_optimizer(config)
+  opt_state = tx.init(params)
+  if config.is_sparse:
+    params = masks_lib.apply_mask(params, tdm_masks(opt_state))
+  arrays = loop._TaskArrays(scenario, False)  # pylint: disable=protected-access
+  index, owner, usable = arrays.train(task_id)
+  if int(usable.sum()) < steps_per_epoch * b:
+    raise ValueError("scenario too small for steps_per_epoch")
+  buffer = None
+  if method.replay:
+    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
+                                   scenario.num_outputs)
+    # A full buffer, as after the first task.
+    x0, y0 = pipeline.gather_batch(
+        pipeline.to_device(scenario),
+        jnp.asarray(scenario.tasks[0].train_indices[:config.buffer_size]),
+        0, "train", spec.permuted)
+    buffer = buffer._replace(
+        inputs=x0, labels=y0, num_seen=jnp.int32(config.buffer_size * 10))
+  ddr = None
+  if method.track_forgetting:
+    ddr = ddr_lib.ddr_init(arrays.train_len)._replace(
+        kept=jnp.asarray(usable))
+  state = steps.TrainState(params, batch_stats, opt_state, buffer, ddr,
+                           jax.random.key(3))
+  chunk = steps.make_train_chunk(model, tx, method, spec, b, k,
+                                 buffer_ops=rehearsal, ddr_ops=ddr_lib)
+  data = (pipeline.to_device(scenario), jnp.asarray(index),
+          jnp.asarray(owner))
+  order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))
+  task_mask = jnp.asarray(np.isin(np.arange(scenario.num_outputs),
+                                  scenario.tasks[task_id].classes))
+  starts = list(range(0, steps_per_epoch, k))
+  facts = [steps.StepFacts(jnp.int32(task_id), jnp.int32(epoch),
+                           jnp.int32(s), jnp.int32(steps_per_epoch),
+                           task_mask) for s in starts]
+  call = lambda rep: chunk(state, data, order, facts[rep % len(facts)])
+  compile_s, compiles = _first_call(lambda: call(0))
+  replay_terms = {"": 0, "er": 1, "der": 1, "derpp": 2}[method.replay]
+  examples = b + replay_terms * config.replay_batch_size
+  return StepBench(call, k, examples,
+                   _macs(model, params, batch_stats, scenario), compile_s,
+                   compiles, f"steps.make_train_chunk ({config.method})")
+
+
+def build_clnp_chunk(config: RunConfig, scenario: Scenario,
+                     steps_per_epoch: int, task_id: int = 1) -> StepBench:
+  """CLNP's train function (``clnp_runner``), or the fine-tuning twin.
+
+  ``config.method == 'clnp'`` gives ``clnp_partition(adam)`` with the L1
+  term; ``'single_task'`` gives the same function with plain adam (CLNP's
+  fine-tuning baseline).
+
+  Args:
+    config: the run configuration.
+    scenario: the data.
+    steps_per_epoch: steps of the simulated epoch.
+    task_id: task trained.
+
+  Returns:
+    The :class:`StepBench`.
+
+  Example:
+    >>> bench = build_clnp_chunk(make_config('clnp'), sc, 60)  # doctest: +SKIP
+  """
+  from sparcl_jax import clnp as clnp_lib  # pylint: disable=import-outside-toplevel
+  from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
+  model, params, _ = _model_and_params(config, scenario)
+  spec = loop.input_spec(scenario)
+  base = optax.adam(config.lr)
+  tx = clnp_lib.clnp_partition(base) if config.method == "clnp" else base
+  k = config.steps_per_call
+  b = config.batch_size
+  train = clnp_runner.make_train_function(model, tx, config, spec, b, k)
+  arrays = loop._TaskArrays(scenario, False)  # pylint: disable=protected-access
+  index, _, usable = arrays.train(task_id)
+  state = clnp_runner.RunState(params, tx.init(params), None,
+                               jax.random.key(3))
+  data = (pipeline.to_device(scenario), jnp.asarray(index))
+  order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))
+  task_mask = jnp.asarray(np.isin(np.arange(scenario.num_outputs),
+                                  scenario.tasks[task_id].classes))
+  facts = [clnp_runner.ChunkFacts(jnp.int32(task_id), jnp.int32(s),
+                                  jnp.int32(steps_per_epoch), task_mask)
+           for s in range(0, steps_per_epoch, k)]
+  call = lambda rep: train(state, data, order, facts[rep % len(facts)])
+  compile_s, compiles = _first_call(lambda: call(0))
+  return StepBench(call, k, b, _macs(model, params, {}, scenario), compile_s,
+                   compiles, f"clnp_runner.make_train_function "
+                             f"({config.method})")
+
+
+def build_step(name: str, config: RunConfig, scenario: Scenario,
+               steps_per_epoch: int) -> StepBench:
+  """Builds one variant of :data:`STEP_METHODS`."""
+  if name == "plain":
+    return build_plain_step(config, scenario, config.steps_per_call)
+  if name in ("clnp", "clnp_finetune"):
+    method = "clnp" if name == "clnp" else "single_task"
+    cfg = config_lib.replace(config, method=method, optimizer="adam",
+                             lr=1e-3)
+    return build_clnp_chunk(cfg, scenario, steps_per_epoch)
+  return build_train_chunk(config_lib.replace(config, method=name), scenario,
+                           steps_per_epoch)
+
+
+def benchmark_steps(config: RunConfig, scenario: Scenario,
+                    steps_per_epoch: int, repeats: int,
+                    peak_flops: float,
+                    methods: Sequence[str] = STEP_METHODS) -> dict:
+  """Per-step time, compile time and FLOP/s of each step variant.
+
+  Args:
+    config: model, batch and SparCL settings (method is overridden).
+    scenario: the data.
+    steps_per_epoch: steps of the simulated epoch (see build_train_chunk).
+    repeats: timed calls per variant (interleaved).
+    peak_flops: matmul FLOP/s for the efficiency column.
+    methods: the variants.
+
+  Returns:
+    ``{variant: {...}}`` with ``ms_per_step`` (summary), ``ratio_to_plain``,
+    ``compile_s``, ``flops_per_step``, ``flops_per_s``, ``fraction_of_peak``.
+
+  Example:
+    >>> r = benchmark_steps(cfg, sc, 60, 5, 1e11)  # doctest: +SKIP
+  """
+  benches = {name: build_step(name, config, scenario, steps_per_epoch)
+             for name in methods}
+  times = time_interleaved({n: b.call for n, b in benches.items()}, repeats)
+  out = {}
+  for name, bench in benches.items():
+    per_step = summarize(times[name], 1e3 / bench.steps)
+    flops = 6.0 * bench.macs_per_example * bench.examples_per_step
+    rate = flops / (per_step["median"] / 1e3)
+    out[name] = {"ms_per_step": per_step, "compile_s": bench.compile_s,
+                 "compiles": bench.compiles,
+                 "examples_per_step": bench.examples_per_step,
+                 "flops_per_step": flops, "flops_per_s": rate,
+                 "fraction_of_peak": rate / peak_flops, "built_by": bench.note}
+  # Ratios of per-call medians of interleaved runs.
+  med = {n: out[n]["ms_per_step"]["median"] for n in out}
+  for name in out:
+    if "plain" in med:
+      out[name]["ratio_to_plain"] = med[name] / med["plain"]
+  if "sparcl_derpp" in med and "derpp" in med:
+    out["sparcl_derpp"]["ratio_to_derpp"] = med["sparcl_derpp"] / med["derpp"]
+  if "clnp" in med and "clnp_finetune" in med:
+    out["clnp"]["ratio_to_finetune"] = med["clnp"] / med["clnp_finetune"]
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Whole epochs and whole runs.
+
+
+def epoch_throughput(config: RunConfig, scenario: Scenario,
+                     repeats: int) -> dict:
+  """Examples/s of whole fine-tuning epochs through ``loop``'s pieces.
+
+  One epoch is what ``loop.run`` does per epoch: order the task's examples
+  on the device, then call the train chunk until the epoch is done (the
+  host loop, gathering and augmentation included). The bare step is the
+  plain SGD step of the same model and batch size.
+
+  Args:
+    config: fine-tuning config ('sgd').
+    scenario: the data.
+    repeats: epochs timed (interleaved with the bare step).
+
+  Returns:
+    ``{'examples_per_s', 'epoch_ms_per_step', 'bare_ms_per_step',
+    'ratio_to_bare'}``.
+
+  Example:
+    >>> epoch_throughput(make_config('sgd'), sc, 3)  # doctest: +SKIP
+  """
+  model, params, batch_stats = _model_and_params(config, scenario)
+  spec = loop.input_spec(scenario)
+  tx = optimizers.make_optimizer(config)
+  b = config.batch_size
+  arrays = loop._TaskArrays(scenario, False)  # pylint: disable=protected-access
+  index, owner, usable = arrays.train(1)
+  num_steps = int(usable.sum()) // b
+  k = min(config.steps_per_call, num_steps)
+  chunk = steps.make_train_chunk(model, tx, loop.method_spec(config), spec, b,
+                                 k)
+  epoch_order = steps.make_epoch_order()
+  data = (pipeline.to_device(scenario), jnp.asarray(index),
+          jnp.asarray(owner))
+  usable_dev = jnp.asarray(usable)
+  task_mask = jnp.asarray(np.isin(np.arange(scenario.num_outputs),
+                                  scenario.tasks[1].classes))
+  state0 = steps.TrainState(params, batch_stats, tx.init(params), None, None,
+                            jax.random.key(0))
+
+  def one_epoch(rep):
+    state = state0
+    order, count = epoch_order(jax.random.key(rep), usable_dev)
+    n = int(count) // b
+    for first in range(0, n, k):
+      facts = steps.StepFacts(jnp.int32(1), jnp.int32(0), jnp.int32(first),
+                              jnp.int32(n), task_mask)
+      state, _ = chunk(state, data, order, facts)
+    return state.params
+
+  bare = build_plain_step(config, scenario, k)
+  jax.block_until_ready(one_epoch(0))
+  times = time_interleaved({"epoch": one_epoch, "bare": bare.call}, repeats)
+  epoch_ms = summarize(times["epoch"], 1e3 / num_steps)
+  bare_ms = summarize(times["bare"], 1e3 / k)
+  return {"steps_per_epoch": num_steps, "augment": bool(scenario.augment),
+          "examples_per_s": num_steps * b / float(np.median(times["epoch"])),
+          "epoch_ms_per_step": epoch_ms, "bare_ms_per_step": bare_ms,
+          "ratio_to_bare": epoch_ms["median"] / bare_ms["median"]}
+
+
+def count_run_compiles(config: RunConfig, scenario: Scenario) -> dict:
+  """Compilations and wall time of one whole ``loop.run``.
+
+  Args:
+    config: the run configuration.
+    scenario: the data.
+
+  Returns:
+    ``{'compiles', 'compile_s', 'compiles_after_first_task', 'wall_s',
+    'eval_s'}``; ``eval_s`` is the time spent after each task's last epoch
+    (the evaluation of every task).
+
+  Example:
+    >>> count_run_compiles(cfg, sc)['compiles_after_first_task']  # doctest: +SKIP
+    0
+  """
+  marks = []
+  last_epoch = {}
+
+  def log(record):
+    now = time.perf_counter()
+    if record.get("event") == "epoch":
+      last_epoch["t"] = now
+    if record.get("event") == "eval":
+      marks.append((counter.count, now - last_epoch.get("t", now)))
+
+  with CompileCounter() as counter:
+    start = time.perf_counter()
+    loop.run(config, scenario, log_fn=log)
+    wall = time.perf_counter() - start
+  return {"num_tasks": scenario.num_tasks, "compiles": counter.count,
+          "compile_s": counter.seconds,
+          "compiles_after_first_task": counter.count - marks[0][0],
+          "wall_s": wall, "eval_s": float(sum(m[1] for m in marks))}
+
+
+def digits_scenario(num_tasks: int) -> Scenario:
+  """Split digits (scikit-learn's 8x8 digits) cut into ``num_tasks`` tasks.
+
+  Args:
+    num_tasks: 2 or 5 (must divide 10).
+
+  Returns:
+    The scenario.
+
+  Example:
+    >>> digits_scenario(2).num_tasks
+    2
+  """
+  from sparcl_jax.data import sources  # pylint: disable=import-outside-toplevel
+  return scenarios.split_scenario(sources.load_digits(0), 10 // num_tasks)
+
+
+def compile_counts(method: str = "sparcl_derpp",
+                   task_counts: Sequence[int] = (2, 5)) -> dict:
+  """Compilations of whole runs on split digits with different task counts.
+
+  Every counted run starts from empty compilation caches
+  (``jax.clear_caches``), so module-level jitted functions compiled by an
+  earlier run are counted again and the runs compare like with like.
+
+  Args:
+    method: the method run.
+    task_counts: numbers of tasks.
+
+  Returns:
+    ``{str(num_tasks): count_run_compiles(...)}``.
+
+  Example:
+    >>> compile_counts('derpp', (2,))  # doctest: +SKIP
+  """
+  config = make_config(method, dataset="digits", data_source="digits",
+                       hidden_sizes="64,64", epochs=2, batch_size=16,
+                       minibatch_size=16, buffer_size=50, steps_per_call=8,
+                       ddr_epochs="1", mask_update_interval=1)
+  out = {}
+  for n in task_counts:
+    jax.clear_caches()
+    out[str(n)] = count_run_compiles(config_lib.replace(config, num_tasks=n),
+                                     digits_scenario(n))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Scaling.
+
+
+def scaling(scenario: Scenario, base: RunConfig, steps_per_epoch: int,
+            repeats: int, batch_sizes: Sequence[int],
+            buffer_sizes: Sequence[int], widths: Sequence[str]) -> dict:
+  """DER++ step time (ms, median) against batch size, buffer size and width.
+
+  Args:
+    scenario: MLP-shaped data.
+    base: DER++ config.
+    steps_per_epoch: simulated epoch length.
+    repeats: timed calls per point (interleaved within each sweep).
+    batch_sizes: stream (and replay) batch sizes.
+    buffer_sizes: buffer sizes.
+    widths: MLP ``hidden_sizes`` strings.
+
+  Returns:
+    ``{'batch_size': {...}, 'buffer_size': {...}, 'width': {...}}``, each
+    mapping the value to the median ms per step.
+
+  Example:
+    >>> scaling(sc, cfg, 30, 3, [16], [200], ['400,400'])  # doctest: +SKIP
+  """
+  sweeps = {
+      "batch_size": {str(v): config_lib.replace(base, batch_size=v,
+                                                minibatch_size=v)
+                     for v in batch_sizes},
+      "buffer_size": {str(v): config_lib.replace(base, buffer_size=v)
+                      for v in buffer_sizes},
+      "width": {v: config_lib.replace(base, hidden_sizes=v) for v in widths},
+  }
+  out = {}
+  for sweep, configs in sweeps.items():
+    benches = {}
+    for value, cfg in configs.items():
+      spe = min(steps_per_epoch,
+                len(scenario.tasks[1].train_indices) // cfg.batch_size)
+      benches[value] = build_train_chunk(cfg, scenario, spe)
+    times = time_interleaved({v: b.call for v, b in benches.items()},
+                             repeats)
+    out[sweep] = {v: float(np.median(times[v])) * 1e3 / benches[v].steps
+                  for v in benches}
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Wall-clock savings of SparCL on Split MNIST.
+
+
+def split_mnist_savings(data_dir: Optional[str], epochs: int = 5) -> dict:
+  """Whole Split MNIST runs of DER++ and SparCL-DER++ (the CPU configs).
+
+  Args:
+    data_dir: folder with the MNIST IDX files; None uses random data of
+      MNIST's shape and size.
+    epochs: epochs per task.
+
+  Returns:
+    Per method: wall time, training examples, training FLOPs (sparse
+    accounting) and final accuracy; plus the ratios.
+
+  Example:
+    >>> split_mnist_savings(None, 1)  # doctest: +SKIP
+  """
+  if data_dir:
+    from sparcl_jax.data import sources  # pylint: disable=import-outside-toplevel
+    scenario = scenarios.split_scenario(
+        sources.load_dataset("mnist", "files", data_dir), 2)
+    source = "mnist files"
+  else:
+    scenario = random_scenario((28, 28, 1), 12000, 2000)
+    source = "random data of MNIST's shape"
+  common = dict(hidden_sizes="400,400", epochs=epochs, steps_per_call=100,
+                eval_batch_size=1000)
+  out = {"data": source}
+  for method in ("derpp", "sparcl_derpp"):
+    config = make_config(method, **common)
+    result = loop.run(config, scenario)
+    out[method] = {"wall_s": result["wall_time_s"],
+                   "train_examples": result["train_examples"],
+                   "train_flops": result["train_flops"],
+                   "dense_train_flops": result["dense_train_flops"],
+                   "final": result["final"]}
+  d, s = out["derpp"], out["sparcl_derpp"]
+  out["wall_ratio"] = s["wall_s"] / d["wall_s"]
+  out["examples_ratio"] = s["train_examples"] / d["train_examples"]
+  out["flops_ratio"] = s["train_flops"] / d["train_flops"]
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Driver.
+
+
+def _say(message: str) -> None:
+  print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr,
+        flush=True)
+
+
+def run_benchmark(quick: bool, savings: bool = False,
+                  data_dir: Optional[str] = None) -> dict:
+  """Runs every section and returns the results dict.
+
+  Args:
+    quick: the small version (under two minutes on 2 CPU cores).
+    savings: add the whole Split MNIST runs.
+    data_dir: MNIST folder for ``savings``.
+
+  Returns:
+    The JSON-able results.
+
+  Example:
+    >>> results = run_benchmark(quick=True)  # doctest: +SKIP
+  """
+  start = time.perf_counter()
+  results: dict[str, Any] = {"environment": environment(), "quick": quick}
+  results["matmul"] = matmul_flops_per_s(1024 if quick else 2048,
+                                         5 if quick else 9)
+  peak = results["matmul"]["flops_per_s"]
+  spe = 60 if quick else 120
+  mlp_data = random_scenario((28, 28, 1), spe * 32)
+  models = {"mlp_784_2000_2000": (make_config("sgd"), mlp_data,
+                                  STEP_METHODS)}
+  # ResNet-18 chunks take minutes to compile on a CPU, so --quick times the
+  # MLP only.
+  img = random_scenario((32, 32, 3), 16 * 32, augment=True)
+  if not quick:
+    for nf in (20, 64):
+      models[f"resnet18_nf{nf}"] = (
+          make_config("sgd", model="resnet18", nf=nf, steps_per_call=8),
+          img, STEP_METHODS)
+  results["steps"] = {}
+  for name, (cfg, sc, methods) in models.items():
+    _say(f"steps of {name}")
+    k = cfg.steps_per_call
+    spe_model = min(spe, (len(sc.tasks[1].train_indices) // cfg.batch_size)
+                    // k * k)
+    results["steps"][name] = benchmark_steps(
+        cfg, sc, spe_model, 8 if quick else 15, peak, methods)
+  _say("epoch throughput")
+  results["epoch_throughput"] = {
+      "mlp_784_2000_2000": epoch_throughput(make_config("sgd"), mlp_data,
+                                            3 if quick else 5)}
+  if not quick:
+    results["epoch_throughput"]["resnet18_nf20_augment"] = epoch_throughput(
+        make_config("sgd", model="resnet18", nf=20, steps_per_call=8), img, 3)
+  _say("compilations of whole runs")
+  results["compiles"] = compile_counts()
+  if not quick:
+    scale_data = random_scenario((28, 28, 1), 60 * 128)
+    results["scaling"] = scaling(
+        scale_data, make_config("derpp", hidden_sizes="400,400"), 60, 8,
+        [16, 32, 64, 128], [200, 1000, 5000], ["400,400", "1000,1000",
+                                               "2000,2000"])
+  results["scaling_tasks"] = {
+      n: {k: v for k, v in r.items() if k in ("wall_s", "eval_s",
+                                                "compiles")}
+      for n, r in results["compiles"].items()}
+  if savings:
+    results["split_mnist_savings"] = split_mnist_savings(data_dir)
+  results["memory"] = memory_report()
+  results["total_s"] = time.perf_counter() - start
+  return results
+
+
+def format_table(results: dict) -> str:
+  """The human-readable summary printed after a run.
+
+  Args:
+    results: the dict of :func:`run_benchmark`.
+
+  Returns:
+    The table as text.
+
+  Example:
+    >>> print(format_table(results))  # doctest: +SKIP
+  """
+  env = results["environment"]
+  lines = [f"device {env['device']}, {env['cpu_count']} CPUs, jax "
+           f"{env['jax']}, flax {env['flax']}, optax {env['optax']}",
+           f"matmul {results['matmul']['n']}^2: "
+           f"{results['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s", ""]
+  header = (f"{'model':<20}{'step':<15}{'ms/step':>9}{'IQR%':>7}"
+            f"{'x plain':>9}{'compile s':>11}{'GFLOP/s':>9}{'% peak':>8}")
+  lines.append(header)
+  for model, variants in results["steps"].items():
+    for name, r in variants.items():
+      ms = r["ms_per_step"]
+      lines.append(
+          f"{model:<20}{name:<15}{ms['median']:>9.2f}"
+          f"{100 * ms['spread']:>7.1f}{r.get('ratio_to_plain', 1.0):>9.2f}"
+          f"{r['compile_s']:>11.1f}{r['flops_per_s'] / 1e9:>9.1f}"
+          f"{100 * r['fraction_of_peak']:>8.1f}")
+    if "sparcl_derpp" in variants:
+      lines.append(f"{'':<20}SparCL-DER++ / DER++ = "
+                   f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
+    if "clnp" in variants:
+      lines.append(f"{'':<20}CLNP / fine-tuning (adam) = "
+                   f"{variants['clnp']['ratio_to_finetune']:.3f}")
+  lines.append("")
+  for name, r in results["epoch_throughput"].items():
+    lines.append(f"epoch {name}: {r['examples_per_s']:.0f} examples/s, "
+                 f"{r['epoch_ms_per_step']['median']:.2f} ms/step vs bare "
+                 f"{r['bare_ms_per_step']['median']:.2f} -> "
+                 f"{r['ratio_to_bare']:.3f}x")
+  for n, r in results["compiles"].items():
+    lines.append(f"whole run, {n} tasks: {r['compiles']} compilations "
+                 f"({r['compile_s']:.1f} s), {r['compiles_after_first_task']}"
+                 f" after task 1, {r['wall_s']:.1f} s wall, "
+                 f"{r['eval_s']:.2f} s evaluating")
+  for sweep, points in results.get("scaling", {}).items():
+    lines.append(f"scaling DER++ step vs {sweep}: " + ", ".join(
+        f"{v}: {ms:.2f} ms" for v, ms in points.items()))
+  if "split_mnist_savings" in results:
+    s = results["split_mnist_savings"]
+    lines.append(
+        f"Split MNIST ({s['data']}): DER++ {s['derpp']['wall_s']:.1f} s, "
+        f"SparCL-DER++ {s['sparcl_derpp']['wall_s']:.1f} s "
+        f"(x{s['wall_ratio']:.2f} wall, x{s['examples_ratio']:.2f} examples,"
+        f" x{s['flops_ratio']:.2f} FLOPs counted sparse)")
+  mem = results["memory"]
+  lines.append(f"peak host RSS {mem['host_peak_rss_mb']:.0f} MB, device peak "
+               f"{mem['device_peak_bytes']}")
+  lines.append(f"total {results['total_s']:.0f} s")
+  return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Command-line entry point.
+
+  Args:
+    argv: arguments (without the program name); None reads sys.argv.
+
+  Returns:
+    The exit status.
+
+  Example:
+    >>> main(['--quick', '--out=/tmp/b.json'])  # doctest: +SKIP
+  """
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="small version, under two minutes on 2 CPUs")
+  parser.add_argument("--out", default="benchmark.json",
+                      help="where to write the JSON results")
+  parser.add_argument("--savings", action="store_true",
+                      help="add whole Split MNIST runs (DER++ vs SparCL)")
+  parser.add_argument("--data_dir", default="",
+                      help="MNIST IDX folder for --savings")
+  args = parser.parse_args(argv)
+  results = run_benchmark(args.quick, args.savings, args.data_dir or None)
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=1)
+  print(format_table(results))
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmark harness's building blocks (not timed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _benchmark():
+  path = os.path.join(_HERE, "..", "experiments", "benchmark.py")
+  spec = importlib.util.spec_from_file_location("sparcl_benchmark_smoke",
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+BENCH = _benchmark()
+
+
+def test_summarize_hand_computed():
+  s = BENCH.summarize([4.0, 1.0, 3.0, 2.0, 5.0], scale=2.0)
+  assert s["median"] == 6.0
+  assert s["p25"] == 4.0 and s["p75"] == 8.0
+  assert s["min"] == 2.0 and s["n"] == 5
+  assert s["spread"] == (8.0 - 4.0) / 6.0
+
+
+def test_time_interleaved_round_robin_order():
+  calls = []
+  times = BENCH.time_interleaved(
+      {"a": lambda r: calls.append(("a", r)), "b":
+       lambda r: calls.append(("b", r))}, 3)
+  assert calls == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2),
+                   ("b", 2)]
+  assert [len(times["a"]), len(times["b"])] == [3, 3]
+
+
+def test_random_scenario_shapes_and_tasks():
+  sc = BENCH.random_scenario((6, 5, 3), 40, test_per_task=8, num_tasks=5)
+  assert sc.image_shape == (6, 5, 3)
+  assert sc.train_images.dtype == np.uint8
+  assert [len(t.train_indices) for t in sc.tasks] == [40] * 5
+  assert [t.classes.tolist() for t in sc.tasks][1] == [2, 3]
+
+
+def test_step_benchmark_on_a_tiny_mlp():
+  sc = BENCH.random_scenario((4, 4, 1), 64)
+  cfg = BENCH.make_config("sgd", hidden_sizes="8", batch_size=8,
+                          minibatch_size=8, buffer_size=16, steps_per_call=4)
+  out = BENCH.benchmark_steps(cfg, sc, 8, 2, 1e9,
+                              ("plain", "derpp", "sparcl_derpp"))
+  assert set(out) == {"plain", "derpp", "sparcl_derpp"}
+  # MACs of 16-8-10: 16 * 8 + 8 * 10 = 208 per example; DER++ trains on
+  # the stream batch and two replay batches.
+  assert out["plain"]["flops_per_step"] == 6 * 208 * 8
+  assert out["derpp"]["flops_per_step"] == 6 * 208 * 24
+  assert out["plain"]["ratio_to_plain"] == 1.0
+  assert out["sparcl_derpp"]["ratio_to_derpp"] > 0
+  assert out["derpp"]["compiles"] >= 1
+  assert out["derpp"]["ms_per_step"]["n"] == 2
+
+
+def test_environment_and_table():
+  env = BENCH.environment()
+  assert env["cpu_count"] == os.cpu_count()
+  for key in ("device", "jax", "flax", "optax"):
+    assert env[key]
+  mem = BENCH.memory_report()
+  assert mem["host_peak_rss_mb"] > 0
