@@ -450,7 +450,8 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
   state = steps.TrainState(params, batch_stats, opt_state, buffer, ddr,
                            jax.random.key(3))
   chunk = steps.make_train_chunk(model, tx, method, spec, b, k,
-                                 buffer_ops=rehearsal, ddr_ops=ddr_lib)
+                                 buffer_ops=rehearsal, ddr_ops=ddr_lib,
+                                 mask_events=optimizers.mask_events(config))
   data = (pipeline.to_device(scenario), jnp.asarray(index),
           jnp.asarray(owner))
   order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))

@@ -57,7 +57,9 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   ``keep_count(n, gradient_sparsity)`` largest ``|g'|`` (ties favour
   positions inside the weight mask, then lower index) and store that set. On
   other steps the gradient is multiplied by the stored set. Unselected leaves
-  pass through unchanged.
+  pass through unchanged. The static extra arg ``mask_events=False`` (a
+  caller's promise that no refresh is due) reuses the stored set without a
+  conditional, so the masking fuses with the surrounding update.
 
   Args:
     gradient_sparsity: share of gradient entries zeroed, in ``[0, 1)``.
@@ -108,14 +110,17 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=_is_none)
 
   def update_fn(updates, state, params=None, *, weight_mask=None,
-                step_in_epoch=None, **extra):
+                step_in_epoch=None, mask_events: bool = True, **extra):
     del params, extra
     step = state.count if step_in_epoch is None else jnp.asarray(
         step_in_epoch, jnp.int32)
     wm = _weight_mask_leaf(weight_mask, state.masks)
-    masks = jax.lax.cond(step % interval == 0,
-                         lambda m: refresh(updates, m, wm), lambda m: m,
-                         state.masks)
+    if mask_events:
+      masks = jax.lax.cond(step % interval == 0,
+                           lambda m: refresh(updates, m, wm), lambda m: m,
+                           state.masks)
+    else:
+      masks = state.masks
     out = jax.tree.map(
         lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
         masks, updates, is_leaf=_is_none)

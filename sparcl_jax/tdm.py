@@ -242,6 +242,15 @@ def tdm(inner: optax.GradientTransformation, *,
   the epoch is then derived from the internal step counter as
   ``(count // steps_per_epoch) % schedule.epochs_per_task``.
 
+  Two optional static (Python bool) extra args let a caller that knows its
+  schedule skip work: ``mask_events=False`` promises that no mask changes at
+  this step (no drop-and-grow is due and ``gradient_masking`` is not due to
+  refresh), so the update runs without a conditional and fuses into one pass
+  over the weights; ``record_grads=False`` leaves ``g_last`` as it was,
+  which is exact when a later step records before the next drop-and-grow
+  (e.g. the last step of every epoch). Both default to True, which is
+  always exact.
+
   ``init`` does not change the params: weights outside the initial mask are
   zeroed by the first update. For a sparse first forward pass, start from
   ``apply_mask(params, tdm_masks(state))``.
@@ -327,7 +336,8 @@ def tdm(inner: optax.GradientTransformation, *,
       step = derived_step if step is None else step
     return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
 
-  def update_fn(updates, state, params=None, **extra):
+  def update_fn(updates, state, params=None, *, mask_events: bool = True,
+                record_grads: bool = True, **extra):
     if params is None:
       raise ConfigError('tdm update needs params.')
     epoch, step = _epoch_and_step(state, extra)
@@ -355,23 +365,36 @@ def tdm(inner: optax.GradientTransformation, *,
           grow_scores=updates if growth == 'gradient' else None)
       return out, start
 
-    masks, start_params = jax.lax.cond(do_update, new_masks, lambda c: c,
-                                       (state.masks, params))
+    if mask_events:
+      masks, start_params = jax.lax.cond(do_update, new_masks, lambda c: c,
+                                         (state.masks, params))
+    else:
+      # The caller promises no mask update at this step: without the cond,
+      # XLA fuses the masking, the inner update and the final update into
+      # one pass over the weights.
+      masks, start_params = state.masks, params
     masked = jax.tree.map(
         lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
         masks, updates, is_leaf=_is_none)
     shared = dict(extra, epoch=epoch, step_in_epoch=step, weight_mask=masks)
+    # Only the non-default value is passed on, so a user's masking transform
+    # sees the same extra args as before unless the caller opted in.
+    events = {} if mask_events else {'mask_events': False}
     masked, masking_state = masking.update(masked, state.masking_state,
-                                           params, **shared)
-    last_grads = jax.tree.map(lambda m, g: None if m is None else g, masks,
-                              masked, is_leaf=_is_none)
+                                           params, **events, **shared)
+    if record_grads:
+      last_grads = jax.tree.map(lambda m, g: None if m is None else g, masks,
+                                masked, is_leaf=_is_none)
+      has_grads = jnp.ones([], jnp.bool_)
+    else:
+      last_grads, has_grads = state.last_grads, state.has_grads
     inner_updates, inner_state = inner.update(masked, state.inner_state,
                                               params, **shared)
     final = jax.tree.map(_final_update, masks, inner_updates, params,
                          start_params, is_leaf=_is_none)
     return final, TDMState(
         count=state.count + 1, masks=masks, last_grads=last_grads,
-        has_grads=jnp.ones([], jnp.bool_), rng=rng, inner_state=inner_state,
+        has_grads=has_grads, rng=rng, inner_state=inner_state,
         masking_state=masking_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -238,7 +238,8 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
                                  steps_per_call, buffer_ops=rehearsal,
                                  ddr_ops=ddr_lib,
                                  batch_sharding=None if mesh is None else
-                                 sharding_lib.batch_sharded(mesh))
+                                 sharding_lib.batch_sharded(mesh),
+                                 mask_events=optimizers.mask_events(config))
   epoch_order = steps.make_epoch_order()
   evaluate = steps.make_evaluate(model, spec, config.eval_batch_size,
                                  arrays.test_len)

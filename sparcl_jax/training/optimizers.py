@@ -15,6 +15,7 @@ from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
 from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
 from sparcl_jax.training.config import RunConfig
+from sparcl_jax.training.steps import MaskEvents
 
 
 def sparse_filter(config: RunConfig) -> masks_lib.SparseFilter:
@@ -78,3 +79,26 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
   if masking is not None:
     return optax.chain(masking, optax.with_extra_args_support(base))
   return optax.with_extra_args_support(base)
+
+
+def mask_events(config: RunConfig) -> Optional[MaskEvents]:
+  """When the optimizer of ``config`` may change its masks within an epoch.
+
+  Args:
+    config: run configuration.
+
+  Returns:
+    ``MaskEvents`` for :func:`sparcl_jax.training.steps.make_train_chunk`:
+    every DGM refresh (``step_in_epoch % dgm_refresh == 0``, which includes
+    TDM's step 0), or step 0 alone for TDM without DGM; None for optimizers
+    without masks.
+
+  Example:
+    >>> mask_events(RunConfig(method="sparcl_derpp", dgm_refresh=30)).every
+    30
+  """
+  dgm_on = gradient_masking(config) is not None
+  if not config.is_sparse and not dgm_on:
+    return None
+  return MaskEvents(every=config.dgm_refresh if dgm_on else 0,
+                    record_last=True)

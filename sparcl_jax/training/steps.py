@@ -123,10 +123,82 @@ class StepFacts(NamedTuple):
   task_class_mask: jax.Array
 
 
+class MaskEvents(NamedTuple):
+  """When a sparse optimizer may change its masks, for ``make_train_chunk``.
+
+  Steps with ``step_in_epoch % every == 0`` (only step 0 when ``every`` is
+  0) are *event* steps: the optimizer runs as built, with its conditionals
+  (TDM's drop-and-grow, DGM's refresh). On every other step it is called with
+  the static extra arg ``mask_events=False`` and runs without them, so the
+  masking fuses with the weight update. With ``record_last``, only the last
+  step of an epoch (and event steps) record TDM's last gradient
+  (``record_grads=False`` elsewhere), which is exact because TDM reads it
+  only at step 0 of an epoch.
+
+  Attributes:
+    every: step interval of the events within an epoch (DGM's refresh
+      interval), or 0 for step 0 only.
+    record_last: record the last gradient only where TDM can use it.
+
+  Example:
+    >>> MaskEvents(every=30).every
+    30
+  """
+
+  every: int = 0
+  record_last: bool = True
+
+
+def _run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
+  """``fn(operand)`` if ``pred`` else ``operand``, as a 0-or-1-trip loop.
+
+  A ``lax.cond`` writes its result to fresh buffers, so the branch that
+  passes a large array through (masks, the last gradient) pays a full copy
+  of it on every step. A while loop updates its carry in place: the trip
+  not taken costs nothing.
+  """
+
+  def body(carry):
+    _, value = carry
+    return jnp.zeros((), jnp.bool_), fn(value)
+
+  return jax.lax.while_loop(lambda carry: carry[0], body,
+                            (jnp.asarray(pred, jnp.bool_), operand))[1]
+
+
+def _update_variants(tx: optax.GradientTransformationExtraArgs,
+                     events: MaskEvents) -> list[Callable]:
+  """``[plain, record, event]`` updates for ``make_train_chunk``.
+
+  Each maps ``(grads, epoch, step_in_epoch)`` to a function
+  ``(params, opt_state) -> (params, opt_state)``.
+  """
+
+  def variant(**flags):
+
+    def update(grads, epoch, step_in_epoch):
+
+      def apply(carry):
+        params, opt_state = carry
+        updates, opt_state = tx.update(grads, opt_state, params, epoch=epoch,
+                                       step_in_epoch=step_in_epoch, **flags)
+        return optax.apply_updates(params, updates), opt_state
+
+      return apply
+
+    return update
+
+  # The event variant passes no flags: it is the optimizer's default, exact
+  # at every step.
+  return [variant(mask_events=False, record_grads=not events.record_last),
+          variant(mask_events=False), variant()]
+
+
 def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
                      method: MethodSpec, inputs: InputSpec, batch_size: int,
                      steps_per_call: int, buffer_ops=None, ddr_ops=None,
-                     batch_sharding=None) -> Callable:
+                     batch_sharding=None,
+                     mask_events: Optional[MaskEvents] = None) -> Callable:
   """Builds the jitted function that runs ``steps_per_call`` train steps.
 
   Args:
@@ -146,6 +218,10 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
     batch_sharding: for data-parallel runs, the sharding that splits a
       batch over the mesh (``sharding.batch_sharded``); each step's indices
       and gathered images are constrained to it. None: one device.
+    mask_events: for TDM/DGM optimizers, when their masks may change (see
+      :class:`MaskEvents`, ``optimizers.mask_events``); each step then picks
+      the cheapest exact variant of the update with a ``lax.switch``. None:
+      ``tx.update`` is called as is on every step.
 
   Returns:
     ``chunk(state, data, order, facts) -> (state, summed_loss)`` where
@@ -191,6 +267,10 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
     return loss + term, (logits, batch_stats)
 
   grad_fn = jax.value_and_grad(stream_and_replay_loss, has_aux=True)
+  if mask_events is None:
+    default_update = _update_variants(tx, MaskEvents())[2]
+  else:
+    update_variants = _update_variants(tx, mask_events)
 
   def one_step(state: TrainState, data, order, facts: StepFacts, step):
     device_data, ex_index, ex_task = data
@@ -225,10 +305,24 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
     (loss, (logits, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, x, y, replay_batches, do_replay,
         k_loss, facts)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params,
-                                   epoch=facts.epoch,
-                                   step_in_epoch=facts.first_step + step)
-    params = optax.apply_updates(state.params, updates)
+    step_in_epoch = facts.first_step + step
+    carry = (state.params, state.opt_state)
+    if mask_events is None:
+      params, opt_state = default_update(grads, facts.epoch,
+                                         step_in_epoch)(carry)
+    else:
+      if mask_events.every:
+        is_event = step_in_epoch % mask_events.every == 0
+      else:
+        is_event = step_in_epoch == 0
+      is_last = step_in_epoch == facts.num_steps - 1
+      # Exactly one variant runs; loops instead of a switch keep the masks
+      # and the last gradient in place on the steps that do not change them.
+      preds = (~is_event & ~is_last, ~is_event & is_last, is_event)
+      for pred, variant in zip(preds, update_variants):
+        carry = _run_if(pred, variant(grads, facts.epoch, step_in_epoch),
+                        carry)
+      params, opt_state = carry
 
     buffer = state.buffer
     if replay:
@@ -248,13 +342,11 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
       state, loss_sum = carry
       step = facts.first_step + k
 
-      def run(state):
-        return one_step(state, data, order, facts, k)
+      def run(carry):
+        return one_step(carry[0], data, order, facts, k)
 
-      def skip(state):
-        return state, jnp.zeros((), jnp.float32)
-
-      state, loss = jax.lax.cond(step < facts.num_steps, run, skip, state)
+      state, loss = _run_if(step < facts.num_steps, run,
+                            (state, jnp.zeros((), jnp.float32)))
       return (state, loss_sum + loss), None
 
     (state, loss_sum), _ = jax.lax.scan(
