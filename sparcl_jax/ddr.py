@@ -171,7 +171,7 @@ def ddr_remove(state: DDRState, rng: jax.Array,
   count = jnp.minimum(jnp.asarray(remove_count, jnp.int32),
                       candidate.sum().astype(jnp.int32))
   removed = masks_lib.rank_mask(
-      [jnp.logical_not(candidate).astype(jnp.int32), ddr_scores(state),
+      [jnp.logical_not(candidate), ddr_scores(state),
        jax.random.bits(rng, candidate.shape, jnp.uint32)], count)
   return ddr_reset(state._replace(kept=state.kept & ~removed))
 

@@ -104,7 +104,7 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
       g_masked = jnp.where(wm, g, jnp.zeros_like(g))
       return masks_lib.rank_mask(
           [-jnp.abs(g_masked).astype(jnp.float32),
-           jnp.logical_not(wm).astype(jnp.int32)],
+           jnp.logical_not(wm)],
           masks_lib.keep_count(g.size, gs))
 
     return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=_is_none)

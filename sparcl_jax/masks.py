@@ -20,7 +20,7 @@ Kept counts are always exact: a layer of ``n`` weights at sparsity ``s`` keeps
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -308,29 +308,106 @@ def _ordinal(key: jax.Array) -> jax.Array:
   return key.astype(jnp.uint32)
 
 
-def _select_value(key: jax.Array, candidates: jax.Array,
-                  need: jax.Array) -> jax.Array:
-  """Smallest ``v`` with ``#{candidates with key <= v} >= need``.
+_DIGIT_BITS = 16
 
-  A binary search over the candidates' value range: one counting pass per
-  step, at most 32 steps, and none for a constant key. Without such a ``v``
-  (``need`` above the candidate count) it returns the candidates' maximum.
+
+def _histogram(digit: jax.Array, selected: jax.Array) -> jax.Array:
+  """Counts of ``digit`` (in ``[0, 2**_DIGIT_BITS)``) over selected positions."""
+  size = 1 << _DIGIT_BITS
+  index = jnp.where(selected, digit, size).reshape(-1)
+  return jnp.zeros(size, jnp.int32).at[index].add(1, mode='drop')
+
+
+def _first_reaching(counts: jax.Array, offset: jax.Array,
+                    need: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """First bucket whose running count (plus ``offset``) reaches ``need``.
+
+  Returns the bucket and the running count before it (``offset`` included).
   """
-  big = jnp.uint32(0xFFFFFFFF)
-  lo = jnp.min(jnp.where(candidates, key, big))
-  hi = jnp.max(jnp.where(candidates, key, jnp.uint32(0)))
-  hi = jnp.maximum(hi, lo)
+  running = offset + jnp.cumsum(counts)
+  bucket = jnp.minimum(jnp.sum(running < need, dtype=jnp.int32),
+                       counts.shape[0] - 1)
+  return bucket, running[bucket] - counts[bucket]
 
-  def cond(bounds):
-    return bounds[0] < bounds[1]
 
-  def body(bounds):
-    lo, hi = bounds
-    mid = lo + (hi - lo) // 2
-    enough = jnp.sum(candidates & (key <= mid), dtype=jnp.int32) >= need
-    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+class _Split(NamedTuple):
+  """How one sort key splits the candidates around the threshold value."""
 
-  return jax.lax.while_loop(cond, body, (lo, hi))[0]
+  below: jax.Array
+  equal: jax.Array
+  below_count: jax.Array
+  equal_count: jax.Array
+
+
+def _split_bool(key: jax.Array, candidates: jax.Array, need: jax.Array,
+                num_candidates: jax.Array) -> _Split:
+  """Threshold of a bool key: one counting pass."""
+  false_pos = candidates & jnp.logical_not(key)
+  false_count = jnp.sum(false_pos, dtype=jnp.int32)
+  enough = false_count >= need
+  return _Split(below=false_pos & jnp.logical_not(enough),
+                equal=jnp.where(enough, false_pos, candidates & key),
+                below_count=jnp.where(enough, 0, false_count),
+                equal_count=jnp.where(enough, false_count,
+                                      num_candidates - false_count))
+
+
+def _split_radix(key: jax.Array, candidates: jax.Array,
+                 need: jax.Array) -> _Split:
+  """Threshold of any other key: two 16-bit digit histograms.
+
+  The threshold is the smallest value ``v`` with ``#{key <= v} >= need``
+  among the candidates; the high digit's histogram picks its upper 16 bits
+  and a histogram of the low digits inside that bucket the rest. Two
+  scatter-add passes replace the up to 32 counting passes of a binary search.
+  Needs ``0 < need < #candidates``.
+  """
+  key = _ordinal(key)
+  high = (key >> _DIGIT_BITS).astype(jnp.int32)
+  low = (key & jnp.uint32((1 << _DIGIT_BITS) - 1)).astype(jnp.int32)
+  high_bucket, before = _first_reaching(_histogram(high, candidates),
+                                        jnp.zeros((), jnp.int32), need)
+  low_counts = _histogram(low, candidates & (high == high_bucket))
+  low_bucket, below_count = _first_reaching(low_counts, before, need)
+  value = ((high_bucket.astype(jnp.uint32) << _DIGIT_BITS)
+           | low_bucket.astype(jnp.uint32))
+  return _Split(below=candidates & (key < value),
+                equal=candidates & (key == value), below_count=below_count,
+                equal_count=low_counts[low_bucket])
+
+
+def _settle(sort_keys: list[jax.Array], selected: jax.Array,
+            candidates: jax.Array, need: jax.Array,
+            num_candidates: jax.Array) -> jax.Array:
+  """Adds the ``need`` first candidates (by the remaining keys) to selected.
+
+  Keys are only looked at while the candidates still tie: once all of them
+  are needed (or none), the rest of the keys and the index tie-break are
+  skipped.
+  """
+
+  def take_all():
+    return selected | candidates
+
+  def take_none():
+    return selected
+
+  def resolve():
+    if not sort_keys:
+      # Remaining ties go to the lower flat index.
+      flat = candidates.reshape(-1)
+      first = jnp.cumsum(flat.astype(jnp.int32)) <= need
+      return selected | (flat & first).reshape(candidates.shape)
+    key = sort_keys[0]
+    if key.dtype == jnp.bool_:
+      split = _split_bool(key, candidates, need, num_candidates)
+    else:
+      split = _split_radix(key, candidates, need)
+    return _settle(sort_keys[1:], selected | split.below, split.equal,
+                   need - split.below_count, split.equal_count)
+
+  branch = jnp.where(need >= num_candidates, 0, jnp.where(need <= 0, 1, 2))
+  return jax.lax.switch(branch, [take_all, take_none, resolve])
 
 
 @jax.jit
@@ -343,8 +420,10 @@ def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
   the lower flat index.
 
   The result equals ranking by ``lax.sort`` over ``(*sort_keys, index)``,
-  but it is found by a radix-style selection (a few counting passes per key)
-  because a multi-operand sort of a large layer costs hundreds of ms on CPU.
+  but it is found by a radix-style selection (two histogram passes per key,
+  one counting pass for a bool key; keys after the ties are resolved are
+  skipped) because a multi-operand sort of a large layer costs hundreds of
+  ms on CPU. Pass two-valued keys as bool: they take the cheap path.
 
   Args:
     sort_keys: arrays of one shape, most significant first, sorted ascending.
@@ -359,21 +438,10 @@ def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
     Array([False,  True,  True], dtype=bool)
   """
   shape = sort_keys[0].shape
-  need = jnp.asarray(count, jnp.int32)
-  candidates = jnp.ones(shape, jnp.bool_)
-  selected = jnp.zeros(shape, jnp.bool_)
-  # Each key settles the positions strictly before the threshold value and
-  # leaves the ties at the threshold to the next key.
-  for key in sort_keys:
-    key = _ordinal(key)
-    value = _select_value(key, candidates, need)
-    below = candidates & (key < value)
-    need = need - jnp.sum(below, dtype=jnp.int32)
-    selected = selected | below
-    candidates = candidates & (key == value)
-  flat = candidates.reshape(-1)
-  first = jnp.cumsum(flat.astype(jnp.int32)) <= need
-  return selected | (flat & first).reshape(shape)
+  size = int(np.prod(shape)) if shape else 1
+  return _settle(list(sort_keys), jnp.zeros(shape, jnp.bool_),
+                 jnp.ones(shape, jnp.bool_), jnp.asarray(count, jnp.int32),
+                 jnp.asarray(size, jnp.int32))
 
 
 def _hash_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -511,17 +579,15 @@ def _drop_and_grow_leaf(seeds: jax.Array, scores: jax.Array, mask: jax.Array,
   total = jnp.maximum(total, keep)
   # Inactive positions sort last, so drop only removes active weights; if
   # `keep` exceeds the active count the rest is filled at random.
-  kept = rank_mask([jnp.logical_not(mask).astype(jnp.int32),
-                    -scores.astype(jnp.float32),
+  kept = rank_mask([jnp.logical_not(mask), -scores.astype(jnp.float32),
                     drop_bits], keep)
-  if growth == 'gradient':
-    priority = -jnp.abs(grow_scores).astype(jnp.float32)
-  else:
-    priority = jnp.zeros(mask.shape, jnp.float32)
   # Kept positions rank first; the remaining `total - keep` slots go to the
   # best zero positions (random order, or largest |g|), just-dropped included.
-  grown = rank_mask([jnp.logical_not(kept).astype(jnp.int32), priority,
-                     grow_bits], total)
+  if growth == 'gradient':
+    grow_keys = [-jnp.abs(grow_scores).astype(jnp.float32), grow_bits]
+  else:
+    grow_keys = [grow_bits]
+  grown = rank_mask([jnp.logical_not(kept)] + grow_keys, total)
   return kept, grown
 
 
