@@ -209,6 +209,15 @@ def make_train_function(model, tx: optax.GradientTransformation,
   task_grad = jax.value_and_grad(task_loss)
   penalty_grad = jax.value_and_grad(penalty)
 
+  def total_loss(params, x, y, rng, class_mask, opt_state, reg):
+    return (task_loss(params, x, y, rng, class_mask)
+            + penalty(params, opt_state, reg))
+
+  # One backward pass for the task loss and the penalty: the penalty's
+  # gradient is accumulated into the task gradient by autodiff instead of a
+  # second gradient pytree and an add over every weight.
+  total_grad = jax.value_and_grad(total_loss)
+
   def one_step(state: RunState, data, order, facts: ChunkFacts, step):
     device_data, ex_index = data
     rng, k_aug, k_drop = jax.random.split(state.rng, 3)
@@ -219,15 +228,23 @@ def make_train_function(model, tx: optax.GradientTransformation,
     if inputs.augment:
       x = pipeline.augment_batch(k_aug, x)
     x = pipeline.normalize(x, inputs.mean, inputs.std)
-    ce, g_task = task_grad(state.params, x, y, k_drop, facts.task_class_mask)
-    pen, g_pen = penalty_grad(state.params, state.opt_state, state.reg)
-    grads = jax.tree.map(jnp.add, g_task, g_pen)
+    if track_si:
+      # SI accumulates the task gradient alone.
+      ce, g_task = task_grad(state.params, x, y, k_drop,
+                             facts.task_class_mask)
+      pen, g_pen = penalty_grad(state.params, state.opt_state, state.reg)
+      grads = jax.tree.map(jnp.add, g_task, g_pen)
+      loss = ce + pen
+    else:
+      loss, grads = total_grad(state.params, x, y, k_drop,
+                               facts.task_class_mask, state.opt_state,
+                               state.reg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     reg = state.reg
     if track_si:
       reg = regularizers.si_accumulate(reg, g_task, state.params, params)
-    return RunState(params, opt_state, reg, rng), ce + pen
+    return RunState(params, opt_state, reg, rng), loss
 
   def train(state: RunState, data, order, facts: ChunkFacts):
     order = jnp.pad(order, (0, steps_per_call * batch_size))
@@ -235,10 +252,12 @@ def make_train_function(model, tx: optax.GradientTransformation,
     def body(carry, k):
       state, loss_sum = carry
       step = facts.first_step + k
-      state, loss = jax.lax.cond(
+      # A 0-or-1-trip loop rather than a cond: the partition masks pass
+      # through every step and a cond would copy them.
+      state, loss = steps.run_if(
           step < facts.num_steps,
-          lambda s: one_step(s, data, order, facts, step),
-          lambda s: (s, jnp.zeros((), jnp.float32)), state)
+          lambda c: one_step(c[0], data, order, facts, step),
+          (state, jnp.zeros((), jnp.float32)))
       return (state, loss_sum + loss), None
 
     (state, loss_sum), _ = jax.lax.scan(

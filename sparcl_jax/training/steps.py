@@ -149,13 +149,26 @@ class MaskEvents(NamedTuple):
   record_last: bool = True
 
 
-def _run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
+def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
   """``fn(operand)`` if ``pred`` else ``operand``, as a 0-or-1-trip loop.
 
   A ``lax.cond`` writes its result to fresh buffers, so the branch that
   passes a large array through (masks, the last gradient) pays a full copy
   of it on every step. A while loop updates its carry in place: the trip
   not taken costs nothing.
+
+  Args:
+    pred: bool scalar (traced).
+    fn: maps ``operand`` to a pytree of the same structure, shapes and
+      dtypes.
+    operand: the pytree.
+
+  Returns:
+    ``fn(operand)`` or ``operand``.
+
+  Example:
+    >>> run_if(jnp.array(True), lambda x: x + 1, jnp.zeros(2))
+    Array([1., 1.], dtype=float32)
   """
 
   def body(carry):
@@ -320,7 +333,7 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
       # and the last gradient in place on the steps that do not change them.
       preds = (~is_event & ~is_last, ~is_event & is_last, is_event)
       for pred, variant in zip(preds, update_variants):
-        carry = _run_if(pred, variant(grads, facts.epoch, step_in_epoch),
+        carry = run_if(pred, variant(grads, facts.epoch, step_in_epoch),
                         carry)
       params, opt_state = carry
 
@@ -345,7 +358,7 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
       def run(carry):
         return one_step(carry[0], data, order, facts, k)
 
-      state, loss = _run_if(step < facts.num_steps, run,
+      state, loss = run_if(step < facts.num_steps, run,
                             (state, jnp.zeros((), jnp.float32)))
       return (state, loss_sum + loss), None
 
