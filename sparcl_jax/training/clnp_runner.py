@@ -190,7 +190,8 @@ def make_train_function(model, tx: optax.GradientTransformation,
       ``facts.num_steps`` are skipped, so one compilation serves every task.
 
   Returns:
-    ``train(state, data, order, facts) -> (state, summed_loss)``; ``data`` is
+    ``train(state, data, order, facts) -> (state, summed_loss)``, the loss
+    being the task's cross-entropy without the penalty; ``data`` is
     ``(device_data, example_index)`` and ``order`` holds positions into
     ``example_index`` in this epoch's order.
 
@@ -207,16 +208,18 @@ def make_train_function(model, tx: optax.GradientTransformation,
     return losses.cross_entropy(losses.mask_logits(logits, class_mask), y)
 
   task_grad = jax.value_and_grad(task_loss)
-  penalty_grad = jax.value_and_grad(penalty)
+  penalty_grad = jax.grad(penalty)
 
   def total_loss(params, x, y, rng, class_mask, opt_state, reg):
-    return (task_loss(params, x, y, rng, class_mask)
-            + penalty(params, opt_state, reg))
+    ce = task_loss(params, x, y, rng, class_mask)
+    return ce + penalty(params, opt_state, reg), ce
 
   # One backward pass for the task loss and the penalty: the penalty's
   # gradient is accumulated into the task gradient by autodiff instead of a
-  # second gradient pytree and an add over every weight.
-  total_grad = jax.value_and_grad(total_loss)
+  # second gradient pytree and an add over every weight. Only the task loss
+  # is reported, so XLA drops the penalty's value (a sum over every weight)
+  # and keeps its cheap elementwise gradient.
+  total_grad = jax.grad(total_loss, has_aux=True)
 
   def one_step(state: RunState, data, order, facts: ChunkFacts, step):
     device_data, ex_index = data
@@ -230,13 +233,12 @@ def make_train_function(model, tx: optax.GradientTransformation,
     x = pipeline.normalize(x, inputs.mean, inputs.std)
     if track_si:
       # SI accumulates the task gradient alone.
-      ce, g_task = task_grad(state.params, x, y, k_drop,
-                             facts.task_class_mask)
-      pen, g_pen = penalty_grad(state.params, state.opt_state, state.reg)
+      loss, g_task = task_grad(state.params, x, y, k_drop,
+                               facts.task_class_mask)
+      g_pen = penalty_grad(state.params, state.opt_state, state.reg)
       grads = jax.tree.map(jnp.add, g_task, g_pen)
-      loss = ce + pen
     else:
-      loss, grads = total_grad(state.params, x, y, k_drop,
+      grads, loss = total_grad(state.params, x, y, k_drop,
                                facts.task_class_mask, state.opt_state,
                                state.reg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
