@@ -6,7 +6,6 @@ the train chunk that picks update variants per step (against calling the
 optimizer as built on every step).
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +14,9 @@ import optax
 import pytest
 
 from sparcl_jax import masks as masks_lib
-from sparcl_jax.data import scenarios, sources
 from sparcl_jax.dgm import dgm, dgm_masks
 from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
-from sparcl_jax.training import loop, optimizers, steps
+from sparcl_jax.training import optimizers, steps
 from sparcl_jax.training.config import RunConfig, validate
 
 
@@ -124,39 +122,8 @@ def test_dgm_without_events_reuses_its_masks():
   assert int(dgm_masks(state)["hidden_0"]["kernel"].sum()) == 2
 
 
-@pytest.fixture(scope="module")
-def digits_two_tasks():
-  dataset = sources.load_digits(0)
-  scenario = scenarios.split_scenario(dataset, 2)
-  return dataclasses.replace(scenario, tasks=scenario.tasks[:2],
-                             num_outputs=4)
-
-
-def _run_capturing(config, scenario, monkeypatch, events_override):
-  original = steps.make_train_chunk
-  seen = {}
-
-  def spy(*args, **kwargs):
-    seen["mask_events"] = kwargs.get("mask_events")
-    if events_override is not None:
-      kwargs["mask_events"] = events_override(kwargs.get("mask_events"))
-    chunk = original(*args, **kwargs)
-
-    def call(state, *rest):
-      state, loss = chunk(state, *rest)
-      seen["state"] = state
-      return state, loss
-
-    return call
-
-  monkeypatch.setattr(loop.steps, "make_train_chunk", spy)
-  results = loop.run(config, scenario=scenario)
-  monkeypatch.undo()
-  return results, seen
-
-
-def test_event_chunk_equals_calling_the_optimizer_as_built(digits_two_tasks,
-                                                           monkeypatch):
+def test_event_chunk_equals_calling_the_optimizer_as_built(
+    digits_two_tasks, monkeypatch, run_capturing):
   # Epochs of 13 steps, 5 steps per call and a DGM refresh every 4 steps put
   # events and epoch ends inside and at the edges of calls.
   config = validate(RunConfig(
@@ -166,9 +133,9 @@ def test_event_chunk_equals_calling_the_optimizer_as_built(digits_two_tasks,
       progress=False, steps_per_call=5, mask_update_interval=1,
       dgm_refresh=4, ddr_epochs="1", sparse_layers="hidden_.*/kernel"))
   assert optimizers.mask_events(config) == steps.MaskEvents(4, True)
-  fast, fast_seen = _run_capturing(config, digits_two_tasks, monkeypatch,
+  fast, fast_seen = run_capturing(config, digits_two_tasks, monkeypatch,
                                    None)
-  plain, plain_seen = _run_capturing(config, digits_two_tasks, monkeypatch,
+  plain, plain_seen = run_capturing(config, digits_two_tasks, monkeypatch,
                                      lambda events: None)
   assert fast_seen["mask_events"] == steps.MaskEvents(4, True)
   assert fast["acc_matrix"] == plain["acc_matrix"]

@@ -1,25 +1,13 @@
 """The training loop, losses and FLOPs bookkeeping, on scikit-learn's digits."""
 
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sparcl_jax import masks as masks_lib
-from sparcl_jax.data import scenarios, sources
 from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.training import accounting, losses, loop
 from sparcl_jax.training.config import RunConfig, validate
-
-
-@pytest.fixture(scope="module")
-def digits_two_tasks():
-  dataset = sources.load_digits(0)
-  scenario = scenarios.split_scenario(dataset, 2)
-  # The first two tasks only: keeps every run here to a few seconds.
-  return dataclasses.replace(scenario, tasks=scenario.tasks[:2],
-                             num_outputs=4)
 
 
 def _config(**changes):
@@ -114,28 +102,12 @@ def test_sparcl_run_keeps_masks_exact_and_removes_data(digits_two_tasks):
   assert results["train_flops"] < 0.5 * results["dense_train_flops"]
 
 
-def test_sparse_weights_are_zero_outside_masks(digits_two_tasks):
+def test_sparse_weights_are_zero_outside_masks(digits_two_tasks, monkeypatch,
+                                               run_capturing):
   config = _config(method="sparcl_er", epochs=2, mask_update_interval=1,
                    sparse_layers="hidden_.*/kernel", ddr=False)
-  scenario = digits_two_tasks
-  captured = {}
-  original = loop.steps.make_train_chunk
-
-  def spy(*args, **kwargs):
-    chunk = original(*args, **kwargs)
-
-    def wrapped(state, *rest):
-      state, loss = chunk(state, *rest)
-      captured["state"] = state
-      return state, loss
-    return wrapped
-
-  loop.steps.make_train_chunk = spy
-  try:
-    loop.run(config, scenario=scenario)
-  finally:
-    loop.steps.make_train_chunk = original
-  state = captured["state"]
+  _, seen = run_capturing(config, digits_two_tasks, monkeypatch)
+  state = seen["state"]
   mask = tdm_masks(state.opt_state)["hidden_0"]["kernel"]
   kernel = state.params["hidden_0"]["kernel"]
   assert not np.any(np.asarray(kernel)[~np.asarray(mask)])

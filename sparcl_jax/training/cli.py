@@ -8,7 +8,6 @@ on stderr and exit status 2; finished results are never overwritten unless
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys

@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib

@@ -13,7 +13,7 @@ import optax
 
 from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.tdm import MaskSchedule, tdm
 from sparcl_jax.training.config import RunConfig
 from sparcl_jax.training.steps import MaskEvents
 
