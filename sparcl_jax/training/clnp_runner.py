@@ -27,6 +27,11 @@ seen so far) is reported for completeness; these methods do not aim at it.
 
 The optimizer state is re-initialised at every task start (same shapes, no
 recompilation).
+
+With a :class:`~sparcl_jax.training.checkpoint.Checkpointer` a run saves at
+the end of every task (after CLNP's commit) and resumes from its last
+finished task; unlike the dense/SparCL loop it has no mid-task checkpoints,
+so a stopped run redoes the task it was in.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry
+from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import losses
@@ -453,6 +459,10 @@ class _Runner:
     # Built on first use: only CLNP measures activity.
     self.activity_fn = None
     self._init = None
+    # Set by run(): called after every train chunk so a requested stop is
+    # honoured mid-task (see _check_stop).
+    self.after_chunk: Callable[[], None] = lambda: None
+    self.steps_done = 0
 
   def init_params(self, key: jax.Array) -> PyTree:
     """Fresh parameters from ``key`` (jitted: eager init is slow)."""
@@ -480,6 +490,8 @@ class _Runner:
                            jnp.int32(num_steps), mask)
         state, chunk_loss = self.train_fn(state, data, order, facts)
         loss_sum = loss_sum + chunk_loss
+        self.steps_done += min(self.steps_per_call, num_steps - first)
+        self.after_chunk()
       self.log({"event": tag, "task": task, "epoch": epoch,
                 "steps": num_steps, "examples": num_steps * self.batch_size,
                 "loss": float(loss_sum) / max(num_steps, 1)})
@@ -688,7 +700,9 @@ def _clnp_task(runner: _Runner, state: RunState, task: int, specs, used,
 
 
 def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
-        start_time: float) -> dict[str, Any]:
+        start_time: float,
+        checkpoints: Optional[checkpoint_lib.Checkpointer] = None
+        ) -> dict[str, Any]:
   """Trains a task-incremental method of the CLNP comparison on a scenario.
 
   Args:
@@ -697,6 +711,14 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     scenario: the scenario.
     log_fn: called with one JSON-able dict per epoch, prune and evaluation.
     start_time: ``time.perf_counter()`` at the start of the run.
+    checkpoints: when given, the run resumes from its newest checkpoint (if
+      any) and saves one at the end of every task (after CLNP's prune and
+      commit). Resumption is task-level: a run continues after its last
+      finished task, and a stop requested mid-task (see
+      ``checkpoint.stop_on_signals``) raises
+      :class:`~sparcl_jax.training.checkpoint.RunInterrupted` at the next
+      chunk boundary, dropping the unfinished task's progress, once a task
+      has been saved (before that, at the end of the first task).
 
   Returns:
     The results dict of ``loop.run`` (``acc_matrix``, ``final``,
@@ -710,6 +732,7 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
 
   Raises:
     ConfigError: the model or scenario cannot run this method.
+    RunInterrupted: a stop was requested; the newest checkpoint resumes it.
 
   Example:
     >>> results = run(config, scenario, print, time.perf_counter())
@@ -719,6 +742,8 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     raise ConfigError(f"clnp_runner runs {config_lib.CLNP_METHODS}, not "
                       f"{config.method!r}.")
   _check_setup(config, scenario)
+  progress = loop._Progress(log_fn)  # pylint: disable=protected-access
+  log_fn = progress.log
   runner = _Runner(config, scenario, log_fn)
   method, num_tasks = config.method, runner.num_tasks
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
@@ -736,12 +761,66 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     fisher_fn = make_fisher(runner.model, runner.spec)
   elif method == "si":
     reg = regularizers.si_init(params)
-  state = RunState(params, runner.tx.init(params), reg, rng)
+  opt_state = runner.tx.init(params)
+  if method == "clnp":
+    # The saved state holds task masks; the structure must match it.
+    opt_state = clnp_lib.set_partition(
+        opt_state, clnp_lib.compute_partition(params, specs, used, task=0))
+  state = RunState(params, opt_state, reg, rng)
 
   acc_class = np.zeros((num_tasks, num_tasks))
   acc_task = np.zeros((num_tasks, num_tasks))
   task_times, task_params, stopped = [], [], None
-  for t in range(num_tasks):
+  first_task = 0
+  # Where the newest checkpoint of this run stands (None: nothing saved).
+  saved_where = None
+  if checkpoints is not None and checkpoints.exists():
+    meta = checkpoints.read_meta()
+    checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
+                                checkpoints.directory)
+    done = meta["task"]
+    like = _saved_tree(state, used, [used] * done if method == "clnp" else [],
+                       [params] * done if method == "single_task" else [])
+    tree, meta = checkpoints.restore(like)
+    state = tree["train"]
+    if method == "clnp":
+      used = _host_used(tree["used"])
+      used_history = [_host_used(u) for u in tree["used_history"]]
+    task_params = list(tree["task_params"])
+    acc_class = np.asarray(meta["acc_class"], np.float64)
+    acc_task = np.asarray(meta["acc_task"], np.float64)
+    task_times = list(meta["task_times"])
+    diagnostics = list(meta["diagnostics"])
+    runner.steps_done = meta["steps_done"]
+    progress.steps_done, progress.logged = meta["steps_done"], meta["logged"]
+    print(f"resuming from {checkpoints.last_saved} ({meta['where']})",
+          flush=True)
+    first_task, saved_where = done, meta["where"]
+
+  def save_checkpoint(t: int) -> None:
+    nonlocal saved_where
+    where = f"the end of task {t + 1} of {num_tasks}"
+    progress.steps_done = runner.steps_done
+    meta = {"task": t + 1, "in_task": False,
+            "config": config_lib.to_dict(config), "where": where,
+            "acc_class": acc_class.tolist(), "acc_task": acc_task.tolist(),
+            "task_times": task_times, "diagnostics": diagnostics,
+            "steps_done": progress.steps_done, "logged": progress.logged}
+    checkpoint_lib.check_finite_tree(state.params, where, checkpoints)
+    checkpoints.save(_saved_tree(state, used, used_history, task_params),
+                     meta)
+    saved_where = where
+
+  def check_stop() -> None:
+    # Task-level resume: only a finished task's checkpoint can be resumed,
+    # so a mid-task stop waits for the first task's save.
+    if checkpoints.stop_requested and saved_where is not None:
+      raise checkpoints.interrupted(saved_where)
+
+  if checkpoints is not None:
+    runner.after_chunk = check_stop
+
+  for t in range(first_task, num_tasks):
     task_start = time.perf_counter()
     if method == "single_task" and t > 0:
       rng, init_rng = jax.random.split(state.rng)
@@ -785,6 +864,10 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
             "class_il": acc_class[t, :t + 1].tolist(),
             "task_il": acc_task[t, :t + 1].tolist(),
             "task_time_s": task_times[-1]})
+    if checkpoints is not None:
+      save_checkpoint(t)
+      if checkpoints.stop_requested:
+        raise checkpoints.interrupted(saved_where)
 
   done = len(task_times)
   if done == 0:
@@ -800,6 +883,18 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
   if stopped:
     results["stopped_early"] = stopped
   return results
+
+
+def _saved_tree(state: RunState, used, used_history: Sequence[Any],
+                task_params: Sequence[PyTree]) -> dict[str, Any]:
+  """The arrays of a CLNP-family checkpoint (lists sized by tasks done)."""
+  return {"train": state, "used": used, "used_history": list(used_history),
+          "task_params": list(task_params)}
+
+
+def _host_used(used: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A restored ``used`` dict back as host bool arrays."""
+  return {k: np.asarray(v, bool) for k, v in used.items()}
 
 
 def _ewc_consolidate(runner: _Runner, state: RunState, fisher_fn,

@@ -161,6 +161,8 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
       ``checkpoints.every_steps`` steps, and stops with
       :class:`~sparcl_jax.training.checkpoint.RunInterrupted` after saving
       when a stop is requested (see ``checkpoint.stop_on_signals``).
+      CLNP-family methods save and resume at task ends only (see
+      :func:`sparcl_jax.training.clnp_runner.run`).
 
   Returns:
     The results dict (see README, "results.json"): accuracy matrices in
@@ -177,7 +179,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     scenario = build_scenario(config)
   if config.method in config_lib.CLNP_METHODS:
     from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
-    return clnp_runner.run(config, scenario, log, start)
+    return clnp_runner.run(config, scenario, log, start, checkpoints)
   num_train = sum(len(t.train_indices) for t in scenario.tasks)
   if config.uses_buffer and config.buffer_size > num_train:
     raise ConfigError(f"--buffer_size={config.buffer_size} is larger than the "
