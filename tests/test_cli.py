@@ -47,6 +47,10 @@ def _assert_usage_error(status, err, *fragments):
     ("--hidden_sizes=100,x", "comma-separated positive integers"),
     ("--val_fraction=1.5", "must be in [0, 1)"),
     ("--no_such_flag=1", "no_such_flag"),
+    ("--sparsity=1.5", "--sparsity=1.5 is impossible"),
+    ("--gradient_sparsity=-0.1", "--gradient_sparsity=-0.1 is impossible"),
+    ("--margin=120", "--margin=120.0 must be in [0, 100]"),
+    ("--ddr_epochs=5,x", "comma-separated non-negative integers"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, tmp_path, flag, fragment):
   status, err = _run_main(capsys, f"--workdir={tmp_path / 'run'}",
