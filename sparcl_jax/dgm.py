@@ -33,16 +33,12 @@ class DGMState(NamedTuple):
   masks: PyTree
 
 
-def _is_none(x: Any) -> bool:
-  return x is None
-
-
 def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
   """Aligns an optional weight-mask pytree with the gradient masks."""
   if weight_mask is None:
-    return jax.tree.map(lambda m: None, masks, is_leaf=_is_none)
+    return jax.tree.map(lambda m: None, masks, is_leaf=masks_lib.is_none)
   return jax.tree.map(lambda m, wm: None if m is None else wm, masks,
-                      weight_mask, is_leaf=_is_none)
+                      weight_mask, is_leaf=masks_lib.is_none)
 
 
 def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
@@ -107,7 +103,7 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
            jnp.logical_not(wm)],
           masks_lib.keep_count(g.size, gs))
 
-    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=_is_none)
+    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=masks_lib.is_none)
 
   def update_fn(updates, state, params=None, *, weight_mask=None,
                 step_in_epoch=None, mask_events: bool = True, **extra):
@@ -123,7 +119,7 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
       masks = state.masks
     out = jax.tree.map(
         lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
-        masks, updates, is_leaf=_is_none)
+        masks, updates, is_leaf=masks_lib.is_none)
     return out, DGMState(count=state.count + 1, masks=masks)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -35,7 +35,8 @@ Sparsity = Union[float, jax.Array]
 GROWTH_MODES = ('random', 'gradient')
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
+  """Leaf predicate for masks pytrees, whose dense leaves are None."""
   return x is None
 
 
@@ -494,7 +495,7 @@ def _broadcast_sparsities(value: Any, masks: PyTree) -> PyTree:
   if isinstance(value, (int, float, np.floating, np.integer)) or (
       hasattr(value, 'shape') and np.ndim(value) == 0):
     return jax.tree.map(lambda m: None if m is None else value, masks,
-                        is_leaf=_is_none)
+                        is_leaf=is_none)
   return value
 
 
@@ -519,7 +520,7 @@ def magnitude_mask(params: PyTree, sparsities: PyTree) -> PyTree:
   return jax.tree.map(
       lambda s, w: None if s is None else topk_mask(
           jnp.abs(w), _count(w.size, s)),
-      sparsities, params, is_leaf=_is_none)
+      sparsities, params, is_leaf=is_none)
 
 
 def snip_mask(params: PyTree, grads: PyTree, sparsities: PyTree) -> PyTree:
@@ -542,7 +543,7 @@ def snip_mask(params: PyTree, grads: PyTree, sparsities: PyTree) -> PyTree:
   return jax.tree.map(
       lambda s, w, g: None if s is None else topk_mask(
           jnp.abs(w * g), _count(w.size, s)),
-      sparsities, params, grads, is_leaf=_is_none)
+      sparsities, params, grads, is_leaf=is_none)
 
 
 def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
@@ -561,7 +562,7 @@ def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
   """
   return jax.tree.map(
       lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros_like(w)),
-      masks, params, is_leaf=_is_none)
+      masks, params, is_leaf=is_none)
 
 
 def _drop_and_grow_leaf(seeds: jax.Array, scores: jax.Array, mask: jax.Array,
@@ -635,7 +636,7 @@ def drop_and_grow_counts(rng: jax.Array, params: PyTree, scores: PyTree,
   if growth == 'gradient' and grow_scores is None:
     raise ConfigError("growth='gradient' needs grow_scores (e.g. gradients).")
   if grow_scores is None:
-    grow_scores = jax.tree.map(lambda m: None, masks, is_leaf=_is_none)
+    grow_scores = jax.tree.map(lambda m: None, masks, is_leaf=is_none)
   num_leaves = len(jax.tree.leaves(masks))
   # One threefry draw seeds every leaf's hash-based random keys.
   seeds = list(jax.random.bits(rng, (max(num_leaves, 1), 2), jnp.uint32))
@@ -646,7 +647,7 @@ def drop_and_grow_counts(rng: jax.Array, params: PyTree, scores: PyTree,
     return _drop_and_grow_leaf(seeds.pop(0), sc, m, k, t, growth, gs)
 
   pairs = jax.tree.map(leaf_fn, masks, params, scores, keep_counts,
-                       total_counts, grow_scores, is_leaf=_is_none)
+                       total_counts, grow_scores, is_leaf=is_none)
   is_pair = lambda x: x is None or isinstance(x, tuple)
   survivors = jax.tree.map(lambda x: None if x is None else x[0], pairs,
                            is_leaf=is_pair)
@@ -707,8 +708,8 @@ def drop_and_grow(rng: jax.Array, params: PyTree, scores: PyTree,
       raise ConfigError(f'Sparsities must be in [0, 1], got {s}.')
     return _count(m.size, s)
 
-  keep = jax.tree.map(counts, prune, masks, is_leaf=_is_none)
-  total = jax.tree.map(counts, grow, masks, is_leaf=_is_none)
+  keep = jax.tree.map(counts, prune, masks, is_leaf=is_none)
+  total = jax.tree.map(counts, grow, masks, is_leaf=is_none)
   for k, t in zip(jax.tree.leaves(keep), jax.tree.leaves(total)):
     if isinstance(k, int) and isinstance(t, int) and t < k:
       raise ConfigError('grow_sparsity must not exceed prune_sparsity.')

@@ -170,10 +170,6 @@ class TDMState(NamedTuple):
   masking_state: optax.OptState
 
 
-def _is_none(x: Any) -> bool:
-  return x is None
-
-
 def _final_update(mask: Optional[jax.Array], u: jax.Array, w: jax.Array,
                   w_start: jax.Array) -> jax.Array:
   """Update that leaves masked weights at exactly zero."""
@@ -198,11 +194,11 @@ def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
              for (_, g), k in zip(pairs, keep)]
     return np.asarray(keep, np.int32), np.asarray(total, np.int32)
 
-  tables = jax.tree.map(table, masks_shapes, sparsities, is_leaf=_is_none)
+  tables = jax.tree.map(table, masks_shapes, sparsities, is_leaf=masks_lib.is_none)
   keep = jax.tree.map(lambda m, t: None if m is None else t[0], masks_shapes,
-                      tables, is_leaf=_is_none)
+                      tables, is_leaf=masks_lib.is_none)
   total = jax.tree.map(lambda m, t: None if m is None else t[1], masks_shapes,
-                       tables, is_leaf=_is_none)
+                       tables, is_leaf=masks_lib.is_none)
   return keep, total
 
 
@@ -314,7 +310,7 @@ def tdm(inner: optax.GradientTransformation, *,
     masks = masks_lib.magnitude_mask(params, sp)
     last_grads = jax.tree.map(
         lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
-        is_leaf=_is_none)
+        is_leaf=masks_lib.is_none)
     return TDMState(
         count=jnp.zeros([], jnp.int32), masks=masks, last_grads=last_grads,
         has_grads=jnp.zeros([], jnp.bool_),
@@ -355,10 +351,10 @@ def tdm(inner: optax.GradientTransformation, *,
       scores = jax.tree.map(
           lambda m, w, g: None if m is None else jnp.abs(w) + jnp.where(
               state.has_grads, lam * jnp.abs(g), jnp.zeros_like(g)),
-          masks, params, state.last_grads, is_leaf=_is_none)
+          masks, params, state.last_grads, is_leaf=masks_lib.is_none)
       pick = lambda t: jax.tree.map(
           lambda m, c: None if m is None else jnp.asarray(c)[phase], masks, t,
-          is_leaf=_is_none)
+          is_leaf=masks_lib.is_none)
       start, out = masks_lib.drop_and_grow_counts(
           update_rng, params, scores, masks, pick(keep_table),
           pick(total_table), growth=growth,
@@ -375,7 +371,7 @@ def tdm(inner: optax.GradientTransformation, *,
       masks, start_params = state.masks, params
     masked = jax.tree.map(
         lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
-        masks, updates, is_leaf=_is_none)
+        masks, updates, is_leaf=masks_lib.is_none)
     shared = dict(extra, epoch=epoch, step_in_epoch=step, weight_mask=masks)
     # Only the non-default value is passed on, so a user's masking transform
     # sees the same extra args as before unless the caller opted in.
@@ -384,14 +380,14 @@ def tdm(inner: optax.GradientTransformation, *,
                                            params, **events, **shared)
     if record_grads:
       last_grads = jax.tree.map(lambda m, g: None if m is None else g, masks,
-                                masked, is_leaf=_is_none)
+                                masked, is_leaf=masks_lib.is_none)
       has_grads = jnp.ones([], jnp.bool_)
     else:
       last_grads, has_grads = state.last_grads, state.has_grads
     inner_updates, inner_state = inner.update(masked, state.inner_state,
                                               params, **shared)
     final = jax.tree.map(_final_update, masks, inner_updates, params,
-                         start_params, is_leaf=_is_none)
+                         start_params, is_leaf=masks_lib.is_none)
     return final, TDMState(
         count=state.count + 1, masks=masks, last_grads=last_grads,
         has_grads=has_grads, rng=rng, inner_state=inner_state,
