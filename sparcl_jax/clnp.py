@@ -59,8 +59,9 @@ _UNCOVERED = ("error", "freeze", "train")
 # Flax forbids sowing under a submodule's name; project models add this.
 _ACT_SUFFIX = "_act"
 
-DEFAULT_QUANTILES = (1.0, 0.975, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5,
-                     0.4, 0.3, 0.2, 0.1, 0.0)
+# Steps of 0.01: with thousands of units a coarser grid overshoots the margin
+# by hundreds of units per task, and each candidate costs one validation pass.
+DEFAULT_QUANTILES = tuple(round(1.0 - i / 100, 2) for i in range(101))
 
 
 class NoFreeUnitsError(SparclError):
@@ -802,16 +803,21 @@ def graceful_forgetting_search(
     candidate_quantiles: Sequence[float] = DEFAULT_QUANTILES,
     *,
     finetune_fn: Optional[Callable[[dict[str, np.ndarray]], Any]] = None,
-    per_layer: bool = False) -> SearchResult:
+    per_layer: bool = False,
+    strategy: str = "scan") -> SearchResult:
   """Chooses the most aggressive threshold whose accuracy stays in margin.
 
   Candidates are quantiles of the free units' activities, pooled over layers
   (the paper speaks of one theta (?)) or, with ``per_layer=True``, one
   quantile threshold per layer, which prunes more evenly when the layers'
-  activity scales differ. They are tried from the highest quantile down; the
-  first whose validation accuracy is ``>= acc_before - margin`` wins. If
-  none does, every free unit is kept (``theta = -inf``). Thresholds that
-  keep the same units are evaluated once.
+  activity scales differ. With ``strategy="scan"`` they are tried from the
+  highest quantile down and the first whose validation accuracy is
+  ``>= acc_before - margin`` wins; ``strategy="bisect"`` assumes accuracy
+  falls as the quantile rises and binary-searches the candidates for the
+  highest that passes (about log2 of their number evaluations: the choice
+  when each evaluation fine-tunes). If none passes, every free unit is kept
+  (``theta = -inf``). Thresholds that keep the same units are evaluated
+  once.
 
   Args:
     evaluate_fn: ``evaluate_fn(kept) -> accuracy`` in percent, with the cut
@@ -825,6 +831,8 @@ def graceful_forgetting_search(
     finetune_fn: optional ``finetune_fn(kept) -> tuned`` run before each
       evaluation (the "with fine-tuning" variant).
     per_layer: one quantile threshold per layer instead of a pooled one.
+    strategy: ``"scan"`` (every candidate from the top, exact for any
+      accuracy curve) or ``"bisect"`` (binary search, for monotone curves).
 
   Returns:
     A :class:`SearchResult`.
@@ -862,13 +870,34 @@ def graceful_forgetting_search(
         seen[key] = (float(evaluate_fn(kept, tuned)), tuned)
     return seen[key]
 
-  for q in qs:
+  def trial(q):
     theta = _thresholds(activities, free_units, q, per_layer)
     kept = prune_by_threshold(activities, free_units, theta)
     acc, tuned = run(kept)
     trials.append((q, acc))
-    if acc >= floor:
-      return SearchResult(theta, q, kept, acc, True, tuned, tuple(trials))
+    return SearchResult(theta, q, kept, acc, acc >= floor, tuned, ())
+
+  if strategy == "scan":
+    for q in qs:
+      res = trial(q)
+      if res.accepted:
+        return res._replace(trials=tuple(trials))
+  elif strategy == "bisect":
+    # qs is descending: passing candidates are a suffix. Find its start.
+    fail, best = -1, None
+    lo_pass = len(qs)
+    while lo_pass - fail > 1:
+      mid = (fail + lo_pass) // 2
+      res = trial(qs[mid])
+      if res.accepted:
+        lo_pass, best = mid, res
+      else:
+        fail = mid
+    if best is not None:
+      return best._replace(trials=tuple(trials))
+  else:
+    raise ConfigError(f"strategy must be 'scan' or 'bisect', got "
+                      f"{strategy!r}")
   kept = {k: f.copy() for k, f in free_units.items()}
   acc, tuned = run(kept)
   return SearchResult(-np.inf, None, kept, acc, acc >= floor, tuned,

@@ -51,6 +51,9 @@ def _assert_usage_error(status, err, *fragments):
     ("--gradient_sparsity=-0.1", "--gradient_sparsity=-0.1 is impossible"),
     ("--margin=120", "--margin=120.0 must be in [0, 100]"),
     ("--ddr_epochs=5,x", "comma-separated non-negative integers"),
+    ("--lr_schedule=step", "--lr_schedule='step' is not known"),
+    ("--lr_schedule=cosine", "use --lr_schedule=constant with --method=derpp"),
+    ("--prune_search=golden", "--prune_search='golden' is not known"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, tmp_path, flag, fragment):
   status, err = _run_main(capsys, f"--workdir={tmp_path / 'run'}",

@@ -331,6 +331,42 @@ def test_search_falls_back_to_keeping_all_and_finetune_hook():
   assert res.trials == ((0.5, 88.0), (0.0, 96.0))
 
 
+def test_search_bisect_finds_the_scan_answer_in_fewer_evaluations():
+  acts = {"a": np.arange(1.0, 101.0)}
+  free = {"a": np.ones(100, bool)}
+  qs = tuple(round(1.0 - i / 100, 2) for i in range(101))
+  calls = []
+
+  def evaluate(kept):
+    calls.append(_count(kept))
+    # Accuracy grows with the units kept; 37 or more pass the floor of 90.
+    return 50.0 + 40.0 * min(_count(kept), 37) / 37
+
+  scan = clnp.graceful_forgetting_search(evaluate, acts, free, 10.0, 100.0,
+                                         qs)
+  scan_calls, calls[:] = len(calls), []
+  bisect = clnp.graceful_forgetting_search(evaluate, acts, free, 10.0, 100.0,
+                                           qs, strategy="bisect")
+  assert scan.quantile == bisect.quantile and _count(bisect.kept) == 37
+  np.testing.assert_array_equal(scan.kept["a"], bisect.kept["a"])
+  assert bisect.accepted and bisect.accuracy == 90.0
+  # Scan tries q = 1.00, 0.99, ..., 0.63; bisect ceil(log2(101)) candidates.
+  assert scan_calls == 38 and len(calls) == 7
+  assert len(bisect.trials) == 7
+
+
+def test_search_bisect_falls_back_and_rejects_unknown_strategy():
+  res = clnp.graceful_forgetting_search(
+      lambda kept: 80.0 + 4.0 * _count(kept), _ACT, _FREE, margin=0.0,
+      acc_before=100.0, candidate_quantiles=(0.0, 0.5, 1.0),
+      strategy="bisect")
+  assert res.theta == -np.inf and res.quantile is None
+  assert [q for q, _ in res.trials] == [0.5, 0.0]
+  with pytest.raises(ConfigError, match="'scan' or 'bisect'"):
+    clnp.graceful_forgetting_search(lambda kept: 0.0, _ACT, _FREE, 1.0, 50.0,
+                                    strategy="golden")
+
+
 def test_search_per_layer_quantiles_skip_full_layers():
   free = {"a": np.array([T, T, T, T]), "b": np.array([F, F])}
   res = clnp.graceful_forgetting_search(

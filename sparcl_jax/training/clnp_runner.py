@@ -158,10 +158,16 @@ def _check_setup(config: RunConfig, scenario: Scenario) -> None:
       start += len(task.classes)
 
 
-def _base_optimizer(config: RunConfig) -> optax.GradientTransformation:
+def _base_optimizer(config: RunConfig,
+                    steps_per_task: int) -> optax.GradientTransformation:
+  """The base optimizer; its step count (and so the schedule) restarts with
+  the fresh optimizer state of every task."""
+  lr = config.lr
+  if config.lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(config.lr, max(1, steps_per_task))
   if config.optimizer == "adam":
-    return optax.adam(config.lr)
-  return optax.sgd(config.lr)
+    return optax.adam(lr)
+  return optax.sgd(lr)
 
 
 # ----------------------------------------------------------------------------
@@ -445,7 +451,10 @@ class _Runner:
     self.batch_size = config.batch_size
     self.steps_per_call = max(1, min(config.steps_per_call,
                                      self.arrays.train_len // self.batch_size))
-    base = _base_optimizer(config)
+    # Tasks of one scenario differ by a few examples at most: the longest
+    # sets the decay length.
+    base = _base_optimizer(
+        config, config.epochs * (self.arrays.train_len // self.batch_size))
     self.tx = (clnp_lib.clnp_partition(base) if config.method == "clnp"
                else base)
     self.train_fn = make_train_function(self.model, self.tx, config,
@@ -677,7 +686,8 @@ def _clnp_task(runner: _Runner, state: RunState, task: int, specs, used,
 
   result = clnp_lib.graceful_forgetting_search(
       evaluate, activity, free, config.margin, acc_before, _QUANTILES,
-      finetune_fn=finetune, per_layer=config.threshold_per_layer)
+      finetune_fn=finetune, per_layer=config.threshold_per_layer,
+      strategy=config.prune_search)
   chosen = result.tuned if result.tuned is not None else params
   new_params, new_used = clnp_lib.commit_task(
       chosen, specs, used, result.kept, commit_rng, runner.init_params, task)

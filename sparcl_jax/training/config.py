@@ -20,6 +20,8 @@ SCENARIO_KINDS = ("split", "permuted", "cifar10_100")
 MODELS = ("mlp", "resnet18", "zenke_cnn")
 HEADS = ("shared", "multi")
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+PRUNE_SEARCHES = ("scan", "bisect")
 METHODS = ("sgd", "joint", "er", "der", "derpp", "sparcl_er", "sparcl_derpp",
            "snip_derpp", "rigl_derpp", "clnp", "ewc", "si", "single_task")
 # Task-incremental methods of the CLNP comparison, run by clnp_runner.
@@ -95,7 +97,14 @@ class RunConfig:
       default=0, metadata={"help": "Buffer mini-batch size for replay; 0 "
                                    "means --batch_size."})
   lr: float = dataclasses.field(
-      default=0.03, metadata={"help": "Learning rate (constant)."})
+      default=0.03, metadata={"help": "Learning rate (the peak rate under "
+                                      "--lr_schedule=cosine)."})
+  lr_schedule: str = dataclasses.field(
+      default="constant", metadata={"help": "constant, or cosine: decay --lr "
+                                            "to 0 over each task's training "
+                                            "steps (CLNP, EWC, SI and "
+                                            "single-task runs, whose "
+                                            "optimizer restarts every task)."})
   optimizer: str = dataclasses.field(
       default="sgd", metadata={"help": f"One of {', '.join(OPTIMIZERS)}; a "
                                        "fresh optimizer state every task."})
@@ -175,6 +184,13 @@ class RunConfig:
       default=True, metadata={"help": "CLNP: search one activity quantile "
                                       "per layer rather than one pooled "
                                       "threshold (?)."})
+  prune_search: str = dataclasses.field(
+      default="scan", metadata={"help": "CLNP: how the activity quantile is "
+                                        "searched in steps of 0.01: scan "
+                                        "(every candidate from the most "
+                                        "aggressive down) or bisect (binary "
+                                        "search, ~7 evaluations; for "
+                                        "--finetune_epochs > 0)."})
   finetune_epochs: int = dataclasses.field(
       default=0, metadata={"help": "CLNP: epochs of fine-tuning after "
                                    "pruning, before the validation check "
@@ -295,6 +311,12 @@ def validate(config: RunConfig) -> RunConfig:
   _choice("head", config.head, HEADS)
   _choice("method", config.method, METHODS)
   _choice("optimizer", config.optimizer, OPTIMIZERS)
+  _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+  if config.lr_schedule != "constant" and config.method not in CLNP_METHODS:
+    raise ConfigError(f"--lr_schedule={config.lr_schedule} is supported by "
+                      f"the methods {', '.join(CLNP_METHODS)}; use "
+                      "--lr_schedule=constant with --method="
+                      f"{config.method}.")
   if config.data_source == "digits" and config.dataset != "digits":
     raise ConfigError(f"--data_source=digits only provides --dataset=digits, "
                       f"not {config.dataset!r}; use --data_source=files or "
@@ -340,6 +362,7 @@ def validate(config: RunConfig) -> RunConfig:
     raise ConfigError(f"--val_fraction={config.val_fraction} must be in "
                       "[0, 1).")
   _choice("activity_reading", config.activity_reading, ACTIVITY_READINGS)
+  _choice("prune_search", config.prune_search, PRUNE_SEARCHES)
   if not 0.0 <= config.margin <= 100.0:
     raise ConfigError(f"--margin={config.margin} must be in [0, 100] "
                       "(accuracy points).")
