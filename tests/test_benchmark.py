@@ -65,6 +65,13 @@ def test_step_benchmark_on_a_tiny_mlp():
   assert out["derpp"]["ms_per_step"]["n"] == 2
 
 
+def test_each_timed_sample_is_a_whole_epoch_of_chunks_in_order():
+  seen = []
+  epoch = BENCH._whole_epoch(lambda i: seen.append(i) or i, 5)  # pylint: disable=protected-access
+  assert epoch(0) == 4 and epoch(1) == 4
+  assert seen == [0, 1, 2, 3, 4] * 2
+
+
 def test_environment_and_table():
   env = BENCH.environment()
   assert env["cpu_count"] == os.cpu_count()
