@@ -54,6 +54,7 @@ def _assert_usage_error(status, err, *fragments):
     ("--lr_schedule=step", "--lr_schedule='step' is not known"),
     ("--lr_schedule=cosine", "use --lr_schedule=constant with --method=derpp"),
     ("--prune_search=golden", "--prune_search='golden' is not known"),
+    ("--finetune_lr=-0.1", "--finetune_lr=-0.1 must be positive, or 0"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, tmp_path, flag, fragment):
   status, err = _run_main(capsys, f"--workdir={tmp_path / 'run'}",

@@ -158,13 +158,14 @@ def _check_setup(config: RunConfig, scenario: Scenario) -> None:
       start += len(task.classes)
 
 
-def _base_optimizer(config: RunConfig,
-                    steps_per_task: int) -> optax.GradientTransformation:
+def _base_optimizer(config: RunConfig, steps_per_task: int,
+                    peak_lr: Optional[float] = None
+                    ) -> optax.GradientTransformation:
   """The base optimizer; its step count (and so the schedule) restarts with
-  the fresh optimizer state of every task."""
-  lr = config.lr
+  the fresh optimizer state of every task (and of every fine-tuning)."""
+  lr = config.lr if peak_lr is None else peak_lr
   if config.lr_schedule == "cosine":
-    lr = optax.cosine_decay_schedule(config.lr, max(1, steps_per_task))
+    lr = optax.cosine_decay_schedule(lr, max(1, steps_per_task))
   if config.optimizer == "adam":
     return optax.adam(lr)
   return optax.sgd(lr)
@@ -460,6 +461,17 @@ class _Runner:
     self.train_fn = make_train_function(self.model, self.tx, config,
                                         self.spec, self.batch_size,
                                         self.steps_per_call)
+    # Fine-tuning after pruning has its own rate and schedule length, so its
+    # own (same-shaped) optimizer and train function.
+    self.finetune_tx, self.finetune_fn = self.tx, self.train_fn
+    if config.method == "clnp" and config.finetune_epochs:
+      self.finetune_tx = clnp_lib.clnp_partition(_base_optimizer(
+          config,
+          config.finetune_epochs * (self.arrays.train_len // self.batch_size),
+          config.finetune_lr or config.lr))
+      self.finetune_fn = make_train_function(
+          self.model, self.finetune_tx, config, self.spec, self.batch_size,
+          self.steps_per_call)
     self.epoch_order = steps.make_epoch_order()
     self.evaluate_fn = steps.make_evaluate(self.model, self.spec,
                                            config.eval_batch_size,
@@ -482,8 +494,10 @@ class _Runner:
     return self._init(key)
 
   def train_epochs(self, state: RunState, task: int, epochs: int,
-                   tag: str = "epoch") -> RunState:
+                   tag: str = "epoch",
+                   train_fn: Optional[Callable] = None) -> RunState:
     """Runs ``epochs`` epochs of ``task``'s training data."""
+    train_fn = train_fn or self.train_fn
     ex_index, _, usable = self.arrays.train(task)
     data = (self.device_data, jax.device_put(ex_index))
     usable = jax.device_put(usable)
@@ -497,7 +511,7 @@ class _Runner:
       for first in range(0, num_steps, self.steps_per_call):
         facts = ChunkFacts(jnp.int32(task), jnp.int32(first),
                            jnp.int32(num_steps), mask)
-        state, chunk_loss = self.train_fn(state, data, order, facts)
+        state, chunk_loss = train_fn(state, data, order, facts)
         loss_sum = loss_sum + chunk_loss
         self.steps_done += min(self.steps_per_call, num_steps - first)
         self.after_chunk()
@@ -679,9 +693,10 @@ def _clnp_task(runner: _Runner, state: RunState, task: int, specs, used,
     def finetune(kept):
       start = cut(kept)
       part = _finetune_partition(params, specs, used, kept, task, partition)
-      opt = clnp_lib.set_partition(runner.tx.init(start), part)
+      opt = clnp_lib.set_partition(runner.finetune_tx.init(start), part)
       tuned = runner.train_epochs(RunState(start, opt, None, tune_rng), task,
-                                  config.finetune_epochs, tag="finetune")
+                                  config.finetune_epochs, tag="finetune",
+                                  train_fn=runner.finetune_fn)
       return tuned.params
 
   result = clnp_lib.graceful_forgetting_search(

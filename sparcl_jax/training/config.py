@@ -191,6 +191,11 @@ class RunConfig:
                                         "aggressive down) or bisect (binary "
                                         "search, ~7 evaluations; for "
                                         "--finetune_epochs > 0)."})
+  finetune_lr: float = dataclasses.field(
+      default=0.0, metadata={"help": "CLNP: learning rate of the fine-tuning "
+                                     "after pruning, under the same "
+                                     "--lr_schedule over the fine-tuning "
+                                     "steps (0: --lr)."})
   finetune_epochs: int = dataclasses.field(
       default=0, metadata={"help": "CLNP: epochs of fine-tuning after "
                                    "pruning, before the validation check "
@@ -371,6 +376,9 @@ def validate(config: RunConfig) -> RunConfig:
       raise ConfigError(f"--{name}={getattr(config, name)} must be "
                         "non-negative.")
   _at_least("finetune_epochs", config.finetune_epochs, 0)
+  if config.finetune_lr < 0:
+    raise ConfigError(f"--finetune_lr={config.finetune_lr} must be positive, "
+                      "or 0 for --lr.")
   _choice("sparsity_distribution", config.sparsity_distribution,
           SPARSITY_DISTRIBUTIONS)
   for name in ("sparsity", "gradient_sparsity", "mask_extra_growth",
