@@ -490,12 +490,10 @@ def build_clnp_chunk(config: RunConfig, scenario: Scenario,
   Example:
     >>> bench = build_clnp_chunk(make_config('clnp'), sc, 60)  # doctest: +SKIP
   """
-  from sparcl_jax import clnp as clnp_lib  # pylint: disable=import-outside-toplevel
   from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
   model, params, _ = _model_and_params(config, scenario)
   spec = loop.input_spec(scenario)
-  base = optax.adam(config.lr)
-  tx = clnp_lib.clnp_partition(base) if config.method == "clnp" else base
+  tx = clnp_runner.make_optimizer(config, config.epochs * steps_per_epoch)
   k = config.steps_per_call
   b = config.batch_size
   train = clnp_runner.make_train_function(model, tx, config, spec, b, k)

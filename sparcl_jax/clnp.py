@@ -518,6 +518,8 @@ def _check_like(masks: PyTree, ref: PyTree, what: str) -> None:
 def clnp_partition(
     inner: optax.GradientTransformation,
     partition: Optional[Partition] = None,
+    *,
+    mask_gradients: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Wraps an optimizer so that only the partition's trainable entries move.
 
@@ -527,6 +529,15 @@ def clnp_partition(
   exactly zero whatever ``inner`` is. When ``params`` are passed to
   ``update``, zero entries receive ``-params`` so that any stray value is
   driven to exactly zero on the first step (and then stays there).
+
+  ``mask_gradients=False`` skips the first mask. For an elementwise
+  optimizer (SGD, momentum, Adam, ...) the trainable entries' updates are
+  then the same (up to XLA fusing the float arithmetic differently), since
+  no entry's statistics reach another's, and reading a mask in the
+  optimizer's memory-bound passes over every weight is saved; frozen entries
+  still get exactly zero. Keep the default for optimizers that look across
+  entries (global-norm clipping, trust ratios such as LARS/LAMB), whose
+  trainable updates would otherwise see the frozen gradients.
 
   The masks live in the state rather than being closed over, so one jitted
   train step serves every task: change them between tasks with
@@ -539,6 +550,7 @@ def clnp_partition(
     inner: the optimizer to wrap, e.g. ``optax.adam(1e-3)``.
     partition: masks used by ``init``; ``None`` makes every entry trainable
       until :func:`set_partition` is called.
+    mask_gradients: mask the gradient before ``inner`` (see above).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -566,16 +578,22 @@ def clnp_partition(
     return ClnpPartitionState(trainable, zero, inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    masked = jax.tree.map(lambda g, t: jnp.where(t, g, jnp.zeros_like(g)),
-                          updates, state.trainable)
-    inner_updates, inner_state = inner.update(masked, state.inner_state,
+    if mask_gradients:
+      updates = jax.tree.map(
+          lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), updates,
+          state.trainable)
+    inner_updates, inner_state = inner.update(updates, state.inner_state,
                                               params, **extra_args)
-    out = jax.tree.map(
-        lambda u, t, z: jnp.where(t & ~z, u, jnp.zeros_like(u)),
-        inner_updates, state.trainable, state.zero)
-    if params is not None:
-      out = jax.tree.map(lambda u, z, p: jnp.where(z, -p.astype(u.dtype), u),
-                         out, state.zero, params)
+    # Zero entries win over trainable ones, should a partition mark both.
+    if params is None:
+      out = jax.tree.map(
+          lambda u, t, z: jnp.where(t & ~z, u, jnp.zeros_like(u)),
+          inner_updates, state.trainable, state.zero)
+    else:
+      out = jax.tree.map(
+          lambda u, t, z, p: jnp.where(
+              z, -p.astype(u.dtype), jnp.where(t, u, jnp.zeros_like(u))),
+          inner_updates, state.trainable, state.zero, params)
     return out, ClnpPartitionState(state.trainable, state.zero, inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -626,7 +644,7 @@ def set_partition(state: Any, partition: Partition) -> Any:
 
 
 def l1_penalty(params: PyTree,
-               trainable_masks: Union[PyTree, Partition],
+               trainable_masks: Union[PyTree, Partition, None],
                *,
                include_bias: bool = False) -> jax.Array:
   """Sums ``|w|`` over the trainable entries of the kernels.
@@ -636,7 +654,10 @@ def l1_penalty(params: PyTree,
 
   Args:
     params: the params pytree.
-    trainable_masks: the ``trainable`` masks, or a whole :class:`Partition`.
+    trainable_masks: the ``trainable`` masks, or a whole :class:`Partition`;
+      ``None`` sums over every entry, which gives the trainable entries the
+      same gradient and is cheaper when :func:`clnp_partition` discards the
+      frozen entries' gradients anyway.
     include_bias: also regularise rank <= 1 leaves.
 
   Returns:
@@ -647,6 +668,11 @@ def l1_penalty(params: PyTree,
   """
   if isinstance(trainable_masks, Partition):
     trainable_masks = trainable_masks.trainable
+  if trainable_masks is None:
+    return sum((jnp.sum(jnp.abs(p), dtype=jnp.float32)
+                for p in jax.tree.leaves(params)
+                if include_bias or jnp.ndim(p) >= 2),
+               jnp.zeros((), jnp.float32))
   terms = [jnp.sum(jnp.where(m, jnp.abs(p), 0.0), dtype=jnp.float32)
            for p, m in zip(jax.tree.leaves(params),
                            jax.tree.leaves(trainable_masks))

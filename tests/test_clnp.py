@@ -235,6 +235,57 @@ def test_wrapper_freezes_and_zeroes_with_adam_momentum():
   assert int(np.asarray(part.zero["b"]["w"]).sum()) == 2
 
 
+def test_unmasked_gradients_give_bit_identical_adam_training():
+  keys = jax.random.split(jax.random.PRNGKey(1), 4)
+  params = {"a": {"w": jax.random.normal(keys[0], (3, 4)),
+                  "b": jax.random.normal(keys[1], (4,))},
+            "b": {"w": jax.random.normal(keys[2], (4, 3)),
+                  "b": jnp.zeros(3)}}
+  x = jax.random.normal(keys[3], (8, 3))
+  specs = [clnp.LayerSpec("a", "a/w", "a/b", None),
+           clnp.LayerSpec("b", "b/w", "b/b", "a")]
+  used = {"a": np.array([T, F, T, F]), "b": np.array([F, T, F])}
+  part = clnp.compute_partition(params, specs, used)
+
+  def train(tx, penalty_masks):
+    def loss(p):
+      return (jnp.sum(jnp.square(_plain_forward(p, x) - 1.0))
+              + 1e-2 * clnp.l1_penalty(p, penalty_masks))
+
+    @jax.jit
+    def step(p, s):
+      u, s = tx.update(jax.grad(loss)(p), s, p)
+      return optax.apply_updates(p, u), s
+
+    p, s = params, clnp.set_partition(tx.init(params), part)
+    for _ in range(5):
+      p, s = step(p, s)
+    return jax.tree.map(np.asarray, p)
+
+  masked = train(clnp.clnp_partition(optax.adam(0.1)), part.trainable)
+  unmasked = train(clnp.clnp_partition(optax.adam(0.1), mask_gradients=False),
+                   None)
+  for a, b, start, tr, zr in zip(
+      jax.tree.leaves(masked), jax.tree.leaves(unmasked),
+      jax.tree.leaves(params), jax.tree.leaves(part.trainable),
+      jax.tree.leaves(part.zero)):
+    tr, zr, start = np.asarray(tr), np.asarray(zr), np.asarray(start)
+    # Same arithmetic; XLA may fuse it differently (last-bit rounding).
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(b[~tr & ~zr], start[~tr & ~zr])
+    assert np.all(b[zr] == 0.0)
+    assert np.all(b[tr] != start[tr])
+
+
+def test_l1_penalty_without_masks_sums_every_kernel_entry():
+  params = {"k": jnp.asarray([[1.0, -2.0], [0.5, 0.0]]),
+            "b": jnp.asarray([3.0, -4.0])}
+  assert float(clnp.l1_penalty(params, None)) == 3.5
+  assert float(clnp.l1_penalty(params, None, include_bias=True)) == 10.5
+  masks = {"k": np.array([[T, F], [T, T]]), "b": np.array([T, T])}
+  assert float(clnp.l1_penalty(params, masks)) == 1.5
+
+
 def test_wrapper_without_params_only_freezes():
   params = {"w": jnp.asarray([1.0, 2.0, 3.0])}
   part = clnp.Partition({"w": np.array([T, F, F])}, {"w": np.array([F, F, T])})

@@ -171,6 +171,32 @@ def _base_optimizer(config: RunConfig, steps_per_task: int,
   return optax.sgd(lr)
 
 
+def make_optimizer(config: RunConfig, steps_per_task: int,
+                   peak_lr: Optional[float] = None
+                   ) -> optax.GradientTransformation:
+  """The optimizer of a task-level run: CLNP's partition around the base one.
+
+  Args:
+    config: the run configuration (method, optimizer, lr, schedule).
+    steps_per_task: train steps of one task (the cosine schedule's length).
+    peak_lr: learning rate instead of ``config.lr`` (fine-tuning).
+
+  Returns:
+    ``clnp_partition(base)`` for CLNP, else the base optimizer. The base
+    optimizers are elementwise and restart every task, so the partition
+    masks only the final update (``mask_gradients=False``: the same updates
+    to rounding, with less memory traffic per step).
+
+  Example:
+    >>> tx = make_optimizer(RunConfig(workdir='/tmp/r', method='clnp',
+    ...                               optimizer='adam', lr=1e-3), 2000)
+  """
+  base = _base_optimizer(config, steps_per_task, peak_lr)
+  if config.method == "clnp":
+    return clnp_lib.clnp_partition(base, mask_gradients=False)
+  return base
+
+
 # ----------------------------------------------------------------------------
 # Jitted pieces.
 
@@ -178,8 +204,9 @@ def _base_optimizer(config: RunConfig, steps_per_task: int,
 def _penalty_fn(config: RunConfig) -> Callable[[PyTree, Any, Any], jax.Array]:
   """``penalty(params, opt_state, reg)`` of the method (without the CE)."""
   if config.method == "clnp":
-    return lambda p, opt, reg: config.l1 * clnp_lib.l1_penalty(
-        p, opt.trainable)
+    # Unmasked: the partition zeroes the frozen entries' updates, and the
+    # trainable entries' gradient is the same without a mask pass.
+    return lambda p, opt, reg: config.l1 * clnp_lib.l1_penalty(p, None)
   if config.method == "ewc":
     return lambda p, opt, reg: regularizers.ewc_penalty(p, reg,
                                                          config.ewc_lambda)
@@ -454,10 +481,8 @@ class _Runner:
                                      self.arrays.train_len // self.batch_size))
     # Tasks of one scenario differ by a few examples at most: the longest
     # sets the decay length.
-    base = _base_optimizer(
+    self.tx = make_optimizer(
         config, config.epochs * (self.arrays.train_len // self.batch_size))
-    self.tx = (clnp_lib.clnp_partition(base) if config.method == "clnp"
-               else base)
     self.train_fn = make_train_function(self.model, self.tx, config,
                                         self.spec, self.batch_size,
                                         self.steps_per_call)
@@ -465,10 +490,10 @@ class _Runner:
     # own (same-shaped) optimizer and train function.
     self.finetune_tx, self.finetune_fn = self.tx, self.train_fn
     if config.method == "clnp" and config.finetune_epochs:
-      self.finetune_tx = clnp_lib.clnp_partition(_base_optimizer(
+      self.finetune_tx = make_optimizer(
           config,
           config.finetune_epochs * (self.arrays.train_len // self.batch_size),
-          config.finetune_lr or config.lr))
+          config.finetune_lr or config.lr)
       self.finetune_fn = make_train_function(
           self.model, self.finetune_tx, config, self.spec, self.batch_size,
           self.steps_per_call)
