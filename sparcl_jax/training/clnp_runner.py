@@ -712,21 +712,19 @@ def _clnp_task(runner: _Runner, state: RunState, task: int, specs, used,
   def evaluate(kept, tuned=None):
     return runner.val_accuracy(cut(kept) if tuned is None else tuned, task)
 
-  finetune = None
-  if config.finetune_epochs:
-
-    def finetune(kept):
-      start = cut(kept)
-      part = _finetune_partition(params, specs, used, kept, task, partition)
-      opt = clnp_lib.set_partition(runner.finetune_tx.init(start), part)
-      tuned = runner.train_epochs(RunState(start, opt, None, tune_rng), task,
-                                  config.finetune_epochs, tag="finetune",
-                                  train_fn=runner.finetune_fn)
-      return tuned.params
+  def finetune(kept):
+    start = cut(kept)
+    part = _finetune_partition(params, specs, used, kept, task, partition)
+    opt = clnp_lib.set_partition(runner.finetune_tx.init(start), part)
+    tuned = runner.train_epochs(RunState(start, opt, None, tune_rng), task,
+                                config.finetune_epochs, tag="finetune",
+                                train_fn=runner.finetune_fn)
+    return tuned.params
 
   result = clnp_lib.graceful_forgetting_search(
       evaluate, activity, free, config.margin, acc_before, _QUANTILES,
-      finetune_fn=finetune, per_layer=config.threshold_per_layer,
+      finetune_fn=finetune if config.finetune_epochs else None,
+      per_layer=config.threshold_per_layer,
       strategy=config.prune_search)
   chosen = result.tuned if result.tuned is not None else params
   new_params, new_used = clnp_lib.commit_task(
