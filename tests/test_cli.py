@@ -138,3 +138,18 @@ def test_end_to_end_quickstart_run(tmp_path):
       cwd=REPO, check=False)
   assert again.returncode == 2
   assert json.loads((workdir / "results.json").read_text()) == results
+
+
+@pytest.mark.parametrize("name", sorted(
+    f for f in os.listdir(os.path.join(REPO, "experiments", "configs"))
+    if f.endswith(".cfg")))
+def test_every_shipped_config_parses_and_validates(name, tmp_path):
+  config = cli.parse_config([
+      "train.py", f"--flagfile={os.path.join(REPO, 'experiments', 'configs', name)}",
+      f"--workdir={tmp_path}", f"--data_dir={tmp_path}"])
+  assert config.workdir == str(tmp_path)
+  if name.startswith("permuted_mnist_") and "_cpu" not in name:
+    # The README's CLNP table: one setting for the four methods.
+    assert (config.num_tasks, config.hidden_sizes, config.epochs,
+            config.lr_schedule, config.batch_size) == (
+                10, "2000,2000", 20, "cosine", 256)
