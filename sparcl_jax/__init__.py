@@ -28,6 +28,7 @@ from sparcl_jax.metrics import (average_accuracy, average_forgetting,
                                 backward_transfer, forward_transfer, summarize)
 from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
                                      ewc_init, ewc_penalty, fisher_diagonal,
+                                     merge_fisher_slot,
                                      si_accumulate, si_consolidate, si_init,
                                      si_penalty)
 from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,

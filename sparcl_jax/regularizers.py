@@ -132,12 +132,47 @@ def fisher_diagonal(log_likelihood_fn: Callable[[PyTree, Any, Any], jax.Array],
   return jax.tree.map(lambda s: s / denom, total)
 
 
+def merge_fisher_slot(fisher: jax.Array, anchor: jax.Array,
+                      new_fisher: jax.Array, new_anchor: jax.Array
+                      ) -> tuple[jax.Array, jax.Array]:
+  """One EWC slot that carries two tasks' penalties: same gradient, half cost.
+
+  ``F1 (p - a1)^2 + F2 (p - a2)^2 = (F1 + F2) (p - a)^2 + const`` with ``a``
+  the Fisher-weighted mean ``(F1 a1 + F2 a2) / (F1 + F2)``, so the summed
+  Fisher at the weighted anchor has the per-task penalty's gradient while
+  the penalty reads one Fisher and one anchor per weight whatever the
+  number of tasks. Where both Fishers are zero the anchor is ``new_anchor``
+  (it carries no weight there).
+
+  Args:
+    fisher: the slot's Fisher (zeros for an empty slot).
+    anchor: the slot's anchor.
+    new_fisher: the finished task's diagonal Fisher.
+    new_anchor: the parameters at the end of that task.
+
+  Returns:
+    ``(fisher, anchor)`` of the merged slot, float32.
+
+  Example:
+    >>> f, a = merge_fisher_slot(jnp.zeros(2), jnp.zeros(2),
+    ...                          jnp.array([1., 0.]), jnp.array([3., 4.]))
+  """
+  f_old = jnp.asarray(fisher, jnp.float32)
+  f_new = jnp.asarray(new_fisher, jnp.float32)
+  a_new = jnp.asarray(new_anchor, jnp.float32)
+  total = f_old + f_new
+  weighted = f_old * jnp.asarray(anchor, jnp.float32) + f_new * a_new
+  safe = jnp.where(total > 0, total, 1.0)
+  return total, jnp.where(total > 0, weighted / safe, a_new)
+
+
 def ewc_consolidate(state: EwcState,
                     params: PyTree,
                     fisher: PyTree,
                     *,
                     online: bool = False,
-                    gamma: float = 1.0) -> EwcState:
+                    gamma: float = 1.0,
+                    merged: bool = False) -> EwcState:
   """Adds a finished task's Fisher and parameters to the EWC state.
 
   Args:
@@ -147,6 +182,9 @@ def ewc_consolidate(state: EwcState,
     online: keep one slot, ``F <- gamma * F + fisher`` anchored at ``params``,
       instead of one slot per task.
     gamma: decay of the old Fisher in online mode, in ``[0, 1]``.
+    merged: keep one slot that sums the per-task penalties exactly up to a
+      constant (:func:`merge_fisher_slot`): the same gradient as one slot
+      per task, at a cost that does not grow with the tasks.
 
   Returns:
     The new state.
@@ -156,10 +194,18 @@ def ewc_consolidate(state: EwcState,
   """
   if isinstance(gamma, (int, float)) and not 0.0 <= gamma <= 1.0:
     raise ConfigError(f"gamma must be in [0, 1], got {gamma}")
+  if online and merged:
+    raise ConfigError("ewc_consolidate: choose online or merged, not both")
   new_f = jax.tree.map(lambda f: jnp.asarray(f, jnp.float32)[None], fisher)
   new_a = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32)[None], params)
   slots = jax.tree.leaves(state.fisher)[0].shape[0] if jax.tree.leaves(
       state.fisher) else 0
+  if merged and slots:
+    pairs = jax.tree.map(merge_fisher_slot, state.fisher, state.anchor,
+                         new_f, new_a)
+    first = lambda pair: isinstance(pair, tuple)
+    return EwcState(jax.tree.map(lambda pair: pair[0], pairs, is_leaf=first),
+                    jax.tree.map(lambda pair: pair[1], pairs, is_leaf=first))
   if online and slots:
     merged = jax.tree.map(lambda old, f: gamma * old + f, state.fisher, new_f)
     return EwcState(merged, new_a)

@@ -34,6 +34,30 @@ def test_ewc_per_task_sum_matches_hand_computation():
   assert float(reg.ewc_penalty(current, state, 2.0)) == pytest.approx(17.0)
 
 
+def test_ewc_merged_slot_has_the_per_task_gradient():
+  tasks = [(_tree([1.0, 2.0], [0.5]), _tree([1.0, 2.0], [4.0])),
+           (_tree([2.0, 2.0], [0.0]), _tree([1.0, 1.0], [0.0]))]
+  per_task = merged = reg.ewc_init(_tree([0.0, 0.0], [0.0]))
+  for anchor, fisher in tasks:
+    per_task = reg.ewc_consolidate(per_task, anchor, fisher)
+    merged = reg.ewc_consolidate(merged, anchor, fisher, merged=True)
+  assert merged.fisher["w"].shape == (1, 2)
+  # F = [2, 3], [4]; anchor = Fisher-weighted mean [(1 + 2) / 2, (4 + 2) / 3].
+  np.testing.assert_array_equal(merged.fisher["w"], [[2.0, 3.0]])
+  np.testing.assert_array_equal(merged.anchor["w"], [[1.5, 2.0]])
+  np.testing.assert_array_equal(merged.anchor["b"], [[0.5]])
+  current = _tree([2.0, 0.0], [1.5])
+  grad = lambda state: jax.grad(reg.ewc_penalty)(current, state, 2.0)
+  # lam * sum_t F_t (p - a_t) = 2 * ([1 + 0, -4 - 2], [4 + 0]).
+  for g in (grad(per_task), grad(merged)):
+    np.testing.assert_array_equal(g["w"], [2.0, -12.0])
+    np.testing.assert_array_equal(g["b"], [8.0])
+  # The penalties differ by a constant only (17 against 16.5 here).
+  assert float(reg.ewc_penalty(current, merged, 2.0)) == pytest.approx(16.5)
+  with pytest.raises(ConfigError, match="online or merged"):
+    reg.ewc_consolidate(merged, current, current, online=True, merged=True)
+
+
 def test_ewc_online_merges_fisher_and_moves_anchor():
   state = reg.ewc_init(_tree([0.0, 0.0], [0.0]))
   state = reg.ewc_consolidate(state, _tree([1.0, 2.0], [0.5]),

@@ -10,9 +10,10 @@ is the cross-entropy over the current task's outputs plus a method term:
   are traced state, so every task reuses the same compiled function. After a
   task: unit activity on its validation split, graceful-forgetting search
   (optionally with fine-tuning), commit, diagnostics.
-* ``ewc``: ``--ewc_lambda / 2 * sum_t F_t (theta - theta*_t)^2`` with one
-  pre-allocated slot per task (zero Fisher until consolidated, so the shapes
-  never change). The Fisher is the empirical one, from the per-example
+* ``ewc``: ``--ewc_lambda / 2 * sum_t F_t (theta - theta*_t)^2``, kept as
+  one merged slot (summed Fisher at the Fisher-weighted mean anchor: the
+  same gradient, so a step's cost does not grow with the tasks, and the
+  shapes never change). The Fisher is the empirical one, from the per-example
   gradients of up to ``_FISHER_EXAMPLES`` training examples of the task.
 * ``si``: ``--si_c * sum Omega (theta - theta*)^2``; the path integral uses
   the gradient of the task loss without the penalty.
@@ -803,8 +804,10 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     specs = layer_specs(config.model, params)
     used = clnp_lib.init_used(params, specs)
   elif method == "ewc":
+    # One merged slot (regularizers.merge_fisher_slot): the penalty of
+    # every finished task at the cost of one, whatever the task count.
     reg = regularizers.EwcState(*(jax.tree.map(
-        lambda p: jnp.zeros((num_tasks,) + p.shape, jnp.float32), params)
+        lambda p: jnp.zeros((1,) + p.shape, jnp.float32), params)
                                   for _ in range(2)))
     fisher_fn = make_fisher(runner.model, runner.spec)
   elif method == "si":
@@ -947,7 +950,7 @@ def _host_used(used: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def _ewc_consolidate(runner: _Runner, state: RunState, fisher_fn,
                      task: int) -> RunState:
-  """Writes the task's Fisher and parameters into its EWC slot."""
+  """Merges the task's Fisher and parameters into the EWC slot."""
   train = runner.scenario.tasks[task].train_indices
   n = min(_FISHER_EXAMPLES, len(train))
   rows = np.random.default_rng((runner.config.seed, task)).choice(
@@ -957,10 +960,8 @@ def _ewc_consolidate(runner: _Runner, state: RunState, fisher_fn,
                      jnp.asarray(loop._pad(rows, length)),  # pylint: disable=protected-access
                      jnp.int32(n), jnp.int32(task),
                      jnp.asarray(runner.class_masks[task]))
-  reg = regularizers.EwcState(
-      jax.tree.map(lambda s, f: s.at[task].set(f), state.reg.fisher, fisher),
-      jax.tree.map(lambda s, p: s.at[task].set(p.astype(jnp.float32)),
-                   state.reg.anchor, state.params))
+  reg = regularizers.ewc_consolidate(state.reg, state.params, fisher,
+                                     merged=True)
   return state._replace(reg=reg)
 
 
