@@ -11,7 +11,7 @@ Measures, in one process so that ratios share the machine's state:
 * whole-epoch throughput (ordering, gathering, augmentation and the host loop
   included) against the bare step time;
 * achieved FLOP/s of every step against a large dense matmul's (the practical
-  peak of this machine);
+  peak of this machine), the matmul timed interleaved with the steps;
 * peak host RSS (and device memory where the backend reports it);
 * scaling of the step with batch size, buffer size and model width, and of a
   whole run with the number of tasks.
@@ -543,10 +543,24 @@ def _whole_epoch(call: Callable[[int], Any], num_calls: int
   return epoch
 
 
+def _matmul_call(n: int, count: int) -> Callable[[int], Any]:
+  """``fn(rep)`` running ``count`` dependent ``n x n`` float32 matmuls."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / np.sqrt(n)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+
+  @jax.jit
+  def chain(a, b):
+    return jax.lax.fori_loop(0, count, lambda i, x: a @ x, b)
+
+  jax.block_until_ready(chain(a, b))
+  return lambda rep: chain(a, b)
+
+
 def benchmark_steps(config: RunConfig, scenario: Scenario,
                     steps_per_epoch: int, repeats: int,
                     peak_flops: float,
-                    methods: Sequence[str] = STEP_METHODS) -> dict:
+                    methods: Sequence[str] = STEP_METHODS,
+                    matmul_n: int = 0) -> dict:
   """Per-step time, compile time and FLOP/s of each step variant.
 
   Args:
@@ -557,6 +571,9 @@ def benchmark_steps(config: RunConfig, scenario: Scenario,
     repeats: timed epochs per variant (interleaved).
     peak_flops: matmul FLOP/s for the efficiency column.
     methods: the variants.
+    matmul_n: when > 0, the efficiency column uses instead an ``n x n``
+      matmul timed interleaved with the variants, so that the machine's load
+      weighs on the reference as on the steps.
 
   Returns:
     ``{variant: {...}}`` with ``ms_per_step`` (summary), ``ratio_to_plain``,
@@ -575,7 +592,13 @@ def benchmark_steps(config: RunConfig, scenario: Scenario,
   # instead of making the per-chunk times bimodal.
   epochs = {name: _whole_epoch(b.call, calls[name])
             for name, b in benches.items()}
+  matmuls = 16
+  if matmul_n:
+    epochs["matmul"] = _matmul_call(matmul_n, matmuls)
   times = time_interleaved(epochs, repeats)
+  if matmul_n:
+    peak_flops = matmuls * 2.0 * matmul_n ** 3 / float(
+        np.median(times.pop("matmul")))
   out = {}
   for name, bench in benches.items():
     per_step = summarize(times[name], 1e3 / (bench.steps * calls[name]))
@@ -585,7 +608,8 @@ def benchmark_steps(config: RunConfig, scenario: Scenario,
                  "compiles": bench.compiles,
                  "examples_per_step": bench.examples_per_step,
                  "flops_per_step": flops, "flops_per_s": rate,
-                 "fraction_of_peak": rate / peak_flops, "built_by": bench.note}
+                 "fraction_of_peak": rate / peak_flops,
+                 "peak_flops_per_s": peak_flops, "built_by": bench.note}
   # Ratios of per-call medians of interleaved runs.
   med = {n: out[n]["ms_per_step"]["median"] for n in out}
   for name in out:
@@ -897,7 +921,8 @@ def run_benchmark(quick: bool, savings: bool = False,
     spe_model = min(model_spe, (len(sc.tasks[1].train_indices) //
                                 cfg.batch_size) // k * k)
     results["steps"][name] = benchmark_steps(
-        cfg, sc, spe_model, 5 if quick else 9, peak, methods)
+        cfg, sc, spe_model, 5 if quick else 9, peak, methods,
+        matmul_n=results["matmul"]["n"])
   _say("epoch throughput")
   results["epoch_throughput"] = {
       "mlp_784_2000_2000": epoch_throughput(make_config("sgd"), mlp_data,
@@ -941,22 +966,25 @@ def format_table(results: dict) -> str:
            f"{env['jax']}, flax {env['flax']}, optax {env['optax']}",
            f"matmul {results['matmul']['n']}^2: "
            f"{results['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s", ""]
-  header = (f"{'model':<20}{'step':<15}{'ms/step':>9}{'IQR%':>7}"
+  header = (f"{'model':<28}{'step':<15}{'ms/step':>9}{'IQR%':>7}"
             f"{'x plain':>9}{'compile s':>11}{'GFLOP/s':>9}{'% peak':>8}")
   lines.append(header)
   for model, variants in results["steps"].items():
     for name, r in variants.items():
       ms = r["ms_per_step"]
       lines.append(
-          f"{model:<20}{name:<15}{ms['median']:>9.2f}"
+          f"{model:<28}{name:<15}{ms['median']:>9.2f}"
           f"{100 * ms['spread']:>7.1f}{r.get('ratio_to_plain', 1.0):>9.2f}"
           f"{r['compile_s']:>11.1f}{r['flops_per_s'] / 1e9:>9.1f}"
           f"{100 * r['fraction_of_peak']:>8.1f}")
+    peak = next(iter(variants.values()))["peak_flops_per_s"]
+    lines.append(f"{'':<28}interleaved matmul reference: {peak / 1e9:.1f} "
+                 "GFLOP/s")
     if "sparcl_derpp" in variants:
-      lines.append(f"{'':<20}SparCL-DER++ / DER++ = "
+      lines.append(f"{'':<28}SparCL-DER++ / DER++ = "
                    f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
     if "clnp" in variants:
-      lines.append(f"{'':<20}CLNP / fine-tuning (adam) = "
+      lines.append(f"{'':<28}CLNP / fine-tuning (adam) = "
                    f"{variants['clnp']['ratio_to_finetune']:.3f}")
   lines.append("")
   for name, r in results["epoch_throughput"].items():

@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,6 +64,19 @@ def test_step_benchmark_on_a_tiny_mlp():
   assert out["sparcl_derpp"]["ratio_to_derpp"] > 0
   assert out["derpp"]["compiles"] >= 1
   assert out["derpp"]["ms_per_step"]["n"] == 2
+
+
+def test_interleaved_matmul_reference_replaces_the_given_peak():
+  sc = BENCH.random_scenario((4, 4, 1), 64)
+  cfg = BENCH.make_config("sgd", hidden_sizes="8", batch_size=8,
+                          minibatch_size=8, steps_per_call=4)
+  out = BENCH.benchmark_steps(cfg, sc, 8, 2, 1.0, ("plain",), matmul_n=32)
+  peak = out["plain"]["peak_flops_per_s"]
+  assert peak > 1.0
+  assert out["plain"]["fraction_of_peak"] == pytest.approx(
+      out["plain"]["flops_per_s"] / peak)
+  product = BENCH._matmul_call(4, 2)(0)  # pylint: disable=protected-access
+  assert product.shape == (4, 4)
 
 
 def test_each_timed_sample_is_a_whole_epoch_of_chunks_in_order():
