@@ -196,8 +196,9 @@ def _plain_forward(p, x):
   return h @ p["b"]["w"] + p["b"]["b"]
 
 
-def test_wrapper_freezes_and_zeroes_with_adam_momentum():
-  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+def _two_layer_problem(seed: int):
+  """Random params of a 3-4-3 MLP, a batch of inputs and its layer specs."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
   params = {"a": {"w": jax.random.normal(keys[0], (3, 4)),
                   "b": jax.random.normal(keys[1], (4,))},
             "b": {"w": jax.random.normal(keys[2], (4, 3)),
@@ -205,6 +206,11 @@ def test_wrapper_freezes_and_zeroes_with_adam_momentum():
   x = jax.random.normal(keys[3], (8, 3))
   specs = [clnp.LayerSpec("a", "a/w", "a/b", None),
            clnp.LayerSpec("b", "b/w", "b/b", "a")]
+  return params, x, specs
+
+
+def test_wrapper_freezes_and_zeroes_with_adam_momentum():
+  params, x, specs = _two_layer_problem(0)
   used = {"a": np.array([T, T, F, F]), "b": np.array([T, F, F])}
   part = clnp.compute_partition(params, specs, used)
   tx = clnp.clnp_partition(optax.adam(0.1))
@@ -235,15 +241,8 @@ def test_wrapper_freezes_and_zeroes_with_adam_momentum():
   assert int(np.asarray(part.zero["b"]["w"]).sum()) == 2
 
 
-def test_unmasked_gradients_give_bit_identical_adam_training():
-  keys = jax.random.split(jax.random.PRNGKey(1), 4)
-  params = {"a": {"w": jax.random.normal(keys[0], (3, 4)),
-                  "b": jax.random.normal(keys[1], (4,))},
-            "b": {"w": jax.random.normal(keys[2], (4, 3)),
-                  "b": jnp.zeros(3)}}
-  x = jax.random.normal(keys[3], (8, 3))
-  specs = [clnp.LayerSpec("a", "a/w", "a/b", None),
-           clnp.LayerSpec("b", "b/w", "b/b", "a")]
+def test_unmasked_gradients_give_the_same_adam_training():
+  params, x, specs = _two_layer_problem(1)
   used = {"a": np.array([T, F, T, F]), "b": np.array([F, T, F])}
   part = clnp.compute_partition(params, specs, used)
 
