@@ -20,7 +20,7 @@ Kept counts are always exact: a layer of ``n`` weights at sparsity ``s`` keeps
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -310,13 +310,43 @@ def _ordinal(key: jax.Array) -> jax.Array:
 
 
 _DIGIT_BITS = 16
+# Histogram blocks: small enough to stay in cache, so the digits are never
+# written to memory as a full-size array (on a VM each fresh page of such a
+# temporary costs a page fault on every call).
+_BLOCK = 1 << 14
+# Sub-histograms that consecutive positions rotate over: a run of equal
+# digits (the zeros of a pruned layer) would otherwise chain every increment
+# on one counter.
+_LANES = 4
 
 
-def _histogram(digit: jax.Array, selected: jax.Array) -> jax.Array:
-  """Counts of ``digit`` (in ``[0, 2**_DIGIT_BITS)``) over selected positions."""
+def _histogram(digits_fn: Callable[..., tuple[jax.Array, jax.Array]],
+               arrays: Sequence[jax.Array]) -> jax.Array:
+  """Counts of the digits (in ``[0, 2**_DIGIT_BITS)``) of selected positions.
+
+  ``digits_fn(*blocks)`` maps flat blocks of ``arrays`` (all of one shape) to
+  ``(digit, selected)``; it runs block by block inside a loop.
+  """
   size = 1 << _DIGIT_BITS
-  index = jnp.where(selected, digit, size).reshape(-1)
-  return jnp.zeros(size, jnp.int32).at[index].add(1, mode='drop')
+  flat = [a.reshape(-1) for a in arrays]
+  n = flat[0].shape[0]
+  num_blocks = n // _BLOCK
+  lane = jnp.arange(_BLOCK, dtype=jnp.int32) % _LANES
+
+  def body(i, counts):
+    blocks = [jax.lax.dynamic_slice(a, (i * _BLOCK,), (_BLOCK,)) for a in flat]
+    digit, selected = digits_fn(*blocks)
+    index = jnp.where(selected, digit * _LANES + lane, size * _LANES)
+    return counts.at[index].add(1, mode='drop')
+
+  counts = jnp.zeros(size * _LANES, jnp.int32)
+  if num_blocks:
+    counts = jax.lax.fori_loop(0, num_blocks, body, counts)
+  counts = counts.reshape(size, _LANES).sum(axis=1)
+  if n % _BLOCK:
+    digit, selected = digits_fn(*[a[num_blocks * _BLOCK:] for a in flat])
+    counts = counts.at[jnp.where(selected, digit, size)].add(1, mode='drop')
+  return counts
 
 
 def _first_reaching(counts: jax.Array, offset: jax.Array,
@@ -363,13 +393,19 @@ def _split_radix(key: jax.Array, candidates: jax.Array,
   scatter-add passes replace the up to 32 counting passes of a binary search.
   Needs ``0 < need < #candidates``.
   """
-  key = _ordinal(key)
-  high = (key >> _DIGIT_BITS).astype(jnp.int32)
-  low = (key & jnp.uint32((1 << _DIGIT_BITS) - 1)).astype(jnp.int32)
-  high_bucket, before = _first_reaching(_histogram(high, candidates),
-                                        jnp.zeros((), jnp.int32), need)
-  low_counts = _histogram(low, candidates & (high == high_bucket))
+  mask_low = jnp.uint32((1 << _DIGIT_BITS) - 1)
+  high_of = lambda k: (_ordinal(k) >> _DIGIT_BITS).astype(jnp.int32)
+  high_bucket, before = _first_reaching(
+      _histogram(lambda k, c: (high_of(k), c), [key, candidates]),
+      jnp.zeros((), jnp.int32), need)
+
+  def low_digits(k, c):
+    return ((_ordinal(k) & mask_low).astype(jnp.int32),
+            c & (high_of(k) == high_bucket))
+
+  low_counts = _histogram(low_digits, [key, candidates])
   low_bucket, below_count = _first_reaching(low_counts, before, need)
+  key = _ordinal(key)
   value = ((high_bucket.astype(jnp.uint32) << _DIGIT_BITS)
            | low_bucket.astype(jnp.uint32))
   return _Split(below=candidates & (key < value),
@@ -632,6 +668,46 @@ def drop_and_grow_counts(rng: jax.Array, params: PyTree, scores: PyTree,
     >>> m2['w']
     Array([ True, False,  True, False], dtype=bool)
   """
+  survivors, new_masks = drop_and_grow_masks(rng, scores, masks, keep_counts,
+                                             total_counts, growth=growth,
+                                             grow_scores=grow_scores)
+  # Grown weights (just-dropped ones included) start from zero.
+  return apply_mask(params, survivors), new_masks
+
+
+def drop_and_grow_masks(rng: jax.Array, scores: PyTree, masks: PyTree,
+                        keep_counts: PyTree, total_counts: PyTree, *,
+                        growth: str = 'random',
+                        grow_scores: Optional[PyTree] = None
+                        ) -> tuple[PyTree, PyTree]:
+  """The masks of ``drop_and_grow_counts``, without touching the params.
+
+  Args:
+    rng: PRNG key (the same key gives the same masks as
+      ``drop_and_grow_counts``).
+    scores: importance pytree (read at sparse leaves).
+    masks: current masks pytree.
+    keep_counts: kept count per sparse leaf after the drop.
+    total_counts: count per sparse leaf after growth.
+    growth: ``'random'`` or ``'gradient'``.
+    grow_scores: pytree read by ``'gradient'`` growth.
+
+  Returns:
+    ``(survivors, new_masks)``: the positions the drop kept (their weights
+    carry on) and the mask after growth (``new_masks & ~survivors`` are the
+    grown positions, whose weights restart from zero).
+
+  Raises:
+    ConfigError: on an unknown growth mode, or gradient growth without scores.
+
+  Example:
+    >>> s = {'w': jnp.array([3., 1., 2., 0.])}
+    >>> m = {'w': jnp.array([True, True, True, False])}
+    >>> kept, new = drop_and_grow_masks(jax.random.key(0), s, m, {'w': 2},
+    ...                                 {'w': 2})
+    >>> kept['w']
+    Array([ True, False,  True, False], dtype=bool)
+  """
   _check_growth(growth)
   if growth == 'gradient' and grow_scores is None:
     raise ConfigError("growth='gradient' needs grow_scores (e.g. gradients).")
@@ -641,20 +717,19 @@ def drop_and_grow_counts(rng: jax.Array, params: PyTree, scores: PyTree,
   # One threefry draw seeds every leaf's hash-based random keys.
   seeds = list(jax.random.bits(rng, (max(num_leaves, 1), 2), jnp.uint32))
 
-  def leaf_fn(m, w, sc, k, t, gs):
+  def leaf_fn(m, sc, k, t, gs):
     if m is None:
       return None
     return _drop_and_grow_leaf(seeds.pop(0), sc, m, k, t, growth, gs)
 
-  pairs = jax.tree.map(leaf_fn, masks, params, scores, keep_counts,
-                       total_counts, grow_scores, is_leaf=is_none)
+  pairs = jax.tree.map(leaf_fn, masks, scores, keep_counts, total_counts,
+                       grow_scores, is_leaf=is_none)
   is_pair = lambda x: x is None or isinstance(x, tuple)
   survivors = jax.tree.map(lambda x: None if x is None else x[0], pairs,
                            is_leaf=is_pair)
   new_masks = jax.tree.map(lambda x: None if x is None else x[1], pairs,
                            is_leaf=is_pair)
-  # Grown weights (just-dropped ones included) start from zero.
-  return apply_mask(params, survivors), new_masks
+  return survivors, new_masks
 
 
 def drop_and_grow(rng: jax.Array, params: PyTree, scores: PyTree,

@@ -42,11 +42,14 @@ def _awkward_floats(rng, shape):
   return values
 
 
+# (130, 300) spans two whole histogram blocks of masks._BLOCK positions and
+# a partial one, so the blocked loop and its tail are both checked.
+@pytest.mark.parametrize("shape", [(13, 17), (130, 300)])
 @pytest.mark.parametrize("structure", ["float", "bool_float_bits", "int"])
-def test_rank_mask_equals_a_full_sort(structure):
+def test_rank_mask_equals_a_full_sort(structure, shape):
   rng = np.random.default_rng(7)
-  shape = (13, 17)
-  n = 13 * 17
+  n = shape[0] * shape[1]
+  assert shape == (13, 17) or n > 2 * masks_lib._BLOCK  # pylint: disable=protected-access
   if structure == "float":
     keys = [jnp.asarray(_awkward_floats(rng, shape))]
   elif structure == "bool_float_bits":
@@ -55,7 +58,7 @@ def test_rank_mask_equals_a_full_sort(structure):
             jnp.asarray(rng.integers(0, 5, size=shape), jnp.uint32)]
   else:
     keys = [jnp.asarray(rng.integers(-70000, 90000, size=shape), jnp.int32)]
-  for count in (0, 1, 2, 57, 110, n - 1, n, n + 3, -2):
+  for count in (0, 1, 2, 57, 110, n // 2, n - 1, n, n + 3, -2):
     got = np.asarray(masks_lib.rank_mask(keys, jnp.int32(count)))
     assert got.sum() == min(max(count, 0), n)
     np.testing.assert_array_equal(got, _sorted_selection(keys, count))
