@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 
 PyTree = Any
@@ -95,13 +96,13 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     def leaf(m, g, wm):
       if m is None:
         return None
-      if wm is None:
-        wm = jnp.ones(g.shape, jnp.bool_)
-      g_masked = jnp.where(wm, g, jnp.zeros_like(g))
-      return masks_lib.rank_mask(
-          [-jnp.abs(g_masked).astype(jnp.float32),
-           jnp.logical_not(wm)],
-          masks_lib.keep_count(g.size, gs))
+      magnitude = -jnp.abs(g).astype(jnp.float32)
+      if wm is not None:
+        # One key ranks like (-|g * wm|, not wm): an in-mask entry (key
+        # <= 0) precedes every masked-out one (key 1), zeros included, and
+        # the masked-out ones tie among themselves as they did.
+        magnitude = jnp.where(wm, magnitude, jnp.ones_like(magnitude))
+      return masks_lib.rank_mask([magnitude], masks_lib.keep_count(g.size, gs))
 
     return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=masks_lib.is_none)
 
@@ -112,9 +113,8 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         step_in_epoch, jnp.int32)
     wm = _weight_mask_leaf(weight_mask, state.masks)
     if mask_events:
-      masks = jax.lax.cond(step % interval == 0,
-                           lambda m: refresh(updates, m, wm), lambda m: m,
-                           state.masks)
+      masks = run_if(step % interval == 0,
+                     lambda m: refresh(updates, m, wm), state.masks)
     else:
       masks = state.masks
     out = jax.tree.map(

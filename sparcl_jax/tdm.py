@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 
 PyTree = Any
@@ -170,15 +171,18 @@ class TDMState(NamedTuple):
   masking_state: optax.OptState
 
 
-def _final_update(mask: Optional[jax.Array], u: jax.Array, w: jax.Array,
-                  w_start: jax.Array) -> jax.Array:
+def _final_update(mask: Optional[jax.Array], survivors: Optional[jax.Array],
+                  u: jax.Array, w: jax.Array) -> jax.Array:
   """Update that leaves masked weights at exactly zero."""
   if mask is None:
     return u
-  # `-w` lands a masked weight on exactly 0.0 after apply_updates. `w_start`
-  # is `w` except at grown positions, where it is 0, so grown weights restart
-  # from zero; a kept weight gets `u + 0.0`, i.e. the inner update.
-  return jnp.where(mask, u + (w_start - w), -w).astype(u.dtype)
+  # `-w` lands a masked weight on exactly 0.0 after apply_updates; a grown
+  # weight (in the mask, not among the drop's survivors) restarts from zero,
+  # so it gets `u - w`; a kept weight gets the inner update. `survivors` is
+  # None on steps that cannot grow.
+  if survivors is not None:
+    u = jnp.where(survivors, u, u - w)
+  return jnp.where(mask, u, -w).astype(u.dtype)
 
 
 def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
@@ -355,20 +359,23 @@ def tdm(inner: optax.GradientTransformation, *,
       pick = lambda t: jax.tree.map(
           lambda m, c: None if m is None else jnp.asarray(c)[phase], masks, t,
           is_leaf=masks_lib.is_none)
-      start, out = masks_lib.drop_and_grow_counts(
-          update_rng, params, scores, masks, pick(keep_table),
-          pick(total_table), growth=growth,
-          grow_scores=updates if growth == 'gradient' else None)
-      return out, start
+      survivors, out = masks_lib.drop_and_grow_masks(
+          update_rng, scores, masks, pick(keep_table), pick(total_table),
+          growth=growth, grow_scores=updates if growth == 'gradient' else None)
+      return out, survivors
 
     if mask_events:
-      masks, start_params = jax.lax.cond(do_update, new_masks, lambda c: c,
-                                         (state.masks, params))
+      # A loop, not a cond: on the (usual) steps without a drop-and-grow
+      # only a copy of the masks (a byte per weight) is made, not of the
+      # weights.
+      masks, survivors = run_if(do_update, new_masks,
+                                (state.masks, state.masks))
     else:
-      # The caller promises no mask update at this step: without the cond,
+      # The caller promises no mask update at this step: without the loop,
       # XLA fuses the masking, the inner update and the final update into
       # one pass over the weights.
-      masks, start_params = state.masks, params
+      masks = state.masks
+      survivors = jax.tree.map(lambda m: None, masks, is_leaf=masks_lib.is_none)
     masked = jax.tree.map(
         lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
         masks, updates, is_leaf=masks_lib.is_none)
@@ -386,8 +393,8 @@ def tdm(inner: optax.GradientTransformation, *,
       last_grads, has_grads = state.last_grads, state.has_grads
     inner_updates, inner_state = inner.update(masked, state.inner_state,
                                               params, **shared)
-    final = jax.tree.map(_final_update, masks, inner_updates, params,
-                         start_params, is_leaf=masks_lib.is_none)
+    final = jax.tree.map(_final_update, masks, survivors, inner_updates,
+                         params, is_leaf=masks_lib.is_none)
     return final, TDMState(
         count=state.count + 1, masks=masks, last_grads=last_grads,
         has_grads=has_grads, rng=rng, inner_state=inner_state,

@@ -50,6 +50,7 @@ import optax
 from sparcl_jax import clnp as clnp_lib
 from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import regularizers
+from sparcl_jax.control_flow import run_if
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
@@ -297,7 +298,7 @@ def make_train_function(model, tx: optax.GradientTransformation,
       step = facts.first_step + k
       # A 0-or-1-trip loop rather than a cond: the partition masks pass
       # through every step and a cond would copy them.
-      state, loss = steps.run_if(
+      state, loss = run_if(
           step < facts.num_steps,
           lambda c: one_step(c[0], data, order, facts, step),
           (state, jnp.zeros((), jnp.float32)))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparcl_jax.control_flow import run_if
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
 from sparcl_jax.training import sharding as sharding_lib
@@ -147,36 +148,6 @@ class MaskEvents(NamedTuple):
 
   every: int = 0
   record_last: bool = True
-
-
-def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
-  """``fn(operand)`` if ``pred`` else ``operand``, as a 0-or-1-trip loop.
-
-  A ``lax.cond`` writes its result to fresh buffers, so the branch that
-  passes a large array through (masks, the last gradient) pays a full copy
-  of it on every step. A while loop updates its carry in place: the trip
-  not taken costs nothing.
-
-  Args:
-    pred: bool scalar (traced).
-    fn: maps ``operand`` to a pytree of the same structure, shapes and
-      dtypes.
-    operand: the pytree.
-
-  Returns:
-    ``fn(operand)`` or ``operand``.
-
-  Example:
-    >>> run_if(jnp.array(True), lambda x: x + 1, jnp.zeros(2))
-    Array([1., 1.], dtype=float32)
-  """
-
-  def body(carry):
-    _, value = carry
-    return jnp.zeros((), jnp.bool_), fn(value)
-
-  return jax.lax.while_loop(lambda carry: carry[0], body,
-                            (jnp.asarray(pred, jnp.bool_), operand))[1]
 
 
 def _update_variants(tx: optax.GradientTransformationExtraArgs,
