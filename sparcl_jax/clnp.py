@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sparcl_jax import masks as masks_lib
 from sparcl_jax.errors import ConfigError, SparclError
 
 PyTree = Any
@@ -579,20 +580,17 @@ def clnp_partition(
 
   def update_fn(updates, state, params=None, **extra_args):
     if mask_gradients:
-      updates = jax.tree.map(
-          lambda g, t: jnp.where(t, g, jnp.zeros_like(g)), updates,
-          state.trainable)
+      updates = jax.tree.map(masks_lib.bit_select, state.trainable, updates)
     inner_updates, inner_state = inner.update(updates, state.inner_state,
                                               params, **extra_args)
     # Zero entries win over trainable ones, should a partition mark both.
     if params is None:
-      out = jax.tree.map(
-          lambda u, t, z: jnp.where(t & ~z, u, jnp.zeros_like(u)),
-          inner_updates, state.trainable, state.zero)
+      out = jax.tree.map(lambda u, t, z: masks_lib.bit_select(t & ~z, u),
+                         inner_updates, state.trainable, state.zero)
     else:
       out = jax.tree.map(
-          lambda u, t, z, p: jnp.where(
-              z, -p.astype(u.dtype), jnp.where(t, u, jnp.zeros_like(u))),
+          lambda u, t, z, p: masks_lib.bit_select(
+              z, -p.astype(u.dtype), masks_lib.bit_select(t, u)),
           inner_updates, state.trainable, state.zero, params)
     return out, ClnpPartitionState(state.trainable, state.zero, inner_state)
 

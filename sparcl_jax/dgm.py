@@ -118,7 +118,7 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     else:
       masks = state.masks
     out = jax.tree.map(
-        lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
+        lambda m, g: g if m is None else masks_lib.bit_select(m, g),
         masks, updates, is_leaf=masks_lib.is_none)
     return out, DGMState(count=state.count + 1, masks=masks)
 

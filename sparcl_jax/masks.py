@@ -587,6 +587,43 @@ def snip_mask(params: PyTree, grads: PyTree, sparsities: PyTree) -> PyTree:
       sparsities, params, grads, is_leaf=is_none)
 
 
+_BITS_OF_WIDTH = {2: jnp.uint16, 4: jnp.uint32}
+
+
+def bit_select(mask: jax.Array, on_true: jax.Array,
+               on_false: Optional[jax.Array] = None) -> jax.Array:
+  """``jnp.where(mask, on_true, on_false)`` as bit operations, same result.
+
+  XLA's CPU code for a select on a bool array is several times slower than
+  an AND of the values' bits with a mask widened to all-ones or all-zeros
+  words, and the masking of every weight update is on the hot path of every
+  step. Both give the very same bits; float dtypes of other widths fall
+  back to ``jnp.where``.
+
+  Args:
+    mask: bool array of the values' shape.
+    on_true: values kept where ``mask`` is True.
+    on_false: values (same dtype) where it is False; None means zeros.
+
+  Returns:
+    The selected values.
+
+  Example:
+    >>> bit_select(jnp.array([True, False]), jnp.array([1.5, 2.0]))
+    Array([1.5, 0. ], dtype=float32)
+  """
+  bits = _BITS_OF_WIDTH.get(jnp.dtype(on_true.dtype).itemsize)
+  if (bits is None or not jnp.issubdtype(on_true.dtype, jnp.floating) or
+      (on_false is not None and on_false.dtype != on_true.dtype)):
+    zero = jnp.zeros_like(on_true) if on_false is None else on_false
+    return jnp.where(mask, on_true, zero)
+  keep = jnp.zeros((), bits) - mask.astype(bits)
+  out = jax.lax.bitcast_convert_type(on_true, bits) & keep
+  if on_false is not None:
+    out = out | (jax.lax.bitcast_convert_type(on_false, bits) & ~keep)
+  return jax.lax.bitcast_convert_type(out, on_true.dtype)
+
+
 def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
   """Zeroes the masked-out weights; dense leaves pass unchanged.
 

@@ -181,8 +181,8 @@ def _final_update(mask: Optional[jax.Array], survivors: Optional[jax.Array],
   # so it gets `u - w`; a kept weight gets the inner update. `survivors` is
   # None on steps that cannot grow.
   if survivors is not None:
-    u = jnp.where(survivors, u, u - w)
-  return jnp.where(mask, u, -w).astype(u.dtype)
+    u = masks_lib.bit_select(survivors, u, u - w.astype(u.dtype))
+  return masks_lib.bit_select(mask, u, -w.astype(u.dtype))
 
 
 def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
@@ -377,7 +377,7 @@ def tdm(inner: optax.GradientTransformation, *,
       masks = state.masks
       survivors = jax.tree.map(lambda m: None, masks, is_leaf=masks_lib.is_none)
     masked = jax.tree.map(
-        lambda m, g: g if m is None else jnp.where(m, g, jnp.zeros_like(g)),
+        lambda m, g: g if m is None else masks_lib.bit_select(m, g),
         masks, updates, is_leaf=masks_lib.is_none)
     shared = dict(extra, epoch=epoch, step_in_epoch=step, weight_mask=masks)
     # Only the non-default value is passed on, so a user's masking transform

@@ -224,3 +224,26 @@ def test_sparsities_by_path():
   sp = masks.uniform_sparsities(_params(), masks.default_sparse_filter, 0.5)
   assert masks.sparsities_by_path(sp) == {'hidden_0/kernel': 0.5,
                                           'hidden_1/kernel': 0.5}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16,
+                                   jnp.int32])
+def test_bit_select_gives_the_bits_of_where(dtype):
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(7, 9)).astype(np.float32)
+  b = rng.normal(size=(7, 9)).astype(np.float32)
+  a[0, :3] = [np.nan, -0.0, np.inf]
+  b[1, :3] = [-np.inf, -0.0, np.nan]
+  a, b = jnp.asarray(a * 100).astype(dtype), jnp.asarray(b * 100).astype(dtype)
+  mask = jnp.asarray(rng.random((7, 9)) < 0.5)
+  mask = mask.at[0, :3].set(True).at[1, :3].set(False)
+
+  def bits(x):
+    return np.asarray(x).view(np.uint8)
+
+  got = masks.bit_select(mask, a, b)
+  assert got.dtype == a.dtype
+  np.testing.assert_array_equal(bits(got), bits(jnp.where(mask, a, b)))
+  np.testing.assert_array_equal(
+      bits(masks.bit_select(mask, a)),
+      bits(jnp.where(mask, a, jnp.zeros_like(a))))
