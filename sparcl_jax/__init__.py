@@ -20,7 +20,7 @@ from sparcl_jax.dgm import DGMState, dgm, dgm_masks
 from sparcl_jax.errors import ConfigError, DataError, SparclError
 from sparcl_jax.flops import (dense_train_flops, forward_macs, layer_macs,
                               train_flops)
-from sparcl_jax.masks import (apply_mask, default_sparse_filter,
+from sparcl_jax.masks import (apply_mask, bit_select, default_sparse_filter,
                               drop_and_grow, erk_sparsities, filter_from_regex,
                               magnitude_mask, snip_mask, summarize_sparsity,
                               uniform_sparsities)
