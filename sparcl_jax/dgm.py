@@ -100,7 +100,8 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
       if wm is not None:
         # One key ranks like (-|g * wm|, not wm): an in-mask entry (key
         # <= 0) precedes every masked-out one (key 1), zeros included, and
-        # the masked-out ones tie among themselves as they did.
+        # the masked-out ones tie among themselves as they did; a NaN
+        # gradient sorts last either way.
         magnitude = jnp.where(wm, magnitude, jnp.ones_like(magnitude))
       return masks_lib.rank_mask([magnitude], masks_lib.keep_count(g.size, gs))
 
