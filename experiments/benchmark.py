@@ -171,11 +171,7 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 5) -> dict:
     >>> matmul_flops_per_s(64, 2)['n']
     64
   """
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  jax.block_until_ready(mm(a, b))
-  times = time_interleaved({"mm": lambda r: mm(a, b)}, repeats)["mm"]
+  times = time_interleaved({"mm": _matmul_call(n, 1)}, repeats)["mm"]
   seconds = float(np.median(times))
   return {"n": n, "flops_per_s": 2.0 * n ** 3 / seconds, "seconds": seconds}
 
