@@ -638,9 +638,8 @@ def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
     >>> apply_mask({'w': jnp.array([1., 2.])}, {'w': jnp.array([True, False])})
     {'w': Array([1., 0.], dtype=float32)}
   """
-  return jax.tree.map(
-      lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros_like(w)),
-      masks, params, is_leaf=is_none)
+  return jax.tree.map(lambda m, w: w if m is None else bit_select(m, w),
+                      masks, params, is_leaf=is_none)
 
 
 def _drop_and_grow_leaf(seeds: jax.Array, scores: jax.Array, mask: jax.Array,
