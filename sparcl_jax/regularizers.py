@@ -207,8 +207,9 @@ def ewc_consolidate(state: EwcState,
     return EwcState(jax.tree.map(lambda pair: pair[0], pairs, is_leaf=first),
                     jax.tree.map(lambda pair: pair[1], pairs, is_leaf=first))
   if online and slots:
-    merged = jax.tree.map(lambda old, f: gamma * old + f, state.fisher, new_f)
-    return EwcState(merged, new_a)
+    decayed = jax.tree.map(lambda old, f: gamma * old + f, state.fisher,
+                           new_f)
+    return EwcState(decayed, new_a)
   cat = lambda old, new: jnp.concatenate([old, new], axis=0)
   return EwcState(jax.tree.map(cat, state.fisher, new_f),
                   jax.tree.map(cat, state.anchor, new_a))
