@@ -26,6 +26,7 @@ from sparcl_jax.masks import (apply_mask, bit_select, default_sparse_filter,
                               uniform_sparsities)
 from sparcl_jax.metrics import (average_accuracy, average_forgetting,
                                 backward_transfer, forward_transfer, summarize)
+from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
                                      ewc_init, ewc_penalty, fisher_diagonal,
                                      merge_fisher_slot,

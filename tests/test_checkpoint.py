@@ -67,6 +67,13 @@ def test_incompatible_checkpoint_names_array_and_fix(tmp_path):
   assert f"delete {tmp_path / 'checkpoints'}" in message
 
 
+# Reading corrupt arrays fails several of orbax's tensorstore reads at once;
+# the ones still pending when the restore raises finish on a closed event
+# loop, which Python reports as an unraisable exception whenever the machine
+# is slow enough (seen once in three full runs under load). That report is
+# orbax's teardown, not this test's subject, which the asserts below pin.
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("target", ["arrays", "metadata"])
 def test_corrupt_checkpoint_is_reported_not_ignored(tmp_path, target):
   ckpt = checkpoint.Checkpointer(str(tmp_path))

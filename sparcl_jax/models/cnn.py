@@ -1,12 +1,17 @@
-"""The small CNN of Zenke et al. 2017, used by CLNP on split CIFAR-10/100."""
+"""The small CNN of Zenke et al. 2017, used by CLNP on split CIFAR-10/100.
+
+Its convolutions take their gradients from ``conv_with_canonical_gradients``
+(fast inside the library's loops on a CPU).
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 
+from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
 
 
@@ -22,6 +27,9 @@ class ZenkeCNN(nn.Module):
     head: ``'shared'`` or ``'multi'``.
     head_sizes: classes per task, for ``head='multi'``.
     width_multiplier: scales every hidden width (CLNP used wide versions).
+    conv_general_dilated: the convolution primitive; the default gives the
+      same values as ``lax.conv_general_dilated`` with gradients that stay
+      fast inside loops on a CPU.
 
   Example:
     >>> model = ZenkeCNN(num_outputs=10)
@@ -34,6 +42,7 @@ class ZenkeCNN(nn.Module):
   head: str = "shared"
   head_sizes: Optional[Sequence[int]] = None
   width_multiplier: int = 1
+  conv_general_dilated: Callable = conv_with_canonical_gradients
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -55,7 +64,9 @@ class ZenkeCNN(nn.Module):
     conv_specs = ((32, "SAME"), (32, "VALID"), (64, "SAME"), (64, "VALID"))
     for i, (width, padding) in enumerate(conv_specs):
       name = f"conv_{i}"
-      h = nn.relu(nn.Conv(width * w, (3, 3), padding=padding, name=name)(h))
+      conv = nn.Conv(width * w, (3, 3), padding=padding, name=name,
+                     conv_general_dilated=self.conv_general_dilated)
+      h = nn.relu(conv(h))
       self.sow("intermediates", name + ACT_SUFFIX, h)
       if i % 2 == 1:
         h = nn.max_pool(h, (2, 2), strides=(2, 2))
