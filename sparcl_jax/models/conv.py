@@ -52,7 +52,6 @@ def _conv(x, w, strides, padding, lhs_dilation=None, rhs_dilation=None,
 def _canonical_gradients(strides, padding, rhs_dilation, precision, x, w, g):
   """Both gradients of a channels-last convolution, as canonical convs."""
   n = x.ndim - 2
-  spatial = tuple(range(1, n + 1))
   pad_x, pad_w = [], []
   for size, k, out, s, d, (lo, _) in zip(x.shape[1:-1], w.shape[:n],
                                          g.shape[1:-1], strides,
@@ -65,7 +64,7 @@ def _canonical_gradients(strides, padding, rhs_dilation, precision, x, w, g):
     pad_x.append((k_dilated - 1 - lo, size - 1 - (out - 1) * s + lo))
     pad_w.append((lo, k_dilated + (out - 1) * s - size - lo))
   # Kernel with its in/out axes swapped, flipped: HWIO again.
-  w_flipped = jnp.flip(w, spatial).swapaxes(n, n + 1)
+  w_flipped = jnp.flip(w, tuple(range(n))).swapaxes(n, n + 1)
   grad_x = _conv(g, w_flipped, (1,) * n, pad_x, lhs_dilation=strides,
                  rhs_dilation=rhs_dilation, precision=precision)
   # Channels become the batch and the batch the features: [C_in, ..., B]
