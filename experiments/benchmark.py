@@ -16,14 +16,22 @@ Measures, in one process so that ratios share the machine's state:
 * scaling of the step with batch size, buffer size and model width, and of a
   whole run with the number of tasks.
 
+* the conv models (ResNet-18 nf 20, the Zenke CNN) through the library's
+  steps against a bare jitted step of an independently written twin
+  (``bare_convnets.py``), and ``train.py`` itself with ResNet-18 on Split
+  MNIST against that bare step (``--train_py``).
+
 Inputs are random data of the real shapes (28x28x1 for the MLP, 32x32x3 for
-ResNet-18). ``--savings`` adds whole Split MNIST runs of DER++ and
-SparCL-DER++ (real MNIST with ``--data_dir``, else random data of its shape).
+the conv models; 16x16x3 in ``--quick``). ``--savings`` adds whole Split
+MNIST runs of DER++ and SparCL-DER++ (real MNIST with ``--data_dir``, else
+random data of its shape).
 
 Usage:
-  python experiments/benchmark.py --quick            # < 2 min on 2 CPU cores
+  python experiments/benchmark.py --quick            # minutes on 2 CPU cores
   python experiments/benchmark.py --out=benchmark.json --savings \
       --data_dir=PATH/TO/mnist
+  python experiments/benchmark.py --conv             # conv tables, 32x32x3
+  python experiments/benchmark.py --train_py --data_dir=PATH/TO/mnist
 """
 
 from __future__ import annotations
@@ -56,6 +64,9 @@ from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import steps
 from sparcl_jax.training.config import RunConfig
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bare_convnets  # pylint: disable=wrong-import-position
 
 # jax.monitoring event recorded once per XLA compilation.
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -320,7 +331,8 @@ def _model_and_params(config: RunConfig, scenario: Scenario):
   model = registry.make_model(
       config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
       nf=config.nf, head=config.head,
-      head_sizes=[len(t.classes) for t in scenario.tasks])
+      head_sizes=[len(t.classes) for t in scenario.tasks],
+      conv_gradients=config.conv_gradients)
   variables = registry.init_model(model, jax.random.key(config.seed),
                                   (1,) + tuple(scenario.image_shape))
   return model, variables["params"], variables.get("batch_stats", {})
@@ -514,11 +526,116 @@ def build_clnp_chunk(config: RunConfig, scenario: Scenario,
                              f"({config.method})")
 
 
+# The bare step each library step is held against in the conv tables.
+BARE_OF = {"sgd": "bare_sgd", "sgd_jax_conv_gradients": "bare_sgd",
+           "derpp": "bare_derpp",
+           "sparcl_derpp": "bare_derpp", "clnp_finetune": "bare_adam",
+           "clnp": "bare_adam"}
+
+
+def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
+                    num_steps: int) -> StepBench:
+  """A bare jitted step of an independently written conv net.
+
+  The model comes from ``bare_convnets`` (plain JAX, no Flax, none of the
+  library's code); each train step is one ``jax.jit`` call from Python on
+  pre-made normalised device batches, so XLA sees every convolution at the
+  top level and Python dispatch runs ahead asynchronously. This is the
+  speed of the hardware the library's steps are measured against.
+
+  Args:
+    kind: ``'sgd'`` (cross-entropy, SGD), ``'adam'`` (the same with Adam at
+      1e-3) or ``'derpp'`` (DER++'s loss: the stream batch plus ``alpha``
+      times the logit MSE on one replay batch and ``beta`` times the
+      cross-entropy on another, SGD).
+    config: ``model`` (``resnet18`` or ``zenke_cnn``), ``nf``, batch sizes,
+      ``lr``, ``alpha``, ``beta``.
+    scenario: gives the input shape and number of outputs.
+    num_steps: steps per call.
+
+  Returns:
+    The :class:`StepBench`.
+
+  Example:
+    >>> bench = build_bare_step('sgd', make_config('sgd', model='resnet18'),
+    ...                         sc, 4)  # doctest: +SKIP
+  """
+  shape = tuple(scenario.image_shape)
+  key = jax.random.key(config.seed)
+  if config.model == "resnet18":
+    params, state = bare_convnets.init_resnet18(key, config.nf,
+                                                scenario.num_outputs,
+                                                shape[-1])
+    apply = bare_convnets.apply_resnet18
+  elif config.model == "zenke_cnn":
+    params, state = bare_convnets.init_zenke_cnn(key, scenario.num_outputs,
+                                                 shape)
+    apply = bare_convnets.apply_zenke_cnn
+  else:
+    raise ValueError(f"no bare model for {config.model!r}")
+  tx = optax.adam(1e-3) if kind == "adam" else optax.sgd(config.lr)
+  b, r = config.batch_size, config.replay_batch_size
+  rng = np.random.default_rng(1)
+
+  def batch(n):
+    return (jnp.asarray(rng.normal(size=(n,) + shape), jnp.float32),
+            jnp.asarray(rng.integers(0, scenario.num_outputs, n), jnp.int32))
+
+  # Two batches per position so consecutive steps read different memory.
+  batches = [(batch(b), batch(r), batch(r)) for _ in range(2)]
+  targets = jnp.asarray(rng.normal(size=(r, scenario.num_outputs)),
+                        jnp.float32)
+
+  def loss_fn(p, st, stream, replay1, replay2, key):
+    k0, k1, k2 = jax.random.split(key, 3)
+    logits, st = apply(p, st, stream[0], k0)
+    loss = losses.cross_entropy(logits, stream[1])
+    if kind == "derpp":
+      out1, st = apply(p, st, replay1[0], k1)
+      out2, st = apply(p, st, replay2[0], k2)
+      loss = (loss + config.alpha * jnp.mean((out1 - targets)**2) +
+              config.beta * losses.cross_entropy(out2, replay2[1]))
+    return loss, st
+
+  @jax.jit
+  def step(p, st, opt, stream, replay1, replay2, key):
+    (loss, st), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        p, st, stream, replay1, replay2, key)
+    updates, opt = tx.update(grads, opt, p)
+    return optax.apply_updates(p, updates), st, opt, loss
+
+  opt0 = tx.init(params)
+  keys = list(jax.random.split(jax.random.key(2), num_steps))
+
+  def call(rep):
+    del rep
+    p, st, opt = params, state, opt0
+    for i in range(num_steps):
+      p, st, opt, _ = step(p, st, opt, *batches[i % 2], keys[i])
+    return p
+
+  compile_s, compiles = _first_call(lambda: call(0))
+  model, lib_params, lib_stats = _model_and_params(config, scenario)
+  examples = b + (2 * r if kind == "derpp" else 0)
+  return StepBench(call, num_steps, examples,
+                   _macs(model, lib_params, lib_stats, scenario), compile_s,
+                   compiles, f"bare_convnets.{config.model}, one jax.jit "
+                             f"call per step ({kind})")
+
+
 def build_step(name: str, config: RunConfig, scenario: Scenario,
                steps_per_epoch: int) -> StepBench:
-  """Builds one variant of :data:`STEP_METHODS`."""
+  """Builds one variant of :data:`STEP_METHODS` or a ``bare_*`` step."""
   if name == "plain":
     return build_plain_step(config, scenario, config.steps_per_call)
+  if name.startswith("bare_"):
+    return build_bare_step(name[len("bare_"):], config, scenario,
+                           config.steps_per_call)
+  if name == "sgd_jax_conv_gradients":
+    # The library's step as it was before conv_with_canonical_gradients.
+    return build_train_chunk(
+        config_lib.replace(config, method="sgd", conv_gradients="jax"),
+        scenario, steps_per_epoch)
   if name in ("clnp", "clnp_finetune"):
     method = "clnp" if name == "clnp" else "single_task"
     cfg = config_lib.replace(config, method=method, optimizer="adam",
@@ -620,6 +737,9 @@ def benchmark_steps(config: RunConfig, scenario: Scenario,
     out["sparcl_derpp"]["ratio_to_derpp"] = med["sparcl_derpp"] / med["derpp"]
   if "clnp" in med and "clnp_finetune" in med:
     out["clnp"]["ratio_to_finetune"] = med["clnp"] / med["clnp_finetune"]
+  for name, bare in BARE_OF.items():
+    if name in med and bare in med:
+      out[name]["ratio_to_bare"] = med[name] / med[bare]
   return out
 
 
@@ -864,6 +984,137 @@ def split_mnist_savings(data_dir: Optional[str], epochs: int = 5) -> dict:
 
 
 # ----------------------------------------------------------------------------
+# Conv models against bare jitted steps.
+
+RESNET_METHODS = ("bare_sgd", "sgd", "sgd_jax_conv_gradients", "bare_derpp",
+                  "derpp", "sparcl_derpp")
+ZENKE_METHODS = ("bare_sgd", "sgd", "bare_adam", "clnp_finetune", "clnp")
+
+
+def conv_steps(quick: bool, matmul_n: int, repeats: int = 0) -> dict:
+  """Library steps of ResNet-18 nf 20 and the Zenke CNN against bare steps.
+
+  Every library step runs as ``train.py`` runs it (``make_train_chunk`` or
+  the CLNP runner's train function, chunks of ``steps_per_call`` steps,
+  augmentation on, gathering from device-resident uint8 images); each bare
+  step is :func:`build_bare_step` on the same batch shapes.
+  ``sgd_jax_conv_gradients`` is the fine-tuning step with JAX's own conv
+  gradients (``--conv_gradients=jax``), the library's step before
+  ``conv_with_canonical_gradients``. DER++ and
+  SparCL-DER++ are timed over whole simulated epochs (SparCL's drop-and-grow
+  at the epoch start, a DGM refresh every 30 steps).
+
+  Args:
+    quick: 16x16x3 inputs, 5-step chunks and 20-step epochs (a few minutes
+      on 2 CPU cores) instead of 32x32x3, 10-step chunks and 60-step epochs.
+    matmul_n: size of the interleaved matmul reference.
+    repeats: timed samples per variant (0: 3 quick, 5 otherwise).
+
+  Returns:
+    ``{'resnet18_nf20': {...}, 'zenke_cnn': {...}}`` as
+    :func:`benchmark_steps` returns, with ``ratio_to_bare`` on the library
+    steps.
+
+  Example:
+    >>> conv_steps(True, 256)  # doctest: +SKIP
+  """
+  side = 16 if quick else 32
+  k, spe = (5, 20) if quick else (10, 60)
+  repeats = repeats or (3 if quick else 5)
+  images = random_scenario((side, side, 3), spe * 32, augment=True)
+  out = {}
+  for name, model, methods in (("resnet18_nf20", "resnet18", RESNET_METHODS),
+                               ("zenke_cnn", "zenke_cnn", ZENKE_METHODS)):
+    _say(f"steps of {name} ({side}x{side}x3)")
+    config = make_config("sgd", model=model, nf=20, steps_per_call=k)
+    out[name] = benchmark_steps(config, images, spe, repeats, 0.0, methods,
+                                matmul_n=matmul_n)
+    out[name]["input_shape"] = [side, side, 3]
+  return out
+
+
+def conv_epochs(nf: int = 20, steps_per_epoch: int = 312) -> dict:
+  """Whole epochs of ResNet-18 DER++ and SparCL-DER++ on 32x32x3 data.
+
+  One epoch of each (DER++ first), each a task-2 epoch of Split CIFAR-10's
+  size (10,000 examples at batch 32: 312 steps) in the library's default
+  chunks of 100 steps, with replay on and SparCL's drop-and-grow at its
+  start, as ``split_cifar10_*.cfg`` train it.
+
+  Args:
+    nf: ResNet-18 width.
+    steps_per_epoch: steps of the epoch.
+
+  Returns:
+    ``{'derpp': seconds, 'sparcl_derpp': seconds, 'steps': ...}``.
+
+  Example:
+    >>> conv_epochs(4, 8)  # doctest: +SKIP
+  """
+  images = random_scenario((32, 32, 3), steps_per_epoch * 32, test_per_task=8,
+                           augment=True)
+  out = {"nf": nf, "steps": steps_per_epoch}
+  for method in ("derpp", "sparcl_derpp"):
+    _say(f"one {steps_per_epoch}-step epoch of ResNet-18 nf {nf} {method}")
+    config = make_config(method, model="resnet18", nf=nf, steps_per_call=100)
+    bench = build_train_chunk(config, images, steps_per_epoch)
+    calls = -(-steps_per_epoch // bench.steps)
+    start = time.perf_counter()
+    jax.block_until_ready(_whole_epoch(bench.call, calls)(0))
+    out[method] = time.perf_counter() - start
+    out[f"{method}_compile_s"] = bench.compile_s
+  return out
+
+
+def train_py_against_bare(data_dir: str, workdir: str,
+                          bare_steps: int = 20) -> dict:
+  """``train.py`` on Split MNIST with ResNet-18 nf 20 against a bare step.
+
+  Runs ``experiments/train.py``'s code (``cli.main``) with ``--model=resnet18
+  --nf=20 --method=sgd --batch_size=32`` (one epoch per task, 5 tasks) and
+  reads its per-step time from ``results.json`` (``ms_per_step``: training
+  and evaluation per train step, compilation excluded). The bare jitted step
+  of :mod:`bare_convnets`' ResNet-18 on 28x28x1 batches of 32 is timed in
+  the same process just before and just after the run.
+
+  Args:
+    data_dir: folder with the MNIST IDX files.
+    workdir: the run's work directory (must not hold results).
+    bare_steps: bare steps per timed sample (three samples before the run,
+      three after).
+
+  Returns:
+    ``{'train_py_ms_per_step', 'bare_ms_per_step', 'ratio', ...}``.
+
+  Example:
+    >>> train_py_against_bare('PATH/TO/mnist', '/tmp/w')  # doctest: +SKIP
+  """
+  from sparcl_jax.training import cli  # pylint: disable=import-outside-toplevel
+  args = ["train.py", "--dataset=mnist", "--data_source=files",
+          f"--data_dir={data_dir}", "--scenario=split", "--num_tasks=5",
+          "--model=resnet18", "--nf=20", "--method=sgd", "--batch_size=32",
+          "--epochs=1", "--lr=0.03", "--seed=0", "--noprogress",
+          "--notensorboard", f"--workdir={workdir}"]
+  mnist = random_scenario((28, 28, 1), 64)
+  bare = build_bare_step("sgd", make_config("sgd", model="resnet18", nf=20),
+                         mnist, bare_steps)
+  before = time_interleaved({"bare": bare.call}, 3)["bare"]
+  _say("train.py: ResNet-18 nf 20 on Split MNIST")
+  status = cli.main(args)
+  if status:
+    raise RuntimeError(f"train.py exited with status {status}")
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  after = time_interleaved({"bare": bare.call}, 3)["bare"]
+  bare_ms = summarize(before + after, 1e3 / bare_steps)
+  keys = ("ms_per_step", "train_time_s", "eval_time_s", "compile_time_s",
+          "train_steps", "wall_time_s")
+  return {"command": " ".join(args), **{k: results[k] for k in keys},
+          "final": results["final"], "bare_ms_per_step": bare_ms,
+          "ratio": results["ms_per_step"] / bare_ms["median"]}
+
+
+# ----------------------------------------------------------------------------
 # Driver.
 
 
@@ -909,14 +1160,6 @@ def run_benchmark(quick: bool, savings: bool = False,
                   steps_per_call=10),
       random_scenario((28, 28, 1), 10 * 256),
       ("plain", "clnp_finetune", "clnp"), 10)
-  # ResNet-18 chunks take minutes to compile on a CPU, so --quick times the
-  # MLP only.
-  img = random_scenario((32, 32, 3), 16 * 32, augment=True)
-  if not quick:
-    for nf in (20, 64):
-      models[f"resnet18_nf{nf}"] = (
-          make_config("sgd", model="resnet18", nf=nf, steps_per_call=8),
-          img, STEP_METHODS, spe)
   results["steps"] = {}
   for name, (cfg, sc, methods, model_spe) in models.items():
     _say(f"steps of {name}")
@@ -926,11 +1169,13 @@ def run_benchmark(quick: bool, savings: bool = False,
     results["steps"][name] = benchmark_steps(
         cfg, sc, spe_model, 5 if quick else 9, peak, methods,
         matmul_n=results["matmul"]["n"])
+  results["conv_steps"] = conv_steps(quick, results["matmul"]["n"])
   _say("epoch throughput")
   results["epoch_throughput"] = {
       "mlp_784_2000_2000": epoch_throughput(make_config("sgd"), mlp_data,
                                             3 if quick else 5)}
   if not quick:
+    img = random_scenario((32, 32, 3), 16 * 32, augment=True)
     results["epoch_throughput"]["resnet18_nf20_augment"] = epoch_throughput(
         make_config("sgd", model="resnet18", nf=20, steps_per_call=8), img, 3)
   _say("compilations of whole runs")
@@ -990,6 +1235,7 @@ def format_table(results: dict) -> str:
       lines.append(f"{'':<28}CLNP / fine-tuning (adam) = "
                    f"{variants['clnp']['ratio_to_finetune']:.3f}")
   lines.append("")
+  lines.extend(format_conv_table(results.get("conv_steps", {})))
   for name, r in results["epoch_throughput"].items():
     lines.append(f"epoch {name}: {r['examples_per_s']:.0f} examples/s, "
                  f"{r['epoch_ms_per_step']['median']:.2f} ms/step vs bare "
@@ -1017,30 +1263,41 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def resnet_sparcl_ratio(repeats: int = 3) -> dict:
-  """SparCL-DER++ against DER++ steps on ResNet-18 nf 20 (the paper's model).
+def format_conv_table(conv: dict) -> list[str]:
+  """Lines of the conv-model table: each step against its bare step.
 
   Args:
-    repeats: interleaved timing repetitions of each step.
+    conv: the dict of :func:`conv_steps`.
 
   Returns:
-    ``{"environment": ..., "matmul": ..., "steps": {"derpp": ...,
-    "sparcl_derpp": ...}}`` as in :func:`run_benchmark`.
+    The lines (empty without conv results).
 
   Example:
-    >>> resnet_sparcl_ratio()["steps"]["sparcl_derpp"]["ratio_to_derpp"]
-    ... # doctest: +SKIP
+    >>> format_conv_table({})
+    []
   """
-  images = random_scenario((32, 32, 3), 16 * 32, augment=True)
-  config = make_config("sgd", model="resnet18", nf=20, steps_per_call=8)
-  k = config.steps_per_call
-  steps_per_epoch = min(120, (len(images.tasks[1].train_indices) //
-                              config.batch_size) // k * k)
-  matmul = matmul_flops_per_s(1024, 5)
-  return {"environment": environment(), "matmul": matmul,
-          "steps": benchmark_steps(config, images, steps_per_epoch, repeats,
-                                   matmul["flops_per_s"],
-                                   ("derpp", "sparcl_derpp"))}
+  lines = []
+  for model, variants in conv.items():
+    shape = "x".join(str(v) for v in variants.get("input_shape", []))
+    lines.append(f"{model} ({shape}, batch 32){'':<6}{'ms/step':>9}"
+                 f"{'IQR%':>7}{'x bare':>8}{'compile s':>11}")
+    for name, r in variants.items():
+      if name == "input_shape":
+        continue
+      ms = r["ms_per_step"]
+      ratio = r.get("ratio_to_bare")
+      lines.append(f"  {name:<32}{ms['median']:>9.1f}"
+                   f"{100 * ms['spread']:>7.1f}"
+                   f"{'' if ratio is None else f'{ratio:.3f}':>8}"
+                   f"{r['compile_s']:>11.1f}")
+    if "sparcl_derpp" in variants:
+      lines.append(f"  SparCL-DER++ / DER++ = "
+                   f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
+    if "clnp" in variants:
+      lines.append(f"  CLNP / fine-tuning (adam) = "
+                   f"{variants['clnp']['ratio_to_finetune']:.3f}")
+    lines.append("")
+  return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1064,21 +1321,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="add whole Split MNIST runs (DER++ vs SparCL)")
   parser.add_argument("--data_dir", default="",
                       help="MNIST IDX folder for --savings")
-  parser.add_argument("--resnet_sparcl_ratio", action="store_true",
-                      help="only the DER++ and SparCL-DER++ steps of "
-                           "ResNet-18 nf 20 on 32x32x3 (about 13 minutes "
-                           "on 2 CPUs, mostly compilation)")
+  parser.add_argument("--conv", action="store_true",
+                      help="only the conv-model tables at full size "
+                           "(ResNet-18 nf 20 and the Zenke CNN on 32x32x3 "
+                           "against bare jitted steps)")
+  parser.add_argument("--train_py", action="store_true",
+                      help="only train.py with ResNet-18 nf 20 on Split "
+                           "MNIST (--data_dir) against a bare step")
+  parser.add_argument("--workdir", default="/tmp/sparcl_benchmark_train_py",
+                      help="work directory of the --train_py run")
   args = parser.parse_args(argv)
-  if args.resnet_sparcl_ratio:
-    results = resnet_sparcl_ratio()
+  if args.train_py and not args.data_dir:
+    parser.error("--train_py needs --data_dir=PATH/TO/mnist")
+  if args.conv or args.train_py:
+    results = {"environment": environment()}
+    if args.conv:
+      results["conv_steps"] = conv_steps(False, 1024)
+      # The paper's width, briefly: its step time sets the projection of
+      # the split_cifar10_*.cfg runs.
+      _say("steps of resnet18_nf64 (32x32x3)")
+      images = random_scenario((32, 32, 3), 8 * 32, augment=True)
+      results["conv_steps"]["resnet18_nf64"] = benchmark_steps(
+          make_config("sgd", model="resnet18", nf=64, steps_per_call=2),
+          images, 4, 2, 0.0, ("bare_derpp", "derpp", "sparcl_derpp"),
+          matmul_n=1024)
+      results["conv_steps"]["resnet18_nf64"]["input_shape"] = [32, 32, 3]
+      print("\n".join(format_conv_table(results["conv_steps"])))
+      results["conv_epochs"] = conv_epochs()
+      e = results["conv_epochs"]
+      print(f"one 312-step epoch of ResNet-18 nf 20 on 32x32x3: DER++ "
+            f"{e['derpp']:.0f} s, SparCL-DER++ {e['sparcl_derpp']:.0f} s")
+    if args.train_py:
+      r = train_py_against_bare(args.data_dir, args.workdir)
+      results["train_py"] = r
+      print(f"train.py ResNet-18 nf 20, Split MNIST: {r['ms_per_step']:.1f} "
+            f"ms/step (training {r['train_time_s']:.0f} s + evaluation "
+            f"{r['eval_time_s']:.0f} s over {r['train_steps']} steps, "
+            f"compilation {r['compile_time_s']:.0f} s excluded); bare step "
+            f"{r['bare_ms_per_step']['median']:.1f} ms -> {r['ratio']:.3f}x")
     with open(args.out, "w") as f:
       json.dump(results, f, indent=1)
-    steps_ = results["steps"]
-    print(f"ResNet-18 nf 20, batch 32: DER++ "
-          f"{steps_['derpp']['ms_per_step']['median']:.0f} ms/step, "
-          f"SparCL-DER++ "
-          f"{steps_['sparcl_derpp']['ms_per_step']['median']:.0f} ms/step, "
-          f"ratio {steps_['sparcl_derpp']['ratio_to_derpp']:.3f}")
     print(f"wrote {args.out}")
     return 0
   results = run_benchmark(args.quick, args.savings, args.data_dir or None)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from sparcl_jax.models.cnn import ZenkeCNN
+from sparcl_jax.models.resnet import ResNet18
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -93,3 +98,36 @@ def test_environment_and_table():
     assert env[key]
   mem = BENCH.memory_report()
   assert mem["host_peak_rss_mb"] > 0
+
+
+def _sorted_shapes(tree):
+  return sorted(tuple(x.shape) for x in jax.tree.leaves(tree))
+
+
+def test_bare_convnets_are_the_library_architectures():
+  # The bare step's models are written apart from the library's; the same
+  # architecture means the same parameter shapes, layer for layer.
+  bare = BENCH.bare_convnets
+  key = jax.random.key(0)
+  lib = ResNet18(nf=4, num_outputs=10).init(key, jnp.zeros((1, 16, 16, 3)))
+  params, state = bare.init_resnet18(key, 4, 10, 3)
+  assert _sorted_shapes(params) == _sorted_shapes(lib["params"])
+  assert _sorted_shapes(state) == _sorted_shapes(lib["batch_stats"])
+  lib = ZenkeCNN(num_outputs=10).init(key, jnp.zeros((1, 32, 32, 3)))
+  params, _ = bare.init_zenke_cnn(key, 10, (32, 32, 3))
+  assert _sorted_shapes(params) == _sorted_shapes(lib["params"])
+
+
+def test_bare_step_trains_and_counts_derpp_examples():
+  sc = BENCH.random_scenario((8, 8, 3), 16)
+  cfg = BENCH.make_config("sgd", model="resnet18", nf=2, batch_size=4,
+                          minibatch_size=4, steps_per_call=2)
+  bench = BENCH.build_bare_step("derpp", cfg, sc, 2)
+  assert bench.steps == 2 and bench.examples_per_step == 12
+  before = BENCH.bare_convnets.init_resnet18(jax.random.key(cfg.seed), 2,
+                                             10, 3)[0]
+  after = bench.call(0)
+  moved = [float(jnp.abs(a - b).max()) for a, b in
+           zip(jax.tree.leaves(after), jax.tree.leaves(before))]
+  assert max(moved) > 0
+  assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(after))

@@ -10,19 +10,26 @@ import jax
 import jax.numpy as jnp
 
 from sparcl_jax.errors import ConfigError
+from jax import lax
+
 from sparcl_jax.models.cnn import ZenkeCNN
+from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.models.heads import ACT_SUFFIX, validate_head
 from sparcl_jax.models.mlp import MLP
 from sparcl_jax.models.resnet import ResNet18
 
 MODELS = ("mlp", "resnet18", "zenke_cnn")
+# How conv layers take their gradients (see models/conv.py).
+CONV_GRADIENTS = {"canonical": conv_with_canonical_gradients,
+                  "jax": lax.conv_general_dilated}
 
 
 def make_model(name: str, num_outputs: int, *,
                hidden_sizes: Sequence[int] = (100, 100), nf: int = 64,
                head: str = "shared",
                head_sizes: Optional[Sequence[int]] = None,
-               width_multiplier: int = 1) -> nn.Module:
+               width_multiplier: int = 1,
+               conv_gradients: str = "canonical") -> nn.Module:
   """Builds a model by name after checking its hyper-parameters.
 
   Args:
@@ -33,6 +40,7 @@ def make_model(name: str, num_outputs: int, *,
     head: ``'shared'`` or ``'multi'``.
     head_sizes: classes per task, required for ``head='multi'``.
     width_multiplier: width scale of ``'zenke_cnn'``.
+    conv_gradients: a key of ``CONV_GRADIENTS``, for the conv models.
 
   Returns:
     An unbound Flax Linen module.
@@ -43,6 +51,10 @@ def make_model(name: str, num_outputs: int, *,
   if name not in MODELS:
     raise ConfigError(
         f"Unknown model {name!r}; valid models: {', '.join(MODELS)}.")
+  if conv_gradients not in CONV_GRADIENTS:
+    raise ConfigError(f"Unknown conv_gradients {conv_gradients!r}; valid: "
+                      f"{', '.join(CONV_GRADIENTS)}.")
+  conv = CONV_GRADIENTS[conv_gradients]
   validate_head(head, num_outputs, head_sizes)
   sizes = None if head_sizes is None else tuple(int(s) for s in head_sizes)
   if name == "mlp":
@@ -53,11 +65,11 @@ def make_model(name: str, num_outputs: int, *,
   if name == "resnet18":
     if nf < 1:
       raise ConfigError(f"nf must be >= 1, got {nf}.")
-    return ResNet18(int(nf), num_outputs, head, sizes)
+    return ResNet18(int(nf), num_outputs, head, sizes, conv)
   if width_multiplier < 1:
     raise ConfigError(
         f"width_multiplier must be >= 1, got {width_multiplier}.")
-  return ZenkeCNN(num_outputs, head, sizes, int(width_multiplier))
+  return ZenkeCNN(num_outputs, head, sizes, int(width_multiplier), conv)
 
 
 def init_model(model: nn.Module, rng: jax.Array,

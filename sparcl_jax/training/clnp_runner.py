@@ -60,6 +60,7 @@ from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import losses
 from sparcl_jax.training import steps
+from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
 PyTree = Any
@@ -474,7 +475,8 @@ class _Runner:
     head_sizes = [len(t.classes) for t in scenario.tasks]
     self.model = registry.make_model(
         config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
-        nf=config.nf, head=config.head, head_sizes=head_sizes)
+        nf=config.nf, head=config.head, head_sizes=head_sizes,
+        conv_gradients=config.conv_gradients)
     self.spec = loop.input_spec(scenario)
     self.arrays = loop._TaskArrays(scenario, joint=False)  # pylint: disable=protected-access
     self.class_masks = loop._class_masks(scenario)  # pylint: disable=protected-access
@@ -511,6 +513,10 @@ class _Runner:
     # honoured mid-task (see _check_stop).
     self.after_chunk: Callable[[], None] = lambda: None
     self.steps_done = 0
+    # Seconds net of compilation (see timing.CompileTimer); set by run().
+    self.compiles = timing.CompileTimer()
+    self.train_time = 0.0
+    self.eval_time = 0.0
 
   def init_params(self, key: jax.Array) -> PyTree:
     """Fresh parameters from ``key`` (jitted: eager init is slow)."""
@@ -525,6 +531,7 @@ class _Runner:
                    train_fn: Optional[Callable] = None) -> RunState:
     """Runs ``epochs`` epochs of ``task``'s training data."""
     train_fn = train_fn or self.train_fn
+    since = self.compiles.mark()
     ex_index, _, usable = self.arrays.train(task)
     data = (self.device_data, jax.device_put(ex_index))
     usable = jax.device_put(usable)
@@ -545,11 +552,13 @@ class _Runner:
       self.log({"event": tag, "task": task, "epoch": epoch,
                 "steps": num_steps, "examples": num_steps * self.batch_size,
                 "loss": float(loss_sum) / max(num_steps, 1)})
+    self.train_time += self.compiles.excluding_compiles(since)
     return state
 
   def accuracy(self, params: PyTree, task: int, split: str,
                seen: np.ndarray) -> tuple[float, float]:
     """(Class-IL, Task-IL) accuracy in percent of ``params`` on a task."""
+    since = self.compiles.mark()
     info = self.scenario.tasks[task]
     index = info.test_indices if split == "test" else info.val_indices
     correct_class, correct_task = self.evaluate_fn(
@@ -557,8 +566,10 @@ class _Runner:
         jnp.asarray(loop._pad(index, self.arrays.test_len)),  # pylint: disable=protected-access
         jnp.int32(len(index)), jnp.int32(task), jnp.asarray(seen),
         jnp.asarray(self.class_masks[task]))
-    return (100.0 * int(correct_class) / len(index),
-            100.0 * int(correct_task) / len(index))
+    accuracies = (100.0 * int(correct_class) / len(index),
+                  100.0 * int(correct_task) / len(index))
+    self.eval_time += self.compiles.excluding_compiles(since)
+    return accuracies
 
   def val_accuracy(self, params: PyTree, task: int) -> float:
     """Task-IL accuracy on the task's validation split, percent."""
@@ -575,6 +586,8 @@ def _results(runner: _Runner, acc_class: np.ndarray, acc_task: np.ndarray,
       "final": {k: float(v) for k, v in final.items()},
       "wall_time_s": time.perf_counter() - start,
       "task_time_s": list(task_times),
+      **loop.timing_results(runner.compiles, runner.train_time,
+                            runner.eval_time, runner.steps_done),
       "scenario": {"name": scenario.name, "num_tasks": scenario.num_tasks,
                    "num_outputs": scenario.num_outputs,
                    "train_examples_per_task":
@@ -751,8 +764,8 @@ def _clnp_task(runner: _Runner, state: RunState, task: int, specs, used,
 
 def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
         start_time: float,
-        checkpoints: Optional[checkpoint_lib.Checkpointer] = None
-        ) -> dict[str, Any]:
+        checkpoints: Optional[checkpoint_lib.Checkpointer] = None,
+        compiles: Optional[timing.CompileTimer] = None) -> dict[str, Any]:
   """Trains a task-incremental method of the CLNP comparison on a scenario.
 
   Args:
@@ -761,6 +774,9 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     scenario: the scenario.
     log_fn: called with one JSON-able dict per epoch, prune and evaluation.
     start_time: ``time.perf_counter()`` at the start of the run.
+    compiles: the run's active compile timer (``loop.run`` passes it); None
+      times nothing as compilation (the timing keys then count it as
+      training or evaluation).
     checkpoints: when given, the run resumes from its newest checkpoint (if
       any) and saves one at the end of every task (after CLNP's prune and
       commit). Resumption is task-level: a run continues after its last
@@ -772,7 +788,8 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
 
   Returns:
     The results dict of ``loop.run`` (``acc_matrix``, ``final``,
-    ``wall_time_s``, ``task_time_s``, ``scenario``, ``flags``) plus, for
+    ``wall_time_s``, ``task_time_s``, the timing keys, ``scenario``,
+    ``flags``) plus, for
     CLNP, ``clnp`` (per-task diagnostics: validation accuracy before and
     after pruning, chosen quantile and threshold, per-layer used / free /
     claimed / available / reused units) and ``capacity_plot_data``. When a
@@ -795,6 +812,8 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
   progress = loop._Progress(log_fn)  # pylint: disable=protected-access
   log_fn = progress.log
   runner = _Runner(config, scenario, log_fn)
+  if compiles is not None:
+    runner.compiles = compiles
   method, num_tasks = config.method, runner.num_tasks
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
   params = runner.init_params(init_rng)

@@ -18,6 +18,7 @@ DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
 DATA_SOURCES = ("files", "tfds", "digits")
 SCENARIO_KINDS = ("split", "permuted", "cifar10_100")
 MODELS = ("mlp", "resnet18", "zenke_cnn")
+CONV_GRADIENTS = ("canonical", "jax")
 HEADS = ("shared", "multi")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
@@ -83,6 +84,13 @@ class RunConfig:
   nf: int = dataclasses.field(
       default=64, metadata={"help": "ResNet-18 base width (64 as in SparCL, "
                                     "20 for the reduced variant)."})
+  conv_gradients: str = dataclasses.field(
+      default="canonical", metadata={
+          "help": "Gradients of conv layers. canonical: "
+                  "sc.conv_with_canonical_gradients, which XLA's CPU backend "
+                  "runs at full speed inside the train loop (other backends "
+                  "get JAX's); jax: JAX's own, up to 10-20x slower per step "
+                  "on a CPU. The same values to rounding."})
   head: str = dataclasses.field(
       default="shared", metadata={"help": "shared: one output layer; multi: "
                                           "one output layer per task."})
@@ -313,6 +321,7 @@ def validate(config: RunConfig) -> RunConfig:
   _choice("data_source", config.data_source, DATA_SOURCES)
   _choice("scenario", config.scenario, SCENARIO_KINDS)
   _choice("model", config.model, MODELS)
+  _choice("conv_gradients", config.conv_gradients, CONV_GRADIENTS)
   _choice("head", config.head, HEADS)
   _choice("method", config.method, METHODS)
   _choice("optimizer", config.optimizer, OPTIMIZERS)

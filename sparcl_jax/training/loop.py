@@ -35,6 +35,7 @@ from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import steps
+from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
 LogFn = Callable[[dict], None]
@@ -175,11 +176,22 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   config_lib.validate(config)
   log = log_fn or (lambda record: None)
   start = time.perf_counter()
-  if scenario is None:
-    scenario = build_scenario(config)
-  if config.method in config_lib.CLNP_METHODS:
-    from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
-    return clnp_runner.run(config, scenario, log, start, checkpoints)
+  with timing.CompileTimer() as compiles:
+    if scenario is None:
+      scenario = build_scenario(config)
+    if config.method in config_lib.CLNP_METHODS:
+      from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
+      return clnp_runner.run(config, scenario, log, start, checkpoints,
+                             compiles)
+    return _run_rehearsal_family(config, scenario, log, start, checkpoints,
+                                 compiles)
+
+
+def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
+                          start: float,
+                          checkpoints: Optional[checkpoint_lib.Checkpointer],
+                          compiles: timing.CompileTimer) -> dict[str, Any]:
+  """``run`` for every method but the CLNP family."""
   num_train = sum(len(t.train_indices) for t in scenario.tasks)
   if config.uses_buffer and config.buffer_size > num_train:
     raise ConfigError(f"--buffer_size={config.buffer_size} is larger than the "
@@ -194,7 +206,8 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   head_sizes = [len(t.classes) for t in scenario.tasks]
   model = registry.make_model(
       config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
-      nf=config.nf, head=config.head, head_sizes=head_sizes)
+      nf=config.nf, head=config.head, head_sizes=head_sizes,
+      conv_gradients=config.conv_gradients)
   spec = input_spec(scenario)
   method = method_spec(config)
   joint = config.method == "joint"
@@ -256,6 +269,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   acc_task = np.zeros((num_tasks, num_tasks))
   task_times = []
   kept_per_epoch = []
+  # Net of compilation; a resumed run counts this process's share only.
+  train_time = eval_time = 0.0
+  steps_here = 0
   progress = _Progress(log)
   log = progress.log
   resume = None
@@ -353,6 +369,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
         loss_sum = jnp.zeros(())
         first_step = 0
       chunk_losses = []
+      epoch_start = compiles.mark()
       for first in range(first_step, num_steps, steps_per_call):
         facts = steps.StepFacts(
             task_id=jnp.int32(t), epoch=jnp.int32(epoch),
@@ -365,6 +382,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
         chunk_losses.append((first, chunk_loss))
         before, progress.steps_done = (progress.steps_done,
                                        progress.steps_done + done)
+        steps_here += done
         if checkpoints is not None and (
             checkpoints.stop_requested or
             checkpoints.due(before, progress.steps_done)):
@@ -379,6 +397,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
               f"{first + done} of {num_steps}", order)
       _check_loss(loss_sum, chunk_losses, t, num_tasks, epoch, num_steps,
                   steps_per_call, checkpoints)
+      train_time += compiles.excluding_compiles(epoch_start)
       weight_sparsity = _weight_sparsities(config, state.opt_state)
       stream = num_steps * batch_size
       replayed = accounting.replayed_examples(
@@ -396,6 +415,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
            "weight_sparsity": weight_sparsity})
     bar.close()
     seen = jnp.asarray(class_masks[:t + 1].any(0))
+    eval_start = compiles.mark()
     for j in range(num_tasks):
       test_index = scenario.tasks[j].test_indices
       correct_class, correct_task = evaluate(
@@ -405,6 +425,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
           jnp.asarray(class_masks[j]))
       acc_class[t, j] = 100.0 * int(correct_class) / len(test_index)
       acc_task[t, j] = 100.0 * int(correct_task) / len(test_index)
+    eval_time += compiles.excluding_compiles(eval_start)
     task_times.append(time.perf_counter() - task_start)
     log({"event": "eval", "task": t,
          "class_il": acc_class[t, :t + 1].tolist(),
@@ -429,12 +450,39 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
       "weights_zero_fraction": sparsity["sparsity"],
       "wall_time_s": time.perf_counter() - start,
       "task_time_s": task_times,
+      **timing_results(compiles, train_time, eval_time, steps_here),
       "scenario": {"name": scenario.name, "num_tasks": num_tasks,
                    "num_outputs": scenario.num_outputs,
                    "train_examples_per_task":
                        [len(t.train_indices) for t in scenario.tasks]},
       "flags": config_lib.to_dict(config),
   }
+
+
+def timing_results(compiles: timing.CompileTimer, train_time: float,
+                   eval_time: float, train_steps: int) -> dict[str, Any]:
+  """The timing keys of results.json (see README, "results.json").
+
+  Args:
+    compiles: the run's compile timer.
+    train_time: seconds in training epochs, net of compilation.
+    eval_time: seconds in evaluation, net of compilation.
+    train_steps: train steps this process ran (a resumed run's share).
+
+  Returns:
+    ``compile_time_s``, ``compiles``, ``train_time_s``, ``eval_time_s``,
+    ``train_steps`` and ``ms_per_step`` (training and evaluation per train
+    step, compilation excluded).
+
+  Example:
+    >>> timing_results(timing.CompileTimer(), 2.0, 1.0, 100)["ms_per_step"]
+    30.0
+  """
+  return {"compile_time_s": compiles.seconds, "compiles": compiles.compiles,
+          "train_time_s": train_time, "eval_time_s": eval_time,
+          "train_steps": train_steps,
+          "ms_per_step": (1e3 * (train_time + eval_time) / train_steps
+                          if train_steps else 0.0)}
 
 
 class _Progress:
