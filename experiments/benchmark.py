@@ -63,13 +63,12 @@ from sparcl_jax.training import loop
 from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import steps
+from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bare_convnets  # pylint: disable=wrong-import-position
 
-# jax.monitoring event recorded once per XLA compilation.
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 # Variants of the step benchmark, in table order.
 STEP_METHODS = ("plain", "sgd", "derpp", "sparcl_derpp", "clnp_finetune",
@@ -84,37 +83,22 @@ EPOCH_METHODS = ("derpp", "sparcl_derpp")
 # Measuring.
 
 
-class CompileCounter:
-  """Counts XLA compilations (and their seconds) while active.
+class CompileCounter(timing.CompileTimer):
+  """The library's compile timer, with ``count`` for its XLA compilations.
 
-  Use as a context manager; ``count`` and ``seconds`` hold the totals.
+  ``seconds`` covers tracing, lowering and XLA compilation
+  (:class:`sparcl_jax.training.timing.CompileTimer`).
 
   Example:
     >>> with CompileCounter() as counter:
-    ...   jax.jit(lambda x: x + 1)(1.0)
+    ...   _ = jax.jit(lambda x: x + 1)(1.0)
     >>> counter.count
     1
   """
 
-  def __init__(self):
-    self.count = 0
-    self.seconds = 0.0
-    self._active = False
-
-  def _listener(self, event: str, duration: float, **kwargs) -> None:
-    del kwargs
-    if self._active and event == COMPILE_EVENT:
-      self.count += 1
-      self.seconds += float(duration)
-
-  def __enter__(self) -> "CompileCounter":
-    self._active = True
-    jax.monitoring.register_event_duration_secs_listener(self._listener)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self._active = False
-    jax.monitoring.unregister_event_duration_listener(self._listener)
+  @property
+  def count(self) -> int:
+    return self.compiles
 
 
 def time_interleaved(fns: dict[str, Callable[[int], Any]], repeats: int
@@ -1128,7 +1112,7 @@ def run_benchmark(quick: bool, savings: bool = False,
   """Runs every section and returns the results dict.
 
   Args:
-    quick: the small version (under two minutes on 2 CPU cores).
+    quick: the small version (about 6 minutes on 2 busy CPU cores).
     savings: add the whole Split MNIST runs.
     data_dir: MNIST folder for ``savings``.
 
@@ -1228,12 +1212,7 @@ def format_table(results: dict) -> str:
     peak = next(iter(variants.values()))["peak_flops_per_s"]
     lines.append(f"{'':<28}interleaved matmul reference: {peak / 1e9:.1f} "
                  "GFLOP/s")
-    if "sparcl_derpp" in variants:
-      lines.append(f"{'':<28}SparCL-DER++ / DER++ = "
-                   f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
-    if "clnp" in variants:
-      lines.append(f"{'':<28}CLNP / fine-tuning (adam) = "
-                   f"{variants['clnp']['ratio_to_finetune']:.3f}")
+    lines.extend(_paired_ratio_lines(variants, " " * 28))
   lines.append("")
   lines.extend(format_conv_table(results.get("conv_steps", {})))
   for name, r in results["epoch_throughput"].items():
@@ -1290,13 +1269,20 @@ def format_conv_table(conv: dict) -> list[str]:
                    f"{100 * ms['spread']:>7.1f}"
                    f"{'' if ratio is None else f'{ratio:.3f}':>8}"
                    f"{r['compile_s']:>11.1f}")
-    if "sparcl_derpp" in variants:
-      lines.append(f"  SparCL-DER++ / DER++ = "
-                   f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
-    if "clnp" in variants:
-      lines.append(f"  CLNP / fine-tuning (adam) = "
-                   f"{variants['clnp']['ratio_to_finetune']:.3f}")
+    lines.extend(_paired_ratio_lines(variants, "  "))
     lines.append("")
+  return lines
+
+
+def _paired_ratio_lines(variants: dict, indent: str) -> list[str]:
+  """SparCL-DER++ / DER++ and CLNP / Adam fine-tuning, where both ran."""
+  lines = []
+  if "sparcl_derpp" in variants:
+    lines.append(f"{indent}SparCL-DER++ / DER++ = "
+                 f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
+  if "clnp" in variants:
+    lines.append(f"{indent}CLNP / fine-tuning (adam) = "
+                 f"{variants['clnp']['ratio_to_finetune']:.3f}")
   return lines
 
 
@@ -1314,7 +1300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
-                      help="small version, under two minutes on 2 CPUs")
+                      help="small version, about 6 minutes on 2 CPUs")
   parser.add_argument("--out", default="benchmark.json",
                       help="where to write the JSON results")
   parser.add_argument("--savings", action="store_true",

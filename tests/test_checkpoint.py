@@ -137,6 +137,19 @@ def test_check_config_allows_only_free_flags():
       "fresh, use another --workdir or delete /a/checkpoints.")
 
 
+def test_check_config_reads_flags_newer_than_the_checkpoint_as_defaults():
+  # A checkpoint saved before --conv_gradients existed resumes at its
+  # default, and only there.
+  saved = {"lr": 0.1}
+  defaults = {"lr": 0.03, "conv_gradients": "canonical"}
+  checkpoint.check_config(saved, dict(saved, conv_gradients="canonical"),
+                          "/a/checkpoints", defaults=defaults)
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    checkpoint.check_config(saved, dict(saved, conv_gradients="jax"),
+                            "/a/checkpoints", defaults=defaults)
+  assert "--conv_gradients='canonical' there, 'jax' here" in str(err.value)
+
+
 def test_check_finite_names_position_and_kept_checkpoint():
   checkpoint.check_finite(1.5, "task 1")
   ckpt = checkpoint.Checkpointer("/w")

@@ -93,6 +93,20 @@ def test_other_convolutions_pass_through_to_lax(changes):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_nnx_conv_takes_it_and_gives_the_same_gradients():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+
+  def kernel_gradient(**kwargs):
+    conv = nnx.Conv(3, 4, (3, 3), strides=2, rngs=nnx.Rngs(0), **kwargs)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(conv)
+    return np.asarray(grads.kernel.value)
+
+  np.testing.assert_array_equal(
+      kernel_gradient(conv_general_dilated=sc.conv_with_canonical_gradients),
+      kernel_gradient())
+
+
 _CANONICAL = re.compile(r"dim_labels=(b0f_0io->b0f|b01f_01io->b01f|"
                         r"b012f_012io->b012f)\b")
 

@@ -79,6 +79,20 @@ def test_results_contract(digits_two_tasks):
       "bwt_class_il", "bwt_task_il"}
   assert results["flags"]["method"] == "er"
   assert results["wall_time_s"] > 0
+  # Timing split: the steps of every epoch, compilation counted apart.
+  records = []
+  loop.run(_config(method="er", seed=5), scenario=digits_two_tasks,
+           log_fn=records.append)
+  epoch_steps = sum(r["steps"] for r in records if r["event"] == "epoch")
+  assert results["train_steps"] == epoch_steps > 0
+  assert results["compiles"] >= 2 and results["compile_time_s"] > 0
+  assert results["train_time_s"] > 0 and results["eval_time_s"] > 0
+  spent = (results["train_time_s"] + results["eval_time_s"] +
+           results["compile_time_s"])
+  assert spent <= results["wall_time_s"]
+  assert results["ms_per_step"] == pytest.approx(
+      1e3 * (results["train_time_s"] + results["eval_time_s"]) /
+      results["train_steps"])
   # Dense method: both FLOPs counts agree.
   assert results["train_flops"] == results["dense_train_flops"]
 

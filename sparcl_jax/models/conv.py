@@ -111,7 +111,8 @@ def conv_with_canonical_gradients(
     rhs_dilation: Optional[Sequence[int]] = None,
     dimension_numbers: Any = None, feature_group_count: int = 1,
     batch_group_count: int = 1, precision: Any = None,
-    preferred_element_type: Any = None) -> jax.Array:
+    preferred_element_type: Any = None, out_sharding: Any = None
+) -> jax.Array:
   """``lax.conv_general_dilated`` whose gradients are fast in loops on CPU.
 
   A drop-in for ``lax.conv_general_dilated`` (and for the
@@ -136,6 +137,7 @@ def conv_with_canonical_gradients(
     batch_group_count: passed through when not 1.
     precision: as for ``lax.conv_general_dilated``.
     preferred_element_type: passed through when set.
+    out_sharding: passed through when set (``flax.nnx.Conv`` passes None).
 
   Returns:
     The convolution's output, ``[batch, spatial..., out_features]``.
@@ -156,14 +158,16 @@ def conv_with_canonical_gradients(
                    == _channels_last_numbers(lhs.ndim))
   plain = (channels_last and feature_group_count == 1 and
            batch_group_count == 1 and preferred_element_type is None and
+           out_sharding is None and
            all(d == 1 for d in (lhs_dilation or (1,) * n)))
   if not plain:
+    extra = {} if out_sharding is None else {"out_sharding": out_sharding}
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+        preferred_element_type=preferred_element_type, **extra)
   strides = tuple(int(s) for s in window_strides)
   rhs_dilation = tuple(int(d) for d in (rhs_dilation or (1,) * n))
   if isinstance(padding, str):

@@ -427,7 +427,8 @@ def _first_difference(saved: list, expected: list) -> str:
 
 def check_config(saved: dict[str, Any], current: dict[str, Any],
                  directory: str,
-                 free: Sequence[str] = RESUME_FREE_FLAGS) -> None:
+                 free: Sequence[str] = RESUME_FREE_FLAGS,
+                 defaults: Optional[dict[str, Any]] = None) -> None:
   """Refuses to resume a checkpoint with flags other than the current ones.
 
   Args:
@@ -435,6 +436,9 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
     current: this run's flags.
     directory: the checkpoint directory (for the message).
     free: flags allowed to differ.
+    defaults: values of flags that did not exist when the checkpoint was
+      saved (a checkpoint of an older version resumes when the current run
+      leaves them at these values).
 
   Raises:
     CheckpointError: naming the differing flags and how to start fresh.
@@ -442,6 +446,7 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
   Example:
     >>> check_config({"lr": 0.1}, {"lr": 0.1}, "/tmp/r/checkpoints")
   """
+  saved = {**(defaults or {}), **saved}
   names = sorted((set(saved) | set(current)) - set(free))
   differ = [n for n in names if saved.get(n) != current.get(n)]
   if differ:

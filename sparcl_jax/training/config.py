@@ -89,7 +89,7 @@ class RunConfig:
           "help": "Gradients of conv layers. canonical: "
                   "sc.conv_with_canonical_gradients, which XLA's CPU backend "
                   "runs at full speed inside the train loop (other backends "
-                  "get JAX's); jax: JAX's own, up to 10-20x slower per step "
+                  "get JAX's); jax: JAX's own, 9-19x slower per step "
                   "on a CPU. The same values to rounding."})
   head: str = dataclasses.field(
       default="shared", metadata={"help": "shared: one output layer; multi: "
