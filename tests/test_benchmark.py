@@ -109,12 +109,15 @@ def test_bare_convnets_are_the_library_architectures():
   # architecture means the same parameter shapes, layer for layer.
   bare = BENCH.bare_convnets
   key = jax.random.key(0)
-  lib = ResNet18(nf=4, num_outputs=10).init(key, jnp.zeros((1, 16, 16, 3)))
-  params, state = bare.init_resnet18(key, 4, 10, 3)
+  lib = jax.eval_shape(lambda: ResNet18(nf=4, num_outputs=10).init(
+      key, jnp.zeros((1, 16, 16, 3))))
+  params, state = jax.eval_shape(lambda: bare.init_resnet18(key, 4, 10, 3))
   assert _sorted_shapes(params) == _sorted_shapes(lib["params"])
   assert _sorted_shapes(state) == _sorted_shapes(lib["batch_stats"])
-  lib = ZenkeCNN(num_outputs=10).init(key, jnp.zeros((1, 32, 32, 3)))
-  params, _ = bare.init_zenke_cnn(key, 10, (32, 32, 3))
+  lib = jax.eval_shape(lambda: ZenkeCNN(num_outputs=10).init(
+      key, jnp.zeros((1, 32, 32, 3))))
+  params, _ = jax.eval_shape(lambda: bare.init_zenke_cnn(key, 10,
+                                                         (32, 32, 3)))
   assert _sorted_shapes(params) == _sorted_shapes(lib["params"])
 
 
