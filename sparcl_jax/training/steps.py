@@ -178,6 +178,76 @@ def _update_variants(tx: optax.GradientTransformationExtraArgs,
           variant(mask_events=False), variant()]
 
 
+def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
+                   batch_stats: PyTree, x_stream: jax.Array,
+                   y_stream: jax.Array, replay_batches, do_replay: jax.Array,
+                   rng: jax.Array, task_class_mask: jax.Array):
+  """The training loss of fine-tuning, ER, DER and DER++ on one step.
+
+  The stream term is the cross-entropy of the stream batch (over the
+  current task's classes only with ``method.current_task_logit_mask``).
+  When ``do_replay``, the replay term is added: ER the cross-entropy of the
+  first replay batch; DER ``alpha`` times the mean squared error between the
+  first replay batch's logits and its stored logits; DER++ that plus
+  ``beta`` times the cross-entropy of the second replay batch. Batch-norm
+  statistics pass through the stream, then the replay forward passes.
+
+  Args:
+    method: the method's static description (``replay``, ``alpha``,
+      ``beta``, ``current_task_logit_mask``).
+    forward: ``forward(params, batch_stats, x, rng, train) -> (logits,
+      batch_stats)`` (see :func:`make_forward`).
+    params: model parameters.
+    batch_stats: batch-norm statistics ({} without batch norm).
+    x_stream: stream inputs.
+    y_stream: stream labels.
+    replay_batches: ``((x1, y1, z1), (x2, y2))`` from the buffer (``z1`` the
+      stored logits), or None without replay.
+    do_replay: bool scalar: add the replay term.
+    rng: PRNG key (dropout).
+    task_class_mask: [num_outputs] bool, the current task's classes.
+
+  Returns:
+    ``(loss, (stream_logits, batch_stats))``; the logits are unmasked.
+
+  Example:
+    >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
+    >>> loss, _ = rehearsal_loss(MethodSpec(), forward, jnp.zeros((2, 3)),
+    ...                          {}, jnp.ones((1, 2)), jnp.array([0]), None,
+    ...                          jnp.array(False), jax.random.key(0),
+    ...                          jnp.ones(3, bool))
+    >>> round(float(loss), 4)  # log(3): uniform over 3 classes
+    1.0986
+  """
+  k_stream, k_r1, k_r2 = jax.random.split(rng, 3)
+  logits, batch_stats = forward(params, batch_stats, x_stream, k_stream, True)
+  stream_logits = logits
+  if method.current_task_logit_mask:
+    stream_logits = losses.mask_logits(logits, task_class_mask)
+  loss = losses.cross_entropy(stream_logits, y_stream)
+  if not method.replay:
+    return loss, (logits, batch_stats)
+
+  def replay_terms(batch_stats):
+    (x1, y1, z1), (x2, y2) = replay_batches
+    out1, batch_stats = forward(params, batch_stats, x1, k_r1, True)
+    if method.replay == "er":
+      term = losses.cross_entropy(out1, y1)
+    else:
+      term = method.alpha * losses.logit_matching(out1, z1)
+    if method.replay == "derpp":
+      out2, batch_stats = forward(params, batch_stats, x2, k_r2, True)
+      term = term + method.beta * losses.cross_entropy(out2, y2)
+    return term, batch_stats
+
+  def no_replay(batch_stats):
+    return jnp.zeros((), jnp.float32), batch_stats
+
+  term, batch_stats = jax.lax.cond(do_replay, replay_terms, no_replay,
+                                   batch_stats)
+  return loss + term, (logits, batch_stats)
+
+
 def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
                      method: MethodSpec, inputs: InputSpec, batch_size: int,
                      steps_per_call: int, buffer_ops=None, ddr_ops=None,
@@ -221,34 +291,9 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
 
   def stream_and_replay_loss(params, batch_stats, x_stream, y_stream,
                              replay_batches, do_replay, rng, facts):
-    k_stream, k_r1, k_r2 = jax.random.split(rng, 3)
-    logits, batch_stats = forward(params, batch_stats, x_stream, k_stream,
-                                  True)
-    stream_logits = logits
-    if method.current_task_logit_mask:
-      stream_logits = losses.mask_logits(logits, facts.task_class_mask)
-    loss = losses.cross_entropy(stream_logits, y_stream)
-    if not replay:
-      return loss, (logits, batch_stats)
-
-    def replay_terms(batch_stats):
-      (x1, y1, z1), (x2, y2) = replay_batches
-      out1, batch_stats = forward(params, batch_stats, x1, k_r1, True)
-      if replay == "er":
-        term = losses.cross_entropy(out1, y1)
-      else:
-        term = method.alpha * losses.logit_matching(out1, z1)
-      if replay == "derpp":
-        out2, batch_stats = forward(params, batch_stats, x2, k_r2, True)
-        term = term + method.beta * losses.cross_entropy(out2, y2)
-      return term, batch_stats
-
-    def no_replay(batch_stats):
-      return jnp.zeros((), jnp.float32), batch_stats
-
-    term, batch_stats = jax.lax.cond(do_replay, replay_terms, no_replay,
-                                     batch_stats)
-    return loss + term, (logits, batch_stats)
+    return rehearsal_loss(method, forward, params, batch_stats, x_stream,
+                          y_stream, replay_batches, do_replay, rng,
+                          facts.task_class_mask)
 
   grad_fn = jax.value_and_grad(stream_and_replay_loss, has_aux=True)
   if mask_events is None:

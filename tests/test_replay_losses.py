@@ -1,0 +1,106 @@
+"""The rehearsal losses pinned to hand-computed values, and DER end to end."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from sparcl_jax.training import cli
+from sparcl_jax.training.steps import MethodSpec, rehearsal_loss
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "experiments", "configs", "quickstart.cfg")
+
+# A linear "model" over 2 inputs and 3 classes: logits = x @ W.
+W = jnp.array([[1.0, 0.0, -1.0], [0.0, 2.0, 1.0]])
+STREAM = (jnp.array([[1.0, 0.0]]), jnp.array([0]))  # logits (1, 0, -1)
+# Replay batch 1 with its stored logits, and replay batch 2.
+REPLAY = ((jnp.array([[0.0, 1.0]]), jnp.array([2]),  # logits (0, 2, 1)
+           jnp.array([[0.5, 1.0, 0.0]])),
+          (jnp.array([[1.0, 1.0]]), jnp.array([1])))  # logits (1, 2, 0)
+ALPHA, BETA = 0.3, 0.7
+
+
+def _lse(*values):
+  return math.log(sum(math.exp(v) for v in values))
+
+
+# By hand: each cross-entropy is logsumexp(logits) - logit of the label.
+STREAM_CE = _lse(1, 0, -1) - 1
+ER_TERM = _lse(0, 2, 1) - 1
+# Mean over the 3 logits of (out1 - z1)^2 = (0.25 + 1 + 1) / 3.
+DER_TERM = ALPHA * 0.75
+DERPP_TERM = DER_TERM + BETA * (_lse(1, 2, 0) - 2)
+
+
+def _loss(replay, do_replay=True, current_task_logit_mask=False):
+  method = MethodSpec(replay=replay, alpha=ALPHA, beta=BETA,
+                      replay_batch_size=1,
+                      current_task_logit_mask=current_task_logit_mask)
+  forward = lambda p, bs, x, rng, train: (x @ p, bs)
+  loss, (logits, _) = rehearsal_loss(
+      method, forward, W, {}, *STREAM, REPLAY if replay else None,
+      jnp.asarray(do_replay), jax.random.key(0),
+      jnp.array([True, True, False]))
+  return float(loss), logits
+
+
+@pytest.mark.parametrize("replay,term", [("", 0.0), ("er", ER_TERM),
+                                         ("der", DER_TERM),
+                                         ("derpp", DERPP_TERM)])
+def test_loss_is_the_hand_computed_value(replay, term):
+  loss, logits = _loss(replay)
+  assert loss == pytest.approx(STREAM_CE + term, rel=1e-6)
+  assert logits.tolist() == [[1.0, 0.0, -1.0]]
+
+
+def test_no_replay_step_is_the_stream_loss_alone():
+  for replay in ("er", "der", "derpp"):
+    assert _loss(replay, do_replay=False)[0] == pytest.approx(STREAM_CE,
+                                                              rel=1e-6)
+
+
+def test_current_task_logit_mask_touches_the_stream_term_only():
+  # Classes 0 and 1 are the current task's: the stream cross-entropy is
+  # over (1, 0); the replay terms still see every class.
+  loss, logits = _loss("derpp", current_task_logit_mask=True)
+  assert loss == pytest.approx(_lse(1, 0) - 1 + DERPP_TERM, rel=1e-6)
+  assert logits.tolist() == [[1.0, 0.0, -1.0]]
+
+
+def test_derpp_weights_and_targets_are_not_interchangeable():
+  # The pinned value would not survive a swap of alpha and beta, or of the
+  # batch that matches logits and the batch that is classified.
+  swapped_weights = BETA * 0.75 + ALPHA * (_lse(1, 2, 0) - 2)
+  # Logit matching on batch 2 (logits (1, 2, 0)) against z1; batch 1's
+  # cross-entropy with its label.
+  swapped_batches = (ALPHA * ((0.5**2 + 1 + 0) / 3) +
+                     BETA * (_lse(0, 2, 1) - 2))
+  loss = _loss("derpp")[0] - STREAM_CE
+  assert loss == pytest.approx(DERPP_TERM, rel=1e-6)
+  assert abs(loss - swapped_weights) > 0.05
+  assert abs(loss - swapped_batches) > 0.05
+
+
+def test_der_runs_end_to_end(tmp_path, capsys):
+  status = cli.main(["train.py", f"--flagfile={QUICKSTART}", "--method=der",
+                     "--num_tasks=2", "--epochs=1",
+                     f"--workdir={tmp_path}", "--noprogress",
+                     "--notensorboard"])
+  capsys.readouterr()
+  assert status == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["flags"]["method"] == "der"
+  records = [json.loads(line) for line in
+             (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  epochs = [r for r in records if r["event"] == "epoch"]
+  # DER replays one batch of 16 per step once the buffer holds 16
+  # examples: every step but the first (batch 16) of the first task
+  # (--replay_first_task), every step of the second.
+  assert [r["replayed_examples"] for r in epochs] == [
+      16 * (epochs[0]["steps"] - 1), 16 * epochs[1]["steps"]]
+  assert all(math.isfinite(v) for v in results["final"].values())
+  assert results["acc_matrix"]["task_il"][1][0] > 50.0
