@@ -69,10 +69,14 @@ class NoFreeUnitsError(SparclError):
   """A layer has no free units left to train a new task on.
 
   Example:
+    >>> params = {'hidden_0': {'kernel': jnp.ones((3, 2))},
+    ...           'head': {'kernel': jnp.ones((2, 1))}}
+    >>> full = {'hidden_0': np.ones(2, bool)}
     >>> try:
-    ...   part = compute_partition(params, specs, used, task=7)
+    ...   compute_partition(params, mlp_layer_specs(params), full, task=7)
     ... except NoFreeUnitsError as e:
-    ...   print(e)  # names the full layer
+    ...   print(e)  # doctest: +ELLIPSIS
+    layer 'hidden_0' has no free units left for task 7; ...
   """
 
 
@@ -98,7 +102,10 @@ class LayerSpec:
     task: for ``role == 'head'``, the task this head belongs to.
 
   Example:
-    >>> LayerSpec('hidden_1', 'hidden_1/kernel', 'hidden_1/bias', 'hidden_0')
+    >>> spec = LayerSpec('hidden_1', 'hidden_1/kernel', 'hidden_1/bias',
+    ...                  'hidden_0')
+    >>> spec.kind, spec.role
+    ('dense', 'hidden')
   """
 
   name: str
@@ -135,8 +142,15 @@ class Partition(NamedTuple):
       (interference entries and cut head rows). Always a subset of frozen.
 
   Example:
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
     >>> part = compute_partition(params, specs, used, task=1)
-    >>> n_free = sum(int(m.sum()) for m in jax.tree.leaves(part.trainable))
+    >>> sum(int(m.sum()) for m in jax.tree.leaves(part.trainable))
+    18
   """
 
   trainable: PyTree
@@ -217,10 +231,18 @@ def chain_layer_specs(names: Sequence[str],
     A tuple of :class:`LayerSpec`, hidden layers first.
 
   Example:
-    >>> # Zenke CNN: four 3x3 convs, flatten, dense_0, one head per task.
-    >>> specs = chain_layer_specs(
-    ...     ['conv_0', 'conv_1', 'conv_2', 'conv_3', 'dense_0'], params,
-    ...     heads=['head_0', 'head_1'])
+    >>> # Two 3x3 convs on a 2x2 map, flatten, dense_0, a head per task.
+    >>> params = {'conv_0': {'kernel': jnp.ones((3, 3, 1, 4))},
+    ...           'conv_1': {'kernel': jnp.ones((3, 3, 4, 8))},
+    ...           'dense_0': {'kernel': jnp.ones((4 * 8, 16))},
+    ...           'head_0': {'kernel': jnp.ones((16, 2))},
+    ...           'head_1': {'kernel': jnp.ones((16, 2))}}
+    >>> specs = chain_layer_specs(['conv_0', 'conv_1', 'dense_0'], params,
+    ...                           heads=['head_0', 'head_1'])
+    >>> [(s.kind, s.spatial) for s in specs[2:]]
+    [('flatten_dense', 4), ('dense', 1), ('dense', 1)]
+    >>> specs[3].role, specs[3].task
+    ('head', 0)
   """
   if shared_head and len(heads) != 1:
     raise ConfigError(f"shared_head needs exactly one head, got {list(heads)}")
@@ -266,7 +288,11 @@ def mlp_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
     The layer specs (see :func:`chain_layer_specs`).
 
   Example:
+    >>> from sparcl_jax.models.mlp import MLP
+    >>> variables = MLP((4, 3), 2).init(jax.random.key(0), jnp.zeros((1, 5)))
     >>> specs = mlp_layer_specs(variables['params'])
+    >>> [(s.name, s.role) for s in specs]
+    [('hidden_0', 'hidden'), ('hidden_1', 'hidden'), ('head', 'shared_head')]
   """
   hidden = sorted((k for k in params.keys() if re.fullmatch(r"hidden_\d+", k)),
                   key=lambda k: int(k.split("_")[1]))
@@ -284,7 +310,14 @@ def cnn_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
     The layer specs; ``dense_0`` is a ``'flatten_dense'`` layer.
 
   Example:
+    >>> from sparcl_jax.models.cnn import ZenkeCNN
+    >>> variables = jax.eval_shape(  # shapes are all it reads
+    ...     ZenkeCNN(10).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     >>> specs = cnn_layer_specs(variables['params'])
+    >>> [s.name for s in specs]
+    ['conv_0', 'conv_1', 'conv_2', 'conv_3', 'dense_0', 'head']
+    >>> specs[4].kind, specs[4].spatial
+    ('flatten_dense', 36)
   """
   def ordered(prefix):
     return sorted((k for k in params.keys()
@@ -311,7 +344,11 @@ def init_used(params: PyTree,
     ``{layer name: bool[units]}``, all ``False``.
 
   Example:
-    >>> used = init_used(params, specs)
+    >>> params = {'hidden_0': {'kernel': jnp.ones((3, 4))},
+    ...           'head': {'kernel': jnp.ones((4, 2))}}
+    >>> used = init_used(params, mlp_layer_specs(params))
+    >>> {name: u.tolist() for name, u in used.items()}
+    {'hidden_0': [False, False, False, False]}
   """
   flat = _flat(params)
   return {s.name: np.zeros(_leaf(flat, s.kernel_path, s).shape[-1], bool)
@@ -415,7 +452,17 @@ def compute_partition(params: PyTree,
     ConfigError: specs, ``used`` and params disagree.
 
   Example:
-    >>> part = compute_partition(params, specs, used, task=2)
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
+    >>> part = compute_partition(params, specs, used, task=1)
+    >>> part.trainable['hidden_0']['kernel'][0].tolist()  # free units train
+    [False, False, True, True]
+    >>> part.zero['head_0']['kernel'][:, 0].tolist()  # task 0 can't read them
+    [False, False, True, True]
   """
   if uncovered not in _UNCOVERED:
     raise ConfigError(f"uncovered must be one of {_UNCOVERED}, got "
@@ -466,8 +513,14 @@ def single_head_gate(used_history: Sequence[UsedUnits], task: int,
     float32 vector of 0/1 to multiply the last hidden activations with.
 
   Example:
+    >>> history = [{'hidden_1': np.array([True, False, True])}]
     >>> gate = single_head_gate(history, task=0, layer='hidden_1')
+    >>> gate.tolist()
+    [1.0, 0.0, 1.0]
+    >>> h, w, b = jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)
     >>> logits = (h * gate) @ w + b
+    >>> single_head_gate(history, task=1, layer='hidden_1').tolist()
+    [1.0, 1.0, 1.0]
   """
   if task < 0 or task > len(used_history):
     raise ConfigError(f"task {task} is neither committed nor current "
@@ -494,8 +547,10 @@ class ClnpPartitionState(NamedTuple):
     inner_state: state of the wrapped optimizer.
 
   Example:
+    >>> params = {'w': jnp.ones((2, 3)), 'b': jnp.zeros(3)}
     >>> state = clnp_partition(optax.adam(1e-3)).init(params)
-    >>> state.trainable  # all True until set_partition
+    >>> all(bool(m.all()) for m in jax.tree.leaves(state.trainable))
+    True
   """
 
   trainable: PyTree
@@ -557,11 +612,20 @@ def clnp_partition(
     An ``optax.GradientTransformationExtraArgs``.
 
   Example:
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
     >>> tx = clnp_partition(optax.adam(1e-3))
     >>> state = set_partition(tx.init(params), compute_partition(
     ...     params, specs, used, task=1))
+    >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = tx.update(grads, state, params)
     >>> params = optax.apply_updates(params, updates)
+    >>> [round(float(w), 4) for w in params['hidden_0']['kernel'][0]]
+    [1.0, 1.0, 0.999, 0.999]
   """
   inner = optax.with_extra_args_support(inner)
   if partition is not None and not isinstance(partition, Partition):
@@ -629,7 +693,17 @@ def set_partition(state: Any, partition: Partition) -> Any:
     The new state.
 
   Example:
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
+    >>> tx = optax.chain(optax.clip(1.0), clnp_partition(optax.sgd(0.1)))
+    >>> partition = compute_partition(params, specs, used, task=1)
     >>> state = set_partition(tx.init(params), partition)
+    >>> bool(state[1].trainable['head_0']['kernel'].any())  # task 0's head
+    False
   """
   new, found = _replace_partition(state, partition)
   if not found:
@@ -662,6 +736,16 @@ def l1_penalty(params: PyTree,
     A float32 scalar; multiply by ``alpha`` in the loss.
 
   Example:
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
+    >>> partition = compute_partition(params, specs, used, task=1)
+    >>> float(l1_penalty(params, partition.trainable))  # 3*2 + 4*2 kernels
+    14.0
+    >>> ce = 0.5
     >>> loss = ce + 1e-4 * l1_penalty(params, partition.trainable)
   """
   if isinstance(trainable_masks, Partition):
@@ -722,8 +806,13 @@ def unit_activity(model_apply: Callable[..., Any],
     ``{name: float64[units]}``.
 
   Example:
+    >>> from sparcl_jax.models.mlp import MLP
+    >>> model, x_val = MLP((4, 3), 2), jnp.ones((6, 5))
+    >>> variables = model.init(jax.random.key(0), x_val)
     >>> act = unit_activity(model.apply, variables, x_val,
-    ...                     ['hidden_0', 'hidden_1'])
+    ...                     ['hidden_0', 'hidden_1'], batch_size=4)
+    >>> {name: a.shape for name, a in act.items()}
+    {'hidden_0': (4,), 'hidden_1': (3,)}
   """
   if reading not in _READINGS:
     raise ConfigError(f"reading must be one of {_READINGS}, got {reading!r}")
@@ -770,7 +859,11 @@ def prune_by_threshold(activity: Mapping[str, np.ndarray],
     ``{layer: bool[units]}`` of kept units (a subset of the free ones).
 
   Example:
+    >>> act = {'hidden_0': np.array([0.0, 0.2, 0.01, 0.3])}
+    >>> used = {'hidden_0': np.array([True, False, False, False])}
     >>> kept = prune_by_threshold(act, {k: ~u for k, u in used.items()}, 0.05)
+    >>> kept['hidden_0'].tolist()
+    [False, True, False, True]
   """
   kept = {}
   for name, free in free_units.items():
@@ -793,9 +886,12 @@ class SearchResult(NamedTuple):
     trials: ``(quantile, accuracy)`` of every evaluated candidate, in order.
 
   Example:
+    >>> act = {'hidden_0': np.array([0.0, 0.2, 0.01, 0.3])}
+    >>> free = {'hidden_0': np.array([False, True, True, True])}
+    >>> evaluate = lambda kept: 97.0  # accuracy with the cut applied
     >>> res = graceful_forgetting_search(evaluate, act, free, 1.0, 97.5)
-    >>> params, used = commit_task(params, specs, used, res.kept, key,
-    ...                            init_fn, task=t)
+    >>> res.quantile, res.accepted, res.trials
+    (1.0, True, ((1.0, 97.0),))
   """
 
   theta: Union[float, dict[str, float]]
@@ -862,9 +958,14 @@ def graceful_forgetting_search(
     A :class:`SearchResult`.
 
   Example:
-    >>> res = graceful_forgetting_search(
-    ...     lambda kept: acc(apply_cut(params, specs, used, kept, task=t)),
-    ...     act, free, margin=1.0, acc_before=97.5)
+    >>> act = {'hidden_0': np.array([0.0, 0.2, 0.01, 0.3])}
+    >>> free = {'hidden_0': np.array([False, True, True, True])}
+    >>> # Stand-in for the accuracy of apply_cut(params, specs, used, kept):
+    >>> acc = lambda kept: 95.0 + kept['hidden_0'].sum()
+    >>> res = graceful_forgetting_search(acc, act, free, margin=1.0,
+    ...                                  acc_before=97.5)
+    >>> res.quantile, res.accuracy, res.kept['hidden_0'].tolist()
+    (0.49, 97.0, [False, True, False, True])
   """
   if not 0.0 <= margin <= 100.0:
     raise ConfigError(f"margin must be in [0, 100] percent points, got "
@@ -983,7 +1084,16 @@ def apply_cut(params: PyTree,
     Params with the cut weights set to zero.
 
   Example:
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
+    >>> kept = {'hidden_0': np.array([False, False, True, False])}
     >>> pruned = apply_cut(params, specs, used, kept, task=1)
+    >>> pruned['head_1']['kernel'][:, 0].tolist()  # unit 3 is cut
+    [1.0, 1.0, 1.0, 0.0]
   """
   new_used = _check_kept(used, kept)
   if any(s.role == "head" for s in specs) and task is None:
@@ -1023,8 +1133,20 @@ def commit_task(params: PyTree,
     ``(new_params, new_used)``.
 
   Example:
-    >>> params, used = commit_task(params, specs, used, res.kept, key,
-    ...                            lambda k: model.init(k, x)['params'], task=0)
+    >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
+    ...                              'bias': jnp.zeros(n_out)}
+    >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
+    ...           'head_1': dense(4, 2)}
+    >>> specs = mlp_layer_specs(params)
+    >>> used = {'hidden_0': np.array([True, True, False, False])}
+    >>> kept = {'hidden_0': np.array([False, False, True, False])}
+    >>> init_fn = lambda k: jax.tree.map(jnp.zeros_like, params)
+    >>> params, used = commit_task(params, specs, used, kept,
+    ...                            jax.random.key(0), init_fn, task=1)
+    >>> used['hidden_0'].tolist()
+    [True, True, True, False]
+    >>> params['hidden_0']['kernel'][0].tolist()  # free unit 3 re-initialised
+    [1.0, 1.0, 1.0, 0.0]
   """
   new_used = _check_kept(used, kept)
   params = apply_cut(params, specs, used, kept, task)
@@ -1075,8 +1197,13 @@ def capacity_report(used_history: Sequence[UsedUnits],
     the task could read; ``claimed`` the units it added.
 
   Example:
+    >>> used_after_0 = {'hidden_0': np.array([True, True, False, False])}
+    >>> used_after_1 = {'hidden_0': np.array([True, True, True, False])}
     >>> rep = capacity_report([used_after_0, used_after_1])
     >>> rep['tasks'][1]['hidden_0']['free']
+    1
+    >>> rep['tasks'][1]['hidden_0']
+    {'used': 3, 'free': 1, 'claimed': 1, 'available': 2, 'reused': None}
   """
   if not used_history:
     return {"units": {}, "tasks": []}

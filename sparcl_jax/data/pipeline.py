@@ -56,9 +56,11 @@ def to_device(
     The :class:`DeviceData`.
 
   Example:
-    >>> data = to_device(scenario)  # doctest: +SKIP
-    >>> data.train_images.dtype
-    dtype('uint8')
+    >>> from sparcl_jax.data import scenarios, sources
+    >>> scenario = scenarios.split_scenario(sources.load_digits(0), 2)
+    >>> data = to_device(scenario)
+    >>> data.train_images.dtype, data.permutations.shape
+    (dtype('uint8'), (5, 64))
   """
   size = int(np.prod(scenario.image_shape))
   identity = np.arange(size, dtype=np.int32)
@@ -159,8 +161,14 @@ def crop_and_flip(x: jax.Array, offsets: jax.Array, flips: jax.Array,
     [B, H, W, C] images, same dtype as ``x``.
 
   Example:
-    >>> y = crop_and_flip(x, jnp.full((8, 2), 4), jnp.zeros(8, bool))
-    >>> # offsets (4, 4) without flips return x unchanged.
+    >>> x = jnp.arange(32.).reshape(2, 4, 4, 1)
+    >>> # Offsets (padding, padding) without flips return x unchanged.
+    >>> y = crop_and_flip(x, jnp.full((2, 2), 4), jnp.zeros(2, bool))
+    >>> bool((y == x).all())
+    True
+    >>> y = crop_and_flip(x, jnp.full((2, 2), 4), jnp.ones(2, bool))
+    >>> bool((y == x[:, :, ::-1]).all())
+    True
   """
   _, h, w, c = x.shape
   padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))

@@ -236,9 +236,12 @@ def cifar10_100_scenario(cifar10: Dataset,
     ConfigError: bad ``num_cifar100_tasks``, ``val_fraction`` or seed.
 
   Example:
-    >>> s = cifar10_100_scenario(c10, c100)  # doctest: +SKIP
-    >>> s.num_tasks, s.num_outputs
-    (6, 60)
+    >>> def fake(name, k):  # two blank 32x32x3 images per class
+    ...   x, y = np.zeros((2 * k, 32, 32, 3), np.uint8), np.arange(2 * k) % k
+    ...   return Dataset(name, x, y, x, y, k)
+    >>> s = cifar10_100_scenario(fake("cifar10", 10), fake("cifar100", 100))
+    >>> s.num_tasks, s.num_outputs, s.tasks[1].classes.tolist()[:3]
+    (6, 60, [10, 11, 12])
   """
   _check_common(seed, val_fraction)
   if not 1 <= num_cifar100_tasks <= 10:

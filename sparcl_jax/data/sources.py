@@ -121,7 +121,7 @@ def load_files(name: str, data_dir: Optional[str]) -> Dataset:
 
   Example:
     >>> ds = load_files("mnist", "/data")  # doctest: +SKIP
-    >>> ds.train_images.shape
+    >>> ds.train_images.shape  # doctest: +SKIP
     (60000, 28, 28, 1)
   """
   readers: dict[str, Callable[[str, str], Dataset]] = {

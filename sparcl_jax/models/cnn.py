@@ -56,8 +56,12 @@ class ZenkeCNN(nn.Module):
       Logits [B, num_outputs].
 
     Example:
+      >>> x = jnp.zeros((2, 32, 32, 3))
+      >>> v = ZenkeCNN(10).init(jax.random.key(0), x)
       >>> logits = ZenkeCNN(10).apply(v, x, train=True,
-      ...                             rngs={'dropout': key})  # doctest: +SKIP
+      ...                             rngs={'dropout': jax.random.key(1)})
+      >>> logits.shape
+      (2, 10)
     """
     w = int(self.width_multiplier)
     h = x

@@ -46,7 +46,10 @@ class MLP(nn.Module):
       Logits [B, num_outputs].
 
     Example:
-      >>> logits = MLP((8,), 2).apply(v, x)  # doctest: +SKIP
+      >>> x = jnp.ones((2, 4))
+      >>> v = MLP((8,), 2).init(jax.random.key(0), x)
+      >>> MLP((8,), 2).apply(v, x).shape
+      (2, 2)
     """
     del train
     h = x.reshape((x.shape[0], -1))

@@ -27,6 +27,7 @@ class FlopsCounter:
   Example:
     >>> counter = FlopsCounter({"w": 10})
     >>> counter.add(4, {"w": 0.5}, {"w": 0.5})
+    120.0
     >>> counter.train_flops, counter.dense_train_flops
     (120.0, 240.0)
   """

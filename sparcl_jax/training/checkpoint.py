@@ -117,8 +117,15 @@ class Checkpointer:
       newer one is committed, so the last good one survives a failed save.
 
   Example:
-    >>> ckpt = Checkpointer("/tmp/run", every_steps=100)  # doctest: +SKIP
-    >>> ckpt.save({"w": w}, {"task": 0})
+    >>> import tempfile
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), every_steps=100)
+    >>> path = ckpt.save({"w": jnp.ones(2)}, {"task": 0})
+    >>> ckpt.latest_step(), ckpt.read_meta()
+    (1, {'task': 0})
+    >>> tree, meta = ckpt.restore({"w": jnp.zeros(2)})
+    >>> tree["w"]
+    Array([1., 1.], dtype=float32)
+    >>> ckpt.close()
   """
 
   def __init__(self, workdir: str, every_steps: int = 0,

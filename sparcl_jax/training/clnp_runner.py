@@ -451,7 +451,12 @@ def gate_shared_head(params: PyTree, gate: np.ndarray) -> PyTree:
     Params with the gated-off rows of the head kernel set to zero.
 
   Example:
+    >>> params = {'head': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}}
     >>> gated = gate_shared_head(params, np.array([1., 0., 1.]))
+    >>> gated['head']['kernel']
+    Array([[1., 1.],
+           [0., 0.],
+           [1., 1.]], dtype=float32)
   """
   head = dict(params["head"])
   keep = jnp.asarray(gate)[:, None] > 0

@@ -170,8 +170,17 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     percent, summary metrics, timings, and the flags.
 
   Example:
-    >>> results = run(validate(RunConfig(workdir="/tmp/r")))  # doctest: +SKIP
-    >>> results["final"]["class_il"]
+    >>> import tempfile
+    >>> from sparcl_jax.training.config import validate
+    >>> config = validate(RunConfig(
+    ...     workdir=tempfile.mkdtemp(), dataset="digits", data_source="digits",
+    ...     epochs=1, num_tasks=2, hidden_sizes="16", progress=False,
+    ...     tensorboard=False))
+    >>> results = run(config)  # a few seconds on a CPU
+    >>> np.shape(results["acc_matrix"]["class_il"])
+    (2, 2)
+    >>> 0.0 <= results["final"]["class_il"] <= 100.0
+    True
   """
   config_lib.validate(config)
   log = log_fn or (lambda record: None)

@@ -96,8 +96,13 @@ def make_forward(model) -> Callable:
     The forward function.
 
   Example:
-    >>> forward = make_forward(model)  # doctest: +SKIP
-    >>> logits, stats = forward(params, {}, x, rng, train=True)
+    >>> from sparcl_jax.models.mlp import MLP
+    >>> model, x = MLP((8,), 3), jnp.ones((2, 4))
+    >>> params = model.init(jax.random.key(0), x)['params']
+    >>> forward = make_forward(model)
+    >>> logits, stats = forward(params, {}, x, jax.random.key(1), train=True)
+    >>> logits.shape, stats
+    ((2, 3), {})
   """
 
   def forward(params, batch_stats, x, rng, train):

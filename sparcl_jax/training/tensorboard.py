@@ -65,9 +65,12 @@ class TensorBoardLog:
       on, since the resumed run logs it again.
 
   Example:
-    >>> tb = TensorBoardLog("/tmp/run")  # doctest: +SKIP
+    >>> import os, tempfile
+    >>> tb = TensorBoardLog(tempfile.mkdtemp())
     >>> tb({"event": "epoch", "global_step": 10, "loss": 0.5})
     >>> tb.close()
+    >>> len(os.listdir(tb.directory))  # one event file
+    1
   """
 
   def __init__(self, workdir: str, purge_step: Optional[int] = None):
