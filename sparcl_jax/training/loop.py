@@ -460,39 +460,13 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
       "weights_zero_fraction": sparsity["sparsity"],
       "wall_time_s": time.perf_counter() - start,
       "task_time_s": task_times,
-      **timing_results(compiles, train_time, eval_time, steps_here),
+      **timing.results_keys(compiles, train_time, eval_time, steps_here),
       "scenario": {"name": scenario.name, "num_tasks": num_tasks,
                    "num_outputs": scenario.num_outputs,
                    "train_examples_per_task":
                        [len(t.train_indices) for t in scenario.tasks]},
       "flags": config_lib.to_dict(config),
   }
-
-
-def timing_results(compiles: timing.CompileTimer, train_time: float,
-                   eval_time: float, train_steps: int) -> dict[str, Any]:
-  """The timing keys of results.json (see README, "results.json").
-
-  Args:
-    compiles: the run's compile timer.
-    train_time: seconds in training epochs, net of compilation.
-    eval_time: seconds in evaluation, net of compilation.
-    train_steps: train steps this process ran (a resumed run's share).
-
-  Returns:
-    ``compile_time_s``, ``compiles``, ``train_time_s``, ``eval_time_s``,
-    ``train_steps`` and ``ms_per_step`` (training and evaluation per train
-    step, compilation excluded).
-
-  Example:
-    >>> timing_results(timing.CompileTimer(), 2.0, 1.0, 100)["ms_per_step"]
-    30.0
-  """
-  return {"compile_time_s": compiles.seconds, "compiles": compiles.compiles,
-          "train_time_s": train_time, "eval_time_s": eval_time,
-          "train_steps": train_steps,
-          "ms_per_step": (1e3 * (train_time + eval_time) / train_steps
-                          if train_steps else 0.0)}
 
 
 class _Progress:

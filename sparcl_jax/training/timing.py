@@ -9,6 +9,7 @@ anything twice or guessing which call compiled.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import jax
 
@@ -86,4 +87,30 @@ class CompileTimer:
     return max(0.0, wall - (self.seconds - since[1]))
 
 
-__all__ = ["COMPILE_EVENTS", "CompileTimer"]
+def results_keys(compiles: CompileTimer, train_time: float, eval_time: float,
+                 train_steps: int) -> dict[str, Any]:
+  """The timing keys of results.json (see README, "results.json").
+
+  Args:
+    compiles: the run's compile timer.
+    train_time: seconds in training epochs, net of compilation.
+    eval_time: seconds in evaluation, net of compilation.
+    train_steps: train steps this process ran (a resumed run's share).
+
+  Returns:
+    ``compile_time_s``, ``compiles``, ``train_time_s``, ``eval_time_s``,
+    ``train_steps`` and ``ms_per_step`` (training and evaluation per train
+    step, compilation excluded).
+
+  Example:
+    >>> results_keys(CompileTimer(), 2.0, 1.0, 100)["ms_per_step"]
+    30.0
+  """
+  return {"compile_time_s": compiles.seconds, "compiles": compiles.compiles,
+          "train_time_s": train_time, "eval_time_s": eval_time,
+          "train_steps": train_steps,
+          "ms_per_step": (1e3 * (train_time + eval_time) / train_steps
+                          if train_steps else 0.0)}
+
+
+__all__ = ["COMPILE_EVENTS", "CompileTimer", "results_keys"]
