@@ -8,14 +8,14 @@ reads the kernel as ``01oi`` and the kernel gradient treats the input's
 channels as its batch (``f01b_i01o->01bf``). XLA's CPU pass that rewrites
 such convolutions into canonical ones (``ConvCanonicalization``) visits only
 the top-level computation, so inside a ``lax.scan``, ``while_loop`` or
-``cond`` body they fall back to a naive loop nest: a ResNet-18 nf 20 train
-step took about 4.2 s inside a one-trip ``while_loop`` against 0.25 s when
-jitted alone (jax-ml/jax issue 12868). Every train step of this library runs
-inside such loops.
+``cond`` body they fall back to a naive loop nest: a ResNet-18 nf 20 SGD
+step took 3954 ms inside a one-trip ``while_loop`` against 207 ms jitted
+alone (``experiments/conv_in_loops.py``; jax-ml/jax issue 12868). Every
+train step of this library runs inside such loops.
 
 ``conv_with_canonical_gradients`` computes the same convolution and writes
-both gradients as canonical convolutions of transposed operands, which is
-what the CPU pass would have done at the top level, so a train step runs at
+both gradients as canonical convolutions of transposed operands (the kind
+of rewrite the CPU pass applies at the top level), so a train step runs at
 the speed of a bare jitted step wherever it sits. The rewrite is lowered on
 CPU only (``lax.platform_dependent``); other backends get JAX's own
 gradients, whose convolutions their compilers take in any layout.
@@ -29,9 +29,6 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-Padding = tuple[tuple[int, int], ...]
-
 
 def _channels_last_numbers(ndim: int) -> lax.ConvDimensionNumbers:
   """``NHWC``/``HWIO``/``NHWC`` dimension numbers for ``ndim``-d inputs."""
