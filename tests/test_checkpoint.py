@@ -148,6 +148,12 @@ def test_check_config_reads_flags_newer_than_the_checkpoint_as_defaults():
     checkpoint.check_config(saved, dict(saved, conv_gradients="jax"),
                             "/a/checkpoints", defaults=defaults)
   assert "--conv_gradients='canonical' there, 'jax' here" in str(err.value)
+  # Without explicit defaults, RunConfig's are used.
+  checkpoint.check_config(saved, dict(saved, conv_gradients="canonical"),
+                          "/a/checkpoints")
+  with pytest.raises(checkpoint.CheckpointError):
+    checkpoint.check_config(saved, dict(saved, conv_gradients="jax"),
+                            "/a/checkpoints")
 
 
 def test_check_finite_names_position_and_kept_checkpoint():

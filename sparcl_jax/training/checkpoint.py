@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax.errors import ConfigError, SparclError
+from sparcl_jax.training import config as config_lib
 
 CHECKPOINTS = "checkpoints"
 FORMAT = 1
@@ -445,7 +446,7 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
     free: flags allowed to differ.
     defaults: values of flags that did not exist when the checkpoint was
       saved (a checkpoint of an older version resumes when the current run
-      leaves them at these values).
+      leaves them at these values); None: :class:`RunConfig`'s defaults.
 
   Raises:
     CheckpointError: naming the differing flags and how to start fresh.
@@ -453,7 +454,9 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
   Example:
     >>> check_config({"lr": 0.1}, {"lr": 0.1}, "/tmp/r/checkpoints")
   """
-  saved = {**(defaults or {}), **saved}
+  if defaults is None:
+    defaults = config_lib.to_dict(config_lib.RunConfig())
+  saved = {**{n: defaults[n] for n in current if n in defaults}, **saved}
   names = sorted((set(saved) | set(current)) - set(free))
   differ = [n for n in names if saved.get(n) != current.get(n)]
   if differ:

@@ -160,8 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       # Checked before anything in the work directory is rewritten.
       meta = ckpt.read_meta()
       checkpoint.check_config(meta["config"], config_lib.to_dict(config),
-                              ckpt.directory,
-                              defaults=config_lib.to_dict(RunConfig()))
+                              ckpt.directory)
     log = lambda record: None
     if primary:
       outputs.write_config(workdir, config_lib.to_dict(config))

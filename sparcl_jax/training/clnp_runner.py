@@ -853,8 +853,7 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
   if checkpoints is not None and checkpoints.exists():
     meta = checkpoints.read_meta()
     checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
-                                checkpoints.directory,
-                                defaults=config_lib.to_dict(RunConfig()))
+                                checkpoints.directory)
     done = meta["task"]
     like = _saved_tree(state, used, [used] * done if method == "clnp" else [],
                        [params] * done if method == "single_task" else [])

@@ -287,8 +287,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   if checkpoints is not None and checkpoints.exists():
     meta = checkpoints.read_meta()
     checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
-                                checkpoints.directory,
-                                defaults=config_lib.to_dict(RunConfig()))
+                                checkpoints.directory)
     like = state
     if meta["has_ddr"]:
       like = state._replace(ddr=ddr_lib.ddr_init(arrays.train_len))
