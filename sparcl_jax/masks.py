@@ -27,76 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import (flatten_with_paths, is_none, key_to_str,  # pylint: disable=unused-import
+                              path_to_str)
 
 PyTree = Any
 SparseFilter = Callable[[str, Any], bool]
 Sparsity = Union[float, jax.Array]
 
 GROWTH_MODES = ('random', 'gradient')
-
-
-def is_none(x: Any) -> bool:
-  """Leaf predicate for masks pytrees, whose dense leaves are None."""
-  return x is None
-
-
-def key_to_str(key: Any) -> str:
-  """Returns the plain name of one pytree key-path entry.
-
-  Args:
-    key: a ``jax.tree_util`` key entry (DictKey, GetAttrKey, SequenceKey, ...).
-
-  Returns:
-    The key as a string, e.g. ``'kernel'`` or ``'0'``.
-
-  Example:
-    >>> key_to_str(jax.tree_util.DictKey('kernel'))
-    'kernel'
-  """
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def path_to_str(key_path: tuple[Any, ...]) -> str:
-  """Joins a pytree key path with ``'/'``.
-
-  Args:
-    key_path: a key path from ``jax.tree_util.tree_flatten_with_path``.
-
-  Returns:
-    The ``'/'``-joined path, e.g. ``'layer1_0/conv1/kernel'``. A trailing
-    attribute key ``value`` (the array inside an ``nnx.Variable``) is
-    dropped, so an ``nnx.State`` and its pure dict give the same paths.
-
-  Example:
-    >>> kp = jax.tree_util.tree_flatten_with_path({'a': {'b': 1}})[0][0][0]
-    >>> path_to_str(kp)
-    'a/b'
-  """
-  keys = list(key_path)
-  if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and (
-      keys[-1].name == 'value'):
-    keys = keys[:-1]
-  return '/'.join(key_to_str(k) for k in keys)
-
-
-def flatten_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
-  """Lists ``(path, leaf)`` pairs of a pytree, ``None`` leaves skipped.
-
-  Args:
-    tree: any pytree.
-
-  Returns:
-    A list of ``('/'-joined path, leaf)`` in flattening order.
-
-  Example:
-    >>> flatten_with_paths({'a': 1, 'b': None})
-    [('a', 1)]
-  """
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return [(path_to_str(kp), leaf) for kp, leaf in leaves]
 
 
 def default_sparse_filter(path: str, leaf: Any) -> bool:
