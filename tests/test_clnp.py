@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from sparcl_jax import clnp
 from sparcl_jax.errors import ConfigError, SparclError
+from sparcl_jax.paths import flatten_to_dict
 
 T, F = True, False
 
@@ -185,6 +187,48 @@ def test_specs_for_nested_multi_head_and_cnn_with_shared_head():
       ("conv_2", "conv", 1, "hidden"), ("conv_3", "conv", 1, "hidden"),
       ("dense_0", "flatten_dense", 36, "hidden"),
       ("head", "dense", 1, "shared_head")]
+
+
+class _NnxMLP(nnx.Module):
+  """4-3-3 MLP in NNX, its layers named like the Linen MLP's."""
+
+  def __init__(self, heads, rngs):
+    self.hidden_0 = nnx.Linear(4, 3, rngs=rngs)
+    self.hidden_1 = nnx.Linear(3, 3, rngs=rngs)
+    for name in heads:
+      setattr(self, name, nnx.Linear(3, 2, rngs=rngs))
+
+
+def _mask_counts(tree):
+  return {path: int(m.sum()) for path, m in flatten_to_dict(tree).items()}
+
+
+@pytest.mark.parametrize("heads, task, trainable, zero", [
+    (("head_0", "head_1"), 1,
+     {"head_0/kernel": 0, "head_0/bias": 0, "head_1/kernel": 6,
+      "head_1/bias": 2},
+     {"head_0/kernel": 4}),
+    (("head",), None, {"head/kernel": 4, "head/bias": 0}, {})])
+def test_nnx_state_gives_the_linen_dicts_specs_and_masks(heads, task,
+                                                         trainable, zero):
+  state = nnx.state(_NnxMLP(heads, nnx.Rngs(0)), nnx.Param)
+  linen = nnx.to_pure_dict(state)
+  specs = clnp.mlp_layer_specs(state)
+  assert specs == clnp.mlp_layer_specs(linen)
+  assert [s.name for s in specs] == ["hidden_0", "hidden_1", *heads]
+  fresh = clnp.init_used(state, specs)
+  assert {k: v.tolist() for k, v in fresh.items()} == {
+      "hidden_0": [F, F, F], "hidden_1": [F, F, F]}
+  used = {"hidden_0": np.array([T, F, T]), "hidden_1": np.array([F, T, F])}
+  part = clnp.compute_partition(state, specs, used, task=task)
+  ref = clnp.compute_partition(linen, specs, used, task=task)
+  hidden = {"hidden_0/kernel": 4, "hidden_0/bias": 1, "hidden_1/kernel": 6,
+            "hidden_1/bias": 2}
+  assert _mask_counts(part.trainable) == _mask_counts(ref.trainable) == {
+      **hidden, **trainable}
+  zeros = {path: 0 for path in _mask_counts(ref.zero)}
+  assert _mask_counts(part.zero) == _mask_counts(ref.zero) == {
+      **zeros, "hidden_1/kernel": 1, **zero}
 
 
 # ----------------------------------------------------------------------------

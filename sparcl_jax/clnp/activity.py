@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax.clnp.partition import Partition
-from sparcl_jax.clnp.specs import PyTree, _flat
+from sparcl_jax.clnp.specs import PyTree
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import flatten_to_dict
 
 _READINGS = ("mean", "firing_rate")
 # Flax forbids sowing under a submodule's name; project models add this.
@@ -81,7 +82,7 @@ def _sown(intermediates, name: str):
       # sow() appends one entry per call; the last is this forward pass's.
       return value[-1] if isinstance(value, (tuple, list)) else value
   raise ConfigError(f"no sown activation {name!r}; sown: "
-                    f"{sorted(_flat(intermediates))}")
+                    f"{sorted(flatten_to_dict(intermediates))}")
 
 
 def unit_activity(model_apply: Callable[..., Any],

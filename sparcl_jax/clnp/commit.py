@@ -16,9 +16,10 @@ import numpy as np
 # The cut zeroes entries of the same unit grid the partition masks, so both
 # read it through the partition's package-internal helpers.
 from sparcl_jax.clnp.partition import _grid, _input_rows, _out_units
-from sparcl_jax.clnp.specs import (LayerSpec, PyTree, UsedUnits, _flat,
-                                   _hidden, _leaf, _map_by_path)
+from sparcl_jax.clnp.specs import (LayerSpec, PyTree, UsedUnits, _hidden,
+                                   _leaf)
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import flatten_to_dict, map_with_paths
 
 
 def _check_kept(used: UsedUnits, kept: UsedUnits) -> dict[str, np.ndarray]:
@@ -86,8 +87,8 @@ def apply_cut(params: PyTree,
   new_used = _check_kept(used, kept)
   if any(s.role == "head" for s in specs) and task is None:
     raise ConfigError("apply_cut needs the task index with per-task heads")
-  zero = _cut_masks(_flat(params), specs, new_used, task)
-  return _map_by_path(
+  zero = _cut_masks(flatten_to_dict(params), specs, new_used, task)
+  return map_with_paths(
       lambda path, p: jnp.where(zero[path], jnp.zeros_like(p), p)
       if path in zero else p, params)
 
@@ -138,8 +139,8 @@ def commit_task(params: PyTree,
   """
   new_used = _check_kept(used, kept)
   params = apply_cut(params, specs, used, kept, task)
-  fresh = _flat(init_fn(rng))
-  flat = _flat(params)
+  fresh = flatten_to_dict(init_fn(rng))
+  flat = flatten_to_dict(params)
   reinit = {}
   for spec in _hidden(specs):
     kshape = tuple(_leaf(flat, spec.kernel_path, spec).shape)
@@ -158,4 +159,4 @@ def commit_task(params: PyTree,
                         f"at {path!r}")
     return jnp.where(reinit[path], jnp.asarray(f, p.dtype), p)
 
-  return _map_by_path(fn, params), new_used
+  return map_with_paths(fn, params), new_used

@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparcl_jax.clnp.specs import (LayerSpec, PyTree, UsedUnits, _flat,
-                                   _hidden, _leaf, _map_by_path)
+from sparcl_jax.clnp.specs import (LayerSpec, PyTree, UsedUnits, _hidden,
+                                   _leaf)
 from sparcl_jax.errors import ConfigError, SparclError
+from sparcl_jax.paths import flatten_to_dict, map_with_paths
 
 _UNCOVERED = ("error", "freeze", "train")
 
@@ -97,7 +98,7 @@ def init_used(params: PyTree,
     >>> {name: u.tolist() for name, u in used.items()}
     {'hidden_0': [False, False, False, False]}
   """
-  flat = _flat(params)
+  flat = flatten_to_dict(params)
   return {s.name: np.zeros(_leaf(flat, s.kernel_path, s).shape[-1], bool)
           for s in _hidden(specs)}
 
@@ -212,7 +213,7 @@ def compute_partition(params: PyTree,
                       f"{uncovered!r}")
   if check_capacity:
     _check_capacity(specs, used, task)
-  flat = _flat(params)
+  flat = flatten_to_dict(params)
   masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
   for spec in specs:
     kshape = tuple(_leaf(flat, spec.kernel_path, spec).shape)
@@ -235,7 +236,8 @@ def compute_partition(params: PyTree,
       return jnp.full(jnp.shape(leaf), fill, bool)
     return fn
 
-  return Partition(_map_by_path(pick(0), params), _map_by_path(pick(1), params))
+  return Partition(map_with_paths(pick(0), params),
+                   map_with_paths(pick(1), params))
 
 
 def single_head_gate(used_history: Sequence[UsedUnits], task: int,

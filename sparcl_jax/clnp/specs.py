@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import flatten_to_dict
 
 PyTree = Any
 UsedUnits = Mapping[str, np.ndarray]
@@ -76,42 +76,6 @@ class LayerSpec:
                         "task >= 0")
 
 
-# ----------------------------------------------------------------------------
-# Pytree path helpers.
-
-
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _path_str(path) -> str:
-  return "/".join(_key_name(k) for k in path)
-
-
-def _flat(params: PyTree) -> dict[str, Any]:
-  leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-  return {_path_str(p): leaf for p, leaf in leaves}
-
-
-def _map_by_path(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
-  return jax.tree_util.tree_map_with_path(lambda p, x: fn(_path_str(p), x),
-                                          tree)
-
-
-def _leaf(flat: Mapping[str, Any], path: str, spec: LayerSpec):
-  if path not in flat:
-    raise ConfigError(f"LayerSpec {spec.name!r}: no parameter at path "
-                      f"{path!r}; known paths: {sorted(flat)}")
-  return flat[path]
-
-
-# ----------------------------------------------------------------------------
-# Layer descriptions.
-
-
 def _task_heads(node: Any, prefix: str) -> list[str]:
   names = [k for k in node.keys() if re.fullmatch(r"head_\d+", k)]
   return [prefix + k for k in sorted(names, key=lambda k: int(k[5:]))]
@@ -165,7 +129,7 @@ def chain_layer_specs(names: Sequence[str],
   """
   if shared_head and len(heads) != 1:
     raise ConfigError(f"shared_head needs exactly one head, got {list(heads)}")
-  flat = _flat(params)
+  flat = flatten_to_dict(params)
   specs = []
   prev, prev_units, prev_conv = None, None, False
   all_names = list(names) + list(heads)
@@ -199,8 +163,9 @@ def mlp_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
   """Describes the project MLP: ``hidden_0..`` then its head(s).
 
   Args:
-    params: MLP params with top-level keys ``hidden_<i>`` and either one shared
-      ``head`` (``head/kernel``) or per-task heads, at ``head_<t>`` or at
+    params: MLP params (a Linen params dict or an ``nnx.State``) with
+      top-level keys ``hidden_<i>`` and either one shared ``head``
+      (``head/kernel``) or per-task heads, at ``head_<t>`` or at
       ``head/head_<t>``.
 
   Returns:
@@ -245,6 +210,16 @@ def cnn_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
   heads, shared = _detect_heads(params)
   return chain_layer_specs(ordered("conv") + ordered("dense"), params, heads,
                            shared_head=shared)
+
+
+# Lookups the partition and the commit share.
+
+
+def _leaf(flat: Mapping[str, Any], path: str, spec: LayerSpec):
+  if path not in flat:
+    raise ConfigError(f"LayerSpec {spec.name!r}: no parameter at path "
+                      f"{path!r}; known paths: {sorted(flat)}")
+  return flat[path]
 
 
 def _hidden(specs: Sequence[LayerSpec]) -> list[LayerSpec]:
