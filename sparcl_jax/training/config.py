@@ -11,6 +11,7 @@ import dataclasses
 import re
 from typing import Optional
 
+from sparcl_jax import methods
 from sparcl_jax.errors import ConfigError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
@@ -23,10 +24,10 @@ HEADS = ("shared", "multi")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine")
 PRUNE_SEARCHES = ("scan", "bisect")
-METHODS = ("sgd", "joint", "er", "der", "derpp", "sparcl_er", "sparcl_derpp",
-           "snip_derpp", "rigl_derpp", "clnp", "ewc", "si", "single_task")
-# Task-incremental methods of the CLNP comparison, run by clnp_runner.
-CLNP_METHODS = ("clnp", "ewc", "si", "single_task")
+# Every registered method (sparcl_jax.methods), and the task-incremental
+# ones of the CLNP comparison.
+METHODS = methods.names()
+CLNP_METHODS = methods.names(methods.TASK_LEVEL)
 ACTIVITY_READINGS = ("mean", "firing_rate")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
 
@@ -262,14 +263,14 @@ class RunConfig:
     return tuple(int(e) for e in self.ddr_epochs.split(",") if e.strip())
 
   @property
-  def is_sparcl(self) -> bool:
-    return self.method.startswith("sparcl_")
+  def method_object(self) -> methods.Method:
+    """The registered method ``--method`` names."""
+    return methods.get(self.method)
 
   @property
   def is_sparse(self) -> bool:
     """Whether weights are masked (SparCL with TDM, SNIP, RigL)."""
-    return (self.is_sparcl and self.tdm) or self.method in ("snip_derpp",
-                                                             "rigl_derpp")
+    return self.method_object.is_sparse(self)
 
   @property
   def resolved_num_tasks(self) -> int:
@@ -283,8 +284,7 @@ class RunConfig:
 
   @property
   def uses_buffer(self) -> bool:
-    return self.method in ("er", "der", "derpp", "sparcl_er", "sparcl_derpp",
-                           "snip_derpp", "rigl_derpp")
+    return self.method_object.uses_buffer
 
 
 def _choice(name: str, value: str, choices) -> None:
@@ -326,7 +326,8 @@ def validate(config: RunConfig) -> RunConfig:
   _choice("method", config.method, METHODS)
   _choice("optimizer", config.optimizer, OPTIMIZERS)
   _choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
-  if config.lr_schedule != "constant" and config.method not in CLNP_METHODS:
+  if (config.lr_schedule != "constant" and
+      config.method_object.family != methods.TASK_LEVEL):
     raise ConfigError(f"--lr_schedule={config.lr_schedule} is supported by "
                       f"the methods {', '.join(CLNP_METHODS)}; use "
                       "--lr_schedule=constant with --method="

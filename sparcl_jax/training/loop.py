@@ -19,6 +19,7 @@ import numpy as np
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib
 from sparcl_jax import masks as masks_lib
+from sparcl_jax import methods
 from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import rehearsal
 from sparcl_jax.tdm import tdm_masks
@@ -39,11 +40,6 @@ from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
 LogFn = Callable[[dict], None]
-
-_REPLAY = {"er": "er", "der": "der", "derpp": "derpp", "sparcl_er": "er",
-           "sparcl_derpp": "derpp", "snip_derpp": "derpp",
-           "rigl_derpp": "derpp"}
-
 
 def build_scenario(config: RunConfig) -> Scenario:
   """Loads the data a config names and cuts it into tasks.
@@ -87,14 +83,15 @@ def build_scenario(config: RunConfig) -> Scenario:
 
 def method_spec(config: RunConfig) -> steps.MethodSpec:
   """Static loss description of ``config.method``."""
+  method = config.method_object
   return steps.MethodSpec(
-      replay=_REPLAY.get(config.method, ""),
+      replay=method.replay,
       alpha=config.alpha,
       beta=config.beta,
       replay_batch_size=config.replay_batch_size,
       current_task_logit_mask=config.current_task_logit_mask,
       replay_first_task=config.replay_first_task,
-      track_forgetting=config.is_sparcl and config.ddr)
+      track_forgetting=method.tracks_forgetting(config))
 
 
 def input_spec(scenario: Scenario) -> steps.InputSpec:
@@ -188,7 +185,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   with timing.CompileTimer() as compiles:
     if scenario is None:
       scenario = build_scenario(config)
-    if config.method in config_lib.CLNP_METHODS:
+    if config.method_object.family == methods.TASK_LEVEL:
       from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
       return clnp_runner.run(config, scenario, log, start, checkpoints,
                              compiles)
@@ -219,7 +216,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
       conv_gradients=config.conv_gradients)
   spec = input_spec(scenario)
   method = method_spec(config)
-  joint = config.method == "joint"
+  joint = config.method_object.joint
   arrays = _TaskArrays(scenario, joint)
   batch_size = config.batch_size
   steps_per_call = max(1, min(config.steps_per_call,
@@ -244,9 +241,11 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   tx = optimizers.make_optimizer(config)
   opt_state = tx.init(params)
   if config.is_sparse:
-    if config.method == "snip_derpp":
-      opt_state = _snip_masks(config, model, params, batch_stats, opt_state,
-                              scenario, device_data, spec)
+    masks = config.method_object.initial_masks(
+        config, params, lambda: _first_batch_grads(
+            config, model, params, batch_stats, scenario, device_data, spec))
+    if masks is not None:
+      opt_state = opt_state._replace(masks=masks)
     params = masks_lib.apply_mask(params, tdm_masks(opt_state))
   buffer = None
   if method.replay:
@@ -272,7 +271,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   counter = accounting.FlopsCounter(_layer_macs(model, params, batch_stats,
                                                 spec))
   grad_sparsity = _dgm_sparsities(config, params)
-  replay_terms = {"": 0, "er": 1, "der": 1, "derpp": 2}[method.replay]
+  replay_terms = config.method_object.replay_batches
 
   acc_class = np.zeros((num_tasks, num_tasks))
   acc_task = np.zeros((num_tasks, num_tasks))
@@ -347,6 +346,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
           ddr=ddr_lib.ddr_init(arrays.train_len)._replace(kept=usable_dev))
     task_mask = jnp.asarray(
         class_masks[:t + 1].any(0) if joint else class_masks[t])
+    seen_so_far = jnp.asarray(class_masks[:t + 1].any(0))
     replay_active = bool(method.replay) and (t > 0 or
                                              method.replay_first_task)
     bar = _progress((task_size // batch_size) * config.epochs,
@@ -383,7 +383,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
         facts = steps.StepFacts(
             task_id=jnp.int32(t), epoch=jnp.int32(epoch),
             first_step=jnp.int32(first), num_steps=jnp.int32(num_steps),
-            task_class_mask=task_mask)
+            task_class_mask=task_mask, seen_class_mask=seen_so_far)
         state, chunk_loss = chunk(state, data, order, facts)
         loss_sum = loss_sum + chunk_loss
         done = min(steps_per_call, num_steps - first)
@@ -541,13 +541,13 @@ def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
   return report
 
 
-def _snip_masks(config: RunConfig, model, params, batch_stats, opt_state,
-                scenario: Scenario, data: pipeline.DeviceData,
-                spec: steps.InputSpec):
-  """SNIP: the static mask keeping the largest |W * g| of one batch.
+def _first_batch_grads(config: RunConfig, model, params, batch_stats,
+                       scenario: Scenario, data: pipeline.DeviceData,
+                       spec: steps.InputSpec):
+  """The cross-entropy gradient of one batch of the first task (SNIP's).
 
-  The gradient is that of the cross-entropy of ``batch_size`` examples of the
-  first task at initialisation.
+  ``batch_size`` examples of the first task, drawn with ``--seed``, at the
+  given (initial) parameters.
   """
   task = scenario.tasks[0]
   rows = np.random.default_rng(config.seed).choice(
@@ -561,9 +561,4 @@ def _snip_masks(config: RunConfig, model, params, batch_stats, opt_state,
     logits, _ = forward(p, batch_stats, x, None, False)
     return losses.cross_entropy(logits, y)
 
-  grads = jax.grad(loss)(params)
-  sparsities = masks_lib.uniform_sparsities(params,
-                                            optimizers.sparse_filter(config),
-                                            config.sparsity)
-  masks = masks_lib.snip_mask(params, grads, sparsities)
-  return opt_state._replace(masks=masks)
+  return jax.grad(loss)(params)

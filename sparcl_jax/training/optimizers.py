@@ -11,42 +11,22 @@ from typing import Optional
 
 import optax
 
-from sparcl_jax.dgm import dgm
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.tdm import MaskSchedule, tdm
+from sparcl_jax import methods
+from sparcl_jax.methods import mask_schedule, sparse_filter  # pylint: disable=unused-import
 from sparcl_jax.training.config import RunConfig
 from sparcl_jax.training.steps import MaskEvents
-
-
-def sparse_filter(config: RunConfig) -> masks_lib.SparseFilter:
-  """Which parameters are sparse: ``--sparse_layers`` or the default rule."""
-  if config.sparse_layers:
-    return masks_lib.filter_from_regex(config.sparse_layers)
-  return masks_lib.default_sparse_filter
-
-
-def mask_schedule(config: RunConfig) -> MaskSchedule:
-  """TDM's drop-and-grow schedule of a run."""
-  if config.method == "snip_derpp":
-    return MaskSchedule(epochs_per_task=config.epochs, static=True)
-  return MaskSchedule(
-      update_interval=config.mask_update_interval,
-      epochs_per_task=config.epochs,
-      extra_growth=config.mask_extra_growth,
-      swap_fraction=config.mask_swap_fraction)
 
 
 def gradient_masking(config: RunConfig
                      ) -> Optional[optax.GradientTransformationExtraArgs]:
   """DGM when the method uses it, else None."""
-  if config.is_sparcl and config.dgm:
-    return dgm(config.gradient_sparsity, config.dgm_refresh,
-                       sparse_filter=sparse_filter(config))
+  if config.method_object.uses_dgm(config):
+    return methods.gradient_masking(config)
   return None
 
 
 def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
-  """Builds the optimizer of ``config.method``.
+  """Builds the optimizer of ``config.method`` (its method object's).
 
   Args:
     config: run configuration.
@@ -61,25 +41,7 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
   Example:
     >>> tx = make_optimizer(RunConfig(method="sparcl_derpp", epochs=10))
   """
-  if config.optimizer == "adam":
-    base = optax.adam(config.lr)
-  else:
-    base = optax.sgd(config.lr)
-  masking = gradient_masking(config)
-  if config.is_sparse:
-    rigl = config.method == "rigl_derpp"
-    return tdm(
-        base, sparsity=config.sparsity, schedule=mask_schedule(config),
-        sparse_filter=sparse_filter(config),
-        distribution=config.sparsity_distribution,
-        # RigL drops by magnitude alone and grows where |g| is largest.
-        importance_lambda=0.0 if rigl else config.importance_lambda,
-        growth="gradient" if rigl else "random",
-        gradient_masking=masking, seed=config.seed)
-  if masking is not None:
-    return optax.chain(masking, optax.with_extra_args_support(base))
-  return optax.with_extra_args_support(base)
-
+  return config.method_object.make_optimizer(config)
 
 def mask_events(config: RunConfig) -> Optional[MaskEvents]:
   """When the optimizer of ``config`` may change its masks within an epoch.

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparcl_jax import methods
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
@@ -56,7 +57,9 @@ class MethodSpec(NamedTuple):
   """Static description of a method's loss.
 
   Attributes:
-    replay: '' (no buffer), 'er', 'der' or 'derpp'.
+    replay: '' (no buffer), or the name of the registered method whose
+      replay loss the run uses ('er', 'der', 'derpp', 'er_ace'...; see
+      :mod:`sparcl_jax.methods`).
     alpha: weight of the logit-matching replay term.
     beta: weight of the label replay term (DER++).
     replay_batch_size: examples drawn from the buffer per replay term.
@@ -127,6 +130,7 @@ class StepFacts(NamedTuple):
   first_step: jax.Array
   num_steps: jax.Array
   task_class_mask: jax.Array
+  seen_class_mask: Optional[jax.Array] = None
 
 
 class MaskEvents(NamedTuple):
@@ -183,23 +187,33 @@ def _update_variants(tx: optax.GradientTransformationExtraArgs,
           variant(mask_events=False), variant()]
 
 
+def _replay_rule(method: MethodSpec) -> methods.Method:
+  """The method object whose loss hooks a run's steps call."""
+  return methods.get(method.replay) if method.replay else methods.Method()
+
+
 def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
                    batch_stats: PyTree, x_stream: jax.Array,
                    y_stream: jax.Array, replay_batches, do_replay: jax.Array,
-                   rng: jax.Array, task_class_mask: jax.Array):
-  """The training loss of fine-tuning, ER, DER and DER++ on one step.
+                   rng: jax.Array, task_class_mask: jax.Array,
+                   seen_class_mask: Optional[jax.Array] = None):
+  """The training loss of a rehearsal-family method on one step.
 
-  The stream term is the cross-entropy of the stream batch (over the
-  current task's classes only with ``method.current_task_logit_mask``).
-  When ``do_replay``, the replay term is added: ER the cross-entropy of the
-  first replay batch; DER ``alpha`` times the mean squared error between the
-  first replay batch's logits and its stored logits; DER++ that plus
-  ``beta`` times the cross-entropy of the second replay batch. Batch-norm
-  statistics pass through the stream, then the replay forward passes.
+  The stream term is the cross-entropy of the stream batch over the classes
+  the method's ``stream_class_mask`` hook chooses (every output, or the
+  current task's with ``method.current_task_logit_mask``; ER-ACE always the
+  current task's). When ``do_replay``, the method's ``replay_term`` is
+  added: ER the cross-entropy of the first replay batch; DER ``alpha``
+  times the mean squared error between the first replay batch's logits and
+  its stored logits; DER++ that plus ``beta`` times the cross-entropy of the
+  second replay batch; ER-ACE the cross-entropy of the first replay batch
+  over the classes seen so far. Batch-norm statistics pass through the
+  stream, then the replay forward passes.
 
   Args:
-    method: the method's static description (``replay``, ``alpha``,
-      ``beta``, ``current_task_logit_mask``).
+    method: the run's static description (``replay`` names the registered
+      method whose loss hooks are used; ``alpha``, ``beta``,
+      ``current_task_logit_mask``).
     forward: ``forward(params, batch_stats, x, rng, train) -> (logits,
       batch_stats)`` (see :func:`make_forward`).
     params: model parameters.
@@ -211,6 +225,8 @@ def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
     do_replay: bool scalar: add the replay term.
     rng: PRNG key (dropout).
     task_class_mask: [num_outputs] bool, the current task's classes.
+    seen_class_mask: [num_outputs] bool, the classes of every task so far
+      (None: every output).
 
   Returns:
     ``(loss, (stream_logits, batch_stats))``; the logits are unmasked.
@@ -224,26 +240,23 @@ def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
     >>> round(float(loss), 4)  # log(3): uniform over 3 classes
     1.0986
   """
+  rule = _replay_rule(method)
+  if seen_class_mask is None:
+    seen_class_mask = jnp.ones_like(task_class_mask)
   k_stream, k_r1, k_r2 = jax.random.split(rng, 3)
   logits, batch_stats = forward(params, batch_stats, x_stream, k_stream, True)
+  class_mask = rule.stream_class_mask(method, task_class_mask,
+                                      seen_class_mask)
   stream_logits = logits
-  if method.current_task_logit_mask:
-    stream_logits = losses.mask_logits(logits, task_class_mask)
+  if class_mask is not None:
+    stream_logits = losses.mask_logits(logits, class_mask)
   loss = losses.cross_entropy(stream_logits, y_stream)
   if not method.replay:
     return loss, (logits, batch_stats)
 
   def replay_terms(batch_stats):
-    (x1, y1, z1), (x2, y2) = replay_batches
-    out1, batch_stats = forward(params, batch_stats, x1, k_r1, True)
-    if method.replay == "er":
-      term = losses.cross_entropy(out1, y1)
-    else:
-      term = method.alpha * losses.logit_matching(out1, z1)
-    if method.replay == "derpp":
-      out2, batch_stats = forward(params, batch_stats, x2, k_r2, True)
-      term = term + method.beta * losses.cross_entropy(out2, y2)
-    return term, batch_stats
+    return rule.replay_term(method, forward, params, batch_stats,
+                            replay_batches, (k_r1, k_r2), seen_class_mask)
 
   def no_replay(batch_stats):
     return jnp.zeros((), jnp.float32), batch_stats
@@ -298,7 +311,7 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
                              replay_batches, do_replay, rng, facts):
     return rehearsal_loss(method, forward, params, batch_stats, x_stream,
                           y_stream, replay_batches, do_replay, rng,
-                          facts.task_class_mask)
+                          facts.task_class_mask, facts.seen_class_mask)
 
   grad_fn = jax.value_and_grad(stream_and_replay_loss, has_aux=True)
   if mask_events is None:

@@ -1,0 +1,260 @@
+"""The :class:`Method` interface and the optimizer pieces methods share.
+
+A method object is stateless and hashable: the training loop holds it while
+building its jitted functions, and calls its hooks while tracing. Each hook
+has the default of plain fine-tuning, so a method overrides only what is
+particular to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparcl_jax.dgm import dgm
+from sparcl_jax import masks as masks_lib
+from sparcl_jax.tdm import MaskSchedule, tdm
+from sparcl_jax.training import losses
+
+PyTree = Any
+# Families, each trained by its own runner: rehearsal/sparse methods
+# (``training.loop``) and the task-incremental methods of the CLNP
+# comparison (``training.task_level``).
+REHEARSAL = "rehearsal"
+TASK_LEVEL = "task_level"
+
+
+class Method:
+  """What the training loop needs to know about one method.
+
+  Subclasses set the class attributes and override the hooks that differ
+  from plain fine-tuning (the defaults). ``config`` arguments are
+  :class:`~sparcl_jax.training.config.RunConfig` objects.
+
+  Attributes:
+    name: the ``--method`` value.
+    family: ``REHEARSAL`` or ``TASK_LEVEL``.
+    order: position in listings (``--help``, error messages).
+    replay_batches: buffer mini-batches the replay loss reads per step (0:
+      no buffer). The FLOPs count charges this many forward and backward
+      passes of the replay batch.
+    joint: retrain from scratch on the union of the tasks so far at every
+      task (the upper bound of the comparisons).
+
+  Example:
+    >>> class FineTuning(Method):
+    ...   name = "fine_tuning"
+    >>> FineTuning().uses_buffer, FineTuning().is_sparse(None)
+    (False, False)
+  """
+
+  name: str = ""
+  family: str = REHEARSAL
+  order: int = 100
+  replay_batches: int = 0
+  joint: bool = False
+
+  def __repr__(self) -> str:
+    return f"<method {self.name}>"
+
+  @property
+  def uses_buffer(self) -> bool:
+    """Whether the method keeps a rehearsal buffer."""
+    return self.replay_batches > 0
+
+  @property
+  def replay(self) -> str:
+    """This method's name when it replays, else ``''``."""
+    return self.name if self.uses_buffer else ""
+
+  def is_sparse(self, config) -> bool:
+    """Whether the weights are masked (the optimizer holds TDM masks)."""
+    del config
+    return False
+
+  def uses_dgm(self, config) -> bool:
+    """Whether gradients pass through dynamic gradient masking."""
+    del config
+    return False
+
+  def tracks_forgetting(self, config) -> bool:
+    """Whether per-example forgetting is recorded for data removal."""
+    del config
+    return False
+
+  def stream_class_mask(self, spec, task_mask: jax.Array,
+                        seen_mask: jax.Array) -> Optional[jax.Array]:
+    """Classes the stream loss is taken over (None: every output).
+
+    Args:
+      spec: the run's ``steps.MethodSpec``.
+      task_mask: [outputs] bool, the current task's classes.
+      seen_mask: [outputs] bool, the classes of every task so far.
+
+    Returns:
+      A [outputs] bool mask, or None.
+    """
+    del seen_mask
+    return task_mask if spec.current_task_logit_mask else None
+
+  def replay_term(self, spec, forward: Callable, params: PyTree,
+                  batch_stats: PyTree, batches, keys, seen_mask: jax.Array):
+    """The replay loss of one step, added to the stream loss.
+
+    Args:
+      spec: the run's ``steps.MethodSpec`` (``alpha``, ``beta``...).
+      forward: ``forward(params, batch_stats, x, rng, train) -> (logits,
+        batch_stats)``.
+      params: model parameters.
+      batch_stats: batch-norm statistics after the stream pass.
+      batches: ``((x1, y1, z1), (x2, y2))`` sampled from the buffer, ``z1``
+        the logits stored with ``x1``.
+      keys: two PRNG keys, one per replay forward pass.
+      seen_mask: [outputs] bool, the classes of every task so far.
+
+    Returns:
+      ``(term, batch_stats)``.
+    """
+    raise NotImplementedError(f"{self.name} has no replay loss")
+
+  def make_optimizer(self, config) -> optax.GradientTransformationExtraArgs:
+    """The optimizer: the base one, after DGM when the method uses it.
+
+    Args:
+      config: the run configuration.
+
+    Returns:
+      An optax transformation accepting the extra args ``epoch`` and
+      ``step_in_epoch``.
+    """
+    base = optax.with_extra_args_support(base_optimizer(config))
+    if self.uses_dgm(config):
+      return optax.chain(gradient_masking(config), base)
+    return base
+
+  def initial_masks(self, config, params: PyTree,
+                    first_batch_grads: Callable[[], PyTree]
+                    ) -> Optional[PyTree]:
+    """Masks to start from instead of TDM's magnitude masks (None: keep).
+
+    Args:
+      config: the run configuration.
+      params: the initial parameters.
+      first_batch_grads: returns the cross-entropy gradient of one batch of
+        the first task at initialisation (computed only when called).
+
+    Returns:
+      A masks pytree, or None.
+    """
+    del config, params, first_batch_grads
+    return None
+
+
+def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
+  """SGD or Adam as ``--optimizer`` says, at ``--lr`` (or ``learning_rate``).
+
+  Args:
+    config: the run configuration.
+    learning_rate: a rate or optax schedule instead of ``config.lr``.
+
+  Returns:
+    The optax optimizer.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> tx = base_optimizer(RunConfig(optimizer="adam", lr=1e-3))
+  """
+  lr = config.lr if learning_rate is None else learning_rate
+  if config.optimizer == "adam":
+    return optax.adam(lr)
+  return optax.sgd(lr)
+
+
+def sparse_filter(config) -> masks_lib.SparseFilter:
+  """Which parameters are sparse: ``--sparse_layers`` or the default rule.
+
+  Args:
+    config: the run configuration.
+
+  Returns:
+    ``filter(path, leaf) -> bool``.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> sparse_filter(RunConfig())('hidden_0/kernel', jnp.ones((4, 4)))
+    True
+  """
+  if config.sparse_layers:
+    return masks_lib.filter_from_regex(config.sparse_layers)
+  return masks_lib.default_sparse_filter
+
+
+def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
+  """SparCL's dynamic gradient masking as the run's flags configure it.
+
+  Args:
+    config: the run configuration.
+
+  Returns:
+    The DGM transformation.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> tx = gradient_masking(RunConfig(gradient_sparsity=0.8))
+  """
+  return dgm(config.gradient_sparsity, config.dgm_refresh,
+                     sparse_filter=sparse_filter(config))
+
+
+def mask_schedule(config, static: bool = False) -> MaskSchedule:
+  """TDM's drop-and-grow schedule as the run's flags configure it.
+
+  Args:
+    config: the run configuration.
+    static: masks fixed after the first task's start (SNIP).
+
+  Returns:
+    The schedule.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> mask_schedule(RunConfig(epochs=10)).epochs_per_task
+    10
+  """
+  if static:
+    return MaskSchedule(epochs_per_task=config.epochs, static=True)
+  return MaskSchedule(
+      update_interval=config.mask_update_interval,
+      epochs_per_task=config.epochs,
+      extra_growth=config.mask_extra_growth,
+      swap_fraction=config.mask_swap_fraction)
+
+
+def cross_entropy_over(logits: jax.Array, labels: jax.Array,
+                       class_mask: Optional[jax.Array]) -> jax.Array:
+  """Cross-entropy over the classes of ``class_mask`` (all when None).
+
+  Args:
+    logits: [B, C].
+    labels: [B] int.
+    class_mask: [C] bool or None.
+
+  Returns:
+    Scalar loss.
+
+  Example:
+    >>> cross_entropy_over(jnp.zeros((1, 4)), jnp.array([0]),
+    ...                    jnp.array([True, True, False, False]))  # log(2)
+    Array(0.6931472, dtype=float32)
+  """
+  if class_mask is not None:
+    logits = losses.mask_logits(logits, class_mask)
+  return losses.cross_entropy(logits, labels)
+
+
+def zero_term(batch_stats: PyTree):
+  """``(0.0, batch_stats)``: the replay term of a step that does not replay."""
+  return jnp.zeros((), jnp.float32), batch_stats

@@ -1,0 +1,117 @@
+"""Sparse training methods over a rehearsal loss: SparCL, SNIP and RigL.
+
+All three keep their masks in :func:`sparcl_jax.tdm` around the base
+optimizer; they differ in how masks start and change:
+
+* SparCL (Wang et al., NeurIPS 2022): task-aware dynamic masking (drop by
+  ``|W| + lambda |g|``, grow at random), with dynamic gradient masking
+  and dynamic data removal when their flags are on.
+* SNIP (Lee et al., ICLR 2019): a static mask from ``|W * g|`` of one batch at
+  initialisation.
+* RigL (Evci et al., ICML 2020): drop by magnitude, grow where ``|g|`` is
+  largest, on TDM's schedule.
+
+Example:
+  >>> from sparcl_jax import methods
+  >>> from sparcl_jax.training.config import RunConfig
+  >>> sparcl = methods.get("sparcl_derpp")
+  >>> sparcl.is_sparse(RunConfig()), sparcl.is_sparse(RunConfig(tdm=False))
+  (True, False)
+  >>> methods.get("snip_derpp").is_sparse(RunConfig(tdm=False))
+  True
+"""
+
+from sparcl_jax import masks as masks_lib
+from sparcl_jax.tdm import MaskSchedule, tdm
+from sparcl_jax.methods import register
+from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
+                                     mask_schedule, sparse_filter)
+from sparcl_jax.methods.der import DarkExperienceReplayPlusPlus
+from sparcl_jax.methods.er import ExperienceReplay
+
+
+class _MaskedWeights:
+  """Mixin: the optimizer is TDM around the base optimizer.
+
+  Subclasses choose TDM's schedule and scores through ``static_masks``,
+  ``drop_lambda`` and ``growth``.
+  """
+
+  static_masks = False
+  growth = "random"
+
+  def drop_lambda(self, config) -> float:
+    return config.importance_lambda
+
+  def is_sparse(self, config) -> bool:
+    del config
+    return True
+
+  def make_optimizer(self, config):
+    if not self.is_sparse(config):
+      return super().make_optimizer(config)  # pytype: disable=attribute-error
+    return tdm(
+        base_optimizer(config), sparsity=config.sparsity,
+        schedule=mask_schedule(config, static=self.static_masks),
+        sparse_filter=sparse_filter(config),
+        distribution=config.sparsity_distribution,
+        importance_lambda=self.drop_lambda(config), growth=self.growth,
+        gradient_masking=(gradient_masking(config)
+                          if self.uses_dgm(config) else None),
+        seed=config.seed)
+
+
+class _SparCL(_MaskedWeights):
+  """SparCL's three parts, each behind its flag (--tdm, --dgm, --ddr)."""
+
+  def is_sparse(self, config) -> bool:
+    return config.tdm
+
+  def uses_dgm(self, config) -> bool:
+    return config.dgm
+
+  def tracks_forgetting(self, config) -> bool:
+    return config.ddr
+
+
+@register
+class SparclEr(_SparCL, ExperienceReplay):
+  """SparCL on ER."""
+
+  name = "sparcl_er"
+  order = 20
+
+
+@register
+class SparclDerpp(_SparCL, DarkExperienceReplayPlusPlus):
+  """SparCL on DER++ (the paper's main method)."""
+
+  name = "sparcl_derpp"
+  order = 21
+
+
+@register
+class SnipDerpp(_MaskedWeights, DarkExperienceReplayPlusPlus):
+  """DER++ with a static SNIP mask."""
+
+  name = "snip_derpp"
+  order = 22
+  static_masks = True
+
+  def initial_masks(self, config, params, first_batch_grads):
+    sparsities = masks_lib.uniform_sparsities(params, sparse_filter(config),
+                                              config.sparsity)
+    return masks_lib.snip_mask(params, first_batch_grads(), sparsities)
+
+
+@register
+class RiglDerpp(_MaskedWeights, DarkExperienceReplayPlusPlus):
+  """DER++ with RigL's drop-by-magnitude, grow-by-gradient masks."""
+
+  name = "rigl_derpp"
+  order = 23
+  growth = "gradient"
+
+  def drop_lambda(self, config) -> float:
+    del config
+    return 0.0
