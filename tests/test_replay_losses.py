@@ -104,3 +104,51 @@ def test_der_runs_end_to_end(tmp_path, capsys):
       16 * (epochs[0]["steps"] - 1), 16 * epochs[1]["steps"]]
   assert all(math.isfinite(v) for v in results["final"].values())
   assert results["acc_matrix"]["task_il"][1][0] > 50.0
+
+
+def _er_ace_loss(task_mask, seen_mask, do_replay=True):
+  method = MethodSpec(replay="er_ace", replay_batch_size=1)
+  forward = lambda p, bs, x, rng, train: (x @ p, bs)
+  loss, (logits, _) = rehearsal_loss(
+      method, forward, W, {}, *STREAM, REPLAY, jnp.asarray(do_replay),
+      jax.random.key(0), jnp.array(task_mask), jnp.array(seen_mask))
+  return float(loss), logits
+
+
+def test_er_ace_stream_over_the_task_and_replay_over_the_seen_classes():
+  # Current task: classes 0 and 1, so the stream term is over (1, 0). Seen
+  # so far: classes 0 and 2, so the replay term (label 2, logits (0, 2, 1))
+  # is over (0, 1), class 1's logit 2 left out.
+  loss, logits = _er_ace_loss([True, True, False], [True, False, True])
+  assert loss == pytest.approx((_lse(1, 0) - 1) + (_lse(0, 1) - 1), rel=1e-6)
+  assert logits.tolist() == [[1.0, 0.0, -1.0]]
+  # With every class seen, the replay term is ER's; the stream term stays
+  # over the current task's classes, unlike ER's.
+  loss, _ = _er_ace_loss([True, True, False], [True, True, True])
+  assert loss == pytest.approx((_lse(1, 0) - 1) + ER_TERM, rel=1e-6)
+  assert loss != pytest.approx(STREAM_CE + ER_TERM, rel=1e-3)
+
+
+def test_er_ace_without_replay_is_the_masked_stream_loss():
+  loss, _ = _er_ace_loss([True, True, False], [True, True, True],
+                         do_replay=False)
+  assert loss == pytest.approx(_lse(1, 0) - 1, rel=1e-6)
+
+
+def test_er_ace_runs_end_to_end(tmp_path, capsys):
+  status = cli.main(["train.py", f"--flagfile={QUICKSTART}",
+                     "--method=er_ace", "--num_tasks=2", "--epochs=1",
+                     f"--workdir={tmp_path}", "--noprogress",
+                     "--notensorboard"])
+  capsys.readouterr()
+  assert status == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["flags"]["method"] == "er_ace"
+  records = [json.loads(line) for line in
+             (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  epochs = [r for r in records if r["event"] == "epoch"]
+  # One buffer batch of 16 per step, as ER.
+  assert [r["replayed_examples"] for r in epochs] == [
+      16 * (epochs[0]["steps"] - 1), 16 * epochs[1]["steps"]]
+  assert all(math.isfinite(v) for v in results["final"].values())
+  assert results["acc_matrix"]["task_il"][1][0] > 50.0

@@ -1,0 +1,43 @@
+"""ER-ACE: experience replay with asymmetric cross-entropy.
+
+Caccia et al., "New Insights on Reducing Abrupt Representation Change in
+Online Continual Learning" (ICLR 2022). Plain ER pushes the logits of the
+old classes down whenever a new-class example arrives, which drags the old
+classes' representations along at every task switch. ER-ACE takes the
+stream cross-entropy over the current task's classes only, so incoming
+data never competes with the old classes, and the buffer cross-entropy over
+every class seen so far, where old and new classes are told apart.
+
+Example:
+  >>> from sparcl_jax import methods
+  >>> er_ace = methods.get("er_ace")
+  >>> er_ace.replay_batches
+  1
+  >>> task, seen = jnp.array([False, True]), jnp.array([True, True])
+  >>> er_ace.stream_class_mask(None, task, seen)
+  Array([False,  True], dtype=bool)
+"""
+
+from sparcl_jax.methods import register
+from sparcl_jax.methods.base import Method, cross_entropy_over
+
+
+@register
+class ErAce(Method):
+  """ER-ACE: stream loss over the current task's classes, buffer loss over
+  the classes seen so far, one buffer mini-batch per step."""
+
+  name = "er_ace"
+  order = 13
+  replay_batches = 1
+
+  def stream_class_mask(self, spec, task_mask, seen_mask):
+    del spec, seen_mask
+    return task_mask
+
+  def replay_term(self, spec, forward, params, batch_stats, batches, keys,
+                  seen_mask):
+    del spec
+    (x1, y1, _), _ = batches
+    logits, batch_stats = forward(params, batch_stats, x1, keys[0], True)
+    return cross_entropy_over(logits, y1, seen_mask), batch_stats
