@@ -25,9 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax import masks as masks_lib
 from sparcl_jax.control_flow import run_if
+from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_masks
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.masks import bit_select, magnitude_mask
+from sparcl_jax.paths import is_none
+from sparcl_jax.sparsity import (SparseFilter, default_sparse_filter,
+                                 erk_sparsities, keep_count,
+                                 uniform_sparsities)
 
 PyTree = Any
 
@@ -181,8 +186,8 @@ def _final_update(mask: Optional[jax.Array], survivors: Optional[jax.Array],
   # so it gets `u - w`; a kept weight gets the inner update. `survivors` is
   # None on steps that cannot grow.
   if survivors is not None:
-    u = masks_lib.bit_select(survivors, u, u - w.astype(u.dtype))
-  return masks_lib.bit_select(mask, u, -w.astype(u.dtype))
+    u = bit_select(survivors, u, u - w.astype(u.dtype))
+  return bit_select(mask, u, -w.astype(u.dtype))
 
 
 def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
@@ -193,16 +198,16 @@ def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
     if m is None:
       return None
     pairs = schedule.phase_sparsities(s)
-    keep = [masks_lib.keep_count(m.size, p) for p, _ in pairs]
-    total = [max(masks_lib.keep_count(m.size, g), k)
+    keep = [keep_count(m.size, p) for p, _ in pairs]
+    total = [max(keep_count(m.size, g), k)
              for (_, g), k in zip(pairs, keep)]
     return np.asarray(keep, np.int32), np.asarray(total, np.int32)
 
-  tables = jax.tree.map(table, masks_shapes, sparsities, is_leaf=masks_lib.is_none)
+  tables = jax.tree.map(table, masks_shapes, sparsities, is_leaf=is_none)
   keep = jax.tree.map(lambda m, t: None if m is None else t[0], masks_shapes,
-                      tables, is_leaf=masks_lib.is_none)
+                      tables, is_leaf=is_none)
   total = jax.tree.map(lambda m, t: None if m is None else t[1], masks_shapes,
-                       tables, is_leaf=masks_lib.is_none)
+                       tables, is_leaf=is_none)
   return keep, total
 
 
@@ -212,15 +217,15 @@ def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
   if sparsities is not None:
     return sparsities
   if distribution == 'uniform':
-    return masks_lib.uniform_sparsities(params, sparse_filter, sparsity)
-  return masks_lib.erk_sparsities(params, sparse_filter, sparsity)
+    return uniform_sparsities(params, sparse_filter, sparsity)
+  return erk_sparsities(params, sparse_filter, sparsity)
 
 
 def tdm(inner: optax.GradientTransformation, *,
         sparsity: Optional[float] = None,
         sparsities: Optional[PyTree] = None,
         schedule: MaskSchedule = MaskSchedule(),
-        sparse_filter: masks_lib.SparseFilter = masks_lib.default_sparse_filter,
+        sparse_filter: SparseFilter = default_sparse_filter,
         distribution: str = 'uniform',
         importance_lambda: float = 0.5,
         growth: str = 'random',
@@ -292,9 +297,9 @@ def tdm(inner: optax.GradientTransformation, *,
   if distribution not in ('uniform', 'erk'):
     raise ConfigError(
         f"tdm distribution must be 'uniform' or 'erk', got {distribution!r}.")
-  if growth not in masks_lib.GROWTH_MODES:
+  if growth not in GROWTH_MODES:
     raise ConfigError(
-        f'tdm growth must be one of {masks_lib.GROWTH_MODES}, got {growth!r}.')
+        f'tdm growth must be one of {GROWTH_MODES}, got {growth!r}.')
   if float(importance_lambda) < 0:
     raise ConfigError(
         f'importance_lambda must be >= 0, got {importance_lambda}.')
@@ -311,10 +316,10 @@ def tdm(inner: optax.GradientTransformation, *,
   def init_fn(params):
     sp = _resolve_sparsities(params, sparsity, sparsities, sparse_filter,
                              distribution)
-    masks = masks_lib.magnitude_mask(params, sp)
+    masks = magnitude_mask(params, sp)
     last_grads = jax.tree.map(
         lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
-        is_leaf=masks_lib.is_none)
+        is_leaf=is_none)
     return TDMState(
         count=jnp.zeros([], jnp.int32), masks=masks, last_grads=last_grads,
         has_grads=jnp.zeros([], jnp.bool_),
@@ -355,11 +360,11 @@ def tdm(inner: optax.GradientTransformation, *,
       scores = jax.tree.map(
           lambda m, w, g: None if m is None else jnp.abs(w) + jnp.where(
               state.has_grads, lam * jnp.abs(g), jnp.zeros_like(g)),
-          masks, params, state.last_grads, is_leaf=masks_lib.is_none)
+          masks, params, state.last_grads, is_leaf=is_none)
       pick = lambda t: jax.tree.map(
           lambda m, c: None if m is None else jnp.asarray(c)[phase], masks, t,
-          is_leaf=masks_lib.is_none)
-      survivors, out = masks_lib.drop_and_grow_masks(
+          is_leaf=is_none)
+      survivors, out = drop_and_grow_masks(
           update_rng, scores, masks, pick(keep_table), pick(total_table),
           growth=growth, grow_scores=updates if growth == 'gradient' else None)
       return out, survivors
@@ -375,10 +380,10 @@ def tdm(inner: optax.GradientTransformation, *,
       # XLA fuses the masking, the inner update and the final update into
       # one pass over the weights.
       masks = state.masks
-      survivors = jax.tree.map(lambda m: None, masks, is_leaf=masks_lib.is_none)
+      survivors = jax.tree.map(lambda m: None, masks, is_leaf=is_none)
     masked = jax.tree.map(
-        lambda m, g: g if m is None else masks_lib.bit_select(m, g),
-        masks, updates, is_leaf=masks_lib.is_none)
+        lambda m, g: g if m is None else bit_select(m, g),
+        masks, updates, is_leaf=is_none)
     shared = dict(extra, epoch=epoch, step_in_epoch=step, weight_mask=masks)
     # Only the non-default value is passed on, so a user's masking transform
     # sees the same extra args as before unless the caller opted in.
@@ -387,14 +392,14 @@ def tdm(inner: optax.GradientTransformation, *,
                                            params, **events, **shared)
     if record_grads:
       last_grads = jax.tree.map(lambda m, g: None if m is None else g, masks,
-                                masked, is_leaf=masks_lib.is_none)
+                                masked, is_leaf=is_none)
       has_grads = jnp.ones([], jnp.bool_)
     else:
       last_grads, has_grads = state.last_grads, state.has_grads
     inner_updates, inner_state = inner.update(masked, state.inner_state,
                                               params, **shared)
     final = jax.tree.map(_final_update, masks, survivors, inner_updates,
-                         params, is_leaf=masks_lib.is_none)
+                         params, is_leaf=is_none)
     return final, TDMState(
         count=state.count + 1, masks=masks, last_grads=last_grads,
         has_grads=has_grads, rng=rng, inner_state=inner_state,
