@@ -34,13 +34,9 @@ def _records(workdir):
           (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sigkill_in_a_later_task_then_rerun_gives_exact_results(tmp_path):
-  # SparCL-DER++ carries masks, DGM state, DDR statistics and the buffer
-  # across the kill; one step per call makes a checkpoint every 10 steps.
-  args = [f"--flagfile={QUICKSTART}", "--method=sparcl_derpp", "--epochs=2",
-          "--num_tasks=2", "--steps_per_call=1", "--checkpoint_every_steps=10",
-          "--ddr_epochs=1", "--mask_update_interval=1", "--noprogress",
-          "--notensorboard"]
+def _kill_in_task_2_then_rerun(tmp_path, args, exact_keys):
+  """Kills a run once task 2 has logged an epoch, reruns it, and checks its
+  results and log against an uninterrupted run's."""
   killed, clean = tmp_path / "killed", tmp_path / "clean"
 
   def command(workdir):
@@ -76,7 +72,7 @@ def test_sigkill_in_a_later_task_then_rerun_gives_exact_results(tmp_path):
 
   got = json.loads((killed / "results.json").read_text())
   want = json.loads((clean / "results.json").read_text())
-  for key in EXACT_KEYS:
+  for key in exact_keys:
     assert got[key] == want[key], key
   # The log is neither truncated nor duplicated by the restart.
   drop = ("task_time_s",)
@@ -84,6 +80,32 @@ def test_sigkill_in_a_later_task_then_rerun_gives_exact_results(tmp_path):
            for r in _records(killed)] ==
           [{k: v for k, v in r.items() if k not in drop}
            for r in _records(clean)])
+
+
+def test_sigkill_in_a_later_task_then_rerun_gives_exact_results(tmp_path):
+  # SparCL-DER++ carries masks, DGM state, DDR statistics and the buffer
+  # across the kill; one step per call makes a checkpoint every 10 steps.
+  _kill_in_task_2_then_rerun(
+      tmp_path,
+      [f"--flagfile={QUICKSTART}", "--method=sparcl_derpp", "--epochs=2",
+       "--num_tasks=2", "--steps_per_call=1", "--checkpoint_every_steps=10",
+       "--ddr_epochs=1", "--mask_update_interval=1", "--noprogress",
+       "--notensorboard"], EXACT_KEYS)
+
+
+def test_clnp_sigkill_mid_task_then_rerun_gives_exact_results(tmp_path):
+  # CLNP carries its partition masks (in the optimizer state), the used
+  # units and their history, and the prune diagnostics across the kill,
+  # which lands in the middle of the second task's training.
+  _kill_in_task_2_then_rerun(
+      tmp_path,
+      ["--dataset=digits", "--data_source=digits", "--scenario=permuted",
+       "--num_tasks=2", "--model=mlp", "--hidden_sizes=32,32", "--head=multi",
+       "--method=clnp", "--epochs=3", "--batch_size=32", "--optimizer=adam",
+       "--lr=0.01", "--l1=0.003", "--margin=2.0", "--val_fraction=0.2",
+       "--steps_per_call=1", "--checkpoint_every_steps=10", "--noprogress",
+       "--notensorboard"],
+      ("acc_matrix", "final", "clnp", "capacity_plot_data"))
 
 
 def _main(capsys, *args):

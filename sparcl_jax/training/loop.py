@@ -8,7 +8,6 @@ every task.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -31,11 +30,14 @@ from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry
 from sparcl_jax.training import accounting
 from sparcl_jax.training import checkpoint as checkpoint_lib
+from sparcl_jax.training import clnp_runner
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import steps
+from sparcl_jax.training import tasks
+from sparcl_jax.training.tasks import input_spec  # pylint: disable=unused-import
 from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
@@ -94,56 +96,6 @@ def method_spec(config: RunConfig) -> steps.MethodSpec:
       track_forgetting=method.tracks_forgetting(config))
 
 
-def input_spec(scenario: Scenario) -> steps.InputSpec:
-  return steps.InputSpec(tuple(scenario.image_shape),
-                         pipeline.needs_permutation(scenario),
-                         bool(scenario.augment), tuple(scenario.mean),
-                         tuple(scenario.std))
-
-
-def _pad(values: np.ndarray, length: int) -> np.ndarray:
-  out = np.zeros(length, np.int32)
-  out[:len(values)] = values
-  return out
-
-
-class _TaskArrays:
-  """Host-side index arrays of every task, padded to common lengths."""
-
-  def __init__(self, scenario: Scenario, joint: bool):
-    tasks = scenario.tasks
-    sizes = [len(t.train_indices) for t in tasks]
-    self.train_len = sum(sizes) if joint else max(sizes)
-    self.test_len = max(max(len(t.test_indices) for t in tasks),
-                        max(len(t.val_indices) for t in tasks))
-    self.joint = joint
-    self.scenario = scenario
-
-  def train(self, task_id: int):
-    """(example_index, example_task, usable) for training task ``task_id``."""
-    tasks = range(task_id + 1) if self.joint else [task_id]
-    index = np.concatenate(
-        [self.scenario.tasks[t].train_indices for t in tasks])
-    owner = np.concatenate(
-        [np.full(len(self.scenario.tasks[t].train_indices), t) for t in tasks])
-    usable = np.zeros(self.train_len, bool)
-    usable[:len(index)] = True
-    return (_pad(index, self.train_len), _pad(owner, self.train_len), usable)
-
-
-def _class_masks(scenario: Scenario) -> np.ndarray:
-  masks = np.zeros((scenario.num_tasks, scenario.num_outputs), bool)
-  for t, task in enumerate(scenario.tasks):
-    masks[t, np.asarray(task.classes)] = True
-  return masks
-
-
-def _progress(total: int, desc: str, enabled: bool):
-  from tqdm import auto as tqdm_auto  # pylint: disable=import-outside-toplevel
-  return tqdm_auto.tqdm(total=total, desc=desc, unit="step", leave=False,
-                        disable=not (enabled and sys.stderr.isatty()))
-
-
 def run(config: RunConfig, scenario: Optional[Scenario] = None,
         log_fn: Optional[LogFn] = None,
         checkpoints: Optional[checkpoint_lib.Checkpointer] = None
@@ -159,8 +111,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
       ``checkpoints.every_steps`` steps, and stops with
       :class:`~sparcl_jax.training.checkpoint.RunInterrupted` after saving
       when a stop is requested (see ``checkpoint.stop_on_signals``).
-      CLNP-family methods save and resume at task ends only (see
-      :func:`sparcl_jax.training.clnp_runner.run`).
+      Task-level methods (CLNP, EWC, SI, single-task) run in
+      :func:`sparcl_jax.training.clnp_runner.run`, with the same
+      checkpoints.
 
   Returns:
     The results dict (see README, "results.json"): accuracy matrices in
@@ -186,7 +139,6 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     if scenario is None:
       scenario = build_scenario(config)
     if config.method_object.family == methods.TASK_LEVEL:
-      from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
       return clnp_runner.run(config, scenario, log, start, checkpoints,
                              compiles)
     return _run_rehearsal_family(config, scenario, log, start, checkpoints,
@@ -217,7 +169,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   spec = input_spec(scenario)
   method = method_spec(config)
   joint = config.method_object.joint
-  arrays = _TaskArrays(scenario, joint)
+  arrays = tasks.TaskArrays(scenario, joint)
   batch_size = config.batch_size
   steps_per_call = max(1, min(config.steps_per_call,
                               arrays.train_len // batch_size))
@@ -254,7 +206,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   state = sharding_lib.replicate(
       steps.TrainState(params, batch_stats, opt_state, buffer, None, rng),
       mesh)
-  class_masks = _class_masks(scenario)
+  class_masks = tasks.class_masks(scenario)
 
   chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
                                  steps_per_call, buffer_ops=rehearsal,
@@ -280,7 +232,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   # Net of compilation; a resumed run counts this process's share only.
   train_time = eval_time = 0.0
   steps_here = 0
-  progress = _Progress(log)
+  progress = tasks.Progress(log)
   log = progress.log
   resume = None
   if checkpoints is not None and checkpoints.exists():
@@ -349,7 +301,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
     seen_so_far = jnp.asarray(class_masks[:t + 1].any(0))
     replay_active = bool(method.replay) and (t > 0 or
                                              method.replay_first_task)
-    bar = _progress((task_size // batch_size) * config.epochs,
+    bar = tasks.progress_bar((task_size // batch_size) * config.epochs,
                     f"task {t + 1}/{num_tasks}", config.progress)
     if not resuming_task:
       kept_per_epoch.append([])
@@ -395,7 +347,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
         if checkpoints is not None and (
             checkpoints.stop_requested or
             checkpoints.due(before, progress.steps_done)):
-          _check_loss(loss_sum, chunk_losses, t, num_tasks, epoch,
+          tasks.check_loss(loss_sum, chunk_losses, t, num_tasks, epoch,
                       num_steps, steps_per_call, checkpoints)
           save_checkpoint(
               {"task": t, "in_task": True, "epoch": epoch,
@@ -404,7 +356,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
                "loss_sum": float(loss_sum)},
               f"task {t + 1} of {num_tasks}, epoch {epoch + 1}, step "
               f"{first + done} of {num_steps}", order)
-      _check_loss(loss_sum, chunk_losses, t, num_tasks, epoch, num_steps,
+      tasks.check_loss(loss_sum, chunk_losses, t, num_tasks, epoch, num_steps,
                   steps_per_call, checkpoints)
       train_time += compiles.excluding_compiles(epoch_start)
       weight_sparsity = _weight_sparsities(config, state.opt_state)
@@ -429,7 +381,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
       test_index = scenario.tasks[j].test_indices
       correct_class, correct_task = evaluate(
           state.params, state.batch_stats, device_data, "test",
-          jnp.asarray(_pad(test_index, arrays.test_len)),
+          jnp.asarray(tasks.pad(test_index, arrays.test_len)),
           jnp.int32(len(test_index)), jnp.int32(j), seen,
           jnp.asarray(class_masks[j]))
       acc_class[t, j] = 100.0 * int(correct_class) / len(test_index)
@@ -466,37 +418,6 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
                        [len(t.train_indices) for t in scenario.tasks]},
       "flags": config_lib.to_dict(config),
   }
-
-
-class _Progress:
-  """Counts train steps and log records (both are saved in checkpoints)."""
-
-  def __init__(self, log: LogFn):
-    self._log = log
-    self.steps_done = 0
-    self.logged = 0
-
-  def log(self, record: dict) -> None:
-    self.logged += 1
-    self._log(record)
-
-
-def _check_loss(loss_sum, chunk_losses, task: int, num_tasks: int,
-                epoch: int, num_steps: int, steps_per_call: int,
-                checkpoints) -> None:
-  """Stops the run, naming where, when the loss is no longer finite."""
-  total = float(loss_sum)
-  if np.isfinite(total):
-    return
-  where = f"task {task + 1} of {num_tasks}, epoch {epoch + 1}"
-  for first, loss in chunk_losses:
-    if not np.isfinite(float(loss)):
-      last = min(first + steps_per_call, num_steps)
-      span = (f"step {first + 1}" if last == first + 1 else
-              f"steps {first + 1}-{last}")
-      where += f", {span} of {num_steps}"
-      break
-  checkpoint_lib.check_finite(total, where, checkpoints)
 
 
 def _layer_macs(model, params, batch_stats, spec: steps.InputSpec

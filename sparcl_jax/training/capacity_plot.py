@@ -1,0 +1,79 @@
+"""CLNP's capacity plot: the used share of every layer after each task."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sparcl_jax.errors import ConfigError
+
+CAPACITY_PLOT = "capacity.png"
+
+
+def capacity_plot_data(used_history: Sequence[Mapping[str, np.ndarray]]
+                       ) -> dict[str, Any]:
+  """Used share of every hidden layer after each committed task.
+
+  Args:
+    used_history: ``used`` dicts after each task, in order.
+
+  Returns:
+    ``{'tasks': [1..T], 'units': {layer: width}, 'used_fraction': {layer:
+    [fraction after task 1, ...]}}``.
+
+  Example:
+    >>> capacity_plot_data([{'hidden_0': np.array([True, False])}])
+    {'tasks': [1], 'units': {'hidden_0': 2}, 'used_fraction': {'hidden_0': [0.5]}}
+  """
+  if not used_history:
+    return {"tasks": [], "units": {}, "used_fraction": {}}
+  names = list(used_history[0])
+  return {
+      "tasks": list(range(1, len(used_history) + 1)),
+      "units": {n: int(np.size(used_history[0][n])) for n in names},
+      "used_fraction": {n: [float(np.mean(u[n])) for u in used_history]
+                        for n in names},
+  }
+
+
+def plot_capacity(workdir: str, results: Mapping[str, Any]) -> str:
+  """Saves the used share of each layer against tasks as ``capacity.png``.
+
+  Args:
+    workdir: output directory.
+    results: a CLNP run's results (its ``capacity_plot_data``).
+
+  Returns:
+    The PNG's path.
+
+  Raises:
+    ConfigError: the results hold no capacity data (not a CLNP run).
+
+  Example:
+    >>> plot_capacity('/tmp/run', results)  # doctest: +SKIP
+    '/tmp/run/capacity.png'
+  """
+  data = results.get("capacity_plot_data")
+  if not data:
+    raise ConfigError("plot_capacity needs the results of a --method=clnp "
+                      "run (no capacity_plot_data).")
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  for name, fractions in data["used_fraction"].items():
+    ax.plot(data["tasks"], [100.0 * f for f in fractions], marker="o",
+            label=f"{name} ({data['units'][name]} units)")
+  ax.set_xlabel("after training task")
+  ax.set_ylabel("used capacity (%)")
+  ax.set_ylim(0, 100)
+  ax.set_xticks(data["tasks"])
+  ax.set_title(f"CLNP capacity on {results.get('scenario', {}).get('name', '')}")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(workdir, CAPACITY_PLOT)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
