@@ -16,7 +16,7 @@ import optax
 
 from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
-from sparcl_jax.tdm import MaskSchedule, tdm
+from sparcl_jax.tdm import MaskSchedule
 from sparcl_jax.training import losses
 
 PyTree = Any

@@ -22,7 +22,7 @@ Example:
 """
 
 from sparcl_jax import masks as masks_lib
-from sparcl_jax.tdm import MaskSchedule, tdm
+from sparcl_jax.tdm import tdm
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
                                      mask_schedule, sparse_filter)
