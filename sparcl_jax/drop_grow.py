@@ -36,9 +36,15 @@ def _broadcast_sparsities(value: Any, masks: PyTree) -> PyTree:
 
 
 
-def _drop_and_grow_leaf(seeds: jax.Array, scores: jax.Array, mask: jax.Array,
+def _highest_first(scores: Optional[jax.Array]) -> list[jax.Array]:
+  """Sort key putting the highest score first; none for no preference."""
+  return [] if scores is None else [-scores.astype(jnp.float32)]
+
+
+def _drop_and_grow_leaf(seeds: jax.Array, mask: jax.Array,
                         keep: Union[int, jax.Array],
-                        total: Union[int, jax.Array], growth: str,
+                        total: Union[int, jax.Array],
+                        drop_scores: Optional[jax.Array],
                         grow_scores: Optional[jax.Array]
                         ) -> tuple[jax.Array, jax.Array]:
   """Drop to ``keep`` active weights, then grow to ``total``.
@@ -51,16 +57,73 @@ def _drop_and_grow_leaf(seeds: jax.Array, scores: jax.Array, mask: jax.Array,
   total = jnp.maximum(total, keep)
   # Inactive positions sort last, so drop only removes active weights; if
   # `keep` exceeds the active count the rest is filled at random.
-  kept = rank_mask([jnp.logical_not(mask), -scores.astype(jnp.float32),
-                    drop_bits], keep)
+  kept = rank_mask([jnp.logical_not(mask)] + _highest_first(drop_scores)
+                   + [drop_bits], keep)
   # Kept positions rank first; the remaining `total - keep` slots go to the
-  # best zero positions (random order, or largest |g|), just-dropped included.
-  if growth == 'gradient':
-    grow_keys = [-jnp.abs(grow_scores).astype(jnp.float32), grow_bits]
-  else:
-    grow_keys = [grow_bits]
-  grown = rank_mask([jnp.logical_not(kept)] + grow_keys, total)
+  # best-scored zero positions, just-dropped included. Without a score the
+  # random bits alone order them, one ranking key cheaper than a constant.
+  grown = rank_mask([jnp.logical_not(kept)] + _highest_first(grow_scores)
+                    + [grow_bits], total)
   return kept, grown
+
+
+def drop_and_grow_by_scores(rng: jax.Array, masks: PyTree,
+                            keep_counts: PyTree, total_counts: PyTree, *,
+                            drop_scores: Optional[PyTree] = None,
+                            grow_scores: Optional[PyTree] = None
+                            ) -> tuple[PyTree, PyTree]:
+  """Drop-and-grow ranked by two score pytrees, higher scores first.
+
+  Per sparse leaf: keep exactly ``keep_counts`` active positions, those with
+  the highest ``drop_scores``, then add the zero positions (just-dropped ones
+  included) with the highest ``grow_scores`` until exactly ``total_counts``
+  are kept. Ties are broken at random; a score pytree that is ``None``, or
+  ``None`` at a leaf, expresses no preference, so every choice there is
+  uniformly random. This is the engine under ``drop_and_grow_masks`` and
+  TDM's score rules (``sparcl_jax.mask_rules``).
+
+  Args:
+    rng: PRNG key.
+    masks: current masks pytree.
+    keep_counts: pytree with an int (or int32 scalar) per sparse leaf: how
+      many weights survive the drop; ``None`` at dense leaves.
+    total_counts: like ``keep_counts``: how many weights after growth.
+    drop_scores: pytree read at sparse leaves, or None.
+    grow_scores: pytree read at sparse leaves, or None.
+
+  Returns:
+    ``(survivors, new_masks)``: the positions the drop kept and the mask
+    after growth (``new_masks & ~survivors`` are the grown positions).
+
+  Example:
+    >>> m = {'w': jnp.array([True, True, False, False])}
+    >>> kept, new = drop_and_grow_by_scores(
+    ...     jax.random.key(0), m, {'w': 1}, {'w': 2},
+    ...     drop_scores={'w': jnp.array([1., 5., 0., 0.])},
+    ...     grow_scores={'w': jnp.array([0., 0., 3., 4.])})
+    >>> new['w']
+    Array([False,  True, False,  True], dtype=bool)
+  """
+  no_scores = jax.tree.map(lambda m: None, masks, is_leaf=is_none)
+  drop_scores = no_scores if drop_scores is None else drop_scores
+  grow_scores = no_scores if grow_scores is None else grow_scores
+  num_leaves = len(jax.tree.leaves(masks))
+  # One threefry draw seeds every leaf's hash-based random keys.
+  seeds = list(jax.random.bits(rng, (max(num_leaves, 1), 2), jnp.uint32))
+
+  def leaf_fn(m, k, t, ds, gs):
+    if m is None:
+      return None
+    return _drop_and_grow_leaf(seeds.pop(0), m, k, t, ds, gs)
+
+  pairs = jax.tree.map(leaf_fn, masks, keep_counts, total_counts, drop_scores,
+                       grow_scores, is_leaf=is_none)
+  is_pair = lambda x: x is None or isinstance(x, tuple)
+  survivors = jax.tree.map(lambda x: None if x is None else x[0], pairs,
+                           is_leaf=is_pair)
+  new_masks = jax.tree.map(lambda x: None if x is None else x[1], pairs,
+                           is_leaf=is_pair)
+  return survivors, new_masks
 
 
 def _check_growth(growth: str) -> None:
@@ -146,25 +209,14 @@ def drop_and_grow_masks(rng: jax.Array, scores: PyTree, masks: PyTree,
   _check_growth(growth)
   if growth == 'gradient' and grow_scores is None:
     raise ConfigError("growth='gradient' needs grow_scores (e.g. gradients).")
-  if grow_scores is None:
-    grow_scores = jax.tree.map(lambda m: None, masks, is_leaf=is_none)
-  num_leaves = len(jax.tree.leaves(masks))
-  # One threefry draw seeds every leaf's hash-based random keys.
-  seeds = list(jax.random.bits(rng, (max(num_leaves, 1), 2), jnp.uint32))
-
-  def leaf_fn(m, sc, k, t, gs):
-    if m is None:
-      return None
-    return _drop_and_grow_leaf(seeds.pop(0), sc, m, k, t, growth, gs)
-
-  pairs = jax.tree.map(leaf_fn, masks, scores, keep_counts, total_counts,
-                       grow_scores, is_leaf=is_none)
-  is_pair = lambda x: x is None or isinstance(x, tuple)
-  survivors = jax.tree.map(lambda x: None if x is None else x[0], pairs,
-                           is_leaf=is_pair)
-  new_masks = jax.tree.map(lambda x: None if x is None else x[1], pairs,
-                           is_leaf=is_pair)
-  return survivors, new_masks
+  ranked_growth = None
+  if growth == 'gradient':
+    ranked_growth = jax.tree.map(
+        lambda m, g: None if m is None else jnp.abs(g), masks, grow_scores,
+        is_leaf=is_none)
+  return drop_and_grow_by_scores(rng, masks, keep_counts, total_counts,
+                                 drop_scores=scores,
+                                 grow_scores=ranked_growth)
 
 
 def drop_and_grow(rng: jax.Array, params: PyTree, scores: PyTree,
@@ -228,5 +280,5 @@ def drop_and_grow(rng: jax.Array, params: PyTree, scores: PyTree,
 
 
 
-__all__ = ['GROWTH_MODES', 'drop_and_grow', 'drop_and_grow_counts',
-           'drop_and_grow_masks']
+__all__ = ['GROWTH_MODES', 'drop_and_grow', 'drop_and_grow_by_scores',
+           'drop_and_grow_counts', 'drop_and_grow_masks']

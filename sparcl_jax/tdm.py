@@ -13,11 +13,16 @@ fixed mask for the last interval. Importance is ``|W| + lambda * |g_last|``
 with ``g_last`` the (DGM-masked) gradient of the last mini-batch seen; the
 state is carried across tasks, so the first update of a task uses the previous
 task's last gradient, which is what makes the mask task-aware.
+
+Which weights drop and which grow are score functions
+(``sparcl_jax.mask_rules``): SparCL's importance and random growth by
+default, any registered rule by name, or any function of the same shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Optional, Union
 
 import jax
@@ -25,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sparcl_jax import mask_rules
 from sparcl_jax.control_flow import run_if
-from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_masks
+from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.masks import bit_select, magnitude_mask
 from sparcl_jax.paths import is_none
@@ -221,14 +227,55 @@ def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
   return erk_sparsities(params, sparse_filter, sparsity)
 
 
+def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
+  """A rule given by name or as a function."""
+  if isinstance(spec, str):
+    return (mask_rules.drop_score if kind == 'drop'
+            else mask_rules.grow_score)(spec)
+  if callable(spec):
+    return spec
+  raise ConfigError(
+      f'tdm {kind}_score must be a rule name or a function, got {spec!r}.')
+
+
+def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
+                   drop_score: Any, grow_score: Any
+                   ) -> tuple[mask_rules.ScoreFn, mask_rules.ScoreFn]:
+  """The drop and grow rules of tdm's keywords (the older two included)."""
+  if drop_score is not None and importance_lambda is not None:
+    raise ConfigError('tdm takes importance_lambda= (of the importance drop '
+                      'score) or drop_score=, not both.')
+  if grow_score is not None and growth is not None:
+    raise ConfigError('tdm takes growth= or grow_score=, not both.')
+  if drop_score is None:
+    lam = 0.5 if importance_lambda is None else float(importance_lambda)
+    if lam < 0:
+      raise ConfigError(f'importance_lambda must be >= 0, got {lam}.')
+    drop_fn = functools.partial(mask_rules.drop_score('importance'),
+                                importance_lambda=lam)
+  else:
+    drop_fn = _score_rule('drop', drop_score)
+  if grow_score is None:
+    growth = 'random' if growth is None else growth
+    if growth not in GROWTH_MODES:
+      raise ConfigError(
+          f'tdm growth must be one of {GROWTH_MODES}, got {growth!r}.')
+    grow_fn = mask_rules.grow_score(growth)
+  else:
+    grow_fn = _score_rule('grow', grow_score)
+  return drop_fn, grow_fn
+
+
 def tdm(inner: optax.GradientTransformation, *,
         sparsity: Optional[float] = None,
         sparsities: Optional[PyTree] = None,
         schedule: MaskSchedule = MaskSchedule(),
         sparse_filter: SparseFilter = default_sparse_filter,
         distribution: str = 'uniform',
-        importance_lambda: float = 0.5,
-        growth: str = 'random',
+        importance_lambda: Optional[float] = None,
+        growth: Optional[str] = None,
+        drop_score: Union[str, mask_rules.ScoreFn, None] = None,
+        grow_score: Union[str, mask_rules.ScoreFn, None] = None,
         gradient_masking: Optional[optax.GradientTransformation] = None,
         steps_per_epoch: Optional[int] = None,
         seed: int = 0) -> optax.GradientTransformationExtraArgs:
@@ -236,12 +283,15 @@ def tdm(inner: optax.GradientTransformation, *,
 
   ``update`` takes the extra keyword args ``epoch`` (epoch within the
   current task) and ``step_in_epoch``; at ``step_in_epoch == 0`` of an epoch
-  the schedule marks, it runs drop-and-grow with importance
-  ``|W| + importance_lambda * |g_last|`` (``|W|`` before any gradient was
-  seen). It then masks the gradient, applies ``gradient_masking`` (given the
-  extra arg ``weight_mask``), records the result as ``g_last``, runs
-  ``inner`` (also given ``weight_mask``) and returns updates after which
-  every masked weight is exactly zero. Other extra args are passed on.
+  the schedule marks, it runs drop-and-grow: the active weights with the
+  lowest ``drop_score`` go (by default SparCL's importance
+  ``|W| + importance_lambda * |g_last|``, ``|W|`` before any gradient was
+  seen), and the zero positions with the highest ``grow_score`` grow (by
+  default at random). It then masks the gradient, applies
+  ``gradient_masking`` (given the extra arg ``weight_mask``), records the
+  result as ``g_last``, runs ``inner`` (also given ``weight_mask``) and
+  returns updates after which every masked weight is exactly zero. Other
+  extra args are passed on.
 
   If ``epoch``/``step_in_epoch`` are not given, ``steps_per_epoch`` must be:
   the epoch is then derived from the internal step counter as
@@ -268,9 +318,17 @@ def tdm(inner: optax.GradientTransformation, *,
     schedule: when and how far to drop and grow.
     sparse_filter: which leaves are sparse (ignored with ``sparsities``).
     distribution: ``'uniform'`` or ``'erk'``.
-    importance_lambda: weight of ``|g_last|`` in the importance.
-    growth: ``'random'`` (SparCL) or ``'gradient'`` (RigL; grows the zero
-      positions with the largest ``|g|`` of the current, unmasked gradient).
+    importance_lambda: weight of ``|g_last|`` in the default (importance)
+      drop score; 0.5 when not given. Not with ``drop_score``.
+    growth: ``'random'`` (SparCL, the default) or ``'gradient'`` (RigL; grows
+      the zero positions with the largest ``|g|`` of the current, unmasked
+      gradient): the grow rules of those names. Not with ``grow_score``.
+    drop_score: the drop rule: a name from
+      ``mask_rules.drop_score_names()`` or a function
+      ``(mask_rules.ScoreInputs) -> scores`` (higher = kept).
+    grow_score: the grow rule: a name from
+      ``mask_rules.grow_score_names()`` or such a function (higher = grown
+      first).
     gradient_masking: optional transform applied to the masked gradient
       before ``inner``, e.g. ``dgm(0.8)``.
     steps_per_epoch: fallback for missing ``epoch``/``step_in_epoch``.
@@ -297,12 +355,8 @@ def tdm(inner: optax.GradientTransformation, *,
   if distribution not in ('uniform', 'erk'):
     raise ConfigError(
         f"tdm distribution must be 'uniform' or 'erk', got {distribution!r}.")
-  if growth not in GROWTH_MODES:
-    raise ConfigError(
-        f'tdm growth must be one of {GROWTH_MODES}, got {growth!r}.')
-  if float(importance_lambda) < 0:
-    raise ConfigError(
-        f'importance_lambda must be >= 0, got {importance_lambda}.')
+  drop_fn, grow_fn = _resolve_rules(importance_lambda, growth, drop_score,
+                                    grow_score)
   if steps_per_epoch is not None and int(steps_per_epoch) < 1:
     raise ConfigError(f'steps_per_epoch must be >= 1, got {steps_per_epoch}.')
   if not isinstance(schedule, MaskSchedule):
@@ -311,7 +365,6 @@ def tdm(inner: optax.GradientTransformation, *,
   inner = optax.with_extra_args_support(inner)
   masking = optax.with_extra_args_support(
       gradient_masking if gradient_masking is not None else optax.identity())
-  lam = float(importance_lambda)
 
   def init_fn(params):
     sp = _resolve_sparsities(params, sparsity, sparsities, sparse_filter,
@@ -357,16 +410,19 @@ def tdm(inner: optax.GradientTransformation, *,
 
     def new_masks(carry):
       masks, _ = carry
-      scores = jax.tree.map(
-          lambda m, w, g: None if m is None else jnp.abs(w) + jnp.where(
-              state.has_grads, lam * jnp.abs(g), jnp.zeros_like(g)),
-          masks, params, state.last_grads, is_leaf=is_none)
+      # The rules' key is folded from `update_rng` rather than split from
+      # it, so the engine's own draws, and the masks of every existing
+      # configuration, do not change.
+      inputs = mask_rules.ScoreInputs(
+          params=params, grads=updates, last_grads=state.last_grads,
+          has_grads=state.has_grads, masks=masks,
+          rng=jax.random.fold_in(update_rng, 1))
       pick = lambda t: jax.tree.map(
           lambda m, c: None if m is None else jnp.asarray(c)[phase], masks, t,
           is_leaf=is_none)
-      survivors, out = drop_and_grow_masks(
-          update_rng, scores, masks, pick(keep_table), pick(total_table),
-          growth=growth, grow_scores=updates if growth == 'gradient' else None)
+      survivors, out = drop_and_grow_by_scores(
+          update_rng, masks, pick(keep_table), pick(total_table),
+          drop_scores=drop_fn(inputs), grow_scores=grow_fn(inputs))
       return out, survivors
 
     if mask_events:
