@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.data import pipeline
 from sparcl_jax.errors import ConfigError
 
 NEVER_LEARNED_SCORE = int(np.iinfo(np.int32).max)
@@ -179,6 +180,9 @@ def ddr_remove(state: DDRState, rng: jax.Array,
 def ddr_order(state: DDRState, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   """A random epoch order of the kept positions, with a fixed shape.
 
+  The library's one epoch order (:func:`sparcl_jax.data.pipeline.epoch_order`)
+  over the kept positions.
+
   Args:
     state: current statistics.
     rng: PRNG key.
@@ -193,12 +197,7 @@ def ddr_order(state: DDRState, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     >>> sorted(order[:int(k)].tolist())
     [0, 2, 3]
   """
-  n = state.kept.shape[0]
-  *_, order = jax.lax.sort(
-      (jnp.logical_not(state.kept).astype(jnp.int32),
-       jax.random.bits(rng, (n,), jnp.uint32),
-       jnp.arange(n, dtype=jnp.int32)), num_keys=2)
-  return order, state.kept.sum().astype(jnp.int32)
+  return pipeline.epoch_order(rng, state.kept)
 
 
 @dataclasses.dataclass(frozen=True)

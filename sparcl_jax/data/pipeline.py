@@ -228,6 +228,37 @@ def normalize(x: jax.Array, mean: Sequence[float],
   return (x.astype(jnp.float32) - mean) / std
 
 
+def epoch_order(rng: jax.Array, usable: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """A random epoch order over example slots, usable slots first.
+
+  The one epoch order of the library: the training loops (through
+  ``steps.make_epoch_order``), DDR's ``ddr_order`` and :func:`epoch_batches`
+  all draw theirs here. The shape never depends on how many slots are
+  usable, so one compilation serves every epoch.
+
+  Args:
+    rng: a PRNG key.
+    usable: [L] bool over a task's example slots (False for padding and
+      removed examples).
+
+  Returns:
+    ``(positions, count)``: int32 [L] with the usable slots first, in random
+    order, then the others in slot order; and the int32 number of usable
+    slots.
+
+  Example:
+    >>> positions, count = epoch_order(jax.random.key(0),
+    ...                                jnp.array([True, False, True]))
+    >>> sorted(positions[:int(count)].tolist()), int(positions[-1])
+    ([0, 2], 1)
+  """
+  keys = jax.random.uniform(rng, usable.shape)
+  # Unusable slots sort after every usable one (uniform keys are < 1).
+  keys = jnp.where(usable, keys, 2.0)
+  return jnp.argsort(keys).astype(jnp.int32), usable.sum().astype(jnp.int32)
+
+
 def epoch_batches(rng: jax.Array, indices: jax.Array,
                   batch_size: int) -> jax.Array:
   """Shuffles indices and cuts them into full batches (the rest is dropped).
@@ -245,5 +276,6 @@ def epoch_batches(rng: jax.Array, indices: jax.Array,
     (2, 4)
   """
   num_batches = indices.shape[0] // batch_size
-  shuffled = jax.random.permutation(rng, indices)
+  positions, _ = epoch_order(rng, jnp.ones(indices.shape, bool))
+  shuffled = indices[positions]
   return shuffled[:num_batches * batch_size].reshape(num_batches, batch_size)

@@ -412,11 +412,10 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
 
 
 def make_epoch_order() -> Callable:
-  """Returns a jitted ``order(rng, usable) -> (positions, count)``.
+  """Returns :func:`sparcl_jax.data.pipeline.epoch_order`, jitted.
 
-  ``usable`` is a [L] bool array over a task's example slots (False for
-  padding and removed examples); ``positions`` lists the usable slots first,
-  in random order, and ``count`` is how many there are.
+  ``order(rng, usable) -> (positions, count)``: the usable slots of
+  ``usable`` first, in random order, and how many there are.
 
   Returns:
     The jitted function.
@@ -424,14 +423,10 @@ def make_epoch_order() -> Callable:
   Example:
     >>> positions, count = make_epoch_order()(jax.random.key(0),
     ...                                       jnp.array([True, False, True]))
+    >>> int(count)
+    2
   """
-
-  def order(rng, usable):
-    keys = jax.random.uniform(rng, usable.shape)
-    keys = jnp.where(usable, keys, 2.0)
-    return jnp.argsort(keys).astype(jnp.int32), usable.sum()
-
-  return jax.jit(order)
+  return jax.jit(pipeline.epoch_order)
 
 
 def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
