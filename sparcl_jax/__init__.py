@@ -17,9 +17,13 @@ from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
 from sparcl_jax.ddr import (DDRSchedule, DDRState, ddr_init, ddr_order,
                             ddr_remove, ddr_reset, ddr_scores, ddr_update)
 from sparcl_jax.dgm import DGMState, dgm, dgm_masks
+from sparcl_jax.drop_grow import drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError, DataError, SparclError
 from sparcl_jax.flops import (dense_train_flops, forward_macs, layer_macs,
                               train_flops)
+from sparcl_jax.mask_rules import (ScoreInputs, drop_score_names,
+                                   grow_score_names, register_drop_score,
+                                   register_grow_score)
 from sparcl_jax.masks import (apply_mask, bit_select, default_sparse_filter,
                               drop_and_grow, erk_sparsities, filter_from_regex,
                               magnitude_mask, snip_mask, summarize_sparsity,
