@@ -273,8 +273,12 @@ def test_make_scenario_checks_num_tasks_before_loading(tmp_path, name,
 def test_make_scenario_unknown_name_lists_valid_names():
   with pytest.raises(ConfigError, match="valid names: split_mnist, "):
     scenarios.make_scenario("split_imagenet21k")
-  assert len(scenarios.SCENARIOS) == 10
+  assert len(scenarios.SCENARIOS) == 11
   assert "split_cifar100_20" in scenarios.SCENARIOS
+  # train.py's default task counts come from the same table.
+  assert "permuted_fashion_mnist" in scenarios.SCENARIOS
+  assert scenarios.default_num_tasks("permuted", "fashion_mnist") == 10
+  assert scenarios.default_num_tasks("split", "cifar100") == 10
 
 
 def test_make_scenario_missing_data_is_data_error(tmp_path):

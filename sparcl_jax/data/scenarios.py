@@ -22,16 +22,14 @@ from sparcl_jax.data import sources
 from sparcl_jax.data.types import Dataset, Scenario, Task
 from sparcl_jax.errors import ConfigError, DataError
 
-SCENARIOS = ("split_mnist", "permuted_mnist", "split_fashion_mnist",
-             "split_cifar10", "split_cifar100", "split_cifar100_20",
-             "split_tinyimagenet", "cifar10_100", "split_digits",
-             "permuted_digits")
-
-# name: (kind, dataset, number of classes, default number of tasks)
+# The library's one table of scenarios: name: (kind, dataset, number of
+# classes, default number of tasks). The first entry of a (kind, dataset)
+# pair gives the default task count of ``train.py``'s --scenario/--dataset.
 _PRESETS = {
     "split_mnist": ("split", "mnist", 10, 5),
     "permuted_mnist": ("permuted", "mnist", 10, 10),
     "split_fashion_mnist": ("split", "fashion_mnist", 10, 5),
+    "permuted_fashion_mnist": ("permuted", "fashion_mnist", 10, 10),
     "split_cifar10": ("split", "cifar10", 10, 5),
     "split_cifar100": ("split", "cifar100", 100, 10),
     "split_cifar100_20": ("split", "cifar100", 100, 20),
@@ -40,6 +38,77 @@ _PRESETS = {
     "split_digits": ("split", "digits", 10, 5),
     "permuted_digits": ("permuted", "digits", 10, 5),
 }
+
+SCENARIOS = tuple(_PRESETS)
+
+
+def default_num_tasks(kind: str, dataset: str) -> int:
+  """The usual number of tasks of a scenario kind on a dataset.
+
+  Args:
+    kind: ``'split'``, ``'permuted'`` or ``'cifar10_100'``.
+    dataset: a dataset name (``'mnist'``, ``'cifar100'``...).
+
+  Returns:
+    The first matching preset's task count; 5 for pairs without a preset.
+
+  Example:
+    >>> default_num_tasks("split", "cifar100"), default_num_tasks("permuted",
+    ...                                                           "mnist")
+    (10, 10)
+  """
+  for preset_kind, preset_dataset, _, tasks in _PRESETS.values():
+    if (preset_kind, preset_dataset) == (kind, dataset):
+      return tasks
+  return 5
+
+
+def build_scenario(kind: str, dataset: Dataset, num_tasks: int,
+                   seed: int = 0, val_fraction: float = 0.0,
+                   shuffle_classes: bool = False,
+                   cifar100: Optional[Dataset] = None,
+                   name: Optional[str] = None) -> Scenario:
+  """Cuts a loaded dataset into the tasks of a scenario kind.
+
+  Args:
+    kind: ``'split'`` (disjoint classes per task), ``'permuted'`` (pixel
+      permutations) or ``'cifar10_100'`` (``dataset`` is CIFAR-10).
+    dataset: the dataset.
+    num_tasks: number of tasks; for ``'split'`` it must divide the classes.
+    seed: seed of permutations, class shuffling and validation split.
+    val_fraction: share of each task's training examples held out.
+    shuffle_classes: shuffle the class order before splitting.
+    cifar100: CIFAR-100, for ``'cifar10_100'``.
+    name: the scenario's name (default: the builder's).
+
+  Returns:
+    The scenario.
+
+  Raises:
+    ConfigError: ``num_tasks`` is impossible for the kind and dataset.
+
+  Example:
+    >>> digits = sources.load_dataset("digits", "digits", None)
+    >>> build_scenario("split", digits, 5).num_tasks
+    5
+  """
+  names = {} if name is None else {"name": name}
+  _check_num_tasks(kind, num_tasks, dataset.num_classes, dataset.name)
+  if kind == "split":
+    return split_scenario(dataset, dataset.num_classes // num_tasks, seed,
+                          shuffle_classes=shuffle_classes,
+                          val_fraction=val_fraction, **names)
+  if kind == "permuted":
+    return permuted_scenario(dataset, num_tasks, seed,
+                             val_fraction=val_fraction, **names)
+  if kind == "cifar10_100":
+    if cifar100 is None:
+      raise ConfigError("the cifar10_100 scenario needs CIFAR-100 too")
+    return cifar10_100_scenario(dataset, cifar100, val_fraction, seed,
+                                num_tasks - 1, **names)
+  raise ConfigError(f"unknown scenario kind {kind!r}; use split, permuted "
+                    "or cifar10_100.")
+
 
 # Per-channel statistics of the training images after scaling to [0, 1].
 _INPUT_STATS = {
@@ -283,7 +352,7 @@ def make_scenario(name: str,
   Presets (default number of tasks x classes per task): split_mnist,
   split_fashion_mnist, split_cifar10, split_digits (5x2); split_cifar100
   (10x10); split_cifar100_20 (20x5); split_tinyimagenet (10x20);
-  permuted_mnist (10 tasks); permuted_digits (5 tasks, for tiny tests);
+  permuted_mnist, permuted_fashion_mnist (10 tasks); permuted_digits (5 tasks, for tiny tests);
   cifar10_100 (6 tasks: CIFAR-10, then 5x10 CIFAR-100 classes). Classes keep
   their natural order; permuted presets use disjoint label spaces.
 
@@ -314,24 +383,25 @@ def make_scenario(name: str,
   kind, dataset_name, num_classes, default_tasks = _PRESETS[name]
   tasks = default_tasks if num_tasks is None else int(num_tasks)
   _check_common(seed, val_fraction)
-  if kind == "split" and (tasks < 1 or num_classes % tasks):
-    raise ConfigError(f"{name}: num_tasks={tasks} must divide the "
-                      f"{num_classes} classes")
-  if kind == "permuted" and tasks < 1:
-    raise ConfigError(f"{name}: num_tasks must be >= 1, got {tasks}")
-  if kind == "cifar10_100" and not 2 <= tasks <= 11:
-    raise ConfigError(f"{name}: num_tasks must be in 2..11, got {tasks}")
-
+  # Before loading, which may take minutes.
+  _check_num_tasks(kind, tasks, num_classes, name)
   dataset = sources.load_dataset(dataset_name, source, data_dir, seed)
-  if kind == "split":
-    return split_scenario(dataset, num_classes // tasks, seed,
-                          val_fraction=val_fraction, name=name)
-  if kind == "permuted":
-    return permuted_scenario(dataset, tasks, seed, val_fraction=val_fraction,
-                             name=name)
-  cifar100 = sources.load_dataset("cifar100", source, data_dir, seed)
-  return cifar10_100_scenario(dataset, cifar100, val_fraction, seed,
-                              tasks - 1, name=name)
+  cifar100 = None
+  if kind == "cifar10_100":
+    cifar100 = sources.load_dataset("cifar100", source, data_dir, seed)
+  return build_scenario(kind, dataset, tasks, seed, val_fraction,
+                        cifar100=cifar100, name=name)
+
+
+def _check_num_tasks(kind: str, num_tasks: int, num_classes: int,
+                     what: str) -> None:
+  if kind == "split" and (num_tasks < 1 or num_classes % num_tasks):
+    raise ConfigError(f"{what}: num_tasks={num_tasks} must divide the "
+                      f"{num_classes} classes; pick a divisor.")
+  if kind == "permuted" and num_tasks < 1:
+    raise ConfigError(f"{what}: num_tasks must be >= 1, got {num_tasks}")
+  if kind == "cifar10_100" and not 2 <= num_tasks <= 11:
+    raise ConfigError(f"{what}: num_tasks must be in 2..11, got {num_tasks}")
 
 
 def _check_common(seed: int, val_fraction: float) -> None:

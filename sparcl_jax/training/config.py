@@ -12,6 +12,7 @@ import re
 from typing import Optional
 
 from sparcl_jax import methods
+from sparcl_jax.data import scenarios
 from sparcl_jax.errors import ConfigError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
@@ -31,14 +32,10 @@ CLNP_METHODS = methods.names(methods.TASK_LEVEL)
 ACTIVITY_READINGS = ("mean", "firing_rate")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
 
-# Default number of tasks per (scenario kind, dataset) when --num_tasks is 0.
-DEFAULT_NUM_TASKS = {
-    ("split", "mnist"): 5, ("split", "fashion_mnist"): 5,
-    ("split", "digits"): 5, ("split", "cifar10"): 5,
-    ("split", "cifar100"): 10, ("split", "tiny_imagenet"): 10,
-    ("permuted", "mnist"): 10, ("permuted", "fashion_mnist"): 10,
-    ("permuted", "digits"): 5, ("cifar10_100", "cifar10"): 6,
-}
+# Default number of tasks per (scenario kind, dataset) when --num_tasks is 0:
+# the scenario table's (sparcl_jax.data.scenarios).
+DEFAULT_NUM_TASKS = {(kind, dataset): scenarios.default_num_tasks(kind, dataset)
+                     for kind, dataset, _, _ in scenarios._PRESETS.values()}  # pylint: disable=protected-access
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +273,7 @@ class RunConfig:
   def resolved_num_tasks(self) -> int:
     if self.num_tasks:
       return self.num_tasks
-    return DEFAULT_NUM_TASKS.get((self.scenario, self.dataset), 5)
+    return scenarios.default_num_tasks(self.scenario, self.dataset)
 
   @property
   def replay_batch_size(self) -> int:

@@ -62,25 +62,17 @@ def build_scenario(config: RunConfig) -> Scenario:
   data_dir = config.data_dir or None
   dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
                                  seed=config.seed)
-  num_tasks = config.resolved_num_tasks
-  if config.scenario == "split":
-    if dataset.num_classes % num_tasks:
-      raise ConfigError(
-          f"--num_tasks={num_tasks} does not divide the "
-          f"{dataset.num_classes} classes of {config.dataset}; pick a "
-          "divisor.")
-    return scenarios_lib.split_scenario(
-        dataset, dataset.num_classes // num_tasks, seed=config.seed,
-        shuffle_classes=config.shuffle_classes,
-        val_fraction=config.val_fraction)
-  if config.scenario == "permuted":
-    return scenarios_lib.permuted_scenario(
-        dataset, num_tasks, seed=config.seed,
-        val_fraction=config.val_fraction)
-  cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
-                                  seed=config.seed)
-  return scenarios_lib.cifar10_100_scenario(
-      dataset, cifar100, val_fraction=config.val_fraction, seed=config.seed)
+  cifar100 = None
+  if config.scenario == "cifar10_100":
+    cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
+                                    seed=config.seed)
+  try:
+    return scenarios_lib.build_scenario(
+        config.scenario, dataset, config.resolved_num_tasks, config.seed,
+        config.val_fraction, config.shuffle_classes, cifar100)
+  except ConfigError as err:
+    raise ConfigError(f"--scenario={config.scenario} "
+                      f"--dataset={config.dataset}: {err}") from None
 
 
 def method_spec(config: RunConfig) -> steps.MethodSpec:
