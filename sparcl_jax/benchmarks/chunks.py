@@ -1,0 +1,287 @@
+"""The library's train chunks, set up the way its runners set them up.
+
+This is the one benchmark module that assembles the training package's
+pieces by hand (``loop.run`` and the task-level runner do it inside a whole
+run), so that a single chunk of steps can be called and timed repeatedly at
+a chosen task and epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparcl_jax import ddr as ddr_lib
+from sparcl_jax import flops as flops_lib
+from sparcl_jax import masks as masks_lib
+from sparcl_jax import rehearsal
+from sparcl_jax.benchmarks.harness import StepBench, first_call
+from sparcl_jax.data import pipeline
+from sparcl_jax.data.types import Scenario
+from sparcl_jax.models import registry
+from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.training import clnp_runner
+from sparcl_jax.training import loop
+from sparcl_jax.training import optimizers
+from sparcl_jax.training import steps
+from sparcl_jax.training import task_level_steps
+from sparcl_jax.training import tasks
+from sparcl_jax.training.config import RunConfig
+
+PyTree = Any
+
+
+def model_and_params(config: RunConfig, scenario: Scenario
+                     ) -> tuple[Any, PyTree, PyTree]:
+  """The library's model of ``config`` and its initial variables.
+
+  Args:
+    config: model, widths, head and conv gradients.
+    scenario: gives the input shape, outputs and task heads.
+
+  Returns:
+    ``(model, params, batch_stats)``; ``batch_stats`` is ``{}`` without
+    batch norm.
+
+  Example:
+    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> _, params, stats = model_and_params(
+    ...     make_config('sgd', hidden_sizes='8'), random_scenario((4, 4, 1), 8))
+    >>> len(jax.tree.leaves(params)), stats
+    (4, {})
+  """
+  model = registry.make_model(
+      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
+      nf=config.nf, head=config.head,
+      head_sizes=[len(t.classes) for t in scenario.tasks],
+      conv_gradients=config.conv_gradients)
+  variables = registry.init_model(model, jax.random.key(config.seed),
+                                  (1,) + tuple(scenario.image_shape))
+  return model, variables["params"], variables.get("batch_stats", {})
+
+
+def model_macs(model, params: PyTree, batch_stats: PyTree,
+               scenario: Scenario) -> int:
+  """Dense forward MACs of one example, traced from the model.
+
+  Counted as ``loop.run`` counts them for its FLOP totals, so that the
+  benchmark's FLOP/s and a run's FLOPs agree.
+
+  Args:
+    model: Flax module.
+    params: its parameters.
+    batch_stats: its batch-norm statistics (``{}`` without).
+    scenario: gives the input shape.
+
+  Returns:
+    MACs per example.
+
+  Example:
+    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> data = random_scenario((4, 4, 1), 8)
+    >>> model_macs(*model_and_params(make_config('sgd', hidden_sizes='8'),
+    ...                              data), data)  # 16 * 8 + 8 * 10
+    208
+  """
+
+  def apply(p, x):
+    variables = {"params": p}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    return model.apply(variables, x, train=False)
+
+  x = jax.ShapeDtypeStruct((2,) + tuple(scenario.image_shape), jnp.float32)
+  return flops_lib.forward_macs(
+      flops_lib.layer_macs(apply, params, x, batch_size=2))
+
+
+def _task_setup(scenario: Scenario, task_id: int):
+  """Padded index arrays and the class mask of one task, as the runners do."""
+  arrays = tasks.TaskArrays(scenario, False)
+  index, owner, usable = arrays.train(task_id)
+  task_mask = jnp.asarray(np.isin(np.arange(scenario.num_outputs),
+                                  scenario.tasks[task_id].classes))
+  return arrays, index, owner, usable, task_mask
+
+
+def build_train_chunk(config: RunConfig, scenario: Scenario,
+                      steps_per_epoch: int, task_id: int = 1,
+                      epoch: int = 2) -> StepBench:
+  """The library's train chunk of ``config.method``, set up as ``loop.run``.
+
+  The chunk runs ``config.steps_per_call`` steps of task ``task_id`` (so
+  replay is active) at epoch ``epoch``. Successive calls move through the
+  epoch (``first_step`` = 0, K, 2K, ...) so that SparCL's periodic work (a
+  DGM refresh every ``dgm_refresh`` steps, a TDM drop-and-grow at step 0)
+  is amortised as in a real epoch of ``steps_per_epoch`` steps.
+
+  Args:
+    config: the run configuration.
+    scenario: the data (each task needs ``steps_per_epoch * batch_size``
+      training examples).
+    steps_per_epoch: steps of the simulated epoch.
+    task_id: the task trained.
+    epoch: epoch within the task.
+
+  Returns:
+    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+
+  Example:
+    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> bench = build_train_chunk(
+    ...     make_config('derpp', hidden_sizes='8', batch_size=8,
+    ...                 minibatch_size=8, buffer_size=16, steps_per_call=2),
+    ...     random_scenario((4, 4, 1), 32), 4)
+    >>> bench.steps, bench.examples_per_step
+    (2, 24)
+  """
+  model, params, batch_stats = model_and_params(config, scenario)
+  spec = tasks.input_spec(scenario)
+  method = loop.method_spec(config)
+  k = config.steps_per_call
+  b = config.batch_size
+  tx = optimizers.make_optimizer(config)
+  opt_state = tx.init(params)
+  if config.is_sparse:
+    params = masks_lib.apply_mask(params, tdm_masks(opt_state))
+  arrays, index, owner, usable, task_mask = _task_setup(scenario, task_id)
+  if int(usable.sum()) < steps_per_epoch * b:
+    raise ValueError("scenario too small for steps_per_epoch")
+  buffer = None
+  if method.replay:
+    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
+                                   scenario.num_outputs)
+    # A full buffer, as after the first task.
+    x0, y0 = pipeline.gather_batch(
+        pipeline.to_device(scenario),
+        jnp.asarray(scenario.tasks[0].train_indices[:config.buffer_size]),
+        0, "train", spec.permuted)
+    buffer = buffer._replace(
+        inputs=x0, labels=y0, num_seen=jnp.int32(config.buffer_size * 10))
+  ddr = None
+  if method.track_forgetting:
+    ddr = ddr_lib.ddr_init(arrays.train_len)._replace(
+        kept=jnp.asarray(usable))
+  state = steps.TrainState(params, batch_stats, opt_state, buffer, ddr,
+                           jax.random.key(3))
+  chunk = steps.make_train_chunk(model, tx, method, spec, b, k,
+                                 buffer_ops=rehearsal, ddr_ops=ddr_lib,
+                                 mask_events=optimizers.mask_events(config))
+  data = (pipeline.to_device(scenario), jnp.asarray(index),
+          jnp.asarray(owner))
+  order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))
+  facts = [steps.StepFacts(jnp.int32(task_id), jnp.int32(epoch),
+                           jnp.int32(s), jnp.int32(steps_per_epoch),
+                           task_mask) for s in range(0, steps_per_epoch, k)]
+  call = lambda rep: chunk(state, data, order, facts[rep % len(facts)])
+  compile_s, compiles = first_call(lambda: call(0))
+  examples = b + (config.method_object.replay_batches *
+                  config.replay_batch_size)
+  return StepBench(call, k, examples,
+                   model_macs(model, params, batch_stats, scenario),
+                   compile_s, compiles,
+                   f"steps.make_train_chunk ({config.method})")
+
+
+def build_clnp_chunk(config: RunConfig, scenario: Scenario,
+                     steps_per_epoch: int, task_id: int = 1) -> StepBench:
+  """CLNP's train function (the task-level runner's), or the fine-tuning twin.
+
+  ``config.method == 'clnp'`` gives ``clnp_partition(adam)`` with the L1
+  term; ``'single_task'`` gives the same function with plain adam (CLNP's
+  fine-tuning baseline).
+
+  Args:
+    config: the run configuration.
+    scenario: the data.
+    steps_per_epoch: steps of the simulated epoch.
+    task_id: task trained.
+
+  Returns:
+    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+
+  Example:
+    >>> bench = build_clnp_chunk(make_config('clnp'), scenario, 60)
+    ... # doctest: +SKIP
+  """
+  model, params, _ = model_and_params(config, scenario)
+  spec = tasks.input_spec(scenario)
+  tx = clnp_runner.make_optimizer(config, config.epochs * steps_per_epoch)
+  k = config.steps_per_call
+  b = config.batch_size
+  train = task_level_steps.make_train_function(model, tx, config, spec, b, k)
+  _, index, _, usable, task_mask = _task_setup(scenario, task_id)
+  state = task_level_steps.RunState(params, tx.init(params), None,
+                                    jax.random.key(3))
+  data = (pipeline.to_device(scenario), jnp.asarray(index))
+  order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))
+  facts = [task_level_steps.ChunkFacts(jnp.int32(task_id), jnp.int32(s),
+                                       jnp.int32(steps_per_epoch), task_mask)
+           for s in range(0, steps_per_epoch, k)]
+  call = lambda rep: train(state, data, order, facts[rep % len(facts)])
+  compile_s, compiles = first_call(lambda: call(0))
+  return StepBench(call, k, b, model_macs(model, params, {}, scenario),
+                   compile_s, compiles,
+                   f"task_level_steps.make_train_function "
+                   f"({config.method})")
+
+
+class EpochChunk(NamedTuple):
+  """A fine-tuning chunk and what one epoch of it needs.
+
+  Attributes:
+    chunk: ``chunk(state, data, order, facts) -> (state, loss)``, jitted.
+    state: its initial :class:`~sparcl_jax.training.steps.TrainState`.
+    data: its device data.
+    usable: the task's usable positions (device), for the epoch order.
+    task_mask: the task's class mask.
+    steps_per_call: steps fused in one call.
+    num_steps: steps of one full epoch.
+  """
+
+  chunk: Callable
+  state: steps.TrainState
+  data: tuple
+  usable: jax.Array
+  task_mask: jax.Array
+  steps_per_call: int
+  num_steps: int
+
+
+def epoch_chunk(config: RunConfig, scenario: Scenario,
+                task_id: int) -> EpochChunk:
+  """A fine-tuning chunk of task ``task_id``, set up as ``loop.run``.
+
+  Args:
+    config: a config without replay or sparsity ('sgd').
+    scenario: the data.
+    task_id: the task trained.
+
+  Returns:
+    The :class:`EpochChunk`.
+
+  Example:
+    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> parts = epoch_chunk(make_config('sgd', hidden_sizes='8',
+    ...                                 batch_size=8, minibatch_size=8),
+    ...                     random_scenario((4, 4, 1), 32), 1)
+    >>> parts.steps_per_call, parts.num_steps
+    (4, 4)
+  """
+  model, params, batch_stats = model_and_params(config, scenario)
+  tx = optimizers.make_optimizer(config)
+  b = config.batch_size
+  _, index, owner, usable, task_mask = _task_setup(scenario, task_id)
+  num_steps = int(usable.sum()) // b
+  k = min(config.steps_per_call, num_steps)
+  chunk = steps.make_train_chunk(model, tx, loop.method_spec(config),
+                                 tasks.input_spec(scenario), b, k)
+  data = (pipeline.to_device(scenario), jnp.asarray(index),
+          jnp.asarray(owner))
+  state = steps.TrainState(params, batch_stats, tx.init(params), None, None,
+                           jax.random.key(0))
+  return EpochChunk(chunk, state, data, jnp.asarray(usable), task_mask, k,
+                    num_steps)

@@ -1,0 +1,172 @@
+"""The human-readable tables printed after a benchmark run.
+
+Pure formatting of the results dict (the JSON the run writes), so a saved
+``benchmark.json`` can be printed again without rerunning anything.
+"""
+
+from __future__ import annotations
+
+
+def format_table(results: dict) -> str:
+  """The human-readable summary printed after a full or ``--quick`` run.
+
+  Args:
+    results: the dict of :func:`~sparcl_jax.benchmarks.suite.run_benchmark`.
+
+  Returns:
+    The table as text.
+
+  Example:
+    >>> import json
+    >>> print(format_table(json.load(open('benchmark.json'))))
+    ... # doctest: +SKIP
+  """
+  env = results["environment"]
+  lines = [f"device {env['device']}, {env['cpu_count']} CPUs, jax "
+           f"{env['jax']}, flax {env['flax']}, optax {env['optax']}",
+           f"matmul {results['matmul']['n']}^2: "
+           f"{results['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s", ""]
+  header = (f"{'model':<28}{'step':<15}{'ms/step':>9}{'IQR%':>7}"
+            f"{'x plain':>9}{'compile s':>11}{'GFLOP/s':>9}{'% peak':>8}")
+  lines.append(header)
+  for model, variants in results["steps"].items():
+    for name, r in variants.items():
+      ms = r["ms_per_step"]
+      lines.append(
+          f"{model:<28}{name:<15}{ms['median']:>9.2f}"
+          f"{100 * ms['spread']:>7.1f}{r.get('ratio_to_plain', 1.0):>9.2f}"
+          f"{r['compile_s']:>11.1f}{r['flops_per_s'] / 1e9:>9.1f}"
+          f"{100 * r['fraction_of_peak']:>8.1f}")
+    peak = next(iter(variants.values()))["peak_flops_per_s"]
+    lines.append(f"{'':<28}interleaved matmul reference: {peak / 1e9:.1f} "
+                 "GFLOP/s")
+    lines.extend(paired_ratio_lines(variants, " " * 28))
+  lines.append("")
+  lines.extend(format_conv_table(results.get("conv_steps", {})))
+  for name, r in results["epoch_throughput"].items():
+    lines.append(f"epoch {name}: {r['examples_per_s']:.0f} examples/s, "
+                 f"{r['epoch_ms_per_step']['median']:.2f} ms/step vs bare "
+                 f"{r['bare_ms_per_step']['median']:.2f} -> "
+                 f"{r['ratio_to_bare']:.3f}x")
+  for n, r in results["compiles"].items():
+    lines.append(f"whole run, {n} tasks: {r['compiles']} compilations "
+                 f"({r['compile_s']:.1f} s), {r['compiles_after_first_task']}"
+                 f" after task 1, {r['wall_s']:.1f} s wall, "
+                 f"{r['eval_s']:.2f} s evaluating")
+  for sweep, points in results.get("scaling", {}).items():
+    lines.append(f"scaling DER++ step vs {sweep}: " + ", ".join(
+        f"{v}: {ms:.2f} ms" for v, ms in points.items()))
+  if "split_mnist_savings" in results:
+    s = results["split_mnist_savings"]
+    lines.append(
+        f"Split MNIST ({s['data']}): DER++ {s['derpp']['wall_s']:.1f} s, "
+        f"SparCL-DER++ {s['sparcl_derpp']['wall_s']:.1f} s "
+        f"(x{s['wall_ratio']:.2f} wall, x{s['examples_ratio']:.2f} examples,"
+        f" x{s['flops_ratio']:.2f} FLOPs counted sparse)")
+  mem = results["memory"]
+  lines.append(f"peak host RSS {mem['host_peak_rss_mb']:.0f} MB, device peak "
+               f"{mem['device_peak_bytes']}")
+  lines.append(f"total {results['total_s']:.0f} s")
+  return "\n".join(lines)
+
+
+def format_conv_table(conv: dict) -> list[str]:
+  """Lines of the conv-model table: each step against its bare step.
+
+  Args:
+    conv: the dict of :func:`~sparcl_jax.benchmarks.conv.conv_steps`.
+
+  Returns:
+    The lines (empty without conv results).
+
+  Example:
+    >>> format_conv_table({})
+    []
+  """
+  lines = []
+  for model, variants in conv.items():
+    shape = "x".join(str(v) for v in variants.get("input_shape", []))
+    lines.append(f"{model} ({shape}, batch 32){'':<6}{'ms/step':>9}"
+                 f"{'IQR%':>7}{'x bare':>8}{'compile s':>11}")
+    for name, r in variants.items():
+      if name == "input_shape":
+        continue
+      ms = r["ms_per_step"]
+      ratio = r.get("ratio_to_bare")
+      lines.append(f"  {name:<32}{ms['median']:>9.1f}"
+                   f"{100 * ms['spread']:>7.1f}"
+                   f"{'' if ratio is None else f'{ratio:.3f}':>8}"
+                   f"{r['compile_s']:>11.1f}")
+    lines.extend(paired_ratio_lines(variants, "  "))
+    lines.append("")
+  return lines
+
+
+def paired_ratio_lines(variants: dict, indent: str) -> list[str]:
+  """SparCL-DER++ / DER++ and CLNP / Adam fine-tuning, where both ran.
+
+  Args:
+    variants: one model's results of
+      :func:`~sparcl_jax.benchmarks.variants.benchmark_steps`.
+    indent: prefix of each line.
+
+  Returns:
+    The lines.
+
+  Example:
+    >>> paired_ratio_lines({'sparcl_derpp': {'ratio_to_derpp': 0.5}}, '  ')
+    ['  SparCL-DER++ / DER++ = 0.500']
+  """
+  lines = []
+  if "sparcl_derpp" in variants:
+    lines.append(f"{indent}SparCL-DER++ / DER++ = "
+                 f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
+  if "clnp" in variants:
+    lines.append(f"{indent}CLNP / fine-tuning (adam) = "
+                 f"{variants['clnp']['ratio_to_finetune']:.3f}")
+  return lines
+
+
+def format_conv_epochs(epochs: dict) -> str:
+  """The line of :func:`~sparcl_jax.benchmarks.conv.conv_epochs`' results.
+
+  Args:
+    epochs: its dict.
+
+  Returns:
+    One line.
+
+  Example:
+    >>> print(format_conv_epochs({'nf': 20, 'steps': 312, 'derpp': 60.2,
+    ...     'sparcl_derpp': 50.7}))  # doctest: +NORMALIZE_WHITESPACE
+    one 312-step epoch of ResNet-18 nf 20 on 32x32x3: DER++ 60 s,
+    SparCL-DER++ 51 s
+  """
+  return (f"one {epochs['steps']}-step epoch of ResNet-18 nf {epochs['nf']} "
+          f"on 32x32x3: DER++ {epochs['derpp']:.0f} s, SparCL-DER++ "
+          f"{epochs['sparcl_derpp']:.0f} s")
+
+
+def format_train_py(r: dict) -> str:
+  """The line of :func:`~sparcl_jax.benchmarks.runs.train_py_against_bare`.
+
+  Args:
+    r: its dict.
+
+  Returns:
+    One line.
+
+  Example:
+    >>> print(format_train_py({'ms_per_step': 30.0, 'train_time_s': 60.0,
+    ...     'eval_time_s': 3.0, 'train_steps': 2000, 'compile_time_s': 9.0,
+    ...     'bare_ms_per_step': {'median': 25.0}, 'ratio': 1.2}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    train.py ResNet-18 nf 20, Split MNIST: 30.0 ms/step (training 60 s +
+    evaluation 3 s over 2000 steps, compilation 9 s excluded); bare step
+    25.0 ms -> 1.200x
+  """
+  return (f"train.py ResNet-18 nf 20, Split MNIST: {r['ms_per_step']:.1f} "
+          f"ms/step (training {r['train_time_s']:.0f} s + evaluation "
+          f"{r['eval_time_s']:.0f} s over {r['train_steps']} steps, "
+          f"compilation {r['compile_time_s']:.0f} s excluded); bare step "
+          f"{r['bare_ms_per_step']['median']:.1f} ms -> {r['ratio']:.3f}x")
