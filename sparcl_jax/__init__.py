@@ -7,7 +7,8 @@ Modules stay importable for the rest (``sparcl_jax.training``,
 """
 
 from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
-                             Partition, SearchResult, apply_cut,
+                             Partition, SearchResult, activity_sums,
+                             apply_cut,
                              capacity_report, chain_layer_specs,
                              clnp_partition, cnn_layer_specs, commit_task,
                              compute_partition, graceful_forgetting_search,
@@ -35,7 +36,7 @@ from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
                                      ewc_init, ewc_penalty, fisher_diagonal,
                                      merge_fisher_slot,
                                      si_accumulate, si_consolidate, si_init,
-                                     si_penalty)
+                                     si_penalty, squared_gradient_sum)
 from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,
                                   buffer_sample, reservoir_add)
 from sparcl_jax.tdm import MaskSchedule, TDMState, tdm, tdm_masks

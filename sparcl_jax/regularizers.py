@@ -16,7 +16,7 @@ so they can live inside a jitted train step:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,39 @@ def ewc_init(params: PyTree) -> EwcState:
   return EwcState(empty, empty)
 
 
+def squared_gradient_sum(per_example_grads: PyTree,
+                         valid: Optional[jax.Array] = None) -> PyTree:
+  """Sums squared per-example gradients over a batch, in float32.
+
+  The kernel both empirical-Fisher estimates share:
+  :func:`fisher_diagonal` (host loop) and the EWC runner's device-side
+  scan.
+
+  Args:
+    per_example_grads: a pytree of ``[B, ...]`` gradients, one per example
+      (e.g. from ``jax.vmap(jax.grad(...))``).
+    valid: ``[B]`` bool, examples to count (None: all).
+
+  Returns:
+    A pytree of ``[...]`` sums.
+
+  Example:
+    >>> g = {'w': jnp.array([[1.0, 2.0], [3.0, 0.0]])}
+    >>> squared_gradient_sum(g)['w']
+    Array([10.,  4.], dtype=float32)
+    >>> squared_gradient_sum(g, jnp.array([True, False]))['w']
+    Array([1., 4.], dtype=float32)
+  """
+
+  def one(g):
+    g = jnp.square(g.astype(jnp.float32))
+    if valid is not None:
+      g = jnp.where(valid.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0)
+    return jnp.sum(g, axis=0)
+
+  return jax.tree.map(one, per_example_grads)
+
+
 def fisher_diagonal(log_likelihood_fn: Callable[[PyTree, Any, Any], jax.Array],
                     params: PyTree,
                     inputs: Any,
@@ -123,8 +156,7 @@ def fisher_diagonal(log_likelihood_fn: Callable[[PyTree, Any, Any], jax.Array],
   grad_fn = jax.grad(log_likelihood_fn)
   if mode == "per_example":
     one = lambda p, x, y: grad_fn(p, x[None], y[None])
-    chunk = jax.jit(lambda p, x, y: jax.tree.map(
-        lambda g: jnp.sum(jnp.square(g.astype(jnp.float32)), axis=0),
+    chunk = jax.jit(lambda p, x, y: squared_gradient_sum(
         jax.vmap(one, in_axes=(None, 0, 0))(p, x, y)))
   else:
     chunk = jax.jit(lambda p, x, y: jax.tree.map(

@@ -23,7 +23,7 @@ beyond an explicit list of :class:`LayerSpec` entries, one module per job:
 * :mod:`~sparcl_jax.clnp.diagnostics`: :func:`capacity_report`.
 """
 
-from sparcl_jax.clnp.activity import l1_penalty, unit_activity
+from sparcl_jax.clnp.activity import activity_sums, l1_penalty, unit_activity
 from sparcl_jax.clnp.commit import apply_cut, commit_task
 from sparcl_jax.clnp.diagnostics import capacity_report
 from sparcl_jax.clnp.partition import (NoFreeUnitsError, Partition,

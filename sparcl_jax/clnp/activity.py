@@ -85,6 +85,37 @@ def _sown(intermediates, name: str):
                     f"{sorted(flatten_to_dict(intermediates))}")
 
 
+def activity_sums(activations: jax.Array, reading: str = "mean",
+                  valid: Optional[jax.Array] = None) -> jax.Array:
+  """Per-unit sum over a batch of each example's activity reading.
+
+  The kernel both activity measures share: :func:`unit_activity` (host
+  loop) and the CLNP runner's device-side scan. An example's reading is
+  averaged over positions first (a conv unit's map; one position for a
+  dense layer), then summed over the batch's valid examples.
+
+  Args:
+    activations: ``[B, ..., units]`` post-ReLU activations.
+    reading: ``'mean'`` (activation) or ``'firing_rate'`` (share > 0).
+    valid: ``[B]`` bool, examples to count (None: all).
+
+  Returns:
+    float32 ``[units]``.
+
+  Example:
+    >>> h = jnp.array([[0.0, 2.0], [1.0, 0.0], [5.0, 5.0]])
+    >>> activity_sums(h, valid=jnp.array([True, True, False]))
+    Array([1., 2.], dtype=float32)
+    >>> activity_sums(h, "firing_rate")
+    Array([2., 2.], dtype=float32)
+  """
+  h = activations.reshape(activations.shape[0], -1, activations.shape[-1])
+  vals = h if reading == "mean" else (h > 0).astype(jnp.float32)
+  if valid is not None:
+    vals = jnp.where(valid[:, None, None], vals, 0.0)
+  return jnp.sum(jnp.mean(vals, axis=1), axis=0)
+
+
 def unit_activity(model_apply: Callable[..., Any],
                   variables: PyTree,
                   inputs: Any,
@@ -134,19 +165,12 @@ def unit_activity(model_apply: Callable[..., Any],
   @jax.jit
   def sums(v, x):
     _, state = model_apply(v, x, mutable=["intermediates"])
-    out = {}
-    for name in layer_names:
-      h = _sown(state["intermediates"], name)
-      h = h.reshape(-1, h.shape[-1])
-      vals = h if reading == "mean" else (h > 0).astype(jnp.float32)
-      out[name] = (jnp.sum(vals, axis=0, dtype=jnp.float32), h.shape[0])
-    return out
+    return {name: activity_sums(_sown(state["intermediates"], name), reading)
+            for name in layer_names}
 
   totals: dict[str, np.ndarray] = {}
-  counts: dict[str, int] = {}
   for start in range(0, n, batch_size):
     batch = inputs[start:start + batch_size]
-    for name, (s, c) in sums(variables, batch).items():
+    for name, s in sums(variables, batch).items():
       totals[name] = totals.get(name, 0.0) + np.asarray(s, np.float64)
-      counts[name] = counts.get(name, 0) + int(c)
-  return {name: totals[name] / counts[name] for name in layer_names}
+  return {name: totals[name] / n for name in layer_names}

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sparcl_jax import clnp as clnp_lib
 from sparcl_jax import regularizers
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.data import pipeline
@@ -160,8 +161,8 @@ def make_activity(model, inputs: steps.InputSpec, layer_names: Sequence[str],
                   reading: str, batch_size: int) -> Callable:
   """Builds the jitted unit-activity measure over a task's validation split.
 
-  The device-side twin of :func:`sparcl_jax.clnp.unit_activity`: same
-  readings (mean post-ReLU activation, or share of positive activations;
+  :func:`sparcl_jax.clnp.unit_activity` on device-resident data, on the
+  same kernel (:func:`sparcl_jax.clnp.activity_sums`): same readings (mean post-ReLU activation, or share of positive activations;
   conv units average over examples and positions before pooling), but one
   compilation per run and no host copy of the inputs.
 
@@ -192,16 +193,9 @@ def make_activity(model, inputs: steps.InputSpec, layer_names: Sequence[str],
       _, state = model.apply({"params": params}, x, train=False,
                              mutable=["intermediates"])
       acts = registry.collect_activations(state["intermediates"])
-      new = {}
-      for name in names:
-        h = acts[name]
-        h = h.reshape(h.shape[0], -1, h.shape[-1])
-        vals = h if reading == "mean" else (h > 0).astype(jnp.float32)
-        vals = jnp.where(valid[b][:, None, None], vals, 0.0)
-        # Sum per position first: the mean over positions stays exact for
-        # a dense layer (one position) and well scaled for a conv.
-        new[name] = sums[name] + jnp.sum(jnp.mean(vals, axis=1), axis=0)
-      return new, None
+      return {name: sums[name] + clnp_lib.activity_sums(acts[name], reading,
+                                                        valid[b])
+              for name in names}, None
 
     zeros = {}
     for name in names:
@@ -224,7 +218,9 @@ def make_fisher(model, inputs: steps.InputSpec,
   The mean over examples of the squared gradient of each example's
   log-likelihood under the task-masked softmax, as
   :func:`sparcl_jax.regularizers.fisher_diagonal` in ``'per_example'`` mode
-  with the data's labels, but on device-resident data.
+  with the data's labels (on the same kernel,
+  :func:`sparcl_jax.regularizers.squared_gradient_sum`), but on
+  device-resident data.
 
   Args:
     model: Flax module.
@@ -255,15 +251,9 @@ def make_fisher(model, inputs: steps.InputSpec,
       x, y = pipeline.gather_batch(device_data, batches[b], task_id, "train",
                                    inputs.permuted)
       x = pipeline.normalize(x, inputs.mean, inputs.std)
-      grads = per_example(params, x, y, class_mask)
-      keep = valid[b]
-
-      def add(a, g):
-        g = jnp.square(g.astype(jnp.float32))
-        g = jnp.where(keep.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0)
-        return a + jnp.sum(g, axis=0)
-
-      return jax.tree.map(add, acc, grads), None
+      squares = regularizers.squared_gradient_sum(
+          per_example(params, x, y, class_mask), valid[b])
+      return jax.tree.map(jnp.add, acc, squares), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     acc, _ = jax.lax.scan(body, zeros, jnp.arange(batches.shape[0]))
