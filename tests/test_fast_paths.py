@@ -162,3 +162,70 @@ def test_dense_methods_get_no_mask_events():
   events = optimizers.mask_events(RunConfig(method="sparcl_derpp",
                                             workdir="/unused", dgm=False))
   assert events == steps.MaskEvents(0, True)
+
+
+def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
+    digits_two_tasks):
+  # Ten steps of SparCL-DER++ (TDM, DGM refreshing every 4 steps, DDR
+  # statistics, a buffer replayed from the first step): two fused chunks of
+  # 5 with the fast update variants against ten calls of the plain
+  # reference step, which calls the optimizer as built.
+  from sparcl_jax import ddr as ddr_lib
+  from sparcl_jax import rehearsal
+  from sparcl_jax.data import pipeline
+  from sparcl_jax.models import registry
+  from sparcl_jax.training import loop, tasks
+  scenario = digits_two_tasks
+  config = validate(RunConfig(
+      workdir="/unused", dataset="digits", data_source="digits",
+      method="sparcl_derpp", hidden_sizes="32", epochs=3, batch_size=16,
+      minibatch_size=8, lr=0.05, buffer_size=50, replay_first_task=True,
+      mask_update_interval=1, dgm_refresh=4,
+      sparse_layers="hidden_.*/kernel"))
+  model = registry.make_model("mlp", scenario.num_outputs, hidden_sizes=(32,))
+  spec, method = loop.input_spec(scenario), loop.method_spec(config)
+  tx = optimizers.make_optimizer(config)
+  params = registry.init_model(model, jax.random.key(0),
+                               (1,) + spec.image_shape)["params"]
+  opt_state = tx.init(params)
+  params = masks_lib.apply_mask(params, tdm_masks(opt_state))
+  arrays = tasks.TaskArrays(scenario, joint=False)
+  ex_index, ex_task, usable = arrays.train(0)
+  data = (pipeline.to_device(scenario), jnp.asarray(ex_index),
+          jnp.asarray(ex_task))
+  order, _ = steps.make_epoch_order()(jax.random.key(1), jnp.asarray(usable))
+  start = steps.TrainState(
+      params, {}, opt_state,
+      rehearsal.buffer_init(50, spec.image_shape, scenario.num_outputs),
+      ddr_lib.ddr_init(arrays.train_len)._replace(kept=jnp.asarray(usable)),
+      jax.random.key(2))
+  masks = tasks.class_masks(scenario)
+  facts = steps.StepFacts(jnp.int32(0), jnp.int32(0), jnp.int32(0),
+                          jnp.int32(10), jnp.asarray(masks[0]),
+                          jnp.asarray(masks[0]))
+  events = optimizers.mask_events(config)
+  assert events == steps.MaskEvents(4, True)
+
+  chunk = steps.make_train_chunk(model, tx, method, spec, 16, 5, rehearsal,
+                                 ddr_lib, mask_events=events)
+  fused, fused_loss = start, 0.0
+  for first in (0, 5):
+    fused, loss = chunk(fused, data, order,
+                        facts._replace(first_step=jnp.int32(first)))
+    fused_loss += float(loss)
+
+  reference_step = jax.jit(steps.make_train_step(model, tx, method, spec,
+                                                 rehearsal, ddr_lib))
+  plain, plain_loss = start, 0.0
+  for k in range(10):
+    plain, loss = reference_step(plain, data, order[16 * k:16 * (k + 1)],
+                                 facts, jnp.int32(k))
+    plain_loss += float(loss)
+
+  assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+  for x, y in zip(jax.tree.leaves((fused.params, fused.opt_state,
+                                   fused.buffer, fused.ddr)),
+                  jax.tree.leaves((plain.params, plain.opt_state,
+                                   plain.buffer, plain.ddr))):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert int(plain.buffer.num_seen) == 160

@@ -266,6 +266,99 @@ def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
   return loss + term, (logits, batch_stats)
 
 
+def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
+                    method: MethodSpec, inputs: InputSpec, buffer_ops=None,
+                    ddr_ops=None, batch_sharding=None) -> Callable:
+  """Builds the reference train step of the rehearsal family (not jitted).
+
+  The step, top to bottom: split the PRNG key; gather the stream batch at
+  ``positions`` and augment it; draw two replay batches from the buffer;
+  take the method's loss and its gradient (:func:`rehearsal_loss`); let the
+  optimizer update the parameters; offer the stream batch to the buffer;
+  record which examples the model got right (DDR). :func:`make_train_chunk`
+  fuses many of these steps into one call and swaps in a cheaper, exact
+  optimizer update on steps where no mask can change.
+
+  Args:
+    model: Flax module.
+    tx: optimizer; receives ``epoch`` and ``step_in_epoch`` as extra args.
+    method: static loss description.
+    inputs: static input description.
+    buffer_ops: object with ``reservoir_add`` and ``buffer_sample`` (the
+      rehearsal buffer functions), needed when ``method.replay``.
+    ddr_ops: object with ``ddr_update``, needed when
+      ``method.track_forgetting``.
+    batch_sharding: for data-parallel runs, the sharding that splits a batch
+      over the mesh; None: one device.
+
+  Returns:
+    ``step(state, data, positions, facts, step_in_epoch, update=None) ->
+    (state, loss)``; ``data`` is ``(device_data, example_index,
+    example_task)``, ``positions`` the batch's positions into the example
+    arrays. ``update(grads, epoch, step_in_epoch)`` returns a function
+    ``(params, opt_state) -> (params, opt_state)``; None calls ``tx.update``
+    as built.
+
+  Example:
+    >>> step = make_train_step(model, tx, MethodSpec(), spec)
+    ... # doctest: +SKIP
+  """
+  forward = make_forward(model)
+  plain_update = _update_variants(tx, MaskEvents())[2]
+
+  def loss_fn(params, batch_stats, x, y, replay_batches, do_replay, rng,
+              facts):
+    return rehearsal_loss(method, forward, params, batch_stats, x, y,
+                          replay_batches, do_replay, rng,
+                          facts.task_class_mask, facts.seen_class_mask)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, data, positions, facts: StepFacts,
+           step_in_epoch, update=None):
+    device_data, ex_index, ex_task = data
+    rng, k_aug, k_loss, k_buf1, k_buf2, k_buf_add, k_raug1, k_raug2 = (
+        jax.random.split(state.rng, 8))
+    index, task = sharding_lib.constrain_batch(
+        (ex_index[positions], ex_task[positions]), batch_sharding)
+    x_raw, y = sharding_lib.constrain_batch(
+        pipeline.gather_batch(device_data, index, task, "train",
+                              inputs.permuted), batch_sharding)
+    x = _prepare(k_aug, x_raw, inputs)
+
+    replay_batches, do_replay = None, jnp.asarray(False)
+    if method.replay:
+      n = method.replay_batch_size
+      bx1, by1, bz1, _ = sharding_lib.constrain_batch(
+          buffer_ops.buffer_sample(state.buffer, k_buf1, n), batch_sharding)
+      bx2, by2, _, _ = sharding_lib.constrain_batch(
+          buffer_ops.buffer_sample(state.buffer, k_buf2, n), batch_sharding)
+      replay_batches = ((_prepare(k_raug1, bx1, inputs), by1, bz1),
+                        (_prepare(k_raug2, bx2, inputs), by2))
+      do_replay = state.buffer.num_seen >= n
+      if not method.replay_first_task:
+        do_replay = jnp.logical_and(do_replay, facts.task_id > 0)
+
+    (loss, (logits, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, x, y, replay_batches, do_replay,
+        k_loss, facts)
+    params, opt_state = (update or plain_update)(
+        grads, facts.epoch, step_in_epoch)((state.params, state.opt_state))
+
+    buffer = state.buffer
+    if method.replay:
+      buffer = buffer_ops.reservoir_add(buffer, k_buf_add, x_raw, y, logits,
+                                        task)
+    ddr = state.ddr
+    if method.track_forgetting:
+      correct = jnp.argmax(logits, axis=-1) == y
+      ddr = ddr_ops.ddr_update(ddr, positions, correct,
+                               jnp.ones_like(correct))
+    return TrainState(params, batch_stats, opt_state, buffer, ddr, rng), loss
+
+  return step
+
+
 def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
                      method: MethodSpec, inputs: InputSpec, batch_size: int,
                      steps_per_call: int, buffer_ops=None, ddr_ops=None,
@@ -304,84 +397,36 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
     >>> chunk = make_train_chunk(model, tx, MethodSpec(), spec, 32, 100)
     ... # doctest: +SKIP
   """
-  forward = make_forward(model)
-  replay = method.replay
-
-  def stream_and_replay_loss(params, batch_stats, x_stream, y_stream,
-                             replay_batches, do_replay, rng, facts):
-    return rehearsal_loss(method, forward, params, batch_stats, x_stream,
-                          y_stream, replay_batches, do_replay, rng,
-                          facts.task_class_mask, facts.seen_class_mask)
-
-  grad_fn = jax.value_and_grad(stream_and_replay_loss, has_aux=True)
-  if mask_events is None:
-    default_update = _update_variants(tx, MaskEvents())[2]
-  else:
+  train_step = make_train_step(model, tx, method, inputs, buffer_ops,
+                               ddr_ops, batch_sharding)
+  if mask_events is not None:
     update_variants = _update_variants(tx, mask_events)
 
-  def one_step(state: TrainState, data, order, facts: StepFacts, step):
-    device_data, ex_index, ex_task = data
-    rng, k_aug, k_loss, k_buf1, k_buf2, k_buf_add, k_raug1, k_raug2 = (
-        jax.random.split(state.rng, 8))
-    positions = jax.lax.dynamic_slice(order, (step * batch_size,),
-                                      (batch_size,))
-    index, task = sharding_lib.constrain_batch((ex_index[positions],
-                                                ex_task[positions]),
-                                               batch_sharding)
-    x_raw, y = sharding_lib.constrain_batch(
-        pipeline.gather_batch(device_data, index, task, "train",
-                              inputs.permuted), batch_sharding)
-    x = _prepare(k_aug, x_raw, inputs)
-
-    replay_batches = None
-    do_replay = jnp.asarray(False)
-    if replay:
-      n = method.replay_batch_size
-      bx1, by1, bz1, _ = sharding_lib.constrain_batch(
-          buffer_ops.buffer_sample(state.buffer, k_buf1, n), batch_sharding)
-      bx2, by2, _, _ = sharding_lib.constrain_batch(
-          buffer_ops.buffer_sample(state.buffer, k_buf2, n), batch_sharding)
-      replay_batches = ((_prepare(k_raug1, bx1, inputs), by1, bz1),
-                        (_prepare(k_raug2, bx2, inputs), by2))
-      has_data = state.buffer.num_seen >= n
-      if method.replay_first_task:
-        do_replay = has_data
-      else:
-        do_replay = jnp.logical_and(has_data, facts.task_id > 0)
-
-    (loss, (logits, batch_stats)), grads = grad_fn(
-        state.params, state.batch_stats, x, y, replay_batches, do_replay,
-        k_loss, facts)
-    step_in_epoch = facts.first_step + step
-    carry = (state.params, state.opt_state)
-    if mask_events is None:
-      params, opt_state = default_update(grads, facts.epoch,
-                                         step_in_epoch)(carry)
+  def fast_update(grads, epoch, step_in_epoch, num_steps):
+    if mask_events.every:
+      is_event = step_in_epoch % mask_events.every == 0
     else:
-      if mask_events.every:
-        is_event = step_in_epoch % mask_events.every == 0
-      else:
-        is_event = step_in_epoch == 0
-      is_last = step_in_epoch == facts.num_steps - 1
+      is_event = step_in_epoch == 0
+    is_last = step_in_epoch == num_steps - 1
+
+    def apply(carry):
       # Exactly one variant runs; loops instead of a switch keep the masks
       # and the last gradient in place on the steps that do not change them.
       preds = (~is_event & ~is_last, ~is_event & is_last, is_event)
       for pred, variant in zip(preds, update_variants):
-        carry = run_if(pred, variant(grads, facts.epoch, step_in_epoch),
-                        carry)
-      params, opt_state = carry
+        carry = run_if(pred, variant(grads, epoch, step_in_epoch), carry)
+      return carry
 
-    buffer = state.buffer
-    if replay:
-      buffer = buffer_ops.reservoir_add(buffer, k_buf_add, x_raw, y,
-                                        logits, task)
-    ddr = state.ddr
-    if method.track_forgetting:
-      correct = jnp.argmax(logits, axis=-1) == y
-      ddr = ddr_ops.ddr_update(ddr, positions, correct,
-                               jnp.ones_like(correct))
-    new_state = TrainState(params, batch_stats, opt_state, buffer, ddr, rng)
-    return new_state, loss
+    return apply
+
+  def one_step(state: TrainState, data, order, facts: StepFacts, step):
+    positions = jax.lax.dynamic_slice(order, (step * batch_size,),
+                                      (batch_size,))
+    update = None
+    if mask_events is not None:
+      update = lambda g, e, s: fast_update(g, e, s, facts.num_steps)
+    return train_step(state, data, positions, facts, facts.first_step + step,
+                      update)
 
   def chunk(state: TrainState, data, order, facts: StepFacts):
 
