@@ -217,3 +217,33 @@ def test_tdm_calls_a_custom_grow_rule_with_the_step_inputs():
 def test_tdm_rule_keyword_validation(kwargs, match):
   with pytest.raises(ConfigError, match=match):
     tdm(optax.sgd(0.1), sparsity=0.5, **kwargs)
+
+
+def test_mask_growth_flag_picks_a_registered_rule_by_name():
+  from sparcl_jax.training import optimizers  # pylint: disable=import-outside-toplevel
+  from sparcl_jax.training.config import RunConfig, validate  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match=r"^--mask_growth: Unknown grow "
+                     r"score 'nope'; known: .*sampled_gradient"):
+    validate(RunConfig(workdir="/unused", method="sparcl_derpp",
+                       mask_growth="nope"))
+  # SparCL-DER++ with gradient growth and a magnitude-only drop is RigL's
+  # optimizer: the same masks after a task-start drop-and-grow.
+  params = {"hidden_0": {"kernel": jax.random.normal(jax.random.key(0),
+                                                     (20, 10))}}
+  grads = {"hidden_0": {"kernel": jax.random.normal(jax.random.key(1),
+                                                    (20, 10))}}
+  masks = []
+  for changes in (dict(method="sparcl_derpp", mask_growth="gradient",
+                       importance_lambda=0.0, dgm=False),
+                  dict(method="rigl_derpp"), dict(method="sparcl_derpp",
+                                                  dgm=False,
+                                                  importance_lambda=0.0)):
+    config = validate(RunConfig(workdir="/unused", epochs=2, **changes))
+    tx = optimizers.make_optimizer(config)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params, epoch=0, step_in_epoch=0)
+    _, state = tx.update(grads, state, params, epoch=1, step_in_epoch=0)
+    masks.append(np.asarray(tdm_masks(state)["hidden_0"]["kernel"]))
+  np.testing.assert_array_equal(masks[0], masks[1])
+  # Random growth (the flag left empty) grows elsewhere.
+  assert not np.array_equal(masks[0], masks[2])

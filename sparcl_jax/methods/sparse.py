@@ -55,7 +55,8 @@ class _MaskedWeights:
         schedule=mask_schedule(config, static=self.static_masks),
         sparse_filter=sparse_filter(config),
         distribution=config.sparsity_distribution,
-        importance_lambda=self.drop_lambda(config), growth=self.growth,
+        importance_lambda=self.drop_lambda(config),
+        grow_score=config.mask_growth or self.growth,
         gradient_masking=(gradient_masking(config)
                           if self.uses_dgm(config) else None),
         seed=config.seed)

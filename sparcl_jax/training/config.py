@@ -11,6 +11,7 @@ import dataclasses
 import re
 from typing import Optional
 
+from sparcl_jax import mask_rules
 from sparcl_jax import methods
 from sparcl_jax.data import scenarios
 from sparcl_jax.errors import ConfigError
@@ -159,6 +160,12 @@ class RunConfig:
   mask_swap_fraction: float = dataclasses.field(
       default=0.01, metadata={"help": "TDM: share of connections swapped at "
                                       "the middle updates."})
+  mask_growth: str = dataclasses.field(
+      default="", metadata={"help": "TDM: the grow rule, by name (a file of "
+                                    "sparcl_jax/mask_rules: random, "
+                                    "gradient, ...); empty: the method's own "
+                                    "(random for SparCL, gradient for "
+                                    "RigL)."})
   importance_lambda: float = dataclasses.field(
       default=0.5, metadata={"help": "TDM: importance = |W| + lambda |g|."})
   gradient_sparsity: float = dataclasses.field(
@@ -398,6 +405,11 @@ def validate(config: RunConfig) -> RunConfig:
     raise ConfigError(f"--sparsity={config.sparsity} leaves no weights once "
                       "TDM swaps connections; use a sparsity below "
                       f"{1.0 - config.mask_swap_fraction:.2f}.")
+  if config.mask_growth:
+    try:
+      mask_rules.grow_score(config.mask_growth)
+    except ConfigError as err:
+      raise ConfigError(f"--mask_growth: {err}") from None
   if config.importance_lambda < 0:
     raise ConfigError("--importance_lambda must be non-negative.")
   _at_least("mask_update_interval", config.mask_update_interval, 1)
