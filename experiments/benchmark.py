@@ -49,12 +49,8 @@ from sparcl_jax.benchmarks import report
 from sparcl_jax.benchmarks import runs
 from sparcl_jax.benchmarks import suite
 from sparcl_jax.benchmarks.machine import environment
-from sparcl_jax.benchmarks.harness import CompileCounter
-from sparcl_jax.benchmarks.runs import compile_counts
 
-# tests/test_compiles.py loads this script and reads CompileCounter and
-# compile_counts from it.
-__all__ = ["CompileCounter", "compile_counts", "main"]
+__all__ = ["main"]
 
 
 def _conv_and_train_py(args: argparse.Namespace) -> dict:

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _benchmark():
-  path = os.path.join(_HERE, "..", "experiments", "benchmark.py")
-  spec = importlib.util.spec_from_file_location("sparcl_benchmark", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sparcl_jax.benchmarks import harness, runs
 
 
 def test_five_tasks_compile_no_more_than_two():
-  bench = _benchmark()
-  counts = bench.compile_counts("sparcl_derpp", (2, 5))
+  counts = runs.compile_counts("sparcl_derpp", (2, 5))
   two, five = counts["2"], counts["5"]
   # The run-local jitted functions (train chunk, epoch order, evaluation)
   # must compile in every run: a zero count would mean nothing was counted.
@@ -34,10 +22,9 @@ def test_five_tasks_compile_no_more_than_two():
 
 
 def test_compile_counter_counts_each_new_shape_once():
-  bench = _benchmark()
   f = jax.jit(lambda x: x * 3.0 + 1.0)
   three, four = np.ones(3, np.float32), np.ones(4, np.float32)
-  with bench.CompileCounter() as counter:
+  with harness.CompileCounter() as counter:
     f(three)
     f(three)
     f(four)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sparcl_jax import methods
 from sparcl_jax.data import scenarios
 from sparcl_jax.data.types import Dataset, Scenario
 from sparcl_jax.training import config as config_lib
@@ -95,6 +96,6 @@ def make_config(method: str, model: str = "mlp", **changes) -> RunConfig:
               mask_update_interval=1, gradient_sparsity=0.8, dgm_refresh=30,
               ddr_epochs="1,2,3,4", ddr_fraction=0.075, progress=False)
   base.update(changes)
-  if method == "clnp":
+  if methods.get(method).family == methods.TASK_LEVEL:
     base.setdefault("optimizer", "adam")
   return config_lib.validate(RunConfig(**base))

@@ -132,6 +132,11 @@ def build_plain_step(config: RunConfig, scenario: Scenario,
                    "optax.sgd, fixed device batches, lax.scan")
 
 
+# Bare step kinds: (optimizer, whether DER++'s two replay terms are added).
+_BARE_KINDS = {"sgd": ("sgd", False), "adam": ("adam", False),
+               "derpp": ("sgd", True)}
+
+
 def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
                     num_steps: int) -> StepBench:
   """A bare jitted step of an independently written conv net.
@@ -171,7 +176,8 @@ def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
     apply = convnets.apply_zenke_cnn
   else:
     raise ValueError(f"no bare model for {config.model!r}")
-  tx = optax.adam(1e-3) if kind == "adam" else optax.sgd(config.lr)
+  optimizer, replays = _BARE_KINDS[kind]
+  tx = optax.adam(1e-3) if optimizer == "adam" else optax.sgd(config.lr)
   b, r = config.batch_size, config.replay_batch_size
   rng = np.random.default_rng(1)
 
@@ -188,7 +194,7 @@ def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
     k0, k1, k2 = jax.random.split(key, 3)
     logits, st = apply(p, st, stream[0], k0)
     loss = losses.cross_entropy(logits, stream[1])
-    if kind == "derpp":
+    if replays:
       out1, st = apply(p, st, replay1[0], k1)
       out2, st = apply(p, st, replay2[0], k2)
       loss = (loss + config.alpha * jnp.mean((out1 - targets)**2) +
@@ -214,7 +220,7 @@ def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
 
   compile_s, compiles = first_call(lambda: call(0))
   model, lib_params, lib_stats = model_and_params(config, scenario)
-  examples = b + (2 * r if kind == "derpp" else 0)
+  examples = b + (2 * r if replays else 0)
   return StepBench(call, num_steps, examples,
                    model_macs(model, lib_params, lib_stats, scenario),
                    compile_s, compiles,

@@ -102,6 +102,11 @@ def format_conv_table(conv: dict) -> list[str]:
   return lines
 
 
+# (variant, its ratio key, label) of the ratios between paired variants.
+_PAIRED_RATIOS = (("sparcl_derpp", "ratio_to_derpp", "SparCL-DER++ / DER++"),
+                  ("clnp", "ratio_to_finetune", "CLNP / fine-tuning (adam)"))
+
+
 def paired_ratio_lines(variants: dict, indent: str) -> list[str]:
   """SparCL-DER++ / DER++ and CLNP / Adam fine-tuning, where both ran.
 
@@ -117,14 +122,8 @@ def paired_ratio_lines(variants: dict, indent: str) -> list[str]:
     >>> paired_ratio_lines({'sparcl_derpp': {'ratio_to_derpp': 0.5}}, '  ')
     ['  SparCL-DER++ / DER++ = 0.500']
   """
-  lines = []
-  if "sparcl_derpp" in variants:
-    lines.append(f"{indent}SparCL-DER++ / DER++ = "
-                 f"{variants['sparcl_derpp']['ratio_to_derpp']:.3f}")
-  if "clnp" in variants:
-    lines.append(f"{indent}CLNP / fine-tuning (adam) = "
-                 f"{variants['clnp']['ratio_to_finetune']:.3f}")
-  return lines
+  return [f"{indent}{label} = {variants[name][key]:.3f}"
+          for name, key, label in _PAIRED_RATIOS if name in variants]
 
 
 def format_conv_epochs(epochs: dict) -> str:

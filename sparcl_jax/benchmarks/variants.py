@@ -28,6 +28,11 @@ STEP_METHODS = ("plain", "sgd", "derpp", "sparcl_derpp", "clnp_finetune",
 # same work on every step, so one chunk per sample measures them.
 EPOCH_METHODS = ("derpp", "sparcl_derpp")
 # The bare step each library step is held against in the conv tables.
+# Task-level variants: the method each runs (with Adam at 1e-3).
+TASK_LEVEL_VARIANTS = {"clnp": "clnp", "clnp_finetune": "single_task"}
+# Variants timed against a paired one: (that variant, the ratio's key).
+PAIRED = {"sparcl_derpp": ("derpp", "ratio_to_derpp"),
+          "clnp": ("clnp_finetune", "ratio_to_finetune")}
 BARE_OF = {"sgd": "bare_sgd", "sgd_jax_conv_gradients": "bare_sgd",
            "derpp": "bare_derpp",
            "sparcl_derpp": "bare_derpp", "clnp_finetune": "bare_adam",
@@ -65,9 +70,9 @@ def build_step(name: str, config: RunConfig, scenario: Scenario,
     return chunks.build_train_chunk(
         config_lib.replace(config, method="sgd", conv_gradients="jax"),
         scenario, steps_per_epoch)
-  if name in ("clnp", "clnp_finetune"):
-    method = "clnp" if name == "clnp" else "single_task"
-    cfg = config_lib.replace(config, method=method, optimizer="adam",
+  if name in TASK_LEVEL_VARIANTS:
+    cfg = config_lib.replace(config, method=TASK_LEVEL_VARIANTS[name],
+                             optimizer="adam",
                              lr=1e-3)
     return chunks.build_clnp_chunk(cfg, scenario, steps_per_epoch)
   return chunks.build_train_chunk(config_lib.replace(config, method=name),
@@ -141,10 +146,9 @@ def _add_ratios(out: dict) -> None:
   for name in out:
     if "plain" in med:
       out[name]["ratio_to_plain"] = med[name] / med["plain"]
-  if "sparcl_derpp" in med and "derpp" in med:
-    out["sparcl_derpp"]["ratio_to_derpp"] = med["sparcl_derpp"] / med["derpp"]
-  if "clnp" in med and "clnp_finetune" in med:
-    out["clnp"]["ratio_to_finetune"] = med["clnp"] / med["clnp_finetune"]
+  for name, (base, key) in PAIRED.items():
+    if name in med and base in med:
+      out[name][key] = med[name] / med[base]
   for name, bare in BARE_OF.items():
     if name in med and bare in med:
       out[name]["ratio_to_bare"] = med[name] / med[bare]

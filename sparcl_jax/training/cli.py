@@ -189,9 +189,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           title)
   if "data_kept_per_epoch" in results:
     outputs.plot_data_kept(workdir, results["data_kept_per_epoch"], title)
-  if "clnp" in results:
-    from sparcl_jax.training import clnp_runner  # pylint: disable=import-outside-toplevel
-    clnp_runner.plot_capacity(workdir, results)
+  if "capacity_plot_data" in results:
+    from sparcl_jax.training import capacity_plot  # pylint: disable=import-outside-toplevel
+    capacity_plot.plot_capacity(workdir, results)
   print(outputs.summary_table(results))
   if "stopped_early" in results:
     print(f"stopped early: {results['stopped_early']}")
