@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sparcl_jax as sc
 from sparcl_jax import regularizers
 from sparcl_jax.data import pipeline, scenarios, sources
 from sparcl_jax.errors import ConfigError
@@ -259,3 +260,59 @@ def test_gate_shared_head_zeroes_gated_rows():
                                 [[0.0, 1.0], [0.0, 0.0], [4.0, 5.0]])
   assert gated["head"]["bias"] is params["head"]["bias"]
   assert gated["hidden_0"] is params["hidden_0"]
+
+
+@pytest.mark.parametrize("method", ["clnp", "ewc", "si"])
+def test_fused_train_function_equals_the_reference_step_in_a_loop(
+    tmp_path, method):
+  # Twelve steps in two calls of the scanned train function (one backward
+  # pass for loss and penalty) against twelve calls of the reference step
+  # (two gradients, then added), with a penalty that is not zero.
+  from sparcl_jax.training import task_level_steps, tasks  # pylint: disable=import-outside-toplevel
+  scenario = _scenario(2)
+  config = _config(tmp_path, method=method, ewc_lambda=50.0, si_c=0.5)
+  model = registry.make_model("mlp", scenario.num_outputs,
+                              hidden_sizes=config.hidden_widths, head="multi",
+                              head_sizes=[10, 10])
+  spec = tasks.input_spec(scenario)
+  tx = clnp_runner.make_optimizer(config, 40)
+  params = registry.init_model(model, jax.random.key(0),
+                               (1,) + spec.image_shape)["params"]
+  opt_state = tx.init(params)
+  reg = config.method_object.init_reg(params)
+  if method == "clnp":
+    specs = clnp_runner.layer_specs("mlp", params)
+    used = {k: np.arange(v.size) % 3 == 0 for k, v in
+            sc.init_used(params, specs).items()}
+    opt_state = sc.set_partition(opt_state, sc.compute_partition(
+        params, specs, used, task=1))
+  elif method == "ewc":
+    fisher = jax.tree.map(lambda p: jnp.abs(p) + 0.1, params)
+    shifted = jax.tree.map(lambda p: p + 0.05, params)
+    reg = regularizers.ewc_consolidate(reg, shifted, fisher, merged=True)
+  state = clnp_runner.RunState(params, opt_state, reg, jax.random.key(3))
+  arrays = tasks.TaskArrays(scenario, joint=False)
+  ex_index, _, usable = arrays.train(1)
+  data = (pipeline.to_device(scenario), jnp.asarray(ex_index))
+  order, _ = jax.jit(pipeline.epoch_order)(jax.random.key(4),
+                                           jnp.asarray(usable))
+  facts = clnp_runner.ChunkFacts(jnp.int32(1), jnp.int32(0), jnp.int32(12),
+                                 jnp.asarray(tasks.class_masks(scenario)[1]))
+
+  train = task_level_steps.make_train_function(model, tx, config, spec, 32, 6)
+  fused, fused_loss = state, 0.0
+  for first in (0, 6):
+    fused, loss = train(fused, data, order,
+                        facts._replace(first_step=jnp.int32(first)))
+    fused_loss += float(loss)
+  step = jax.jit(task_level_steps.make_train_step(model, tx, config, spec))
+  plain, plain_loss = state, 0.0
+  for k in range(12):
+    plain, loss = step(plain, data, order[32 * k:32 * (k + 1)], facts)
+    plain_loss += float(loss)
+
+  assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
+  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -53,29 +53,32 @@ class ChunkFacts(NamedTuple):
   task_class_mask: jax.Array
 
 
-def make_train_function(model, tx: optax.GradientTransformation,
-                        config: RunConfig, inputs: steps.InputSpec,
-                        batch_size: int, steps_per_call: int) -> Callable:
-  """Builds the one jitted train function of a run.
+def make_train_step(model, tx: optax.GradientTransformation,
+                    config: RunConfig, inputs: steps.InputSpec) -> Callable:
+  """Builds the reference train step of the task-level family (not jitted).
+
+  The step, top to bottom: split the PRNG key; gather the batch at
+  ``positions``, augment and normalise it; take the gradient of the task's
+  cross-entropy (over the task's own outputs) and of the method's penalty
+  (``Method.penalty``: CLNP's L1, EWC's or SI's quadratic term) and add them;
+  let the optimizer update the parameters; for SI, accumulate the path
+  integral. :func:`make_train_function` fuses many of these steps into one
+  call and, for every method but SI, takes both gradients in one backward
+  pass (``fused=True``).
 
   Args:
     model: Flax module (no batch norm).
     tx: optimizer (for CLNP wrapped in ``clnp_partition``).
     config: the run configuration (method and penalty strengths).
     inputs: static input description.
-    batch_size: examples per step.
-    steps_per_call: steps fused in one call; steps at or past
-      ``facts.num_steps`` are skipped, so one compilation serves every task.
 
   Returns:
-    ``train(state, data, order, facts) -> (state, summed_loss)``, the loss
-    being the task's cross-entropy without the penalty; ``data`` is
-    ``(device_data, example_index)`` and ``order`` holds positions into
-    ``example_index`` in this epoch's order.
+    ``step(state, data, positions, facts, fused=False) -> (state, loss)``,
+    the loss being the task's cross-entropy without the penalty; ``data``
+    is ``(device_data, example_index)``.
 
   Example:
-    >>> train = make_train_function(model, tx, config, spec, 256, 100)
-    ... # doctest: +SKIP
+    >>> step = make_train_step(model, tx, config, spec)  # doctest: +SKIP
   """
   forward = steps.make_forward(model)
   method = config.method_object
@@ -100,32 +103,68 @@ def make_train_function(model, tx: optax.GradientTransformation,
   # and keeps its cheap elementwise gradient.
   total_grad = jax.grad(total_loss, has_aux=True)
 
-  def one_step(state: RunState, data, order, facts: ChunkFacts, step):
+  def step(state: RunState, data, positions, facts: ChunkFacts,
+           fused: bool = False):
     device_data, ex_index = data
     rng, k_aug, k_drop = jax.random.split(state.rng, 3)
-    positions = jax.lax.dynamic_slice(order, (step * batch_size,),
-                                      (batch_size,))
     x, y = pipeline.gather_batch(device_data, ex_index[positions],
                                  facts.task_id, "train", inputs.permuted)
     if inputs.augment:
       x = pipeline.augment_batch(k_aug, x)
     x = pipeline.normalize(x, inputs.mean, inputs.std)
-    if track_si:
-      # SI accumulates the task gradient alone.
+    if fused and not track_si:
+      grads, loss = total_grad(state.params, x, y, k_drop,
+                               facts.task_class_mask, state.opt_state,
+                               state.reg)
+    else:
       loss, g_task = task_grad(state.params, x, y, k_drop,
                                facts.task_class_mask)
       g_pen = penalty_grad(state.params, state.opt_state, state.reg)
       grads = jax.tree.map(jnp.add, g_task, g_pen)
-    else:
-      grads, loss = total_grad(state.params, x, y, k_drop,
-                               facts.task_class_mask, state.opt_state,
-                               state.reg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     reg = state.reg
     if track_si:
+      # SI's path integral takes the task gradient alone.
       reg = regularizers.si_accumulate(reg, g_task, state.params, params)
     return RunState(params, opt_state, reg, rng), loss
+
+  return step
+
+
+def make_train_function(model, tx: optax.GradientTransformation,
+                        config: RunConfig, inputs: steps.InputSpec,
+                        batch_size: int, steps_per_call: int) -> Callable:
+  """Builds the one jitted train function of a run.
+
+  ``steps_per_call`` fused reference steps (:func:`make_train_step`, with
+  one backward pass for the loss and the penalty) in a ``lax.scan``.
+
+  Args:
+    model: Flax module (no batch norm).
+    tx: optimizer (for CLNP wrapped in ``clnp_partition``).
+    config: the run configuration (method and penalty strengths).
+    inputs: static input description.
+    batch_size: examples per step.
+    steps_per_call: steps fused in one call; steps at or past
+      ``facts.num_steps`` are skipped, so one compilation serves every task.
+
+  Returns:
+    ``train(state, data, order, facts) -> (state, summed_loss)``, the loss
+    being the task's cross-entropy without the penalty; ``data`` is
+    ``(device_data, example_index)`` and ``order`` holds positions into
+    ``example_index`` in this epoch's order.
+
+  Example:
+    >>> train = make_train_function(model, tx, config, spec, 256, 100)
+    ... # doctest: +SKIP
+  """
+  train_step = make_train_step(model, tx, config, inputs)
+
+  def one_step(state: RunState, data, order, facts: ChunkFacts, step):
+    positions = jax.lax.dynamic_slice(order, (step * batch_size,),
+                                      (batch_size,))
+    return train_step(state, data, positions, facts, fused=True)
 
   def train(state: RunState, data, order, facts: ChunkFacts):
     order = jnp.pad(order, (0, steps_per_call * batch_size))
