@@ -34,7 +34,6 @@ import numpy as np
 import optax
 
 from sparcl_jax import clnp as clnp_lib
-from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import methods
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
@@ -294,26 +293,6 @@ class _Runner:
                            jnp.asarray(self.class_masks[task]))
 
 
-def _results(runner: _Runner, acc_class: np.ndarray, acc_task: np.ndarray,
-             task_times: list[float], start: float) -> dict[str, Any]:
-  scenario = runner.scenario
-  final = metrics_lib.summarize(acc_class, acc_task)
-  return {
-      "acc_matrix": {"class_il": acc_class.tolist(),
-                     "task_il": acc_task.tolist()},
-      "final": {k: float(v) for k, v in final.items()},
-      "wall_time_s": time.perf_counter() - start,
-      "task_time_s": list(task_times),
-      **timing.results_keys(runner.compiles, runner.train_time,
-                            runner.eval_time, runner.steps_done),
-      "scenario": {"name": scenario.name, "num_tasks": scenario.num_tasks,
-                   "num_outputs": scenario.num_outputs,
-                   "train_examples_per_task":
-                       [len(t.train_indices) for t in scenario.tasks]},
-      "flags": config_lib.to_dict(runner.config),
-  }
-
-
 def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
         start_time: float,
         checkpoints: Optional[checkpoint_lib.Checkpointer] = None,
@@ -360,8 +339,8 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     raise ConfigError(f"clnp_runner runs {config_lib.CLNP_METHODS}, not "
                       f"{config.method!r}.")
   _check_setup(config, scenario)
-  progress = tasks.Progress(log_fn)
-  log_fn = progress.log
+  record = tasks.RunRecord(scenario.num_tasks, log_fn)
+  log_fn = record.log
   runner = _Runner(config, scenario, log_fn)
   runner.checkpoints = checkpoints
   if compiles is not None:
@@ -374,46 +353,32 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
   # The saved state holds the first task's optimizer state (for CLNP, its
   # partition masks): the structure a checkpoint restores into.
   state = method.start_task(runner, state, extras, 0)
+  no_order = jnp.zeros(runner.arrays.train_len, jnp.int32)
 
-  acc_class = np.zeros((num_tasks, num_tasks))
-  acc_task = np.zeros((num_tasks, num_tasks))
-  task_times, stopped, first_task, resume = [], None, 0, None
+  stopped, first_task, resume = None, 0, None
   if checkpoints is not None and checkpoints.exists():
-    meta = checkpoints.read_meta()
-    checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
-                                checkpoints.directory)
-    done = len(meta["task_times"])
-    like = {"train": state,
-            "order": jnp.zeros(runner.arrays.train_len, jnp.int32),
-            "extras": method.saved_extras_like(extras, params, done)}
-    tree, meta = checkpoints.restore(like)
+    tree, meta = tasks.restore_checkpoint(
+        checkpoints, config, lambda meta: {
+            "train": state, "order": no_order,
+            "extras": method.saved_extras_like(
+                extras, params, len(meta["task_times"]))})
     state = tree["train"]
     method.restore_extras(extras, tree["extras"], meta)
-    acc_class = np.asarray(meta["acc_class"], np.float64)
-    acc_task = np.asarray(meta["acc_task"], np.float64)
-    task_times = list(meta["task_times"])
+    record.restore(meta)
     runner.steps_done = meta["steps_done"]
-    progress.steps_done, progress.logged = meta["steps_done"], meta["logged"]
     if meta["in_task"]:
       resume = dict(meta, order=tree["order"])
-    print(f"resuming from {checkpoints.last_saved} ({meta['where']})",
-          flush=True)
     first_task = meta["task"]
 
   def save_checkpoint(position: dict[str, Any], where: str,
-                      order=None) -> None:
-    progress.steps_done = runner.steps_done
-    meta = dict(position, config=config_lib.to_dict(config), where=where,
-                acc_class=acc_class.tolist(), acc_task=acc_task.tolist(),
-                task_times=task_times, steps_done=progress.steps_done,
-                logged=progress.logged, **method.extras_meta(extras))
-    checkpoint_lib.check_finite_tree(state.params, where, checkpoints)
-    if order is None:
-      order = jnp.zeros(runner.arrays.train_len, jnp.int32)
-    checkpoints.save({"train": state, "order": order,
-                      "extras": method.saved_extras(extras)}, meta)
-    if checkpoints.stop_requested:
-      raise checkpoints.interrupted(where)
+                      order=no_order) -> None:
+    record.progress.steps_done = runner.steps_done
+    tasks.save_checkpoint(
+        checkpoints, config,
+        {"train": state, "order": order,
+         "extras": method.saved_extras(extras)},
+        dict(position, **record.meta(), **method.extras_meta(extras)),
+        state.params, where)
 
   def mid_task(t: int):
 
@@ -455,23 +420,20 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
 
     seen = runner.class_masks[:t + 1].any(0)
     for j in range(num_tasks):
-      acc_class[t, j], acc_task[t, j] = runner.accuracy(
+      record.set_accuracy(t, j, runner.accuracy(
           method.eval_params(runner, state.params, extras, j), j, "test",
-          seen)
-    task_times.append(time.perf_counter() - task_start)
-    log_fn({"event": "eval", "task": t,
-            "class_il": acc_class[t, :t + 1].tolist(),
-            "task_il": acc_task[t, :t + 1].tolist(),
-            "task_time_s": task_times[-1]})
+          seen))
+    record.progress.steps_done = runner.steps_done
+    record.end_task(t, time.perf_counter() - task_start)
     if checkpoints is not None:
       save_checkpoint({"task": t + 1, "in_task": False},
                       f"the end of task {t + 1} of {num_tasks}")
 
-  done = len(task_times)
-  if done == 0:
+  if record.tasks_done == 0:
     raise ConfigError(stopped or "no task was trained")
-  results = _results(runner, acc_class[:done, :done], acc_task[:done, :done],
-                     task_times, start_time)
+  results = record.results(config, scenario, start_time, runner.compiles,
+                           runner.train_time, runner.eval_time,
+                           runner.steps_done)
   results.update(method.results(extras))
   if stopped:
     results["stopped_early"] = stopped

@@ -19,7 +19,6 @@ from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib
 from sparcl_jax import masks as masks_lib
 from sparcl_jax import methods
-from sparcl_jax import metrics as metrics_lib
 from sparcl_jax import rehearsal
 from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.data import pipeline
@@ -217,57 +216,41 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   grad_sparsity = _dgm_sparsities(config, params)
   replay_terms = config.method_object.replay_batches
 
-  acc_class = np.zeros((num_tasks, num_tasks))
-  acc_task = np.zeros((num_tasks, num_tasks))
-  task_times = []
   kept_per_epoch = []
   # Net of compilation; a resumed run counts this process's share only.
   train_time = eval_time = 0.0
   steps_here = 0
-  progress = tasks.Progress(log)
-  log = progress.log
-  resume = None
+  record = tasks.RunRecord(num_tasks, log)
+  progress, log = record.progress, record.log
+  no_order = jnp.zeros(arrays.train_len, jnp.int32)
+  resume, first_task = None, 0
   if checkpoints is not None and checkpoints.exists():
-    meta = checkpoints.read_meta()
-    checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
-                                checkpoints.directory)
-    like = state
-    if meta["has_ddr"]:
-      like = state._replace(ddr=ddr_lib.ddr_init(arrays.train_len))
-    tree, meta = checkpoints.restore(
-        {"train": like, "order": jnp.zeros(arrays.train_len, jnp.int32)})
+
+    def like(meta):
+      train = state
+      if meta["has_ddr"]:
+        train = state._replace(ddr=ddr_lib.ddr_init(arrays.train_len))
+      return {"train": train, "order": no_order}
+
+    tree, meta = tasks.restore_checkpoint(checkpoints, config, like)
     state = tree["train"]
-    acc_class = np.asarray(meta["acc_class"], np.float64)
-    acc_task = np.asarray(meta["acc_task"], np.float64)
-    task_times = list(meta["task_times"])
+    record.restore(meta)
     kept_per_epoch = [list(k) for k in meta["kept_per_epoch"]]
     (counter.train_flops, counter.dense_train_flops,
      counter.examples) = meta["flops"]
-    progress.steps_done, progress.logged = meta["steps_done"], meta["logged"]
-    resume = meta if meta["in_task"] else None
-    if resume is not None:
-      resume["order"] = tree["order"]
-    print(f"resuming from {checkpoints.last_saved} ({meta['where']})",
-          flush=True)
+    if meta["in_task"]:
+      resume = dict(meta, order=tree["order"])
     first_task = meta["task"]
-  else:
-    first_task = 0
 
   def save_checkpoint(position: dict[str, Any], where: str,
-                      order=None) -> None:
-    meta = dict(position, config=config_lib.to_dict(config), where=where,
-                acc_class=acc_class.tolist(), acc_task=acc_task.tolist(),
-                task_times=task_times, kept_per_epoch=kept_per_epoch,
-                flops=[counter.train_flops, counter.dense_train_flops,
-                       counter.examples],
-                steps_done=progress.steps_done, logged=progress.logged,
-                has_ddr=state.ddr is not None)
-    checkpoint_lib.check_finite_tree(state.params, where, checkpoints)
-    if order is None:
-      order = jnp.zeros(arrays.train_len, jnp.int32)
-    checkpoints.save({"train": state, "order": order}, meta)
-    if checkpoints.stop_requested:
-      raise checkpoints.interrupted(where)
+                      order=no_order) -> None:
+    tasks.save_checkpoint(
+        checkpoints, config, {"train": state, "order": order},
+        dict(position, **record.meta(), kept_per_epoch=kept_per_epoch,
+             flops=[counter.train_flops, counter.dense_train_flops,
+                    counter.examples],
+             has_ddr=state.ddr is not None),
+        state.params, where)
 
   for t in range(first_task, num_tasks):
     task_start = time.perf_counter()
@@ -376,40 +359,27 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
           jnp.asarray(tasks.pad(test_index, arrays.test_len)),
           jnp.int32(len(test_index)), jnp.int32(j), seen,
           jnp.asarray(class_masks[j]))
-      acc_class[t, j] = 100.0 * int(correct_class) / len(test_index)
-      acc_task[t, j] = 100.0 * int(correct_task) / len(test_index)
+      record.set_accuracy(t, j, (
+          100.0 * int(correct_class) / len(test_index),
+          100.0 * int(correct_task) / len(test_index)))
     eval_time += compiles.excluding_compiles(eval_start)
-    task_times.append(time.perf_counter() - task_start)
-    log({"event": "eval", "task": t,
-         "class_il": acc_class[t, :t + 1].tolist(),
-         "task_il": acc_task[t, :t + 1].tolist(),
-         "task_time_s": task_times[-1],
-         "global_step": progress.steps_done})
+    record.end_task(t, time.perf_counter() - task_start)
     if checkpoints is not None:
       save_checkpoint({"task": t + 1, "in_task": False},
                       f"the end of task {t + 1} of {num_tasks}")
 
-  final = metrics_lib.summarize(acc_class, acc_task)
-  sparsity = masks_lib.summarize_sparsity(state.params)
-  return {
-      "acc_matrix": {"class_il": acc_class.tolist(),
-                     "task_il": acc_task.tolist()},
-      "final": {k: float(v) for k, v in final.items()},
+  results = record.results(config, scenario, start, compiles, train_time,
+                           eval_time, steps_here)
+  results.update({
       "train_flops": counter.train_flops,
       "dense_train_flops": counter.dense_train_flops,
       "train_examples": counter.examples,
       "data_kept_per_epoch": kept_per_epoch,
       "sparsity": _sparsity_report(config, state),
-      "weights_zero_fraction": sparsity["sparsity"],
-      "wall_time_s": time.perf_counter() - start,
-      "task_time_s": task_times,
-      **timing.results_keys(compiles, train_time, eval_time, steps_here),
-      "scenario": {"name": scenario.name, "num_tasks": num_tasks,
-                   "num_outputs": scenario.num_outputs,
-                   "train_examples_per_task":
-                       [len(t.train_indices) for t in scenario.tasks]},
-      "flags": config_lib.to_dict(config),
-  }
+      "weights_zero_fraction":
+          masks_lib.summarize_sparsity(state.params)["sparsity"],
+  })
+  return results
 
 
 def _layer_macs(model, params, batch_stats, spec: steps.InputSpec
