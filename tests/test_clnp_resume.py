@@ -1,7 +1,7 @@
-"""Task-level checkpoint/resume of the CLNP-family runner.
+"""Checkpoint/resume of the task-incremental runner (CLNP, single-task...).
 
-A run stopped after its first task and resumed in the same work directory
-must end with exactly the results of an uninterrupted run.
+A run stopped mid-task, or at a task's end, and resumed in the same work
+directory must end with exactly the results of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _config(workdir, method: str) -> RunConfig:
       scenario="permuted", num_tasks=3, model="mlp", hidden_sizes="16,16",
       head="multi", method=method, epochs=1, batch_size=32,
       optimizer="adam", lr=1e-2, l1=3e-3, margin=2.0,
-      val_fraction=0.2, eval_batch_size=128, steps_per_call=40, seed=0,
+      val_fraction=0.2, eval_batch_size=128, steps_per_call=10, seed=0,
       progress=False))
 
 
@@ -48,15 +48,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
 
   config = _config(tmp_path / "b", method)
   first = checkpoint.Checkpointer(config.workdir)
-  # Asked before the run starts: nothing is saved yet, so the run finishes
-  # its first task, saves and stops there.
+  # Asked before the run starts: the run saves after its first chunk of
+  # 10 steps, in the middle of the first task's epoch, and stops there.
   first.request_stop(signal.SIGTERM)
   with pytest.raises(checkpoint.RunInterrupted,
-                     match="the end of task 1 of 3"):
+                     match="task 1 of 3, epoch 1, step 10 of 35"):
     _run(config, first)
   meta = first.read_meta()
   first.close()
-  assert (meta["task"], meta["in_task"]) == (1, False)
+  assert (meta["task"], meta["in_task"], meta["step"]) == (0, True, 10)
 
   second = checkpoint.Checkpointer(config.workdir)
   results_b, records_b = _run(config, second)
@@ -77,24 +77,30 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, method):
     assert len(results_b["clnp"]["tasks"]) == 3
 
 
-def test_stop_mid_task_resumes_from_last_finished_task(tmp_path,
-                                                       monkeypatch):
-  config = _config(tmp_path, "clnp")
+def test_stop_during_the_pruning_search_is_honoured_at_the_task_end(
+    tmp_path, monkeypatch):
+  results_a, _ = _run(_config(tmp_path / "a", "clnp"))
+  config = _config(tmp_path / "b", "clnp")
   ckpt = checkpoint.Checkpointer(config.workdir)
-  original = clnp_runner._Runner.train_epochs
+  original = clnp_runner._Runner.activity
   calls = []
 
-  def stop_in_second_task(self, state, task, epochs, tag="epoch"):
+  def stop_in_second_search(self, params, task, layers):
     calls.append(task)
     if task == 1:
       ckpt.request_stop(signal.SIGTERM)
-    return original(self, state, task, epochs, tag)
+    return original(self, params, task, layers)
 
-  monkeypatch.setattr(clnp_runner._Runner, "train_epochs",
-                      stop_in_second_task)
+  monkeypatch.setattr(clnp_runner._Runner, "activity", stop_in_second_search)
   with pytest.raises(checkpoint.RunInterrupted,
-                     match="the end of task 1 of 3"):
+                     match="the end of task 2 of 3"):
     loop.run(config, log_fn=lambda r: None, checkpoints=ckpt)
   assert calls == [0, 1]
-  assert ckpt.read_meta()["task"] == 1
+  assert (ckpt.read_meta()["task"], ckpt.read_meta()["in_task"]) == (2, False)
   ckpt.close()
+  monkeypatch.undo()
+  second = checkpoint.Checkpointer(config.workdir)
+  results_b = loop.run(config, log_fn=lambda r: None, checkpoints=second)
+  second.close()
+  assert results_b["acc_matrix"] == results_a["acc_matrix"]
+  assert results_b["clnp"] == results_a["clnp"]
