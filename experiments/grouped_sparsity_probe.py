@@ -10,7 +10,10 @@ and 256) on XLA's CPU, interleaved, in four forms of its two hidden layers:
   multiplies them as one batched matmul, and the gradient is scattered back
   into the dense ``W`` (so the optimizer still sees the dense pytree);
 * ``grouped_compact``: the same product with the kept weights stored compactly
-  as ``[groups, k, group]`` (the optimizer sees that pytree instead).
+  as ``[groups, k, group]`` (the optimizer sees that pytree instead), as
+  ``sc.GroupedSparseDense`` stores them.
+
+The grouped products are :func:`sparcl_jax.grouped.grouped_matmul`.
 
 Usage: python experiments/grouped_sparsity_probe.py [--repeats 30]
 Prints ms per step (median of interleaved samples) and the ratio to dense.
@@ -26,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sparcl_jax import grouped
+
 WIDTHS = (784, 2000, 2000)
 
 
@@ -36,28 +41,6 @@ def _init(key):
            "bias": jnp.zeros(b)} for k, a, b in zip(keys, dims[:-1], dims[1:])]
 
 
-def _kept_rows(key, fan_in, groups, k):
-  """[groups, k] sorted kept input rows, the same count in every group."""
-  keys = jax.random.split(key, groups)
-  return jnp.stack([jnp.sort(jax.random.permutation(kk, fan_in)[:k])
-                    for kk in keys]).astype(jnp.int32)
-
-
-def _grouped_matmul(x, values, rows):
-  """x [B, in] times the group-sparse kernel: values [G, k, gs], rows [G, k]."""
-  xg = jnp.take(x, rows, axis=1)  # [B, G, k]
-  out = jnp.einsum("bgk,gkn->bgn", xg, values)
-  return out.reshape(x.shape[0], -1)
-
-
-def _gather_values(kernel, rows, group):
-  """The kept weights of a dense kernel as [G, k, gs]."""
-  fan_in, fan_out = kernel.shape
-  blocks = kernel.reshape(fan_in, fan_out // group, group)  # [in, G, gs]
-  return jnp.take_along_axis(blocks, rows.T[:, :, None], axis=0).transpose(
-      1, 0, 2)
-
-
 def make_step(form, group, density, key):
   params = _init(key)
   structure = []
@@ -65,7 +48,7 @@ def make_step(form, group, density, key):
     fan_in, fan_out = layer["kernel"].shape
     k = max(1, round(density * fan_in))
     key, sub = jax.random.split(key)
-    structure.append(_kept_rows(sub, fan_in, fan_out // group, k))
+    structure.append(grouped.random_rows(sub, fan_in, fan_out // group, k))
   masks = []
   for layer, rows in zip(params[:2], structure):
     fan_in, fan_out = layer["kernel"].shape
@@ -75,7 +58,7 @@ def make_step(form, group, density, key):
     masks.append(jnp.asarray(np.repeat(m, group, axis=1)))
   if form == "grouped_compact":
     for layer, rows in zip(params[:2], structure):
-      layer["kernel"] = _gather_values(layer["kernel"], rows, group)
+      layer["kernel"] = grouped.from_dense(layer["kernel"], rows)
   tx = optax.sgd(0.01)
 
   def forward(p, x):
@@ -87,10 +70,10 @@ def make_step(form, group, density, key):
       elif form == "masked":
         z = h @ (w * masks[i])
       elif form == "grouped_dense_storage":
-        z = _grouped_matmul(h, _gather_values(w, structure[i], group),
-                            structure[i])
+        z = grouped.grouped_matmul(h, grouped.from_dense(w, structure[i]),
+                                   structure[i])
       else:
-        z = _grouped_matmul(h, w, structure[i])
+        z = grouped.grouped_matmul(h, w, structure[i])
       h = jax.nn.relu(z + layer["bias"])
     return h @ p[2]["kernel"] + p[2]["bias"]
 

@@ -1,0 +1,114 @@
+"""Dense layers with group-balanced sparse kernels, for Linen and NNX.
+
+Drop-in replacements of ``nn.Dense`` / ``nnx.Linear`` whose kernel keeps, in
+every block of ``group`` consecutive output units, the same number of input
+rows (see :mod:`sparcl_jax.grouped`): parameters ``values`` ``[groups, k,
+group]`` (and ``bias``), trained by any optimizer as an ordinary pytree; the
+kept rows live outside the parameters (the Linen collection ``'sparsity'``,
+an NNX :class:`KeptRows` variable) and change only by drop-and-grow.
+
+Example:
+  >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
+  >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
+  >>> variables['params']['values'].shape, variables['sparsity']['rows'].shape
+  ((2, 3, 2), (2, 3))
+  >>> layer.apply(variables, jnp.ones((5, 6))).shape
+  (5, 4)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sparcl_jax import grouped
+
+Initializer = Callable[..., Any]
+
+
+class GroupedSparseDense(nn.Module):
+  """A Linen dense layer computing with its kept weights only.
+
+  Attributes:
+    features: output units.
+    group: output units per block (must divide ``features``).
+    sparsity: share of the kernel pruned; each block keeps
+      ``round((1 - sparsity) * fan_in)`` input rows.
+    use_bias: add a bias.
+    kernel_init: initializer of the dense kernel the kept weights are taken
+      from (so the kept weights start as a dense layer's would).
+    bias_init: initializer of the bias.
+  """
+
+  features: int
+  group: int
+  sparsity: float
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fan_in = x.shape[-1]
+    groups = grouped.check_group(self.features, self.group)
+    k = grouped.kept_rows_per_group(fan_in, self.sparsity)
+    rows = self.variable(
+        "sparsity", "rows",
+        lambda: grouped.random_rows(self.make_rng("params"), fan_in, groups,
+                                    k))
+
+    def init_values(key, shape, dtype=jnp.float32):
+      del shape
+      dense = self.kernel_init(key, (fan_in, self.features), dtype)
+      return grouped.from_dense(dense, rows.value)
+
+    values = self.param("values", init_values, (groups, k, self.group))
+    y = grouped.grouped_matmul(x, values, rows.value)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,))
+    return y
+
+
+class KeptRows(nnx.Variable):
+  """The kept input rows of a :class:`GroupedSparseLinear` (not a Param:
+  optimizers filtering on ``nnx.Param`` leave it alone)."""
+
+
+class GroupedSparseLinear(nnx.Module):
+  """An NNX linear layer computing with its kept weights only.
+
+  Args:
+    in_features: input units.
+    out_features: output units.
+    group: output units per block (must divide ``out_features``).
+    sparsity: share of the kernel pruned.
+    rngs: NNX RNG streams (``params`` draws the kept rows and weights).
+    use_bias: add a bias.
+
+  Example:
+    >>> layer = GroupedSparseLinear(6, 4, group=2, sparsity=0.5,
+    ...                             rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((5, 6))).shape, layer.rows.value.shape
+    ((5, 4), (2, 3))
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, group: int,
+               sparsity: float, rngs: nnx.Rngs, use_bias: bool = True):
+    groups = grouped.check_group(out_features, group)
+    k = grouped.kept_rows_per_group(in_features, sparsity)
+    self.rows = KeptRows(grouped.random_rows(rngs.params(), in_features,
+                                             groups, k))
+    dense = nnx.initializers.lecun_normal()(rngs.params(),
+                                            (in_features, out_features))
+    self.values = nnx.Param(grouped.from_dense(dense, self.rows.value))
+    self.bias = nnx.Param(jnp.zeros(out_features)) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = grouped.grouped_matmul(x, self.values.value, self.rows.value)
+    if self.bias is not None:
+      y = y + self.bias.value
+    return y
