@@ -85,19 +85,20 @@ def test_derpp_weights_and_targets_are_not_interchangeable():
   assert abs(loss - swapped_batches) > 0.05
 
 
-def test_der_runs_end_to_end(tmp_path, capsys):
-  status = cli.main(["train.py", f"--flagfile={QUICKSTART}", "--method=der",
-                     "--num_tasks=2", "--epochs=1",
+@pytest.mark.parametrize("method", ["der", "er_ace"])
+def test_one_batch_replay_methods_run_end_to_end(tmp_path, capsys, method):
+  status = cli.main(["train.py", f"--flagfile={QUICKSTART}",
+                     f"--method={method}", "--num_tasks=2", "--epochs=1",
                      f"--workdir={tmp_path}", "--noprogress",
                      "--notensorboard"])
   capsys.readouterr()
   assert status == 0
   results = json.loads((tmp_path / "results.json").read_text())
-  assert results["flags"]["method"] == "der"
+  assert results["flags"]["method"] == method
   records = [json.loads(line) for line in
              (tmp_path / "metrics.jsonl").read_text().splitlines()]
   epochs = [r for r in records if r["event"] == "epoch"]
-  # DER replays one batch of 16 per step once the buffer holds 16
+  # DER and ER-ACE replay one batch of 16 per step once the buffer holds 16
   # examples: every step but the first (batch 16) of the first task
   # (--replay_first_task), every step of the second.
   assert [r["replayed_examples"] for r in epochs] == [
@@ -133,22 +134,3 @@ def test_er_ace_without_replay_is_the_masked_stream_loss():
   loss, _ = _er_ace_loss([True, True, False], [True, True, True],
                          do_replay=False)
   assert loss == pytest.approx(_lse(1, 0) - 1, rel=1e-6)
-
-
-def test_er_ace_runs_end_to_end(tmp_path, capsys):
-  status = cli.main(["train.py", f"--flagfile={QUICKSTART}",
-                     "--method=er_ace", "--num_tasks=2", "--epochs=1",
-                     f"--workdir={tmp_path}", "--noprogress",
-                     "--notensorboard"])
-  capsys.readouterr()
-  assert status == 0
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert results["flags"]["method"] == "er_ace"
-  records = [json.loads(line) for line in
-             (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  epochs = [r for r in records if r["event"] == "epoch"]
-  # One buffer batch of 16 per step, as ER.
-  assert [r["replayed_examples"] for r in epochs] == [
-      16 * (epochs[0]["steps"] - 1), 16 * epochs[1]["steps"]]
-  assert all(math.isfinite(v) for v in results["final"].values())
-  assert results["acc_matrix"]["task_il"][1][0] > 50.0

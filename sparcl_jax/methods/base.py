@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from sparcl_jax.dgm import dgm
@@ -253,8 +252,3 @@ def cross_entropy_over(logits: jax.Array, labels: jax.Array,
   if class_mask is not None:
     logits = losses.mask_logits(logits, class_mask)
   return losses.cross_entropy(logits, labels)
-
-
-def zero_term(batch_stats: PyTree):
-  """``(0.0, batch_stats)``: the replay term of a step that does not replay."""
-  return jnp.zeros((), jnp.float32), batch_stats

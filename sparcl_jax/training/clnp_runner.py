@@ -124,8 +124,12 @@ class _Runner:
   :mod:`sparcl_jax.methods.task_level`).
   """
 
-  def __init__(self, config: RunConfig, scenario: Scenario, log: LogFn):
-    self.config, self.scenario, self.log = config, scenario, log
+  def __init__(self, config: RunConfig, scenario: Scenario,
+               progress: tasks.Progress):
+    self.config, self.scenario = config, scenario
+    # The run's step and log counters, which checkpoints save.
+    self.progress = progress
+    self.log = progress.log
     self.num_tasks = scenario.num_tasks
     head_sizes = [len(t.classes) for t in scenario.tasks]
     self.model = registry.make_model(
@@ -166,11 +170,15 @@ class _Runner:
     self._fisher_fn = None
     self._init = None
     self.checkpoints: Optional[checkpoint_lib.Checkpointer] = None
-    self.steps_done = 0
     # Seconds net of compilation (see timing.CompileTimer); set by run().
     self.compiles = timing.CompileTimer()
     self.train_time = 0.0
     self.eval_time = 0.0
+
+  @property
+  def steps_done(self) -> int:
+    """Train steps run so far, fine-tuning included."""
+    return self.progress.steps_done
 
   def init_params(self, key: jax.Array) -> PyTree:
     """Fresh parameters from ``key`` (jitted: eager init is slow)."""
@@ -229,7 +237,8 @@ class _Runner:
         loss_sum = loss_sum + chunk_loss
         chunk_losses.append((first, chunk_loss))
         done = min(self.steps_per_call, num_steps - first)
-        before, self.steps_done = self.steps_done, self.steps_done + done
+        before = self.progress.steps_done
+        self.progress.steps_done += done
         if after_chunk is not None:
           after_chunk(state, {"epoch": epoch, "step": first + done,
                               "order": order, "count": int(count),
@@ -341,7 +350,7 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
   _check_setup(config, scenario)
   record = tasks.RunRecord(scenario.num_tasks, log_fn)
   log_fn = record.log
-  runner = _Runner(config, scenario, log_fn)
+  runner = _Runner(config, scenario, record.progress)
   runner.checkpoints = checkpoints
   if compiles is not None:
     runner.compiles = compiles
@@ -365,14 +374,12 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     state = tree["train"]
     method.restore_extras(extras, tree["extras"], meta)
     record.restore(meta)
-    runner.steps_done = meta["steps_done"]
     if meta["in_task"]:
       resume = dict(meta, order=tree["order"])
     first_task = meta["task"]
 
   def save_checkpoint(position: dict[str, Any], where: str,
                       order=no_order) -> None:
-    record.progress.steps_done = runner.steps_done
     tasks.save_checkpoint(
         checkpoints, config,
         {"train": state, "order": order,
@@ -423,7 +430,6 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
       record.set_accuracy(t, j, runner.accuracy(
           method.eval_params(runner, state.params, extras, j), j, "test",
           seen))
-    record.progress.steps_done = runner.steps_done
     record.end_task(t, time.perf_counter() - task_start)
     if checkpoints is not None:
       save_checkpoint({"task": t + 1, "in_task": False},

@@ -350,14 +350,13 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
            "global_step": progress.steps_done,
            "weight_sparsity": weight_sparsity})
     bar.close()
-    seen = jnp.asarray(class_masks[:t + 1].any(0))
     eval_start = compiles.mark()
     for j in range(num_tasks):
       test_index = scenario.tasks[j].test_indices
       correct_class, correct_task = evaluate(
           state.params, state.batch_stats, device_data, "test",
           jnp.asarray(tasks.pad(test_index, arrays.test_len)),
-          jnp.int32(len(test_index)), jnp.int32(j), seen,
+          jnp.int32(len(test_index)), jnp.int32(j), seen_so_far,
           jnp.asarray(class_masks[j]))
       record.set_accuracy(t, j, (
           100.0 * int(correct_class) / len(test_index),

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from sparcl_jax import methods
+from sparcl_jax.methods.base import cross_entropy_over
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
@@ -245,12 +246,9 @@ def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
     seen_class_mask = jnp.ones_like(task_class_mask)
   k_stream, k_r1, k_r2 = jax.random.split(rng, 3)
   logits, batch_stats = forward(params, batch_stats, x_stream, k_stream, True)
-  class_mask = rule.stream_class_mask(method, task_class_mask,
-                                      seen_class_mask)
-  stream_logits = logits
-  if class_mask is not None:
-    stream_logits = losses.mask_logits(logits, class_mask)
-  loss = losses.cross_entropy(stream_logits, y_stream)
+  loss = cross_entropy_over(
+      logits, y_stream,
+      rule.stream_class_mask(method, task_class_mask, seen_class_mask))
   if not method.replay:
     return loss, (logits, batch_stats)
 
