@@ -40,6 +40,10 @@ _PRESETS = {
 }
 
 SCENARIOS = tuple(_PRESETS)
+# The usual number of tasks per (kind, dataset): the first preset's.
+DEFAULT_NUM_TASKS: dict[tuple[str, str], int] = {}
+for _kind, _dataset, _, _tasks in _PRESETS.values():
+  DEFAULT_NUM_TASKS.setdefault((_kind, _dataset), _tasks)
 
 
 def default_num_tasks(kind: str, dataset: str) -> int:
@@ -57,10 +61,7 @@ def default_num_tasks(kind: str, dataset: str) -> int:
     ...                                                           "mnist")
     (10, 10)
   """
-  for preset_kind, preset_dataset, _, tasks in _PRESETS.values():
-    if (preset_kind, preset_dataset) == (kind, dataset):
-      return tasks
-  return 5
+  return DEFAULT_NUM_TASKS.get((kind, dataset), 5)
 
 
 def build_scenario(kind: str, dataset: Dataset, num_tasks: int,

@@ -35,8 +35,7 @@ SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
 
 # Default number of tasks per (scenario kind, dataset) when --num_tasks is 0:
 # the scenario table's (sparcl_jax.data.scenarios).
-DEFAULT_NUM_TASKS = {(kind, dataset): scenarios.default_num_tasks(kind, dataset)
-                     for kind, dataset, _, _ in scenarios._PRESETS.values()}  # pylint: disable=protected-access
+DEFAULT_NUM_TASKS = scenarios.DEFAULT_NUM_TASKS
 
 
 @dataclasses.dataclass(frozen=True)
