@@ -137,6 +137,25 @@ def from_dense(kernel: jax.Array, rows: jax.Array) -> jax.Array:
   return blocks[rows, jnp.arange(groups)[:, None]]
 
 
+def kept_membership(rows: jax.Array, fan_in: int) -> jax.Array:
+  """The bool ``[groups, fan_in]`` membership of each block's kept rows.
+
+  Args:
+    rows: ``[groups, k]``.
+    fan_in: input rows.
+
+  Returns:
+    True where a block keeps the row.
+
+  Example:
+    >>> kept_membership(jnp.array([[0, 2]]), 3)
+    Array([[ True, False,  True]], dtype=bool)
+  """
+  groups = rows.shape[0]
+  return jnp.zeros((groups, fan_in), bool).at[
+      jnp.arange(groups)[:, None], rows].set(True)
+
+
 def row_mask(rows: jax.Array, fan_in: int, group: int) -> jax.Array:
   """The bool ``[fan_in, groups * group]`` mask of the kept weights.
 
@@ -259,8 +278,7 @@ def drop_and_grow_rows(values: jax.Array, rows: jax.Array,
     return values, rows
   # Slots that leave: the lowest drop scores (top_k of the negated scores).
   _, leaving = jax.lax.top_k(-drop_scores, count)  # [groups, count]
-  kept = jnp.zeros((groups, fan_in), bool).at[
-      jnp.arange(groups)[:, None], rows].set(True)
+  kept = kept_membership(rows, fan_in)
   candidates = jnp.where(kept, -jnp.inf, grow_scores)
   _, grown = jax.lax.top_k(candidates, count)  # [groups, count]
   block = jnp.arange(groups)[:, None]

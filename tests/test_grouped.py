@@ -108,7 +108,8 @@ def test_linen_layer_is_the_masked_dense_layer_and_trains_its_kept_weights():
                              sparsity=1 - K / FAN_IN)
   x = jax.random.normal(jax.random.key(2), (3, FAN_IN))
   variables = layer.init(jax.random.key(0), x)
-  params, rows = variables["params"], variables["sparsity"]["rows"]
+  params, collection = variables["params"], variables["sparsity"]
+  rows = collection["rows"]
   assert params["values"].shape == (GROUPS, K, GROUP)
   dense = grouped.to_dense(params["values"], rows, FAN_IN)
   np.testing.assert_allclose(layer.apply(variables, x),
@@ -116,7 +117,7 @@ def test_linen_layer_is_the_masked_dense_layer_and_trains_its_kept_weights():
   tx = optax.sgd(0.01)
 
   def loss(p):
-    return jnp.sum(layer.apply({"params": p, "sparsity": {"rows": rows}},
+    return jnp.sum(layer.apply({"params": p, "sparsity": collection},
                                x) ** 2)
 
   new = optax.apply_updates(params, tx.update(jax.grad(loss)(params),

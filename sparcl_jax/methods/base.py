@@ -119,16 +119,21 @@ class Method:
     """
     raise NotImplementedError(f"{self.name} has no replay loss")
 
-  def make_optimizer(self, config) -> optax.GradientTransformationExtraArgs:
+  def make_optimizer(self, config, kept_rows: Optional[PyTree] = None
+                     ) -> optax.GradientTransformationExtraArgs:
     """The optimizer: the base one, after DGM when the method uses it.
 
     Args:
       config: the run configuration.
+      kept_rows: the model's ``'sparsity'`` collection, which a sparse
+        method's grouped optimizer (``--mask_structure=grouped``) starts
+        from; ignored otherwise.
 
     Returns:
       An optax transformation accepting the extra args ``epoch`` and
       ``step_in_epoch``.
     """
+    del kept_rows
     base = optax.with_extra_args_support(base_optimizer(config))
     if self.uses_dgm(config):
       return optax.chain(gradient_masking(config), base)

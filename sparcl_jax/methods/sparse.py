@@ -22,6 +22,8 @@ Example:
 """
 
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.dgm import dgm
+from sparcl_jax.grouped_tdm import grouped_tdm
 from sparcl_jax.tdm import tdm
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
@@ -47,9 +49,11 @@ class _MaskedWeights:
     del config
     return True
 
-  def make_optimizer(self, config):
+  def make_optimizer(self, config, kept_rows=None):
     if not self.is_sparse(config):
       return super().make_optimizer(config)  # pytype: disable=attribute-error
+    if config.grouped:
+      return self._grouped_optimizer(config, kept_rows)
     return tdm(
         base_optimizer(config), sparsity=config.sparsity,
         schedule=mask_schedule(config, static=self.static_masks),
@@ -60,6 +64,46 @@ class _MaskedWeights:
         gradient_masking=(gradient_masking(config)
                           if self.uses_dgm(config) else None),
         seed=config.seed)
+
+  def _grouped_optimizer(self, config, kept_rows):
+    if kept_rows is None:
+      raise ValueError("--mask_structure=grouped builds its optimizer from "
+                       "the model's 'sparsity' collection: pass kept_rows")
+    share = grouped_gradient_sparsity(config)
+    masking = None
+    if self.uses_dgm(config) and share > 0:
+      masking = dgm(share, config.dgm_refresh,
+                    sparse_filter=lambda path, leaf: path.endswith("/values"))
+    return grouped_tdm(base_optimizer(config), kept_rows=kept_rows,
+                       schedule=mask_schedule(config),
+                       importance_lambda=self.drop_lambda(config),
+                       gradient_masking=masking, seed=config.seed)
+
+
+def grouped_gradient_sparsity(config) -> float:
+  """DGM's gradient sparsity over a grouped layer's kept weights.
+
+  Unstructured DGM keeps ``1 - gradient_sparsity`` of a layer's dense
+  gradient, taken from its kept weights first; over the kept weights alone
+  (a share ``1 - sparsity`` of the layer) that is ``(1 - gradient_sparsity)
+  / (1 - sparsity)`` of them, all of them (DGM off) when that reaches 1.
+
+  Args:
+    config: the run configuration.
+
+  Returns:
+    The share of the kept weights' gradient DGM zeroes, in ``[0, 1)``.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> grouped_gradient_sparsity(RunConfig(sparsity=0.75,
+    ...                                     gradient_sparsity=0.8))
+    0.2
+    >>> grouped_gradient_sparsity(RunConfig(sparsity=0.9))
+    0.0
+  """
+  kept = (1.0 - config.gradient_sparsity) / (1.0 - config.sparsity)
+  return round(max(0.0, 1.0 - kept), 10)
 
 
 class _SparCL(_MaskedWeights):

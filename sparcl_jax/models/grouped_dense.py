@@ -5,13 +5,17 @@ every block of ``group`` consecutive output units, the same number of input
 rows (see :mod:`sparcl_jax.grouped`): parameters ``values`` ``[groups, k,
 group]`` (and ``bias``), trained by any optimizer as an ordinary pytree; the
 kept rows live outside the parameters (the Linen collection ``'sparsity'``,
-an NNX :class:`KeptRows` variable) and change only by drop-and-grow.
+NNX :class:`KeptRows` variables): ``rows`` ``[groups, k]`` (the indices the
+product gathers) and ``kept`` ``[groups, fan_in]`` (their membership), and
+change only by drop-and-grow (:func:`sparcl_jax.grouped_tdm`).
 
 Example:
   >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
   >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
   >>> variables['params']['values'].shape, variables['sparsity']['rows'].shape
   ((2, 3, 2), (2, 3))
+  >>> variables['sparsity']['kept'].sum(-1)   # 3 of 6 input rows per block
+  Array([3, 3], dtype=int32)
   >>> layer.apply(variables, jnp.ones((5, 6))).shape
   (5, 4)
 """
@@ -60,6 +64,10 @@ class GroupedSparseDense(nn.Module):
         "sparsity", "rows",
         lambda: grouped.random_rows(self.make_rng("params"), fan_in, groups,
                                     k))
+    # Membership of the same rows: what drop-and-grow and reports read (and
+    # where the dense fan-in is recorded); the product reads `rows` only.
+    self.variable("sparsity", "kept",
+                  lambda: grouped.kept_membership(rows.value, fan_in))
 
     def init_values(key, shape, dtype=jnp.float32):
       del shape
@@ -102,6 +110,8 @@ class GroupedSparseLinear(nnx.Module):
     k = grouped.kept_rows_per_group(in_features, sparsity)
     self.rows = KeptRows(grouped.random_rows(rngs.params(), in_features,
                                              groups, k))
+    self.kept = KeptRows(grouped.kept_membership(self.rows.value,
+                                                 in_features))
     dense = nnx.initializers.lecun_normal()(rngs.params(),
                                             (in_features, out_features))
     self.values = nnx.Param(grouped.from_dense(dense, self.rows.value))

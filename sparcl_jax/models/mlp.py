@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 
+from sparcl_jax.models.grouped_dense import GroupedSparseDense
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
 
 
@@ -21,6 +22,11 @@ class MLP(nn.Module):
     num_outputs: number of logits.
     head: ``'shared'`` or ``'multi'`` (see ``OutputHead``).
     head_sizes: classes per task, for ``head='multi'``.
+    group: 0 for dense hidden layers; else each hidden layer is a
+      :class:`GroupedSparseDense` with blocks of ``group`` output units
+      keeping ``round((1 - sparsity) * fan_in)`` input rows each (the
+      ``'sparsity'`` collection holds the kept rows).
+    sparsity: weight sparsity of the grouped hidden layers.
 
   Example:
     >>> model = MLP((100, 100), 10)
@@ -33,6 +39,8 @@ class MLP(nn.Module):
   num_outputs: int = 10
   head: str = "shared"
   head_sizes: Optional[Sequence[int]] = None
+  group: int = 0
+  sparsity: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -55,7 +63,12 @@ class MLP(nn.Module):
     h = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden_sizes):
       name = f"hidden_{i}"
-      h = nn.relu(nn.Dense(int(width), name=name)(h))
+      if self.group:
+        layer = GroupedSparseDense(int(width), self.group, self.sparsity,
+                                   name=name)
+      else:
+        layer = nn.Dense(int(width), name=name)
+      h = nn.relu(layer(h))
       self.sow("intermediates", name + ACT_SUFFIX, h)
     return OutputHead(self.head, self.num_outputs, self.head_sizes,
                       name="head")(h)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.grouped import check_group
 from jax import lax
 
 from sparcl_jax.models.cnn import ZenkeCNN
@@ -29,7 +30,8 @@ def make_model(name: str, num_outputs: int, *,
                head: str = "shared",
                head_sizes: Optional[Sequence[int]] = None,
                width_multiplier: int = 1,
-               conv_gradients: str = "canonical") -> nn.Module:
+               conv_gradients: str = "canonical",
+               group: int = 0, sparsity: float = 0.0) -> nn.Module:
   """Builds a model by name after checking its hyper-parameters.
 
   Args:
@@ -41,6 +43,10 @@ def make_model(name: str, num_outputs: int, *,
     head_sizes: classes per task, required for ``head='multi'``.
     width_multiplier: width scale of ``'zenke_cnn'``.
     conv_gradients: a key of ``CONV_GRADIENTS``, for the conv models.
+    group: for ``'mlp'``: 0 for dense hidden layers, else group-balanced
+      sparse ones with blocks of ``group`` output units (must divide every
+      hidden width).
+    sparsity: weight sparsity of the grouped hidden layers.
 
   Returns:
     An unbound Flax Linen module.
@@ -61,7 +67,13 @@ def make_model(name: str, num_outputs: int, *,
     hidden = tuple(int(h) for h in hidden_sizes)
     if any(h < 1 for h in hidden):
       raise ConfigError(f"hidden_sizes must be positive, got {hidden}.")
-    return MLP(hidden, num_outputs, head, sizes)
+    if group:
+      for width in hidden:
+        check_group(width, group)
+    return MLP(hidden, num_outputs, head, sizes, int(group), float(sparsity))
+  if group:
+    raise ConfigError(f"grouped sparse layers exist for the mlp model only, "
+                      f"not {name!r}; use the unstructured masks.")
   if name == "resnet18":
     if nf < 1:
       raise ConfigError(f"nf must be >= 1, got {nf}.")

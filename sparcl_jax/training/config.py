@@ -32,6 +32,7 @@ METHODS = methods.names()
 CLNP_METHODS = methods.names(methods.TASK_LEVEL)
 ACTIVITY_READINGS = ("mean", "firing_rate")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
+MASK_STRUCTURES = ("unstructured", "grouped")
 
 # Default number of tasks per (scenario kind, dataset) when --num_tasks is 0:
 # the scenario table's (sparcl_jax.data.scenarios).
@@ -142,6 +143,16 @@ class RunConfig:
                                     "'hidden_.*/kernel') choosing the sparse "
                                     "layers; empty: residual-block convs and "
                                     "MLP hidden kernels."})
+  mask_structure: str = dataclasses.field(
+      default="unstructured", metadata={
+          "help": "TDM: 'unstructured' (SparCL's masks over dense layers) "
+                  "or 'grouped' (the MLP's hidden layers keep the same "
+                  "input rows count in every block of --mask_group output "
+                  "units and compute with the kept weights only)."})
+  mask_group: int = dataclasses.field(
+      default=250, metadata={"help": "TDM with --mask_structure=grouped: "
+                                     "output units per block (must divide "
+                                     "every hidden width)."})
   tdm: bool = dataclasses.field(
       default=True, metadata={"help": "SparCL: task-aware dynamic masking "
                                       "(sparse weights)."})
@@ -269,6 +280,11 @@ class RunConfig:
   def method_object(self) -> methods.Method:
     """The registered method ``--method`` names."""
     return methods.get(self.method)
+
+  @property
+  def grouped(self) -> bool:
+    """Whether the run's sparse layers are group-balanced (and compact)."""
+    return self.mask_structure == "grouped" and self.is_sparse
 
   @property
   def is_sparse(self) -> bool:
@@ -404,6 +420,7 @@ def validate(config: RunConfig) -> RunConfig:
     raise ConfigError(f"--sparsity={config.sparsity} leaves no weights once "
                       "TDM swaps connections; use a sparsity below "
                       f"{1.0 - config.mask_swap_fraction:.2f}.")
+  _choice("mask_structure", config.mask_structure, MASK_STRUCTURES)
   if config.mask_growth:
     try:
       mask_rules.grow_score(config.mask_growth)
@@ -439,6 +456,8 @@ def validate(config: RunConfig) -> RunConfig:
   if config.model == "mlp" and (not widths or min(widths) < 1):
     raise ConfigError(f"--hidden_sizes={config.hidden_sizes!r} must be "
                       "comma-separated positive integers, e.g. 100,100.")
+  if config.grouped:
+    _check_grouped(config)
   if config.uses_buffer:
     if config.buffer_size < 1:
       raise ConfigError(f"--method={config.method} replays from a buffer: "
@@ -448,6 +467,34 @@ def validate(config: RunConfig) -> RunConfig:
                         f"is larger than --buffer_size={config.buffer_size}; "
                         "lower --minibatch_size or raise --buffer_size.")
   return config
+
+
+def _check_grouped(config: RunConfig) -> None:
+  """What --mask_structure=grouped supports, each refusal with its fix."""
+  refuse = "--mask_structure=grouped "
+  if config.model != "mlp":
+    raise ConfigError(refuse + f"has layers for --model=mlp only, not "
+                      f"{config.model!r}; use the unstructured masks.")
+  method = config.method_object
+  if getattr(method, "static_masks", False):
+    raise ConfigError(refuse + f"drops and grows rows on TDM's schedule; "
+                      f"--method={config.method} keeps a static mask: use "
+                      "the unstructured masks.")
+  if (config.mask_growth or getattr(method, "growth", "random")) != "random":
+    raise ConfigError(refuse + "grows rows at random (SparCL's rule); "
+                      "gradient growth needs the dense gradient: drop "
+                      "--mask_growth or use the unstructured masks.")
+  if config.sparsity_distribution != "uniform" or config.sparse_layers:
+    raise ConfigError(refuse + "makes every MLP hidden layer sparse at "
+                      "--sparsity: drop --sparsity_distribution and "
+                      "--sparse_layers.")
+  if config.mask_group < 1:
+    raise ConfigError(f"--mask_group={config.mask_group} must be >= 1.")
+  for width in config.hidden_widths:
+    if width % config.mask_group:
+      raise ConfigError(f"--mask_group={config.mask_group} must divide "
+                        f"every hidden width (--hidden_sizes="
+                        f"{config.hidden_sizes}); pick a divisor.")
 
 
 def field_help(field: dataclasses.Field) -> str:

@@ -20,6 +20,9 @@ from sparcl_jax import flops as flops_lib
 from sparcl_jax import masks as masks_lib
 from sparcl_jax import methods
 from sparcl_jax import rehearsal
+from sparcl_jax.grouped_tdm import (dense_view, grouped_layers,
+                                    sparsity_variables, tdm_rows)
+from sparcl_jax.methods.sparse import grouped_gradient_sparsity
 from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
@@ -156,7 +159,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   model = registry.make_model(
       config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
       nf=config.nf, head=config.head, head_sizes=head_sizes,
-      conv_gradients=config.conv_gradients)
+      conv_gradients=config.conv_gradients,
+      **(dict(group=config.mask_group, sparsity=config.sparsity)
+         if config.grouped else {}))
   spec = input_spec(scenario)
   method = method_spec(config)
   joint = config.method_object.joint
@@ -173,6 +178,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
     return variables["params"], variables.get("batch_stats", {})
 
   params, batch_stats = fresh_model(init_rng)
+  # Grouped sparse layers: the kept rows, which the optimizer then owns.
+  kept_rows = registry.init_model(model, init_rng, (1,) + spec.image_shape
+                                  ).get("sparsity") if config.grouped else None
   mesh = sharding_lib.make_mesh(config.num_devices, batch_size)
   if (mesh is not None and method.replay and
       method.replay_batch_size % mesh.size):
@@ -181,9 +189,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
                       f"--minibatch_size to a multiple of {mesh.size}.")
   device_data = pipeline.to_device(
       scenario, None if mesh is None else sharding_lib.replicated(mesh))
-  tx = optimizers.make_optimizer(config)
+  tx = optimizers.make_optimizer(config, kept_rows=kept_rows)
   opt_state = tx.init(params)
-  if config.is_sparse:
+  if config.is_sparse and not config.grouped:
     masks = config.method_object.initial_masks(
         config, params, lambda: _first_batch_grads(
             config, model, params, batch_stats, scenario, device_data, spec))
@@ -211,9 +219,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   ddr_remove = jax.jit(ddr_lib.ddr_remove)
   ddr_schedule = ddr_lib.DDRSchedule(config.ddr_epoch_list,
                                      config.ddr_fraction)
-  counter = accounting.FlopsCounter(_layer_macs(model, params, batch_stats,
-                                                spec))
-  grad_sparsity = _dgm_sparsities(config, params)
+  counter = accounting.FlopsCounter(_layer_macs(
+      config, scenario, model, params, batch_stats, kept_rows, spec))
+  grad_sparsity = _dgm_sparsities(config, params, kept_rows)
   replay_terms = config.method_object.replay_batches
 
   kept_per_epoch = []
@@ -334,7 +342,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
       tasks.check_loss(loss_sum, chunk_losses, t, num_tasks, epoch, num_steps,
                   steps_per_call, checkpoints)
       train_time += compiles.excluding_compiles(epoch_start)
-      weight_sparsity = _weight_sparsities(config, state.opt_state)
+      weight_sparsity = _weight_sparsities(config, state)
       stream = num_steps * batch_size
       replayed = accounting.replayed_examples(
           num_steps, batch_size, method.replay_batch_size, replay_terms,
@@ -357,7 +365,8 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
           state.params, state.batch_stats, device_data, "test",
           jnp.asarray(tasks.pad(test_index, arrays.test_len)),
           jnp.int32(len(test_index)), jnp.int32(j), seen_so_far,
-          jnp.asarray(class_masks[j]))
+          jnp.asarray(class_masks[j]),
+          sparsity_variables(state.opt_state))
       record.set_accuracy(t, j, (
           100.0 * int(correct_class) / len(test_index),
           100.0 * int(correct_task) / len(test_index)))
@@ -375,15 +384,27 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
       "train_examples": counter.examples,
       "data_kept_per_epoch": kept_per_epoch,
       "sparsity": _sparsity_report(config, state),
-      "weights_zero_fraction":
-          masks_lib.summarize_sparsity(state.params)["sparsity"],
+      "weights_zero_fraction": masks_lib.summarize_sparsity(
+          _dense_weights_and_masks(config, state)[0])["sparsity"],
   })
   return results
 
 
-def _layer_macs(model, params, batch_stats, spec: steps.InputSpec
+def _layer_macs(config: RunConfig, scenario: Scenario, model, params,
+                batch_stats, kept_rows, spec: steps.InputSpec
                 ) -> dict[str, int]:
-  """Forward MACs per example of every kernel, traced from the model."""
+  """Forward MACs per example of every kernel, traced from the model.
+
+  A grouped model is counted as the dense model it stands for (its kernels'
+  paths, their dense MACs); ``_weight_sparsities`` then discounts the rows
+  it does not keep, exactly.
+  """
+  if config.grouped:
+    model = registry.make_model(
+        config.model, scenario.num_outputs,
+        hidden_sizes=config.hidden_widths, head=config.head,
+        head_sizes=[len(t.classes) for t in scenario.tasks])
+    params = dense_view(params, kept_rows)[0]
 
   def apply(p, x):
     variables = {"params": p}
@@ -395,19 +416,46 @@ def _layer_macs(model, params, batch_stats, spec: steps.InputSpec
   return flops_lib.layer_macs(apply, params, x, batch_size=2)
 
 
-def _weight_sparsities(config: RunConfig, opt_state) -> dict[str, float]:
+def _dense_weights_and_masks(config: RunConfig, state: steps.TrainState):
+  """The run's weights as dense kernels, and its weight masks (None for
+  dense methods)."""
+  if config.grouped:
+    return dense_view(state.params, tdm_rows(state.opt_state))
+  if config.is_sparse:
+    return state.params, tdm_masks(state.opt_state)
+  return state.params, None
+
+
+def _weight_sparsities(config: RunConfig, state: steps.TrainState
+                       ) -> dict[str, float]:
   """Current sparsity of each masked layer ({} for dense methods)."""
-  if not config.is_sparse:
+  masks = _dense_weights_and_masks(config, state)[1]
+  if masks is None:
     return {}
-  summary = masks_lib.summarize_sparsity(tdm_masks(opt_state))
+  summary = masks_lib.summarize_sparsity(masks)
   return {path: layer["sparsity"] for path, layer in
           summary["layers"].items()}
 
 
-def _dgm_sparsities(config: RunConfig, params) -> dict[str, float]:
-  """Gradient sparsity DGM gives each layer it masks ({} without DGM)."""
+def _dgm_sparsities(config: RunConfig, params, kept_rows
+                    ) -> dict[str, float]:
+  """Gradient sparsity DGM gives each layer it masks ({} without DGM).
+
+  For a grouped layer, the share of its dense kernel whose gradient the
+  step computes and DGM keeps (exact counts).
+  """
   if optimizers.gradient_masking(config) is None:
     return {}
+  if config.grouped:
+    share = grouped_gradient_sparsity(config)
+    sparsities = {}
+    for path, leaf in masks_lib.flatten_with_paths(params):
+      if path.endswith("/values"):
+        fan_in = grouped_layers(kept_rows)[path[:-len("/values")]]
+        dense_size = fan_in * leaf.shape[0] * leaf.shape[2]
+        kept = masks_lib.keep_count(leaf.size, share)
+        sparsities[path[:-len("values")] + "kernel"] = 1.0 - kept / dense_size
+    return sparsities
   selected = masks_lib.masks_from_filter(params,
                                          optimizers.sparse_filter(config))
   return {path: config.gradient_sparsity for path, _ in
@@ -416,10 +464,10 @@ def _dgm_sparsities(config: RunConfig, params) -> dict[str, float]:
 
 def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
   """Per-layer and overall sparsity of the final weights and masks."""
-  report = {"weights": masks_lib.summarize_sparsity(state.params)}
-  if config.is_sparse:
-    report["masks"] = masks_lib.summarize_sparsity(
-        tdm_masks(state.opt_state))
+  weights, masks = _dense_weights_and_masks(config, state)
+  report = {"weights": masks_lib.summarize_sparsity(weights)}
+  if masks is not None:
+    report["masks"] = masks_lib.summarize_sparsity(masks)
   return report
 
 

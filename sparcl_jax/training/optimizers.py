@@ -25,11 +25,15 @@ def gradient_masking(config: RunConfig
   return None
 
 
-def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(config: RunConfig, kept_rows=None
+                   ) -> optax.GradientTransformationExtraArgs:
   """Builds the optimizer of ``config.method`` (its method object's).
 
   Args:
     config: run configuration.
+    kept_rows: the model's ``'sparsity'`` collection, needed with
+      ``--mask_structure=grouped`` (the optimizer is then
+      :func:`sparcl_jax.grouped_tdm`, which owns it).
 
   Returns:
     An optax transformation whose ``update`` accepts the extra args
@@ -41,7 +45,7 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformationExtraArgs:
   Example:
     >>> tx = make_optimizer(RunConfig(method="sparcl_derpp", epochs=10))
   """
-  return config.method_object.make_optimizer(config)
+  return config.method_object.make_optimizer(config, kept_rows=kept_rows)
 
 def mask_events(config: RunConfig) -> Optional[MaskEvents]:
   """When the optimizer of ``config`` may change its masks within an epoch.

@@ -17,6 +17,7 @@ import optax
 from sparcl_jax import methods
 from sparcl_jax.methods.base import cross_entropy_over
 from sparcl_jax.control_flow import run_if
+from sparcl_jax.grouped_tdm import sparsity_variables
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
 from sparcl_jax.training import sharding as sharding_lib
@@ -87,7 +88,7 @@ def _prepare(rng: Optional[jax.Array], x: jax.Array, spec: InputSpec
   return pipeline.normalize(x, spec.mean, spec.std)
 
 
-def make_forward(model) -> Callable:
+def make_forward(model, collections: Optional[dict] = None) -> Callable:
   """Returns ``forward(params, batch_stats, x, rng, train)``.
 
   The returned function gives ``(logits, new_batch_stats)`` and hides whether
@@ -95,6 +96,8 @@ def make_forward(model) -> Callable:
 
   Args:
     model: a Flax Linen module whose ``__call__(x, train)`` returns logits.
+    collections: further read-only variable collections (the kept rows of
+      grouped sparse layers, ``{'sparsity': ...}``), or None.
 
   Returns:
     The forward function.
@@ -110,7 +113,7 @@ def make_forward(model) -> Callable:
   """
 
   def forward(params, batch_stats, x, rng, train):
-    variables = {"params": params}
+    variables = {"params": params, **(collections or {})}
     if batch_stats:
       variables["batch_stats"] = batch_stats
     rngs = {"dropout": rng} if rng is not None else {}
@@ -301,16 +304,19 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
     >>> step = make_train_step(model, tx, MethodSpec(), spec)
     ... # doctest: +SKIP
   """
-  forward = make_forward(model)
   plain_update = _update_variants(tx, MaskEvents())[2]
 
-  def loss_fn(params, batch_stats, x, y, replay_batches, do_replay, rng,
-              facts):
-    return rehearsal_loss(method, forward, params, batch_stats, x, y,
-                          replay_batches, do_replay, rng,
-                          facts.task_class_mask, facts.seen_class_mask)
+  def grad_fn(opt_state, *args):
+    # Grouped sparse layers read their kept rows, which the optimizer owns.
+    forward = make_forward(model, sparsity_variables(opt_state))
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def loss_fn(params, batch_stats, x, y, replay_batches, do_replay, rng,
+                facts):
+      return rehearsal_loss(method, forward, params, batch_stats, x, y,
+                            replay_batches, do_replay, rng,
+                            facts.task_class_mask, facts.seen_class_mask)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(*args)
 
   def step(state: TrainState, data, positions, facts: StepFacts,
            step_in_epoch, update=None):
@@ -338,7 +344,7 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
         do_replay = jnp.logical_and(do_replay, facts.task_id > 0)
 
     (loss, (logits, batch_stats)), grads = grad_fn(
-        state.params, state.batch_stats, x, y, replay_batches, do_replay,
+        state.opt_state, state.params, state.batch_stats, x, y, replay_batches, do_replay,
         k_loss, facts)
     params, opt_state = (update or plain_update)(
         grads, facts.epoch, step_in_epoch)((state.params, state.opt_state))
@@ -484,19 +490,19 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
 
   Returns:
     ``evaluate(params, batch_stats, device_data, split, index, count,
-    task_id, seen_mask, task_mask)`` (``split`` static: "test" or "val")
-    giving
+    task_id, seen_mask, task_mask, collections={})`` (``split`` static:
+    "test" or "val"; ``collections`` as for :func:`make_forward`) giving
     ``(class_il_correct, task_il_correct)`` counts over the first ``count``
     entries of ``index``.
 
   Example:
     >>> evaluate = make_evaluate(model, spec, 1000, 2000)  # doctest: +SKIP
   """
-  forward = make_forward(model)
   num_batches = -(-max_examples // eval_batch_size)
 
   def evaluate(params, batch_stats, device_data, split, index, count, task_id,
-               seen_mask, task_mask):
+               seen_mask, task_mask, collections=None):
+    forward = make_forward(model, collections)
     padded = jnp.pad(index, (0, num_batches * eval_batch_size - index.shape[0]))
     batches = padded.reshape(num_batches, eval_batch_size)
 

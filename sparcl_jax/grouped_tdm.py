@@ -1,0 +1,443 @@
+"""Task-aware dynamic masking with group-balanced structure (``grouped_tdm``).
+
+The structured twin of :func:`sparcl_jax.tdm`, for models built from
+group-balanced sparse layers (:class:`~sparcl_jax.GroupedSparseDense`,
+:class:`~sparcl_jax.GroupedSparseLinear`): the parameters hold only the kept
+weights (``values`` ``[groups, k, group]``), and which input rows each block
+keeps lives in the model's ``'sparsity'`` collection (``rows`` ``[groups,
+k]`` indices for the product, ``kept`` ``[groups, fan_in]`` membership). The
+transform owns that collection: it takes the model's initial one, changes it
+by drop-and-grow on TDM's schedule, and the train step reads it back with
+:func:`tdm_rows` to run the model.
+
+Drop-and-grow keeps the balance: at a task's start and at the middle
+updates of :class:`~sparcl_jax.MaskSchedule`, every block swaps the same
+number of rows (``round(extra_growth * fan_in)`` at the task start,
+``round(swap_fraction * fan_in)`` in the middle): the kept rows with the
+lowest SparCL importance ``|W| + lambda |g_last|`` (summed over the block's
+output units) leave, random rows not kept take their slots with zero
+weights. The final update of a task changes nothing: with a fixed count per
+block, pruning back to the target is a no-op. So every block keeps exactly
+``k`` distinct rows after every update, and the layer never computes with
+more.
+
+Growth is random (SparCL's rule). Gradient growth (RigL's) needs the
+gradient of rows the layer does not compute with, a dense product, and is
+not offered here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparcl_jax import grouped
+from sparcl_jax.control_flow import run_if
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import flatten_to_dict, is_none, map_with_paths
+from sparcl_jax.tdm import MaskSchedule
+
+PyTree = Any
+
+_TASK_START, _SWAP = 1, 2
+# Leaf names inside a layer: the parameters' kept weights, the collection's
+# row indices and row membership.
+VALUES, ROWS, KEPT = 'values', 'rows', 'kept'
+
+
+class GroupedTDMState(NamedTuple):
+  """State of ``grouped_tdm``.
+
+  Attributes:
+    count: int32 number of updates so far.
+    collection: the model's ``'sparsity'`` collection as it stands (``rows``
+      and ``kept`` of every grouped layer), in the structure it was given.
+    last_grads: gradient of the last step at the grouped ``values`` leaves
+      (``None`` elsewhere), after gradient masking.
+    has_grads: whether ``last_grads`` holds a real gradient yet.
+    rng: PRNG key of random growth.
+    inner_state: state of the inner optimizer.
+    masking_state: state of the gradient-masking transform (or EmptyState).
+  """
+
+  count: jax.Array
+  collection: PyTree
+  last_grads: PyTree
+  has_grads: jax.Array
+  rng: jax.Array
+  inner_state: optax.OptState
+  masking_state: optax.OptState
+
+
+def _layer_of(path: str, leaf_name: str) -> Optional[str]:
+  """The layer path of a leaf named ``leaf_name`` ('' at the top), else
+  None."""
+  if path == leaf_name:
+    return ''
+  suffix = '/' + leaf_name
+  return path[:-len(suffix)] if path.endswith(suffix) else None
+
+
+def _leaf(layer: str, leaf_name: str) -> str:
+  return f'{layer}/{leaf_name}' if layer else leaf_name
+
+
+def grouped_layers(collection: PyTree) -> dict[str, int]:
+  """The grouped layers of a ``'sparsity'`` collection and their fan-in.
+
+  Args:
+    collection: a model's ``'sparsity'`` collection (Linen dict or
+      ``nnx.State``).
+
+  Returns:
+    ``{layer path: fan_in}``, one entry per layer holding ``rows`` and
+    ``kept``.
+
+  Raises:
+    ConfigError: a layer holds one of the two but not the other.
+
+  Example:
+    >>> rows = {'hidden_0': {'rows': jnp.zeros((2, 3), jnp.int32),
+    ...                      'kept': jnp.zeros((2, 6), bool)}}
+    >>> grouped_layers(rows)
+    {'hidden_0': 6}
+  """
+  flat = flatten_to_dict(collection)
+  layers = {}
+  for path, leaf in flat.items():
+    layer = _layer_of(path, KEPT)
+    if layer is not None:
+      if _leaf(layer, ROWS) not in flat:
+        raise ConfigError(f"'sparsity' collection has {path} but no "
+                          f"{layer}/{ROWS}")
+      layers[layer] = int(leaf.shape[-1])
+  for path in flat:
+    layer = _layer_of(path, ROWS)
+    if layer is not None and layer not in layers:
+      raise ConfigError(f"'sparsity' collection has {path} but no "
+                        f"{layer}/{KEPT}")
+  return layers
+
+
+def swap_counts(fan_in: int, k: int,
+                schedule: MaskSchedule) -> tuple[int, int]:
+  """Rows every block swaps at a task's start and at a middle update.
+
+  Args:
+    fan_in: input rows of the dense kernel.
+    k: rows each block keeps.
+    schedule: the drop-and-grow schedule (``extra_growth`` and
+      ``swap_fraction`` are shares of ``fan_in``).
+
+  Returns:
+    ``(at_task_start, at_swap)``, each at most ``min(k, fan_in - k)``.
+
+  Example:
+    >>> swap_counts(2000, 500, MaskSchedule())
+    (20, 20)
+  """
+  most = min(k, fan_in - k)
+  return (min(round(schedule.extra_growth * fan_in), most),
+          min(round(schedule.swap_fraction * fan_in), most))
+
+
+def grouped_tdm(inner: optax.GradientTransformation, *,
+                kept_rows: PyTree,
+                schedule: MaskSchedule = MaskSchedule(),
+                importance_lambda: float = 0.5,
+                gradient_masking: Optional[
+                    optax.GradientTransformation] = None,
+                steps_per_epoch: Optional[int] = None,
+                seed: int = 0) -> optax.GradientTransformationExtraArgs:
+  """TDM for group-balanced sparse layers: drop-and-grow of whole rows.
+
+  ``update`` takes the extra args ``epoch`` (within the task) and
+  ``step_in_epoch`` like :func:`sparcl_jax.tdm`, and the same static
+  ``mask_events`` / ``record_grads`` promises. At ``step_in_epoch == 0`` of
+  a task's first epoch and of the schedule's middle updates, every block of
+  every grouped layer swaps rows (see the module doc). A grown slot's
+  gradient this step belongs to the row that left, so it is zeroed and the
+  slot's update lands its weight on exactly 0.0; with a stateful inner
+  optimizer (momentum, Adam) the slot keeps the leaving row's moments.
+
+  Args:
+    inner: the optimizer producing the updates.
+    kept_rows: the model's initial ``'sparsity'`` collection
+      (``variables['sparsity']`` of a Linen model,
+      ``nnx.state(model, KeptRows)`` of an NNX one).
+    schedule: when to swap and how many rows.
+    importance_lambda: weight of ``|g_last|`` in the drop score.
+    gradient_masking: optional transform applied to the gradient before
+      ``inner`` (e.g. :func:`sparcl_jax.dgm` selecting the ``values``
+      leaves); it gets ``weight_mask`` with ``None`` leaves (all stored
+      weights are kept).
+    steps_per_epoch: fallback when ``epoch``/``step_in_epoch`` are missing.
+    seed: seed of the growth draws.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` over the model's params.
+
+  Raises:
+    ConfigError: on invalid hyper-parameters, or a collection without
+      grouped layers.
+
+  Example:
+    >>> from sparcl_jax.models.grouped_dense import GroupedSparseDense
+    >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
+    >>> v = layer.init(jax.random.key(0), jnp.ones((1, 100)))
+    >>> tx = grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity'])
+    >>> state = tx.init(v['params'])
+    >>> grads = jax.tree.map(jnp.ones_like, v['params'])
+    >>> _, state = tx.update(grads, state, v['params'], epoch=0,
+    ...                      step_in_epoch=0)
+    >>> rows = tdm_rows(state)['rows']
+    >>> int((rows != v['sparsity']['rows']).sum(-1)[0])  # 1% of 100 rows
+    1
+  """
+  if not (math.isfinite(importance_lambda) and importance_lambda >= 0):
+    raise ConfigError(
+        f'importance_lambda must be finite and >= 0, got {importance_lambda}.')
+  if not isinstance(schedule, MaskSchedule):
+    raise ConfigError('grouped_tdm schedule must be a MaskSchedule.')
+  if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+    raise ConfigError(f'steps_per_epoch must be >= 1, got {steps_per_epoch}.')
+  fan_ins = grouped_layers(kept_rows)
+  if not fan_ins:
+    raise ConfigError(
+        "grouped_tdm found no grouped layer in kept_rows: pass the model's "
+        "'sparsity' collection (each layer's 'rows' and 'kept').")
+  lam = float(importance_lambda)
+  inner = optax.with_extra_args_support(inner)
+  masking = optax.with_extra_args_support(
+      gradient_masking if gradient_masking is not None else optax.identity())
+
+  def layer_leaf(path: str) -> Optional[str]:
+    layer = _layer_of(path, VALUES)
+    return layer if layer in fan_ins else None
+
+  def grouped_only(params, fn):
+    """``fn(layer, leaf)`` at the grouped values leaves, None elsewhere."""
+    return map_with_paths(
+        lambda path, leaf: None if layer_leaf(path) is None else fn(
+            layer_leaf(path), leaf), params)
+
+  def init_fn(params):
+    found = {layer_leaf(p) for p in flatten_to_dict(params)} - {None}
+    if found != set(fan_ins):
+      raise ConfigError(
+          f'grouped_tdm: the params have grouped values for {sorted(found)}'
+          f' but kept_rows has {sorted(fan_ins)}.')
+    return GroupedTDMState(
+        count=jnp.zeros([], jnp.int32), collection=kept_rows,
+        last_grads=grouped_only(params, lambda _, w: jnp.zeros_like(w)),
+        has_grads=jnp.zeros([], jnp.bool_), rng=jax.random.PRNGKey(seed),
+        inner_state=inner.init(params), masking_state=masking.init(params))
+
+  def epoch_and_step(state, extra):
+    epoch = extra.pop('epoch', None)
+    step = extra.pop('step_in_epoch', None)
+    if epoch is None or step is None:
+      if steps_per_epoch is None:
+        raise ConfigError('grouped_tdm update needs extra args epoch= and '
+                          'step_in_epoch= (or steps_per_epoch=).')
+      if epoch is None:
+        epoch = (state.count // steps_per_epoch) % schedule.epochs_per_task
+      if step is None:
+        step = state.count % steps_per_epoch
+    return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
+
+  def swap(collection, params, last_grads, has_grads, key, phase):
+    """The collection after one drop-and-grow, and each layer's swapped
+    slots ([groups, k] bool)."""
+    flat = flatten_to_dict(collection)
+    values = {layer_leaf(p): w for p, w in flatten_to_dict(params).items()
+              if layer_leaf(p) is not None}
+    grads = {layer_leaf(p): g for p, g in flatten_to_dict(last_grads).items()
+             if layer_leaf(p) is not None}
+    new, changed = {}, {}
+    for i, (layer, fan_in) in enumerate(sorted(fan_ins.items())):
+      rows = flat[_leaf(layer, ROWS)]
+      groups, k = rows.shape
+      drop = grouped.kept_block_scores(values[layer], grads[layer], lam)
+      drop = jnp.where(has_grads, drop,
+                       grouped.kept_block_scores(values[layer]))
+      grow = jax.random.uniform(jax.random.fold_in(key, i), (groups, fan_in))
+      at_start, at_swap = swap_counts(fan_in, k, schedule)
+
+      def rows_after(count, rows=rows, drop=drop, grow=grow):
+        return grouped.drop_and_grow_rows(
+            jnp.zeros(rows.shape + (1,)), rows, drop, grow, count)[1]
+
+      rows = jax.lax.cond(phase == _TASK_START,
+                          lambda: rows_after(at_start),
+                          lambda: rows_after(at_swap))
+      new[_leaf(layer, ROWS)] = rows
+      new[_leaf(layer, KEPT)] = grouped.kept_membership(rows, fan_in)
+      changed[layer] = rows != flat[_leaf(layer, ROWS)]
+    return map_with_paths(lambda p, x: new.get(p, x), collection), changed
+
+  def update_fn(updates, state, params=None, *, mask_events: bool = True,
+                record_grads: bool = True, **extra):
+    if params is None:
+      raise ConfigError('grouped_tdm update needs params.')
+    epoch, step = epoch_and_step(state, extra)
+    phase = schedule.phase(epoch)
+    do_swap = (step == 0) & ((phase == _TASK_START) | (phase == _SWAP))
+    rng, key = jax.random.split(state.rng)
+    unchanged = {layer: jnp.zeros(
+        flatten_to_dict(state.collection)[_leaf(layer, ROWS)].shape, bool)
+                 for layer in fan_ins}
+    if mask_events:
+      collection, changed = run_if(
+          do_swap, lambda carry: swap(carry[0], params, state.last_grads,
+                                      state.has_grads, key, phase),
+          (state.collection, unchanged))
+    else:
+      collection, changed = state.collection, None
+
+    def zero_grown(layer, g):
+      if changed is None:
+        return g
+      return jnp.where(changed[layer][..., None], jnp.zeros_like(g), g)
+
+    grown_zeroed = grouped_only(updates, zero_grown)
+    masked = jax.tree.map(lambda z, g: g if z is None else z, grown_zeroed,
+                          updates, is_leaf=is_none)
+    shared = dict(extra, epoch=epoch, step_in_epoch=step,
+                  weight_mask=jax.tree.map(lambda _: None, params))
+    events = {} if mask_events else {'mask_events': False}
+    masked, masking_state = masking.update(masked, state.masking_state,
+                                           params, **events, **shared)
+    if record_grads:
+      last_grads = grouped_only(masked, lambda _, g: g)
+      has_grads = jnp.ones([], jnp.bool_)
+    else:
+      last_grads, has_grads = state.last_grads, state.has_grads
+    inner_updates, inner_state = inner.update(masked, state.inner_state,
+                                              params, **shared)
+
+    def land_grown(path, u):
+      layer = layer_leaf(path)
+      if layer is None or changed is None:
+        return u
+      w = flatten_to_dict(params)[path]
+      return jnp.where(changed[layer][..., None], u - w.astype(u.dtype), u)
+
+    final = map_with_paths(land_grown, inner_updates)
+    return final, GroupedTDMState(
+        count=state.count + 1, collection=collection, last_grads=last_grads,
+        has_grads=has_grads, rng=rng, inner_state=inner_state,
+        masking_state=masking_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def dense_view(params: PyTree, collection: PyTree) -> tuple[PyTree, PyTree]:
+  """The dense kernels and masks a grouped model stands for.
+
+  Every grouped layer's ``values`` leaf becomes a dense ``kernel`` (zero
+  where not kept) and its mask; other leaves are unchanged (masks ``None``),
+  so sparsity reports, FLOPs counts and the dense model read it as they read
+  an unstructured run.
+
+  Args:
+    params: a Linen params dict with grouped ``values`` leaves.
+    collection: the matching ``'sparsity'`` collection.
+
+  Returns:
+    ``(dense_params, masks)``, nested dicts.
+
+  Example:
+    >>> params = {'h': {'values': jnp.ones((1, 1, 2)), 'bias': jnp.zeros(2)}}
+    >>> rows = {'h': {'rows': jnp.array([[1]]),
+    ...               'kept': jnp.array([[False, True]])}}
+    >>> dense, masks = dense_view(params, rows)
+    >>> dense['h']['kernel'], masks['h']['bias'] is None
+    (Array([[0., 0.],
+           [1., 1.]], dtype=float32), True)
+  """
+  fan_ins = grouped_layers(collection)
+  flat_rows = flatten_to_dict(collection)
+  dense, masks = {}, {}
+  for path, leaf in flatten_to_dict(params).items():
+    layer = _layer_of(path, VALUES)
+    if layer in fan_ins:
+      rows = flat_rows[_leaf(layer, ROWS)]
+      kernel = _leaf(layer, 'kernel')
+      dense[kernel] = grouped.to_dense(leaf, rows, fan_ins[layer])
+      masks[kernel] = grouped.row_mask(rows, fan_ins[layer], leaf.shape[-1])
+    else:
+      dense[path], masks[path] = leaf, None
+  return _unflatten(dense), _unflatten(masks)
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    node = tree
+    *parents, name = path.split('/')
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[name] = leaf
+  return tree
+
+
+def _find_grouped_states(state: Any) -> list[GroupedTDMState]:
+  found = jax.tree.leaves(
+      state, is_leaf=lambda x: isinstance(x, GroupedTDMState))
+  return [x for x in found if isinstance(x, GroupedTDMState)]
+
+
+def tdm_rows(state: optax.OptState) -> PyTree:
+  """The current ``'sparsity'`` collection held by a ``grouped_tdm`` state.
+
+  Args:
+    state: a ``grouped_tdm`` state or any optax state holding exactly one.
+
+  Returns:
+    The collection, to run the model with:
+    ``model.apply({'params': p, 'sparsity': tdm_rows(state)}, x)``.
+
+  Raises:
+    ValueError: the state holds no or several ``grouped_tdm`` states.
+
+  Example:
+    >>> from sparcl_jax.models.grouped_dense import GroupedSparseDense
+    >>> v = GroupedSparseDense(4, group=2, sparsity=0.5).init(
+    ...     jax.random.key(0), jnp.ones((1, 6)))
+    >>> tx = grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity'])
+    >>> tdm_rows(tx.init(v['params']))['rows'].shape
+    (2, 3)
+  """
+  found = _find_grouped_states(state)
+  if len(found) != 1:
+    raise ValueError(
+        f'Expected one GroupedTDMState in the state, found {len(found)}.')
+  return found[0].collection
+
+
+def sparsity_variables(state: optax.OptState) -> dict[str, PyTree]:
+  """``{'sparsity': tdm_rows(state)}`` when the state holds a
+  ``grouped_tdm`` state, else ``{}``: the variables to add to ``params``
+  when applying the model.
+
+  Args:
+    state: any optax state.
+
+  Returns:
+    A dict of Linen collections.
+
+  Example:
+    >>> sparsity_variables(optax.sgd(0.1).init({'w': jnp.ones(2)}))
+    {}
+  """
+  found = _find_grouped_states(state)
+  return {'sparsity': found[0].collection} if len(found) == 1 else {}
+
+
+__all__ = ['GroupedTDMState', 'dense_view', 'grouped_layers', 'grouped_tdm',
+           'sparsity_variables', 'swap_counts', 'tdm_rows']
