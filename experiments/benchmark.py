@@ -26,6 +26,14 @@ the conv models; 16x16x3 in ``--quick``). ``--savings`` adds whole Split
 MNIST runs of DER++ and SparCL-DER++ (real MNIST with ``--data_dir``, else
 random data of its shape).
 
+* structured sparsity (issue 13): ``--structured`` times the train chunks of
+  dense DER++, structured (``--mask_structure=grouped``) and unstructured
+  SparCL-DER++ at sparsity 0.75/0.90/0.95 on the MLP 784-2000-2000
+  (interleaved, batch 32 and 256; ``--quick``: batch 32, fewer samples);
+  ``--structured_runs`` runs the matching Split MNIST configs with
+  ``train.py`` back to back (``--data_dir``) and tabulates training time,
+  accuracy and FLOPs.
+
 The measuring lives in :mod:`sparcl_jax.benchmarks`; this script is its
 command line.
 
@@ -35,26 +43,36 @@ Usage:
       --data_dir=PATH/TO/mnist
   python experiments/benchmark.py --conv             # conv tables, 32x32x3
   python experiments/benchmark.py --train_py --data_dir=PATH/TO/mnist
+  python experiments/benchmark.py --structured --out=structured.json
+  python experiments/benchmark.py --structured_runs --data_dir=PATH/TO/mnist
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
 from sparcl_jax.benchmarks import conv
 from sparcl_jax.benchmarks import report
 from sparcl_jax.benchmarks import runs
+from sparcl_jax.benchmarks import structured
 from sparcl_jax.benchmarks import suite
 from sparcl_jax.benchmarks.machine import environment
 
 __all__ = ["main"]
 
 
-def _conv_and_train_py(args: argparse.Namespace) -> dict:
-  """The ``--conv`` and ``--train_py`` sections, printing as each ends."""
+# Work directories of the sections that run train.py, unless --workdir.
+_WORKDIRS = {"train_py": "/tmp/sparcl_benchmark_train_py",
+             "structured_runs": "/tmp/sparcl_benchmark_structured"}
+
+
+def _sections(args: argparse.Namespace) -> dict:
+  """The ``--conv``, ``--train_py`` and structured sections, printing as
+  each ends."""
   results = {"environment": environment()}
   if args.conv:
     results["conv_steps"] = conv.conv_steps(False, 1024)
@@ -63,9 +81,19 @@ def _conv_and_train_py(args: argparse.Namespace) -> dict:
     results["conv_epochs"] = conv.conv_epochs()
     print(report.format_conv_epochs(results["conv_epochs"]))
   if args.train_py:
-    results["train_py"] = runs.train_py_against_bare(args.data_dir,
-                                                     args.workdir)
+    results["train_py"] = runs.train_py_against_bare(
+        args.data_dir, args.workdir or _WORKDIRS["train_py"])
     print(report.format_train_py(results["train_py"]))
+  if args.structured:
+    # --quick: batch 32 only and 3 samples instead of 5.
+    results["structured_steps"] = structured.structured_steps(
+        batch_sizes=(32,) if args.quick else (32, 256),
+        repeats=3 if args.quick else 5)
+    print(report.format_structured_steps(results["structured_steps"]))
+  if args.structured_runs:
+    results["structured_runs"] = structured.structured_train_times(
+        args.data_dir, args.workdir or _WORKDIRS["structured_runs"])
+    print(report.format_structured_train_times(results["structured_runs"]))
   return results
 
 
@@ -89,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--savings", action="store_true",
                       help="add whole Split MNIST runs (DER++ vs SparCL)")
   parser.add_argument("--data_dir", default="",
-                      help="MNIST IDX folder for --savings")
+                      help="MNIST IDX folder for --savings, --train_py "
+                           "and --structured_runs")
   parser.add_argument("--conv", action="store_true",
                       help="only the conv-model tables at full size "
                            "(ResNet-18 nf 20 and the Zenke CNN on 32x32x3 "
@@ -97,19 +126,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--train_py", action="store_true",
                       help="only train.py with ResNet-18 nf 20 on Split "
                            "MNIST (--data_dir) against a bare step")
-  parser.add_argument("--workdir", default="/tmp/sparcl_benchmark_train_py",
-                      help="work directory of the --train_py run")
+  parser.add_argument("--structured", action="store_true",
+                      help="only the structured-sparsity step table: dense "
+                           "DER++, structured and unstructured SparCL-DER++ "
+                           "at sparsity 0.75/0.90/0.95 on the MLP "
+                           "784-2000-2000, batch 32 and 256 (--quick: 32); "
+                           "about 19 minutes on 2 busy CPU cores")
+  parser.add_argument("--structured_runs", action="store_true",
+                      help="only whole Split MNIST runs (--data_dir) of the "
+                           "MLP 784-2000-2000 configs, dense, structured and "
+                           "unstructured, back to back with train.py")
+  parser.add_argument("--workdir", default=None,
+                      help="work directory of the --train_py run, parent "
+                           "of the --structured_runs runs (default "
+                           f"{_WORKDIRS['train_py']}, "
+                           f"{_WORKDIRS['structured_runs']})")
   args = parser.parse_args(argv)
   if args.train_py and not args.data_dir:
     parser.error("--train_py needs --data_dir=PATH/TO/mnist")
-  if args.conv or args.train_py:
-    results = _conv_and_train_py(args)
+  if args.structured_runs and not args.data_dir:
+    parser.error("--structured_runs needs --data_dir=PATH/TO/mnist")
+  if args.structured_runs and not os.path.isdir(args.data_dir):
+    parser.error(f"--data_dir={args.data_dir} is not a folder")
+  if args.train_py and args.structured_runs and args.workdir:
+    parser.error("--workdir serves one of --train_py and --structured_runs; "
+                 "run them apart")
+  only = args.conv or args.train_py or args.structured or args.structured_runs
+  if only:
+    results = _sections(args)
   else:
     results = suite.run_benchmark(args.quick, args.savings,
                                   args.data_dir or None)
   with open(args.out, "w") as f:
     json.dump(results, f, indent=1)
-  if not (args.conv or args.train_py):
+  if not only:
     print(report.format_table(results))
   print(f"wrote {args.out}")
   return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -125,3 +126,79 @@ def test_bare_step_trains_and_counts_derpp_examples():
            zip(jax.tree.leaves(after), jax.tree.leaves(before))]
   assert max(moved) > 0
   assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(after))
+
+
+def test_structured_steps_time_every_variant_against_dense():
+  from sparcl_jax.benchmarks.report import format_structured_steps
+  from sparcl_jax.benchmarks.structured import structured_steps
+  out = structured_steps(batch_sizes=(8,), sparsities=(0.75,),
+                         repeats=2, hidden_sizes="40,40", steps_per_call=4,
+                         mask_group=10, steps_per_epoch=6,
+                         image_shape=(8, 8, 1), buffer_size=16)
+  batch = out["batches"]["8"]
+  # Chunks capped at the epoch's steps; the last chunk is partly skipped.
+  assert batch["steps_per_epoch"] == 6 and batch["steps_per_call"] == 4
+  variants = batch["variants"]
+  assert list(variants) == ["dense", "structured_s75", "unstructured_s75"]
+  assert variants["dense"]["speedup"] == 1.0
+  dense_flops = variants["dense"]["dense_flops_per_step"]
+  # 64-40-40-10: 64 * 40 + 40 * 40 + 40 * 10 MACs, on the stream batch and
+  # two replay batches of 8; every variant counts the dense model's.
+  assert dense_flops == 6 * (64 * 40 + 40 * 40 + 40 * 10) * 24
+  for name, v in variants.items():
+    assert v["ms_per_step"]["n"] == 2 and v["ms_per_step"]["median"] > 0
+    assert v["speedup"] > 0 and v["compile_s"] > 0
+    assert v["dense_flops_per_step"] == dense_flops
+  assert "grouped" in variants["structured_s75"]["built_by"]
+  assert "grouped" not in variants["unstructured_s75"]["built_by"]
+  assert variants["structured_s75"]["sparsity"] == 0.75
+  assert variants["dense"]["sparsity"] is None
+  table = format_structured_steps(out)
+  assert "structured 0.75" in table and "unstructured 0.75" in table
+
+
+def test_structured_chunk_trains_only_the_kept_weights():
+  from sparcl_jax.benchmarks.chunks import build_train_chunk
+  from sparcl_jax.grouped_tdm import sparsity_variables
+  cfg = make_config("sparcl_derpp", hidden_sizes="40,40", batch_size=8,
+                    minibatch_size=8, buffer_size=16, steps_per_call=2,
+                    sparsity=0.75, mask_structure="grouped", mask_group=10)
+  state, _ = build_train_chunk(cfg, random_scenario((8, 8, 1), 16), 2,
+                               epoch=1).call(0)
+  # Each block of 10 outputs keeps round(0.25 * fan_in) input rows.
+  assert state.params["hidden_0"]["values"].shape == (4, 16, 10)
+  assert state.params["hidden_1"]["values"].shape == (4, 10, 10)
+  rows = sparsity_variables(state.opt_state)["sparsity"]
+  assert rows["hidden_0"]["kept"].sum(-1).tolist() == [16] * 4
+
+
+def test_structured_train_times_reads_what_train_py_writes(tmp_path):
+  from sparcl_jax.benchmarks.report import format_structured_train_times
+  from sparcl_jax.benchmarks.structured import structured_train_times
+  common = ["--dataset=digits", "--data_source=digits", "--num_tasks=2",
+            "--hidden_sizes=40,40", "--epochs=1", "--batch_size=16",
+            "--steps_per_call=8", "--buffer_size=50", "--lr=0.03",
+            "--eval_batch_size=500"]
+  # Dense and structured only: each run is mostly compilation here, and the
+  # unstructured chunk is timed by the test above.
+  configs = [("dense", common + ["--method=derpp"]),
+             ("structured_s75", common + [
+                 "--method=sparcl_derpp", "--sparsity=0.75",
+                 "--mask_structure=grouped", "--mask_group=10"])]
+  # Each run is train.py in its own process, as in the benchmark.
+  out = structured_train_times(None, str(tmp_path), configs)
+  assert out["baseline"] == "dense"
+  assert list(out["runs"]) == ["dense", "structured_s75"]
+  assert out["runs"]["dense"]["speedup"] == 1.0
+  assert out["runs"]["dense"]["flops_ratio"] == 1.0
+  for name, r in out["runs"].items():
+    assert r["train_time_s"] > 0 and r["speedup"] > 0
+    assert 0.0 <= r["class_il"] <= 100.0 and 0.0 <= r["task_il"] <= 100.0
+    assert 0.0 < r["flops_ratio"] <= 1.0
+    with open(tmp_path / name / "results.json") as f:
+      assert r["train_time_s"] == json.load(f)["train_time_s"]
+    assert (tmp_path / f"{name}.log").exists()
+  # Sparse runs count fewer training FLOPs than the dense run.
+  assert out["runs"]["structured_s75"]["flops_ratio"] < 1.0
+  table = format_structured_train_times(out)
+  assert table.count("\n") == 3 and "structured_s75" in table

@@ -21,6 +21,7 @@ from sparcl_jax import rehearsal
 from sparcl_jax.benchmarks.harness import StepBench, first_call
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
+from sparcl_jax.grouped_tdm import dense_view
 from sparcl_jax.models import registry
 from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.training import clnp_runner
@@ -34,9 +35,52 @@ from sparcl_jax.training.config import RunConfig
 PyTree = Any
 
 
+def model_and_variables(config: RunConfig, scenario: Scenario
+                        ) -> tuple[Any, dict[str, PyTree]]:
+  """The library's model of ``config`` and all its initial variables.
+
+  With ``--mask_structure=grouped`` the model is the grouped one of
+  ``loop.run`` (its hidden layers hold only their kept rows) and the
+  variables include its ``'sparsity'`` collection (the kept rows), which
+  the grouped optimizer takes over.
+
+  Args:
+    config: model, widths, head, conv gradients and (grouped) sparsity.
+    scenario: gives the input shape, outputs and task heads.
+
+  Returns:
+    ``(model, variables)``: ``'params'``, plus ``'batch_stats'`` with batch
+    norm and ``'sparsity'`` for a grouped model.
+
+  Example:
+    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> _, variables = model_and_variables(
+    ...     make_config('sparcl_derpp', hidden_sizes='8', sparsity=0.5,
+    ...                 mask_structure='grouped', mask_group=4),
+    ...     random_scenario((4, 4, 1), 8))
+    >>> sorted(variables), variables['sparsity']['hidden_0']['rows'].shape
+    (['params', 'sparsity'], (2, 8))
+  """
+  # The grouped layers' arguments only for grouped runs, as loop.run passes
+  # them, so every other model is built exactly as before.
+  grouped = (dict(group=config.mask_group, sparsity=config.sparsity)
+             if config.grouped else {})
+  model = registry.make_model(
+      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
+      nf=config.nf, head=config.head,
+      head_sizes=[len(t.classes) for t in scenario.tasks],
+      conv_gradients=config.conv_gradients, **grouped)
+  variables = registry.init_model(model, jax.random.key(config.seed),
+                                  (1,) + tuple(scenario.image_shape))
+  return model, variables
+
+
 def model_and_params(config: RunConfig, scenario: Scenario
                      ) -> tuple[Any, PyTree, PyTree]:
   """The library's model of ``config`` and its initial variables.
+
+  A grouped model's kept rows are left out (see
+  :func:`model_and_variables`).
 
   Args:
     config: model, widths, head and conv gradients.
@@ -53,13 +97,7 @@ def model_and_params(config: RunConfig, scenario: Scenario
     >>> len(jax.tree.leaves(params)), stats
     (4, {})
   """
-  model = registry.make_model(
-      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
-      nf=config.nf, head=config.head,
-      head_sizes=[len(t.classes) for t in scenario.tasks],
-      conv_gradients=config.conv_gradients)
-  variables = registry.init_model(model, jax.random.key(config.seed),
-                                  (1,) + tuple(scenario.image_shape))
+  model, variables = model_and_variables(config, scenario)
   return model, variables["params"], variables.get("batch_stats", {})
 
 
@@ -98,6 +136,45 @@ def model_macs(model, params: PyTree, batch_stats: PyTree,
       flops_lib.layer_macs(apply, params, x, batch_size=2))
 
 
+def dense_model_macs(config: RunConfig, scenario: Scenario, model,
+                     params: PyTree, batch_stats: PyTree,
+                     kept_rows: PyTree = None) -> int:
+  """:func:`model_macs` of the dense model a run stands for.
+
+  A grouped model is counted as the dense model of the same widths (its
+  kernels in the dense view), as ``loop.run`` counts it, so that grouped,
+  unstructured and dense variants report the same dense FLOPs per step and
+  their times compare directly. Every other model is counted as is.
+
+  Args:
+    config: the run configuration.
+    scenario: gives the input shape, outputs and task heads.
+    model: the run's model.
+    params: its parameters.
+    batch_stats: its batch-norm statistics (``{}`` without).
+    kept_rows: a grouped model's ``'sparsity'`` collection (else unused).
+
+  Returns:
+    Dense forward MACs per example.
+
+  Example:
+    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> data = random_scenario((4, 4, 1), 8)
+    >>> cfg = make_config('sparcl_derpp', hidden_sizes='8', sparsity=0.5,
+    ...                   mask_structure='grouped', mask_group=4)
+    >>> model, v = model_and_variables(cfg, data)
+    >>> dense_model_macs(cfg, data, model, v['params'], {}, v['sparsity'])
+    208
+  """
+  if config.grouped:
+    model = registry.make_model(
+        config.model, scenario.num_outputs,
+        hidden_sizes=config.hidden_widths, head=config.head,
+        head_sizes=[len(t.classes) for t in scenario.tasks])
+    params = dense_view(params, kept_rows)[0]
+  return model_macs(model, params, batch_stats, scenario)
+
+
 def _task_setup(scenario: Scenario, task_id: int):
   """Padded index arrays and the class mask of one task, as the runners do."""
   arrays = tasks.TaskArrays(scenario, False)
@@ -117,6 +194,10 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
   epoch (``first_step`` = 0, K, 2K, ...) so that SparCL's periodic work (a
   DGM refresh every ``dgm_refresh`` steps, a TDM drop-and-grow at step 0)
   is amortised as in a real epoch of ``steps_per_epoch`` steps.
+
+  A grouped config (``--mask_structure=grouped``) runs the grouped model,
+  its kept rows owned by :func:`sparcl_jax.grouped_tdm.grouped_tdm`, as
+  ``loop.run`` does; its ``macs_per_example`` are the dense model's.
 
   Args:
     config: the run configuration.
@@ -138,14 +219,20 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
     >>> bench.steps, bench.examples_per_step
     (2, 24)
   """
-  model, params, batch_stats = model_and_params(config, scenario)
+  model, variables = model_and_variables(config, scenario)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  # A grouped model's kept rows belong to its optimizer (grouped_tdm), which
+  # the chunk then reads them from; its params hold the kept weights only,
+  # so there is no mask to apply.
+  kept_rows = variables.get("sparsity") if config.grouped else None
   spec = tasks.input_spec(scenario)
   method = loop.method_spec(config)
   k = config.steps_per_call
   b = config.batch_size
-  tx = optimizers.make_optimizer(config)
+  tx = optimizers.make_optimizer(config, kept_rows=kept_rows)
   opt_state = tx.init(params)
-  if config.is_sparse:
+  if config.is_sparse and not config.grouped:
     params = masks_lib.apply_mask(params, tdm_masks(opt_state))
   arrays, index, owner, usable, task_mask = _task_setup(scenario, task_id)
   if int(usable.sum()) < steps_per_epoch * b:
@@ -181,9 +268,11 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
   examples = b + (config.method_object.replay_batches *
                   config.replay_batch_size)
   return StepBench(call, k, examples,
-                   model_macs(model, params, batch_stats, scenario),
+                   dense_model_macs(config, scenario, model, params,
+                                    batch_stats, kept_rows),
                    compile_s, compiles,
-                   f"steps.make_train_chunk ({config.method})")
+                   f"steps.make_train_chunk ({config.method}"
+                   f"{', grouped' if config.grouped else ''})")
 
 
 def build_clnp_chunk(config: RunConfig, scenario: Scenario,

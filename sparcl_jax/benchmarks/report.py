@@ -169,3 +169,96 @@ def format_train_py(r: dict) -> str:
           f"{r['eval_time_s']:.0f} s over {r['train_steps']} steps, "
           f"compilation {r['compile_time_s']:.0f} s excluded); bare step "
           f"{r['bare_ms_per_step']['median']:.1f} ms -> {r['ratio']:.3f}x")
+
+
+def _variant_label(name: str) -> str:
+  """``'structured_s75'`` -> ``'structured 0.75'``; ``'dense'`` -> DER++."""
+  if name == "dense":
+    return "dense DER++"
+  structure, _, pct = name.rpartition("_s")
+  return f"{structure} 0.{pct}" if pct.isdigit() and structure else name
+
+
+def format_structured_steps(results: dict) -> str:
+  """The per-step table of the structured-sparsity benchmark.
+
+  Args:
+    results: the dict of
+      :func:`~sparcl_jax.benchmarks.structured.structured_steps`.
+
+  Returns:
+    The table as text: per batch size and variant, the median ms per step,
+    the interquartile range (% of the median), the speed-up over dense
+    DER++ and the compile time.
+
+  Example:
+    >>> ms = {'median': 2.0, 'spread': 0.05}
+    >>> print(format_structured_steps({'hidden_sizes': '40,40',
+    ...     'image_shape': [8, 8, 1], 'mask_group': 10, 'task_id': 1,
+    ...     'epoch': 1, 'repeats': 2, 'batches': {'8': {
+    ...     'steps_per_epoch': 4, 'steps_per_call': 4, 'buffer_size': 16,
+    ...     'variants': {'dense': {'ms_per_step': ms, 'speedup': 1.0,
+    ...     'compile_s': 1.5}, 'structured_s75': {'ms_per_step': ms,
+    ...     'speedup': 1.0, 'compile_s': 2.0}}}}}))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    DER++ train chunks, MLP hidden 40,40 on 8x8x1, task 1 epoch 1;
+    structured: blocks of 10 outputs; 2 interleaved epochs per variant
+    batch  variant              ms/step   IQR%  x dense  compile s
+        8  dense DER++             2.00    5.0     1.00        1.5
+        8  structured 0.75         2.00    5.0     1.00        2.0
+           (4-step epochs in chunks of 4, buffer 16)
+  """
+  shape = "x".join(str(v) for v in results["image_shape"])
+  lines = [f"DER++ train chunks, MLP hidden {results['hidden_sizes']} on "
+           f"{shape}, task {results['task_id']} epoch {results['epoch']}; "
+           f"structured: blocks of {results['mask_group']} outputs; "
+           f"{results['repeats']} interleaved epochs per variant",
+           f"{'batch':>5}  {'variant':<19}{'ms/step':>8}{'IQR%':>7}"
+           f"{'x dense':>9}{'compile s':>11}"]
+  for batch, r in results["batches"].items():
+    for name, v in r["variants"].items():
+      ms = v["ms_per_step"]
+      lines.append(f"{batch:>5}  {_variant_label(name):<19}"
+                   f"{ms['median']:>8.2f}{100 * ms['spread']:>7.1f}"
+                   f"{v['speedup']:>9.2f}{v['compile_s']:>11.1f}")
+    lines.append(f"{'':>5}  ({r['steps_per_epoch']}-step epochs in chunks "
+                 f"of {r['steps_per_call']}, buffer {r['buffer_size']})")
+  return "\n".join(lines)
+
+
+def format_structured_train_times(results: dict) -> str:
+  """The table of the structured-sparsity benchmark's whole runs.
+
+  Args:
+    results: the dict of
+      :func:`~sparcl_jax.benchmarks.structured.structured_train_times`.
+
+  Returns:
+    The table as text: per run, training time (compilation and evaluation
+    excluded), compile time, speed-up over the baseline's training time,
+    training FLOPs over the dense count, and final class-IL and task-IL
+    accuracy (%).
+
+  Example:
+    >>> run = {'train_time_s': 100.0, 'compile_time_s': 5.0, 'speedup': 1.0,
+    ...        'flops_ratio': 1.0, 'class_il': 80.5, 'task_il': 97.25}
+    >>> print(format_structured_train_times({'baseline': 'dense',
+    ...     'runs': {'dense': run}}))  # doctest: +NORMALIZE_WHITESPACE
+    train.py runs back to back; speed-up: dense's training time over each
+    run's
+    run                  train s  compile s  x dense  FLOPs/dense  class-IL
+      task-IL
+    dense                  100.0        5.0     1.00        1.000     80.50
+        97.25
+  """
+  base = results["baseline"]
+  lines = [f"train.py runs back to back; speed-up: {base}'s training time "
+           "over each run's",
+           f"{'run':<19}{'train s':>9}{'compile s':>11}{'x dense':>9}"
+           f"{'FLOPs/dense':>13}{'class-IL':>10}{'task-IL':>9}"]
+  for name, r in results["runs"].items():
+    lines.append(f"{name:<19}{r['train_time_s']:>9.1f}"
+                 f"{r['compile_time_s']:>11.1f}{r['speedup']:>9.2f}"
+                 f"{r['flops_ratio']:>13.3f}{r['class_il']:>10.2f}"
+                 f"{r['task_il']:>9.2f}")
+  return "\n".join(lines)
