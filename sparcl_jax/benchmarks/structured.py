@@ -68,7 +68,7 @@ def variant_name(structure: str, sparsity: Optional[float] = None) -> str:
 def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                      sparsities: Sequence[float] = (0.75, 0.90, 0.95),
                      repeats: int = 5, hidden_sizes: str = "2000,2000",
-                     steps_per_call: int = 100, mask_group: int = 250,
+                     steps_per_call: int = 100, mask_group: int = 50,
                      steps_per_epoch: Optional[int] = None,
                      image_shape: Sequence[int] = (28, 28, 1),
                      buffer_size: int = 200, task_id: int = 1,
