@@ -19,6 +19,8 @@ on their own (the tests use their building blocks untimed):
   the MLP and conv-model sections;
 * :mod:`~sparcl_jax.benchmarks.runs`: whole epochs, whole runs and
   ``train.py``;
+* :mod:`~sparcl_jax.benchmarks.structured`: structured (grouped) against
+  unstructured SparCL-DER++ and dense DER++, per step and end to end;
 * :mod:`~sparcl_jax.benchmarks.report`: the printed tables;
 * :mod:`~sparcl_jax.benchmarks.suite`: every default section in one call.
 """
