@@ -39,7 +39,7 @@ from sparcl_jax import grouped
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import flatten_to_dict, is_none, map_with_paths
-from sparcl_jax.tdm import MaskSchedule
+from sparcl_jax.tdm import MaskSchedule, schedule_position
 
 PyTree = Any
 
@@ -237,19 +237,6 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
         has_grads=jnp.zeros([], jnp.bool_), rng=jax.random.PRNGKey(seed),
         inner_state=inner.init(params), masking_state=masking.init(params))
 
-  def epoch_and_step(state, extra):
-    epoch = extra.pop('epoch', None)
-    step = extra.pop('step_in_epoch', None)
-    if epoch is None or step is None:
-      if steps_per_epoch is None:
-        raise ConfigError('grouped_tdm update needs extra args epoch= and '
-                          'step_in_epoch= (or steps_per_epoch=).')
-      if epoch is None:
-        epoch = (state.count // steps_per_epoch) % schedule.epochs_per_task
-      if step is None:
-        step = state.count % steps_per_epoch
-    return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
-
   def swap(collection, params, last_grads, has_grads, key, phase):
     """The collection after one drop-and-grow, and each layer's swapped
     slots ([groups, k] bool)."""
@@ -284,7 +271,8 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
                 record_grads: bool = True, **extra):
     if params is None:
       raise ConfigError('grouped_tdm update needs params.')
-    epoch, step = epoch_and_step(state, extra)
+    epoch, step = schedule_position(state.count, extra, steps_per_epoch,
+                                    schedule, 'grouped_tdm')
     phase = schedule.phase(epoch)
     do_swap = (step == 0) & ((phase == _TASK_START) | (phase == _SWAP))
     rng, key = jax.random.split(state.rng)

@@ -160,6 +160,47 @@ class MaskSchedule:
     return phase != _NO_UPDATE, values[0], values[1]
 
 
+def schedule_position(count: jax.Array, extra: dict,
+                      steps_per_epoch: Optional[int],
+                      schedule: 'MaskSchedule', name: str
+                      ) -> tuple[jax.Array, jax.Array]:
+  """The epoch within the task and the step within the epoch of an update.
+
+  Pops the extra args ``epoch`` and ``step_in_epoch`` from ``extra``; a
+  missing one is derived from the update counter when ``steps_per_epoch``
+  is known.
+
+  Args:
+    count: the transform's update counter.
+    extra: the update's extra args (modified: the two are removed).
+    steps_per_epoch: the fallback's epoch length, or None.
+    schedule: gives the epochs per task.
+    name: the transform's name, for the error.
+
+  Returns:
+    ``(epoch, step_in_epoch)`` as int32 scalars.
+
+  Raises:
+    ConfigError: an arg is missing and there is no fallback.
+
+  Example:
+    >>> schedule_position(jnp.int32(7), {}, 3, MaskSchedule(), 'tdm')
+    (Array(2, dtype=int32), Array(1, dtype=int32))
+  """
+  epoch = extra.pop('epoch', None)
+  step = extra.pop('step_in_epoch', None)
+  if epoch is None or step is None:
+    if steps_per_epoch is None:
+      raise ConfigError(
+          f'{name} update needs extra args epoch= and step_in_epoch= '
+          f'(or build {name} with steps_per_epoch=).')
+    derived_epoch = (count // steps_per_epoch) % schedule.epochs_per_task
+    derived_step = count % steps_per_epoch
+    epoch = derived_epoch if epoch is None else epoch
+    step = derived_step if step is None else step
+  return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
+
+
 class TDMState(NamedTuple):
   """State of ``tdm``.
 
@@ -379,26 +420,12 @@ def tdm(inner: optax.GradientTransformation, *,
         rng=jax.random.PRNGKey(seed),
         inner_state=inner.init(params), masking_state=masking.init(params))
 
-  def _epoch_and_step(state, extra):
-    epoch = extra.pop('epoch', None)
-    step = extra.pop('step_in_epoch', None)
-    if epoch is None or step is None:
-      if steps_per_epoch is None:
-        raise ConfigError(
-            'tdm update needs extra args epoch= and step_in_epoch= '
-            '(or build tdm with steps_per_epoch=).')
-      derived_epoch = ((state.count // steps_per_epoch)
-                       % schedule.epochs_per_task)
-      derived_step = state.count % steps_per_epoch
-      epoch = derived_epoch if epoch is None else epoch
-      step = derived_step if step is None else step
-    return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
-
   def update_fn(updates, state, params=None, *, mask_events: bool = True,
                 record_grads: bool = True, **extra):
     if params is None:
       raise ConfigError('tdm update needs params.')
-    epoch, step = _epoch_and_step(state, extra)
+    epoch, step = schedule_position(state.count, extra, steps_per_epoch,
+                                    schedule, 'tdm')
     # `schedule` indexes use phases; counts are static per phase, so the
     # kept counts are exact Python-rounded integers even with traced epochs.
     sp = _resolve_sparsities(params, sparsity, sparsities, sparse_filter,

@@ -21,7 +21,6 @@ from sparcl_jax import rehearsal
 from sparcl_jax.benchmarks.harness import StepBench, first_call
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
-from sparcl_jax.grouped_tdm import dense_view
 from sparcl_jax.models import registry
 from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.training import clnp_runner
@@ -166,13 +165,9 @@ def dense_model_macs(config: RunConfig, scenario: Scenario, model,
     >>> dense_model_macs(cfg, data, model, v['params'], {}, v['sparsity'])
     208
   """
-  if config.grouped:
-    model = registry.make_model(
-        config.model, scenario.num_outputs,
-        hidden_sizes=config.hidden_widths, head=config.head,
-        head_sizes=[len(t.classes) for t in scenario.tasks])
-    params = dense_view(params, kept_rows)[0]
-  return model_macs(model, params, batch_stats, scenario)
+  return flops_lib.forward_macs(loop.run_layer_macs(
+      config, scenario, model, params, batch_stats, kept_rows,
+      tasks.input_spec(scenario)))
 
 
 def _task_setup(scenario: Scenario, task_id: int):

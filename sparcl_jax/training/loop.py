@@ -175,12 +175,11 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
 
   def fresh_model(key):
     variables = registry.init_model(model, key, (1,) + spec.image_shape)
-    return variables["params"], variables.get("batch_stats", {})
+    # Grouped sparse layers' kept rows ('sparsity'): the optimizer owns them.
+    return (variables["params"], variables.get("batch_stats", {}),
+            variables.get("sparsity"))
 
-  params, batch_stats = fresh_model(init_rng)
-  # Grouped sparse layers: the kept rows, which the optimizer then owns.
-  kept_rows = registry.init_model(model, init_rng, (1,) + spec.image_shape
-                                  ).get("sparsity") if config.grouped else None
+  params, batch_stats, kept_rows = fresh_model(init_rng)
   mesh = sharding_lib.make_mesh(config.num_devices, batch_size)
   if (mesh is not None and method.replay and
       method.replay_batch_size % mesh.size):
@@ -219,7 +218,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   ddr_remove = jax.jit(ddr_lib.ddr_remove)
   ddr_schedule = ddr_lib.DDRSchedule(config.ddr_epoch_list,
                                      config.ddr_fraction)
-  counter = accounting.FlopsCounter(_layer_macs(
+  counter = accounting.FlopsCounter(run_layer_macs(
       config, scenario, model, params, batch_stats, kept_rows, spec))
   grad_sparsity = _dgm_sparsities(config, params, kept_rows)
   replay_terms = config.method_object.replay_batches
@@ -265,7 +264,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
     resuming_task = resume is not None
     if joint and t > 0 and not resuming_task:
       rng, init_rng = jax.random.split(state.rng)
-      params, batch_stats = fresh_model(init_rng)
+      params, batch_stats, _ = fresh_model(init_rng)
       state = state._replace(params=params, batch_stats=batch_stats, rng=rng)
     if not config.is_sparse and not resuming_task:
       # A fresh optimizer per task, as in the papers' code. Sparse methods
@@ -390,14 +389,30 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   return results
 
 
-def _layer_macs(config: RunConfig, scenario: Scenario, model, params,
+def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
                 batch_stats, kept_rows, spec: steps.InputSpec
                 ) -> dict[str, int]:
-  """Forward MACs per example of every kernel, traced from the model.
+  """Forward MACs per example of every kernel, as a run counts them.
 
-  A grouped model is counted as the dense model it stands for (its kernels'
-  paths, their dense MACs); ``_weight_sparsities`` then discounts the rows
-  it does not keep, exactly.
+  Traced from the model. A grouped model is counted as the dense model it
+  stands for (its kernels' paths, their dense MACs); ``_weight_sparsities``
+  then discounts the rows it does not keep, exactly.
+
+  Args:
+    config: the run configuration.
+    scenario: gives the outputs and task heads.
+    model: the run's model.
+    params: its parameters.
+    batch_stats: its batch-norm statistics (``{}`` without).
+    kept_rows: a grouped model's ``'sparsity'`` collection (else unused).
+    spec: gives the input shape.
+
+  Returns:
+    ``{kernel path: MACs per example}``.
+
+  Example:
+    >>> run_layer_macs(config, scenario, model, params, {}, None,
+    ...                spec)  # doctest: +SKIP
   """
   if config.grouped:
     model = registry.make_model(
