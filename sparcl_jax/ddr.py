@@ -5,12 +5,21 @@ training examples of ONE task, addressed by their position ``0..n-1`` within
 the task. An example's score is its number of forgetting events (correct at
 one presentation, wrong at the next, Toneva et al. 2019); examples never
 classified correctly get the maximum score and are never removed.
+
+Static shapes across tasks: ``ddr_init(n, capacity=C)`` sizes every array to
+``C`` (at least the largest task) and marks only positions ``0..n-1`` kept,
+so tasks of different sizes share one shape and a jitted step that carries
+the state compiles once. Positions ``n..C-1`` are padding: never kept, so
+never ordered (:func:`ddr_order` counts only kept positions) and never
+removed (:func:`ddr_remove`); :func:`ddr_reset` keeps them unkept. Pass the
+removal count as an int32 array (``jnp.int32(k)``) to a jitted
+:func:`ddr_remove` so that it too compiles once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +35,20 @@ NEVER_LEARNED_SCORE = int(np.iinfo(np.int32).max)
 class DDRState(NamedTuple):
   """Per-example statistics of one task's training set.
 
+  Every array has one entry per position, ``C`` in all: the task's ``n``
+  examples, then ``C - n`` padding positions when built with a capacity
+  (see :func:`ddr_init`).
+
   Attributes:
-    prev_correct: bool [n], correctness at the last presentation.
-    forgetting_events: int32 [n], correct-then-wrong transitions.
-    ever_correct: bool [n], classified correctly at least once.
-    presented: bool [n], presented at least once since the last reset.
-    kept: bool [n], still in the training set.
+    prev_correct: bool [C], correctness at the last presentation.
+    forgetting_events: int32 [C], correct-then-wrong transitions.
+    ever_correct: bool [C], classified correctly at least once.
+    presented: bool [C], presented at least once since the last reset.
+    kept: bool [C], still in the training set (False for padding).
+
+  Example:
+    >>> ddr_init(2, capacity=3).kept
+    Array([ True,  True, False], dtype=bool)
   """
 
   prev_correct: jax.Array
@@ -41,29 +58,44 @@ class DDRState(NamedTuple):
   kept: jax.Array
 
 
-def ddr_init(n: int) -> DDRState:
+def ddr_init(n: int, capacity: Optional[int] = None) -> DDRState:
   """Fresh statistics for a task of ``n`` examples, all kept.
+
+  With a ``capacity``, the arrays have ``capacity`` entries whatever ``n``:
+  positions ``0..n-1`` are the task's examples (kept), the rest padding
+  (never kept). Give every task the same capacity (the largest task's size)
+  and a jitted function of the state compiles once for all tasks.
 
   Args:
     n: number of training examples of the task.
+    capacity: length of the state's arrays, at least ``n``; None gives
+      ``n`` (no padding).
 
   Returns:
     A ``DDRState`` with zeroed statistics.
 
   Raises:
-    ConfigError: if ``n`` is not positive.
+    ConfigError: if ``n`` is not positive or exceeds ``capacity``.
 
   Example:
     >>> int(ddr_init(4).kept.sum())
     4
+    >>> s = ddr_init(3, capacity=5)
+    >>> s.kept.shape, int(s.kept.sum())
+    ((5,), 3)
   """
   if int(n) < 1:
     raise ConfigError(f'DDR needs a positive number of examples, got {n}.')
-  false = jnp.zeros((n,), jnp.bool_)
+  size = int(n) if capacity is None else int(capacity)
+  if size < int(n):
+    raise ConfigError(
+        f'DDR capacity {capacity} is smaller than the task ({n} examples); '
+        'pass capacity >= the largest task size.')
+  false = jnp.zeros((size,), jnp.bool_)
   return DDRState(prev_correct=false,
-                  forgetting_events=jnp.zeros((n,), jnp.int32),
+                  forgetting_events=jnp.zeros((size,), jnp.int32),
                   ever_correct=false, presented=false,
-                  kept=jnp.ones((n,), jnp.bool_))
+                  kept=jnp.arange(size) < int(n))
 
 
 def ddr_update(state: DDRState, positions: jax.Array, correct: jax.Array,
@@ -72,13 +104,16 @@ def ddr_update(state: DDRState, positions: jax.Array, correct: jax.Array,
 
   Args:
     state: current statistics.
-    positions: int32 [B], positions of the batch examples within the task.
+    positions: int32 [B], positions of the batch examples within the task
+      (``0..n-1``; the state's capacity does not change them).
     correct: bool [B], whether each was classified correctly (before the
       update).
-    valid: bool [B], False for padding entries, which are ignored.
+    valid: bool [B], False for padding entries of the batch, which are
+      ignored.
 
   Returns:
-    The updated state. A position repeated within one batch is undefined.
+    The updated state, of the same shapes. A position repeated within one
+    batch is undefined.
 
   Example:
     >>> s = ddr_init(3)
@@ -111,8 +146,8 @@ def ddr_scores(state: DDRState) -> jax.Array:
     state: current statistics.
 
   Returns:
-    int32 [n]; ``NEVER_LEARNED_SCORE`` for examples never classified
-    correctly since the last reset.
+    int32 [C], one per position; ``NEVER_LEARNED_SCORE`` for examples never
+    classified correctly since the last reset (padding positions included).
 
   Example:
     >>> ddr_scores(ddr_init(2))
@@ -129,11 +164,14 @@ def ddr_reset(state: DDRState) -> DDRState:
     state: current statistics.
 
   Returns:
-    The state with statistics zeroed.
+    The state with statistics zeroed, of the same capacity; padding stays
+    unkept.
 
   Example:
     >>> int(ddr_reset(ddr_init(3)).forgetting_events.sum())
     0
+    >>> ddr_reset(ddr_init(1, capacity=2)).kept
+    Array([ True, False], dtype=bool)
   """
   fresh = ddr_init(state.kept.shape[0])
   return fresh._replace(kept=state.kept)
@@ -146,12 +184,16 @@ def ddr_remove(state: DDRState, rng: jax.Array,
   Candidates are kept examples that were classified correctly at least once;
   among them the ``remove_count`` lowest scores go (ties at random). If there
   are fewer candidates than ``remove_count``, only the candidates are removed:
-  never-learned examples are always kept.
+  never-learned examples are always kept. Padding positions (past the task's
+  ``n`` in a state built with a capacity) are never kept, so never
+  candidates. The tie-breaking draw has the state's shape: a padded state
+  breaks ties differently from an unpadded one of the same task.
 
   Args:
     state: current statistics.
     rng: PRNG key for tie-breaks.
-    remove_count: how many examples to remove (int or int32 scalar).
+    remove_count: how many examples to remove (int or int32 scalar; an int32
+      array keeps a jitted ``ddr_remove`` to one compilation for any count).
 
   Returns:
     The new state: ``kept`` shrunk, statistics reset.
@@ -188,8 +230,9 @@ def ddr_order(state: DDRState, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     rng: PRNG key.
 
   Returns:
-    ``(order, num_kept)``: int32 [n], the kept positions shuffled first and
-    the removed ones after them; and the int32 number of kept positions.
+    ``(order, num_kept)``: int32 [C], the kept positions shuffled first and
+    the removed (and padding) ones after them; and the int32 number of kept
+    positions, so ``order[:num_kept]`` is the epoch.
 
   Example:
     >>> s = ddr_init(4)._replace(kept=jnp.array([True, False, True, True]))

@@ -125,3 +125,72 @@ def test_validation():
     ddr.DDRSchedule(removal_epochs=(1, 2, 3), removal_fraction=0.5)
   with pytest.raises(ConfigError, match='remove_count'):
     ddr.ddr_remove(ddr.ddr_init(3), jax.random.key(0), -1)
+
+
+def test_capacity_one_compilation_across_tasks_and_equal_to_unpadded():
+  capacity = 8
+  traces = []
+
+  @jax.jit
+  def task(state, positions, valid, passes, remove_count, rng):
+    traces.append(state.kept.shape[0])
+    for p in passes:
+      state = ddr.ddr_update(state, positions, p, valid)
+    scores = ddr.ddr_scores(state)
+    state = ddr.ddr_remove(state, rng, remove_count)
+    order, num_kept = ddr.ddr_order(state, rng)
+    return state, scores, order, num_kept
+
+  m = ddr.NEVER_LEARNED_SCORE
+  # Per example, its correctness at 4 presentations; the scores are its
+  # correct-then-wrong transitions. Removing the learned examples of score
+  # <= 1 cuts no tie, so the result does not depend on the tie-breaking draw.
+  cases = [
+      # n = 5: scores [2, 0, m, 1, 1]; 3 removed.
+      (['1010', '1111', '0000', '0101', '1001'], [2, 0, m, 1, 1],
+       [True, False, True, False, False]),
+      # n = 8 (the capacity): scores [0, 2, 1, m, 1, 2, 1, 1]; 5 removed.
+      (['0111', '1010', '1011', '0000', '1101', '1010', '0010', '1110'],
+       [0, 2, 1, m, 1, 2, 1, 1],
+       [False, True, False, True, False, True, False, False]),
+  ]
+  tasks = []
+  for rows, want_scores, want_kept in cases:
+    n = len(rows)
+    passes = np.array([[c == '1' for c in r] for r in rows]).T
+    remove = n - sum(want_kept)
+    pad = capacity - n
+    out = task(ddr.ddr_init(n, capacity=capacity),
+               jnp.asarray(np.pad(np.arange(n), (0, pad)), jnp.int32),
+               jnp.asarray(np.arange(capacity) < n),
+               jnp.asarray(np.pad(passes, ((0, 0), (0, pad)))),
+               jnp.int32(remove), jax.random.key(n))
+    state, scores, order, k = out
+    assert state.kept.shape == (capacity,)
+    assert np.asarray(scores).tolist() == want_scores + [m] * pad
+    assert np.asarray(state.kept).tolist() == want_kept + [False] * pad
+    assert int(k) == sum(want_kept)
+    assert sorted(np.asarray(order[:int(k)]).tolist()) == (
+        np.flatnonzero(want_kept).tolist())
+    tasks.append((n, passes, remove, out))
+  # Both task sizes ran on one compilation.
+  assert traces == [capacity] and task._cache_size() == 1
+
+  for n, passes, remove, (state, scores, order, k) in tasks:
+    ref_state, ref_scores, ref_order, ref_k = task(
+        ddr.ddr_init(n), jnp.arange(n, dtype=jnp.int32), jnp.ones(n, bool),
+        jnp.asarray(passes), jnp.int32(remove), jax.random.key(n))
+    for padded, ref in zip(state, ref_state):
+      np.testing.assert_array_equal(np.asarray(padded)[:n], np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(scores)[:n], ref_scores)
+    assert int(k) == int(ref_k)
+    assert sorted(np.asarray(order[:int(k)]).tolist()) == sorted(
+        np.asarray(ref_order[:int(ref_k)]).tolist())
+  # Without a capacity, the smaller task compiled anew.
+  assert traces == [capacity, 5]
+
+
+def test_capacity_validation():
+  with pytest.raises(ConfigError, match='capacity 3 is smaller'):
+    ddr.ddr_init(4, capacity=3)
+  assert ddr.ddr_init(3, capacity=3).kept.tolist() == [True] * 3

@@ -276,8 +276,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
     usable_dev = jax.device_put(usable)
     task_size = int(usable.sum())
     if method.track_forgetting and not resuming_task:
+      # One capacity for every task: the chunk compiles once.
       state = state._replace(
-          ddr=ddr_lib.ddr_init(arrays.train_len)._replace(kept=usable_dev))
+          ddr=ddr_lib.ddr_init(task_size, capacity=arrays.train_len))
     task_mask = jnp.asarray(
         class_masks[:t + 1].any(0) if joint else class_masks[t])
     seen_so_far = jnp.asarray(class_masks[:t + 1].any(0))
