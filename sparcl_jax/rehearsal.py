@@ -91,6 +91,36 @@ def buffer_len(buffer: Buffer) -> jax.Array:
   return jnp.minimum(buffer.num_seen, buffer.labels.shape[0])
 
 
+def buffer_ready(buffer: Buffer, n: int = 1) -> jax.Array:
+  """Whether replaying ``n`` items from the buffer is meaningful yet.
+
+  ``buffer_sample`` on a buffer with fewer filled slots than asked repeats
+  items, and on an empty buffer returns zeros, without complaint. Gate the
+  replay term of the loss with this: it is the library's own rule (its
+  training step replays once ``num_seen >= replay_batch_size``), jittable
+  and free of shape changes, e.g.
+  ``loss = stream_loss + jnp.where(buffer_ready(buf, n), replay_loss, 0.0)``.
+
+  Args:
+    buffer: a ``Buffer``.
+    n: the replay batch size (static or traced int).
+
+  Returns:
+    bool scalar: True once at least ``n`` valid items were offered, so that
+    (for ``n <= S``) a draw of ``n`` gives ``n`` distinct stored items.
+
+  Example:
+    >>> buf = buffer_init(4, (2,), 3)
+    >>> bool(buffer_ready(buf))
+    False
+    >>> buf = reservoir_add(buf, jax.random.key(0), jnp.ones((2, 2)),
+    ...                     jnp.array([1, 2]), None, 0)
+    >>> bool(buffer_ready(buf, 2)), bool(buffer_ready(buf, 3))
+    (True, False)
+  """
+  return buffer.num_seen >= n
+
+
 def _reservoir_slots(num_seen: jax.Array, size: int, rng: jax.Array,
                      valid: jax.Array) -> jax.Array:
   """Slot each offered item would take if offered alone, in order.
@@ -179,7 +209,7 @@ def buffer_sample_indices(buffer: Buffer, rng: jax.Array, n: int) -> jax.Array:
   The first ``min(n, buffer_len)`` indices are distinct (a uniformly random
   subset in random order). If fewer than n slots are filled, the remaining
   positions repeat filled slots drawn with replacement; an empty buffer gives
-  slot 0 (zeros), so check ``buffer_len`` before using the result.
+  slot 0 (zeros), so gate the result with :func:`buffer_ready`.
 
   Args:
     buffer: a ``Buffer``.
@@ -211,8 +241,11 @@ def buffer_sample(buffer: Buffer, rng: jax.Array, n: int
                   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Draws n items uniformly without replacement from the filled slots.
 
-  See ``buffer_sample_indices`` for the case of fewer than n filled slots
-  (repetition). Jittable with static ``n``.
+  Jittable with static ``n``; the shapes never depend on the buffer's fill.
+  With fewer than n filled slots the draw repeats items (see
+  ``buffer_sample_indices``); on an EMPTY buffer it returns zeros, silently.
+  Gate the replay term with :func:`buffer_ready` (``buffer_ready(buf, n)``:
+  at least n items offered), as the library's training step does.
 
   Args:
     buffer: a ``Buffer``.
@@ -223,7 +256,16 @@ def buffer_sample(buffer: Buffer, rng: jax.Array, n: int
     ``(inputs [n, ...], labels [n], logits [n, C], task_ids [n])``.
 
   Example:
-    >>> bx, by, bz, bt = buffer_sample(buf, key, 32)  # doctest: +SKIP
+    >>> buf = buffer_init(4, (2,), 3)
+    >>> key = jax.random.key(0)
+    >>> bx, by, bz, bt = buffer_sample(buf, key, 2)  # empty: zeros
+    >>> by, bool(buffer_ready(buf, 2))
+    (Array([0, 0], dtype=int32), False)
+    >>> buf = reservoir_add(buf, key, jnp.ones((2, 2)), jnp.array([1, 2]),
+    ...                     None, 0)
+    >>> bx, by, bz, bt = buffer_sample(buf, key, 2)
+    >>> sorted(by.tolist()), bool(buffer_ready(buf, 2))
+    ([1, 2], True)
   """
   idx = buffer_sample_indices(buffer, rng, n)
   return (buffer.inputs[idx], buffer.labels[idx], buffer.logits[idx],

@@ -189,3 +189,29 @@ def test_sample_is_uniform_over_filled_slots():
   assert counts[10:].sum() == 0
   # Each slot is Binomial(2000, 0.3): mean 600, sd 20.5; accept +- 5 sd.
   assert np.all(np.abs(counts[:10] - 600) < 103), counts
+
+
+def test_buffer_ready_gates_replay_on_an_empty_buffer():
+
+  @jax.jit
+  def replay_term(buffer, rng):
+    bx, by, _, _ = buffer_sample(buffer, rng, 2)
+    term = 1.0 + jnp.abs(bx).sum()  # nonzero even on an empty buffer's zeros
+    return jnp.where(rehearsal.buffer_ready(buffer, 2), term, 0.0), bx, by
+
+  key = jax.random.key(0)
+  # Empty: the draw is zeros, silently; the gate drops the term.
+  term, bx, _ = replay_term(_filled(5, 0), key)
+  assert np.asarray(bx).tolist() == [[0, 0], [0, 0]] and float(term) == 0.0
+  assert not bool(rehearsal.buffer_ready(_filled(5, 0)))
+  # One item: a draw of 2 would repeat it; not ready for 2, ready for 1.
+  term, _, by = replay_term(_filled(5, 1), key)
+  assert np.asarray(by).tolist() == [0, 0] and float(term) == 0.0
+  assert bool(rehearsal.buffer_ready(_filled(5, 1), 1))
+  # Two items (0 and 1, inputs [i, -i]): both drawn, 1 + 0 + 0 + 1 + 1.
+  term, _, by = replay_term(_filled(5, 2), key)
+  assert sorted(np.asarray(by).tolist()) == [0, 1] and float(term) == 3.0
+  # The gate is the library's rule: num_seen >= n, traced or static.
+  assert [bool(rehearsal.buffer_ready(_filled(5, c), jnp.int32(2)))
+          for c in range(4)] == [False, False, True, True]
+  assert replay_term._cache_size() == 1
