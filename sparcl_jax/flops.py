@@ -24,6 +24,7 @@ import jax.extend as jex
 import numpy as np
 
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.errors import ConfigError
 
 PyTree = Any
 
@@ -90,30 +91,60 @@ def _walk(jaxpr: Any, origin: dict[Any, str], totals: dict[str, int],
       _walk(sub, inner, totals, repeat * sub_repeat)
 
 
+def _leading_axes(inputs: tuple[Any, ...]) -> set[int]:
+  """The sizes of the first axis of every input leaf with one."""
+  return {int(leaf.shape[0]) for leaf in jax.tree_util.tree_leaves(inputs)
+          if len(getattr(leaf, 'shape', np.shape(leaf))) >= 1}
+
+
 def layer_macs(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any,
-               batch_size: int = 1) -> dict[str, int]:
-  """Forward MACs per parameter leaf, read from a traced forward pass.
+               batch_size: Optional[int] = None) -> dict[str, int]:
+  """Forward MACs per example of every kernel, read from a traced forward.
+
+  The forward pass is traced once on the given inputs (nothing is
+  compiled); the MACs of the batch are divided by its size, so the result is
+  per example whatever batch the inputs have.
 
   Args:
     apply_fn: ``apply_fn(params, *inputs)``, the model's forward pass.
     params: parameter pytree (arrays or ``ShapeDtypeStruct``); the keys of
-      the result are its ``'/'``-joined leaf paths.
-    *inputs: example inputs (arrays or ``ShapeDtypeStruct``).
-    batch_size: the inputs' batch size; totals are divided by it to give
-      per-example MACs.
+      the result are its ``'/'``-joined leaf paths (so a Linen variables
+      dict gives ``'params/...'`` keys, its ``['params']`` entry gives none).
+    *inputs: example inputs (arrays or ``ShapeDtypeStruct``), batched along
+      their first axis.
+    batch_size: the inputs' batch size; None reads it from the inputs: the
+      size of the first axis, which every input with one must share (inputs
+      without any axis count as a batch of 1). Pass it for inputs whose
+      first axis is not the batch (``batch_size=1`` for one unbatched
+      example).
 
   Returns:
     ``{kernel path: MACs per example}`` for every leaf used as the kernel of
     a matrix product or convolution. Products between activations only are
     not counted.
 
+  Raises:
+    ConfigError: if ``batch_size`` is not positive, or is None and the
+      inputs' first axes differ.
+
   Example:
-    >>> import jax.numpy as jnp
     >>> p = {'w': jax.ShapeDtypeStruct((4, 3), jnp.float32)}
     >>> x = jax.ShapeDtypeStruct((2, 4), jnp.float32)
-    >>> layer_macs(lambda p, x: x @ p['w'], p, x, batch_size=2)
+    >>> layer_macs(lambda p, x: x @ p['w'], p, x)  # batch of 2, per example
     {'w': 12}
+    >>> layer_macs(lambda p, x: x @ p['w'], p, x, batch_size=1)  # the batch
+    {'w': 24}
   """
+  if batch_size is None:
+    leading = _leading_axes(inputs)
+    if len(leading) > 1:
+      raise ConfigError(
+          f'layer_macs: the inputs\' first axes differ ({sorted(leading)}), '
+          'so the batch size is unclear; pass batch_size=.')
+    batch_size = leading.pop() if leading else 1
+  if int(batch_size) < 1:
+    raise ConfigError(f'layer_macs: batch_size must be >= 1, got '
+                      f'{batch_size}.')
   closed = jax.make_jaxpr(apply_fn)(params, *inputs)
   paths = [masks_lib.path_to_str(kp) for kp, _ in
            jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -122,7 +153,34 @@ def layer_macs(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any,
   origin = dict(zip(param_vars, paths))
   totals: dict[str, int] = {}
   _walk(closed.jaxpr, origin, totals, 1)
-  return {path: macs // batch_size for path, macs in totals.items()}
+  return {path: macs // int(batch_size) for path, macs in totals.items()}
+
+
+def _look_alike(path: str, known: list[str]) -> Optional[str]:
+  """A layer path that differs from ``path`` by a leading or trailing part."""
+  for k in known:
+    if (k.endswith('/' + path) or path.endswith('/' + k) or
+        k.startswith(path + '/') or path.startswith(k + '/')):
+      return k
+  return None
+
+
+def _check_paths(layer_macs_: Mapping[str, float],
+                 sparsities: Mapping[str, float], name: str) -> None:
+  """Raises if ``sparsities`` names a path that is not a counted layer."""
+  unknown = sorted(set(sparsities) - set(layer_macs_))
+  if not unknown:
+    return
+  known = sorted(layer_macs_)
+  alike = _look_alike(unknown[0], known)
+  hint = (f"'{unknown[0]}' looks like layer '{alike}': give layer_macs and "
+          'the masks the same tree (e.g. both variables[\'params\'])'
+          if alike else f'the layers are {known[:4]}'
+          f"{' ...' if len(known) > 4 else ''}")
+  raise ConfigError(
+      f'train_flops: {name} names {len(unknown)} path(s) that are no layer '
+      f'of layer_macs ({unknown[:3]}{" ..." if len(unknown) > 3 else ""}); '
+      f'key it by layer_macs\' paths: {hint}.')
 
 
 def train_flops(layer_macs_: Mapping[str, float],
@@ -133,22 +191,36 @@ def train_flops(layer_macs_: Mapping[str, float],
 
   Args:
     layer_macs_: ``{path: forward MACs per example}`` from ``layer_macs``.
-    weight_sparsity: ``{path: s_w}`` of the masked layers; missing paths are
-      dense.
-    grad_sparsity: ``{path: s_g}``; a masked layer missing here uses its
-      weight sparsity (a weight-masked gradient is at least that sparse).
+    weight_sparsity: ``{path: s_w}`` of the masked layers, keyed by
+      ``layer_macs_``'s paths; layers missing here are dense.
+    grad_sparsity: ``{path: s_g}``, keyed the same way; a masked layer
+      missing here uses its weight sparsity (a weight-masked gradient is at
+      least that sparse).
     num_examples: examples processed (stream examples kept by DDR plus
       replayed buffer examples).
 
   Returns:
     Total FLOPs (2 per MAC) as a float.
 
+  Raises:
+    ConfigError: if a sparsity names a path that is not in ``layer_macs_``
+      (for example masks of ``variables['params']`` against MACs of the
+      whole ``variables``, whose paths start with ``'params/'``): such a
+      layer would otherwise count as dense.
+
   Example:
     >>> train_flops({'a': 10, 'b': 100}, {'b': 0.5}, {'b': 0.8}, 2)
     600.0
+    >>> macs = {'params/b': 100}
+    >>> train_flops(macs, {'b': 0.5})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sparcl_jax.errors.ConfigError: train_flops: weight_sparsity names 1 ...
   """
   weight_sparsity = dict(weight_sparsity or {})
   grad_sparsity = dict(grad_sparsity or {})
+  _check_paths(layer_macs_, weight_sparsity, 'weight_sparsity')
+  _check_paths(layer_macs_, grad_sparsity, 'grad_sparsity')
   per_example = 0.0
   for path, macs in layer_macs_.items():
     s_w = float(weight_sparsity.get(path, 0.0))

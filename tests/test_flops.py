@@ -9,8 +9,11 @@ import numpy as np
 import optax
 import pytest
 
+import sparcl_jax as sc
 from sparcl_jax import flops
 from sparcl_jax import masks as masks_lib
+from sparcl_jax import sparsity
+from sparcl_jax.errors import ConfigError
 
 
 class _Block(nn.Module):
@@ -158,3 +161,68 @@ def test_dense_train_flops_close_to_xla_cost_analysis():
   # Elementwise extras stay under 5% of the matmul FLOPs for these widths.
   assert xla - matmul_only < 0.05 * matmul_only
   assert abs(xla - ours) / ours < 0.05
+
+
+class _UserMLP(nn.Module):
+  """A user's own MLP, its layers named freely."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(40, name='fc')(x))
+    return nn.Dense(10, name='out')(x)
+
+
+def test_layer_macs_infers_the_batch_from_the_inputs():
+  model = _UserMLP()
+  x8 = jax.ShapeDtypeStruct((8, 64), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), x8)['params']
+  apply = lambda p, x: model.apply({'params': p}, x)
+  per_example = {'fc/kernel': 64 * 40, 'out/kernel': 40 * 10}
+  # Per example whatever the batch: 8, 1, or given explicitly.
+  assert flops.layer_macs(apply, params, x8) == per_example
+  assert flops.layer_macs(apply, params, jnp.zeros((1, 64))) == per_example
+  assert flops.layer_macs(apply, params, x8, batch_size=8) == per_example
+  # An explicit batch_size still rules: 1 gives the whole batch's MACs.
+  assert flops.layer_macs(apply, params, x8, batch_size=1) == {
+      'fc/kernel': 8 * 64 * 40, 'out/kernel': 8 * 40 * 10}
+  # Two inputs sharing the batch axis; inputs without an axis: a batch of 1.
+  two = lambda p, x, y: (x + y) @ p['w']
+  w = {'w': jnp.zeros((3, 2))}
+  assert flops.layer_macs(two, w, jnp.zeros((4, 3)), jnp.zeros((4, 3))) == {
+      'w': 6}
+  assert flops.layer_macs(lambda p, s: s * p['w'].sum(), w, 2.0) == {}
+  with pytest.raises(ConfigError, match=r'first axes differ \(\[1, 4\]\).*'
+                     'batch_size'):
+    flops.layer_macs(two, w, jnp.zeros((4, 3)), jnp.zeros((1, 3)))
+  with pytest.raises(ConfigError, match='batch_size must be >= 1'):
+    flops.layer_macs(apply, params, x8, batch_size=0)
+
+
+def test_train_flops_refuses_paths_that_are_no_layer():
+  model = _UserMLP()
+  x = jax.ShapeDtypeStruct((1, 64), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  # MACs of the whole variables dict: paths start with 'params/'; masks of
+  # variables['params'] do not.
+  macs = flops.layer_macs(lambda v, x: model.apply(v, x), variables, x)
+  assert macs == {'params/fc/kernel': 64 * 40, 'params/out/kernel': 400}
+  with pytest.raises(ConfigError, match=(
+      r"weight_sparsity names 1 path\(s\) that are no layer of layer_macs "
+      r"\(\['fc/kernel'\]\).*'fc/kernel' looks like layer "
+      r"'params/fc/kernel'")):
+    flops.train_flops(macs, {'fc/kernel': 0.75})
+  with pytest.raises(ConfigError, match=r"grad_sparsity.*\['fc/bias'\].*"
+                     r"the layers are \['params/fc/kernel'"):
+    flops.train_flops(macs, None, {'fc/bias': 0.8})
+  # Keyed by layer_macs' paths: fc at s_w = 0.75, s_g = 0.8; out dense.
+  # (2 * 0.25 + 0.2) * 2560 + 3 * 400 = 1792 + 1200 MACs, 2 FLOPs each.
+  assert flops.train_flops(macs, {'params/fc/kernel': 0.75},
+                           {'params/fc/kernel': 0.8}) == pytest.approx(
+                               2 * (1792 + 1200))
+
+
+def test_keep_count_is_exported_flat():
+  assert sc.keep_count is sparsity.keep_count
+  # round((1 - s) * n), halves to even, as Python rounds.
+  assert [sc.keep_count(1000, 0.75), sc.keep_count(10, 0.75),
+          sc.keep_count(10, 0.25), sc.keep_count(7, 1.0)] == [250, 2, 8, 0]

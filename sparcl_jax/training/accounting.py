@@ -26,7 +26,7 @@ class FlopsCounter:
 
   Example:
     >>> counter = FlopsCounter({"w": 10})
-    >>> counter.add(4, {"w": 0.5}, {"w": 0.5})
+    >>> counter.add(4, {"w": 0.5, "b": 0.5}, {"w": 0.5})  # "b": no MACs
     120.0
     >>> counter.train_flops, counter.dense_train_flops
     (120.0, 240.0)
@@ -39,9 +39,18 @@ class FlopsCounter:
 
   def add(self, num_examples: int, weight_sparsity: Mapping[str, float],
           grad_sparsity: Mapping[str, float]) -> float:
-    """Counts ``num_examples`` training examples; returns their FLOPs."""
-    sparse = flops_lib.train_flops(self.layer_macs, weight_sparsity,
-                                   grad_sparsity, num_examples)
+    """Counts ``num_examples`` training examples; returns their FLOPs.
+
+    The sparsities come from the run's own parameter tree, the one
+    ``layer_macs`` was traced on, so a path missing from ``layer_macs`` is a
+    masked leaf that no matrix product uses (a bias under a broad
+    ``--sparse_layers``): it costs no MACs and is left out, where
+    ``train_flops`` would refuse it.
+    """
+    known = lambda tree: {p: s for p, s in tree.items()
+                          if p in self.layer_macs}
+    sparse = flops_lib.train_flops(self.layer_macs, known(weight_sparsity),
+                                   known(grad_sparsity), num_examples)
     self.train_flops += sparse
     self.dense_train_flops += flops_lib.dense_train_flops(self.layer_macs,
                                                           num_examples)
