@@ -9,7 +9,7 @@ whatever the ties.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,8 @@ import optax
 from sparcl_jax import masks as masks_lib
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import find_states, masked_to_none
+from sparcl_jax.sparsity import require_selection
 
 PyTree = Any
 
@@ -34,6 +36,41 @@ class DGMState(NamedTuple):
   masks: PyTree
 
 
+class DGMSpec(NamedTuple):
+  """What a ``dgm`` transform was built with (read by ``tdm``).
+
+  Attributes:
+    gradient_sparsity: share of gradient entries zeroed.
+    refresh_interval: steps between refreshes.
+    sparse_filter: the filter it was given, None when not given.
+    with_filter: builds the same ``dgm`` with another filter.
+  """
+
+  gradient_sparsity: float
+  refresh_interval: int
+  sparse_filter: Optional[masks_lib.SparseFilter]
+  with_filter: Callable[[masks_lib.SparseFilter],
+                        optax.GradientTransformationExtraArgs]
+
+
+def dgm_spec(tx: Any) -> Optional[DGMSpec]:
+  """The ``DGMSpec`` of a transform ``dgm`` built, else None.
+
+  Args:
+    tx: any optax transformation.
+
+  Returns:
+    Its ``DGMSpec``, or None when ``tx`` is not a ``dgm`` transform.
+
+  Example:
+    >>> dgm_spec(dgm(0.8)).gradient_sparsity
+    0.8
+    >>> dgm_spec(optax.sgd(0.1)) is None
+    True
+  """
+  return getattr(getattr(tx, 'init', None), 'dgm_spec', None)
+
+
 def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
   """Aligns an optional weight-mask pytree with the gradient masks."""
   if weight_mask is None:
@@ -43,7 +80,7 @@ def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
 
 
 def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
-        sparse_filter: masks_lib.SparseFilter = masks_lib.default_sparse_filter
+        sparse_filter: Optional[masks_lib.SparseFilter] = None
         ) -> optax.GradientTransformationExtraArgs:
   """Dynamic gradient masking.
 
@@ -58,16 +95,31 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   caller's promise that no refresh is due) reuses the stored set without a
   conditional, so the masking fuses with the surrounding update.
 
+  ``gradient_sparsity`` is a share of the *whole* gradient of a leaf, not
+  of its kept weights: inside ``tdm`` at weight sparsity ``s`` the gradient
+  is already zero outside the weight mask, so DGM acts only when
+  ``gradient_sparsity`` exceeds ``s`` (more exactly: when it keeps fewer
+  entries than the weight mask does, which at a task start keeps
+  ``s - extra_growth``). ``tdm`` raises when given a ``dgm`` that could act
+  on none of its leaves.
+
+  Nested in ``tdm`` (``tdm(..., gradient_masking=dgm(0.9))``) a ``dgm``
+  built without ``sparse_filter`` takes tdm's sparse leaves; used on its
+  own it takes ``default_sparse_filter``'s. Either way, ``init`` raises if
+  the filter selects no leaf of the params.
+
   Args:
     gradient_sparsity: share of gradient entries zeroed, in ``[0, 1)``.
     refresh_interval: steps between refreshes of the gradient mask.
-    sparse_filter: which leaves get a gradient mask.
+    sparse_filter: which leaves get a gradient mask; None: tdm's sparse
+      leaves when nested in ``tdm``, else ``default_sparse_filter``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
   Raises:
-    ConfigError: on invalid hyper-parameters.
+    ConfigError: on invalid hyper-parameters; from ``init``, when the
+      filter selects no leaf.
 
   Example:
     >>> params = {'hidden_0': {'kernel': jnp.zeros((2, 5))}}
@@ -86,10 +138,16 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         f'refresh_interval must be >= 1, got {refresh_interval}.')
   gs = float(gradient_sparsity)
   interval = int(refresh_interval)
+  given_filter = sparse_filter
+  if sparse_filter is None:
+    sparse_filter = masks_lib.default_sparse_filter
 
   def init_fn(params):
+    require_selection(params, sparse_filter, 'dgm',
+                      'no gradient would be masked')
     return DGMState(count=jnp.zeros([], jnp.int32),
-                    masks=masks_lib.masks_from_filter(params, sparse_filter))
+                    masks=masked_to_none(
+                        masks_lib.masks_from_filter(params, sparse_filter)))
 
   def refresh(grads, masks, weight_mask):
 
@@ -123,17 +181,29 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         masks, updates, is_leaf=masks_lib.is_none)
     return out, DGMState(count=state.count + 1, masks=masks)
 
+  # tdm reads the spec: a dgm nested in it without a filter of its own takes
+  # tdm's sparse leaves, and one whose sparsity cannot act raises.
+  init_fn.dgm_spec = DGMSpec(
+      gs, interval, given_filter,
+      lambda f: dgm(gradient_sparsity, refresh_interval, sparse_filter=f))
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def dgm_masks(state: optax.OptState) -> PyTree:
+def dgm_masks(state: Any) -> PyTree:
   """Returns the current gradient masks from a (possibly nested) state.
+
+  Finds the one ``DGMState`` inside ``optax.chain``,
+  ``optax.multi_transform``, ``optax.inject_hyperparams``,
+  ``optax.MultiSteps``, ``tdm`` and ``nnx.Optimizer`` states (an
+  ``nnx.Optimizer`` itself or its ``opt_state``).
 
   Args:
     state: a ``dgm`` state or any optax state containing exactly one.
 
   Returns:
-    The gradient masks pytree (bool at selected leaves, ``None`` elsewhere).
+    The gradient masks pytree (bool at selected leaves, ``None`` elsewhere),
+    as stored: under ``nnx.Optimizer`` its leaves are ``OptVariable``s,
+    which ``apply_mask`` and ``summarize_sparsity`` take as they come.
 
   Raises:
     ValueError: if the state holds no or several DGM states.
@@ -143,11 +213,13 @@ def dgm_masks(state: optax.OptState) -> PyTree:
     >>> dgm_masks(dgm(0.8).init(params))['hidden_0']['kernel'].all()
     Array(True, dtype=bool)
   """
-  found = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, DGMState))
-  found = [x for x in found if isinstance(x, DGMState)]
+  found = find_states(state, DGMState)
   if len(found) != 1:
-    raise ValueError(f'Expected one DGMState in the state, found {len(found)}.')
-  return found[0].masks
+    raise ValueError(
+        f'Expected one DGMState in the state, found {len(found)}'
+        + (f' (at {", ".join(p for p, _ in found)}).' if found else
+           ': is dgm part of this optimizer?'))
+  return found[0][1].masks
 
 
-__all__ = ['DGMState', 'dgm', 'dgm_masks']
+__all__ = ['DGMSpec', 'DGMState', 'dgm', 'dgm_masks', 'dgm_spec']

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparcl_jax.errors import ConfigError
+
 # Re-exported: these names were defined here before the split, and callers
 # (tests included) still reach them as `masks.<name>`.
 # pylint: disable=unused-import
@@ -135,8 +137,26 @@ def bit_select(mask: jax.Array, on_true: jax.Array,
   return jax.lax.bitcast_convert_type(out, on_true.dtype)
 
 
+def _masks_by_path(masks: PyTree) -> dict[str, Any]:
+  """``{path: mask}`` of a masks pytree's sparse leaves (None skipped).
+
+  The masks may be a plain pytree, an ``nnx.State`` or the masks of an
+  ``nnx.Optimizer``'s state (arrays inside ``OptVariable``): the paths drop
+  the Variable's ``value`` key, so all of them name a leaf alike.
+  """
+  return {path: m for path, m in flatten_with_paths(masks) if m is not None}
+
+
 def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
   """Zeroes the masked-out weights; dense leaves pass unchanged.
+
+  Params and masks are matched by their ``'/'``-joined leaf paths, so the
+  two may be of different kinds: a params dict, an ``nnx.State`` of
+  ``nnx.Param`` (``nnx.state(model, nnx.Param)``) or its pure dict, with
+  masks from ``tdm_masks`` of a plain optax state or of an
+  ``nnx.Optimizer``'s ``opt_state`` (``OptVariable``-wrapped). The result
+  is of the params' kind (an ``nnx.State`` of ``nnx.Param`` stays one, ready
+  for ``nnx.update(model, ...)``).
 
   Args:
     params: parameter pytree.
@@ -145,12 +165,35 @@ def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
   Returns:
     Params with exact zeros where the mask is False.
 
+  Raises:
+    ConfigError: a mask names a leaf the params do not have (e.g. masks of
+      another model, or params with an extra ``params/`` level).
+
   Example:
     >>> apply_mask({'w': jnp.array([1., 2.])}, {'w': jnp.array([True, False])})
     {'w': Array([1., 0.], dtype=float32)}
   """
-  return jax.tree.map(lambda m, w: w if m is None else bit_select(m, w),
-                      masks, params, is_leaf=is_none)
+  by_path = _masks_by_path(masks)
+  if not by_path:
+    return params
+  seen = set()
+
+  def leaf(path, w):
+    m = by_path.get(path)
+    if m is None:
+      return w
+    seen.add(path)
+    return bit_select(jnp.asarray(m), w)
+
+  out = map_with_paths(leaf, params)
+  missing = [p for p in by_path if p not in seen]
+  if missing:
+    have = [p for p, _ in flatten_with_paths(params)]
+    raise ConfigError(
+        f'apply_mask: the masks name {len(missing)} leaves the params do not '
+        f'have ({", ".join(missing[:4])}); the params have '
+        f'{", ".join(have[:4])}{", ..." if len(have) > 4 else ""}.')
+  return out
 
 
 def masks_from_filter(params: PyTree, sparse_filter: SparseFilter) -> PyTree:

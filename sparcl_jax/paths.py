@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import optax
 
 PyTree = Any
 
@@ -112,3 +113,57 @@ def map_with_paths(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
   return jax.tree_util.tree_map_with_path(
       lambda kp, x: fn(path_to_str(kp), x), tree)
 
+
+
+def is_none_or_masked(x: Any) -> bool:
+  """Leaf predicate: None, or optax's ``MaskedNode`` (a leaf another
+  transform of an ``optax.multi_transform`` owns)."""
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def masked_to_none(tree: PyTree) -> PyTree:
+  """Replaces every ``optax.MaskedNode`` of a pytree with None.
+
+  Inside ``optax.multi_transform`` a transform sees ``MaskedNode()`` at the
+  leaves other transforms own; in a masks or sparsities pytree those leaves
+  are dense, and None says so to every consumer.
+
+  Args:
+    tree: any pytree.
+
+  Returns:
+    The pytree with None where it held a ``MaskedNode``.
+
+  Example:
+    >>> masked_to_none({'a': optax.MaskedNode(), 'b': 1})
+    {'a': None, 'b': 1}
+  """
+  return jax.tree.map(lambda x: None if is_none_or_masked(x) else x, tree,
+                      is_leaf=is_none_or_masked)
+
+
+def find_states(state: Any, cls: type) -> list[tuple[str, Any]]:
+  """Finds the nodes of one state class inside any optimizer state.
+
+  Looks through ``optax.chain``, ``optax.multi_transform``,
+  ``optax.inject_hyperparams``, ``optax.MultiSteps`` and any other nesting
+  of pytrees, an ``nnx.Optimizer`` (or its ``opt_state``) included, with
+  ``optax.tree_utils.tree_get_all_with_path``.
+
+  Args:
+    state: an optimizer state (or anything holding one).
+    cls: the state class, e.g. ``sparcl_jax.TDMState``.
+
+  Returns:
+    ``[(path, node)]`` with the path as ``jax.tree_util.keystr`` writes it.
+
+  Example:
+    >>> import sparcl_jax as sc
+    >>> p = {'hidden_0': {'kernel': jnp.ones((2, 2))}}
+    >>> s = optax.chain(optax.clip(1.0), sc.dgm(0.5)).init(p)
+    >>> [path for path, _ in find_states(s, sc.DGMState)]
+    ['[1]']
+  """
+  found = optax.tree_utils.tree_get_all_with_path(
+      state, cls.__name__, filtering=lambda _, v: isinstance(v, cls))
+  return [(jax.tree_util.keystr(path), node) for path, node in found]

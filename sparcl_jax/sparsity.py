@@ -140,6 +140,54 @@ def keep_count_traceable(size: int, sparsity: Sparsity
   return jnp.clip(kept, 0, size).astype(jnp.int32)
 
 
+def require_selection(params: PyTree, sparse_filter: SparseFilter,
+                      who: str, what: str = 'nothing would be sparse'
+                      ) -> list[str]:
+  """The paths a filter selects; raises if it selects none.
+
+  A filter that selects nothing would make a transform a silent no-op
+  (e.g. the default filter on a model whose layers are named ``conv``,
+  ``fc``, ``out``), so the transforms call this when they are initialised.
+
+  Args:
+    params: parameter pytree (arrays or ``ShapeDtypeStruct``).
+    sparse_filter: predicate choosing the sparse leaves.
+    who: the caller's name, for the message (``'tdm'``, ``'dgm'``).
+    what: what selecting nothing would mean, for the message.
+
+  Returns:
+    The selected ``'/'``-joined paths, in flattening order.
+
+  Raises:
+    ConfigError: the filter selects no leaf; the one-line message lists
+      (some of) the paths seen and how to choose layers.
+
+  Example:
+    >>> p = {'fc': {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)}}
+    >>> require_selection(p, filter_from_regex(r'kernel$'), 'tdm')
+    ['fc/kernel']
+    >>> require_selection(p, default_sparse_filter, 'tdm')
+    Traceback (most recent call last):
+    ...
+    sparcl_jax.errors.ConfigError: tdm: sparse_filter selects no parameter, so nothing would be sparse; paths seen: fc/bias, fc/kernel. Choose the layers with sparse_filter=sc.filter_from_regex(...) over these paths, e.g. sc.filter_from_regex(r'kernel$') for every kernel of 2 or more dimensions (the default filter takes only 'hidden_*/kernel' and ResNet blocks' conv1/conv2 kernels).
+  """
+  leaves = flatten_with_paths(params)
+  selected = [path for path, leaf in leaves if sparse_filter(path, leaf)]
+  if not selected:
+    paths = [path for path, _ in leaves]
+    shown = ', '.join(paths[:8])
+    if len(paths) > 8:
+      shown += f', ... ({len(paths)} in all)'
+    raise ConfigError(
+        f'{who}: sparse_filter selects no parameter, so {what}; paths '
+        f'seen: {shown or "none"}. Choose the layers with '
+        "sparse_filter=sc.filter_from_regex(...) over these paths, e.g. "
+        "sc.filter_from_regex(r'kernel$') for every kernel of 2 or more "
+        "dimensions (the default filter takes only 'hidden_*/kernel' and "
+        "ResNet blocks' conv1/conv2 kernels).")
+  return selected
+
+
 def _map_selected(fn: Callable[[str, Any], Any], tree: PyTree,
                   sparse_filter: SparseFilter) -> PyTree:
   """Maps ``fn(path, leaf)`` over selected leaves, ``None`` elsewhere."""
@@ -246,5 +294,5 @@ def sparsities_by_path(sparsities: PyTree) -> dict[str, float]:
 __all__ = [
     'SparseFilter', 'Sparsity', 'default_sparse_filter', 'erk_sparsities',
     'filter_from_regex', 'keep_count', 'keep_count_traceable',
-    'sparsities_by_path', 'uniform_sparsities',
+    'require_selection', 'sparsities_by_path', 'uniform_sparsities',
 ]

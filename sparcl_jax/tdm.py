@@ -32,12 +32,15 @@ import optax
 
 from sparcl_jax import mask_rules
 from sparcl_jax.control_flow import run_if
+from sparcl_jax.dgm import DGMSpec, dgm_spec
 from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import bit_select, magnitude_mask
-from sparcl_jax.paths import is_none
+from sparcl_jax.masks import apply_mask, bit_select, magnitude_mask
+from sparcl_jax.paths import (find_states, flatten_with_paths, is_none,
+                              masked_to_none)
 from sparcl_jax.sparsity import (SparseFilter, default_sparse_filter,
                                  erk_sparsities, keep_count,
+                                 require_selection, sparsities_by_path,
                                  uniform_sparsities)
 
 PyTree = Any
@@ -261,11 +264,50 @@ def _per_leaf_counts(masks_shapes: PyTree, sparsities: PyTree,
 def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
                         sparsities: Optional[PyTree], sparse_filter,
                         distribution: str) -> PyTree:
+  # Inside optax.multi_transform the leaves other transforms own are
+  # MaskedNode()s: dense here, so None.
   if sparsities is not None:
-    return sparsities
+    return masked_to_none(sparsities)
   if distribution == 'uniform':
-    return uniform_sparsities(params, sparse_filter, sparsity)
-  return erk_sparsities(params, sparse_filter, sparsity)
+    return masked_to_none(uniform_sparsities(params, sparse_filter, sparsity))
+  return masked_to_none(erk_sparsities(params, sparse_filter, sparsity))
+
+
+def _most_kept(size: int, s: float, schedule: MaskSchedule) -> int:
+  """The most weights a leaf's mask keeps at any point of the schedule."""
+  if schedule.static:
+    return keep_count(size, s)
+  return max(max(keep_count(size, p), keep_count(size, g))
+             for p, g in schedule.phase_sparsities(s))
+
+
+def _check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
+                    spec: DGMSpec) -> None:
+  """Raises if a nested dgm keeps, in every leaf it masks, no fewer
+  gradient entries than the weight mask ever keeps there (it would mask
+  nothing: the gradient is already zero outside the weight mask)."""
+  flt = spec.sparse_filter or default_sparse_filter
+  weight_sp = sparsities_by_path(sp)
+  shares = []
+  for path, leaf in flatten_with_paths(params):
+    if not flt(path, leaf):
+      continue
+    n = int(np.prod(leaf.shape))
+    s = weight_sp.get(path)
+    most = n if s is None else _most_kept(n, s, schedule)
+    if keep_count(n, spec.gradient_sparsity) < most:
+      return
+    shares.append(most / max(n, 1))
+  if not shares:
+    return  # dgm's own init raises on an empty selection.
+  top = max(shares)
+  raise ConfigError(
+      f'tdm: gradient_masking=dgm({spec.gradient_sparsity:g}) cannot act: it '
+      f'keeps {1 - spec.gradient_sparsity:.4g} of a layer\'s whole gradient, '
+      f'no fewer entries than the weight mask keeps in any layer it masks '
+      f'(at most {top:.4g} of a layer) and the gradient is zero outside '
+      f'that mask already; use a gradient_sparsity above {1 - top:.4g} or '
+      f'leave gradient_masking out.')
 
 
 def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
@@ -351,13 +393,41 @@ def tdm(inner: optax.GradientTransformation, *,
   zeroed by the first update. For a sparse first forward pass, start from
   ``apply_mask(params, tdm_masks(state))``.
 
+  What may be chained with ``tdm``: the masked weights stay exactly zero
+  only if the updates ``tdm`` returns are applied as they are. Transforms of
+  the raw gradient may come *before* it (``optax.chain(
+  optax.clip_by_global_norm(1.0), tdm(...))``); everything that makes or
+  changes updates goes *inside* it, in ``inner`` (weight decay:
+  ``tdm(optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1)),
+  ...)``, not ``optax.chain(tdm(...), optax.add_decayed_weights(1e-4))``,
+  which makes every masked weight nonzero again). Nothing that changes
+  updates may follow it. ``check_masking(tx, params)`` runs a few updates
+  of a whole optimizer and raises when masked weights do not stay zero.
+
+  Misuse raises, at ``init`` (a ``ConfigError``): a ``sparse_filter`` that
+  selects no leaf of the params (the default one knows only
+  ``'hidden_*/kernel'`` and ResNet names: pass
+  ``sparse_filter=filter_from_regex(...)`` for other models), a
+  ``sparsities`` pytree without a sparse leaf, and a ``gradient_masking=
+  dgm(g)`` that cannot act because ``g`` is no higher than the weight
+  sparsity (DGM keeps a share of the *whole* gradient; it acts only in a
+  layer where it keeps fewer entries than the weight mask, which keeps
+  ``1 - (s - extra_growth)`` at a task start). A ``dgm`` given here without
+  a ``sparse_filter`` of its own masks tdm's sparse leaves.
+
+  Under ``nnx.Optimizer(model, tdm(...), wrt=nnx.Param)``, masks read with
+  ``tdm_masks(optimizer.opt_state)`` apply to ``nnx.state(model,
+  nnx.Param)`` as they come: ``nnx.update(model, apply_mask(
+  nnx.state(model, nnx.Param), tdm_masks(optimizer.opt_state)))``.
+
   Args:
     inner: the optimizer producing the updates (e.g. ``optax.sgd(0.03)``).
     sparsity: target sparsity, distributed by ``distribution``.
     sparsities: a sparsities pytree instead of ``sparsity`` (must match the
       params' structure, ``None`` at dense leaves).
     schedule: when and how far to drop and grow.
-    sparse_filter: which leaves are sparse (ignored with ``sparsities``).
+    sparse_filter: which leaves are sparse (ignored with ``sparsities``);
+      must select at least one leaf.
     distribution: ``'uniform'`` or ``'erk'``.
     importance_lambda: weight of ``|g_last|`` in the default (importance)
       drop score; 0.5 when not given. Not with ``drop_score``.
@@ -371,7 +441,8 @@ def tdm(inner: optax.GradientTransformation, *,
       ``mask_rules.grow_score_names()`` or such a function (higher = grown
       first).
     gradient_masking: optional transform applied to the masked gradient
-      before ``inner``, e.g. ``dgm(0.8)``.
+      before ``inner``, e.g. ``dgm(0.8)`` (which then masks tdm's sparse
+      leaves unless given a ``sparse_filter``).
     steps_per_epoch: fallback for missing ``epoch``/``step_in_epoch``.
     seed: seed of the transform's PRNG key.
 
@@ -379,7 +450,8 @@ def tdm(inner: optax.GradientTransformation, *,
     An ``optax.GradientTransformationExtraArgs``.
 
   Raises:
-    ConfigError: on invalid hyper-parameters.
+    ConfigError: on invalid hyper-parameters; from ``init``, on an empty
+      selection or a ``gradient_masking`` that cannot act (above).
 
   Example:
     >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
@@ -403,13 +475,31 @@ def tdm(inner: optax.GradientTransformation, *,
   if not isinstance(schedule, MaskSchedule):
     raise ConfigError('tdm schedule must be a MaskSchedule.')
 
+  spec = dgm_spec(gradient_masking)
+  if spec is not None and spec.sparse_filter is None:
+    # A dgm nested without a filter of its own masks tdm's sparse leaves.
+    if sparsities is None:
+      inherited = sparse_filter
+    else:
+      sparse_paths = frozenset(sparsities_by_path(masked_to_none(sparsities)))
+      inherited = lambda path, leaf: path in sparse_paths
+    gradient_masking = spec.with_filter(inherited)
+    spec = dgm_spec(gradient_masking)
   inner = optax.with_extra_args_support(inner)
   masking = optax.with_extra_args_support(
       gradient_masking if gradient_masking is not None else optax.identity())
 
   def init_fn(params):
+    if sparsities is None:
+      require_selection(params, sparse_filter, 'tdm')
     sp = _resolve_sparsities(params, sparsity, sparsities, sparse_filter,
                              distribution)
+    if not sparsities_by_path(sp):
+      raise ConfigError('tdm: sparsities= marks no leaf sparse (None at '
+                        'every leaf), so nothing would be sparse.')
+    masking_state = masking.init(params)
+    if spec is not None:
+      _check_dgm_acts(params, sp, schedule, spec)
     masks = magnitude_mask(params, sp)
     last_grads = jax.tree.map(
         lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
@@ -418,7 +508,7 @@ def tdm(inner: optax.GradientTransformation, *,
         count=jnp.zeros([], jnp.int32), masks=masks, last_grads=last_grads,
         has_grads=jnp.zeros([], jnp.bool_),
         rng=jax.random.PRNGKey(seed),
-        inner_state=inner.init(params), masking_state=masking.init(params))
+        inner_state=inner.init(params), masking_state=masking_state)
 
   def update_fn(updates, state, params=None, *, mask_events: bool = True,
                 record_grads: bool = True, **extra):
@@ -491,19 +581,22 @@ def tdm(inner: optax.GradientTransformation, *,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _find_states(state: Any, cls: type) -> list[Any]:
-  found = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls))
-  return [x for x in found if isinstance(x, cls)]
+def tdm_masks(state: Any) -> PyTree:
+  """Returns the current weight masks from a (possibly nested) state.
 
-
-def tdm_masks(state: optax.OptState) -> PyTree:
-  """Returns the current weight masks from a (possibly chained) state.
+  Finds the one ``TDMState`` inside ``optax.chain``,
+  ``optax.multi_transform``, ``optax.inject_hyperparams``,
+  ``optax.MultiSteps`` and ``nnx.Optimizer`` states (an ``nnx.Optimizer``
+  itself or its ``opt_state``), through
+  ``optax.tree_utils.tree_get_all_with_path``.
 
   Args:
     state: a state of ``tdm`` or of any optax combinator containing one.
 
   Returns:
-    The masks pytree (bool arrays at sparse leaves, ``None`` elsewhere).
+    The masks pytree (bool arrays at sparse leaves, ``None`` elsewhere), as
+    stored: under ``nnx.Optimizer`` its leaves are ``OptVariable``s, which
+    ``apply_mask`` and ``summarize_sparsity`` take as they come.
 
   Raises:
     ValueError: if the state holds no or several TDM states.
@@ -514,10 +607,91 @@ def tdm_masks(state: optax.OptState) -> PyTree:
     >>> tdm_masks(tx.init(params))['hidden_0']['kernel'].sum()
     Array(8, dtype=int32)
   """
-  found = _find_states(state, TDMState)
+  found = find_states(state, TDMState)
   if len(found) != 1:
-    raise ValueError(f'Expected one TDMState in the state, found {len(found)}.')
-  return found[0].masks
+    raise ValueError(
+        f'Expected one TDMState in the state, found {len(found)}'
+        + (f' (at {", ".join(p for p, _ in found)}).' if found else
+           ': is tdm part of this optimizer?'))
+  return found[0][1].masks
 
 
-__all__ = ['MaskSchedule', 'TDMState', 'tdm', 'tdm_masks']
+def _pure(tree: PyTree) -> PyTree:
+  """The arrays of a pytree, any ``nnx.Variable`` replaced by its value."""
+  try:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover
+    return tree
+  return jax.tree.map(
+      lambda x: x.get_value() if isinstance(x, nnx.Variable) else x, tree,
+      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
+                  steps: int = 3, seed: int = 0, **extra: Any) -> None:
+  """Raises unless masked weights stay exactly zero under a whole optimizer.
+
+  Runs ``steps`` updates of ``tx`` from ``params`` with random gradients
+  (``epoch=0`` and ``step_in_epoch=0, 1, ...`` unless given), applying each
+  as ``optax.apply_updates`` does, and checks that every weight outside
+  ``tdm_masks`` of the state is exactly zero after every step. A transform
+  chained *after* ``tdm`` that changes updates (``add_decayed_weights``,
+  ``scale_by_adam``, ``lookahead``...) makes them nonzero; it belongs in
+  tdm's ``inner``. Call it once, on the params of the run, before training.
+
+  Args:
+    tx: the whole optimizer, holding one ``tdm``.
+    params: the params it will train (an ``nnx.State`` of ``nnx.Param``
+      works too).
+    steps: updates to run (at least 1; more for ``optax.MultiSteps``).
+    seed: seed of the random gradients.
+    **extra: further extra args for ``tx.update``.
+
+  Raises:
+    ConfigError: some masked weight is nonzero after a step.
+
+  Example:
+    Weight decay chained after ``tdm`` (inside ``inner`` it would pass):
+
+    >>> p = {'hidden_0': {'kernel': jnp.ones((8, 8))}}
+    >>> bad = optax.chain(tdm(optax.sgd(0.1), sparsity=0.5),
+    ...                   optax.add_decayed_weights(1e-4))
+    >>> check_masking(bad, p, steps=1)
+    Traceback (most recent call last):
+    ...
+    sparcl_jax.errors.ConfigError: check_masking: after update 1, 31 weights outside tdm's masks are nonzero (hidden_0/kernel: 31): a transform after tdm changed their updates. Put transforms of updates inside tdm's inner optimizer (tdm(optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr)), ...)); only transforms of the raw gradient (e.g. optax.clip_by_global_norm) may come before tdm, and none after it.
+  """
+  params = _pure(params)
+  state = tx.init(params)
+  update = jax.jit(functools.partial(tx.update, **extra))
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), max(int(steps), 1))
+  for k in range(max(int(steps), 1)):
+    grads = jax.tree.unflatten(treedef, [
+        jax.random.normal(key, jnp.shape(x), jnp.result_type(x))
+        for key, x in zip(jax.random.split(keys[k], len(leaves)), leaves)])
+    where = {'epoch': 0, 'step_in_epoch': k}
+    where = {n: v for n, v in where.items() if n not in extra}
+    updates, state = update(grads, state, params, **where)
+    params = optax.apply_updates(params, updates)
+    masks = tdm_masks(state)
+    masked = apply_mask(params, masks)
+    bad = {}
+    for (path, w), (_, m) in zip(flatten_with_paths(params),
+                                 flatten_with_paths(masked)):
+      n = int(np.count_nonzero(np.asarray(w) != np.asarray(m)))
+      if n:
+        bad[path] = n
+    if bad:
+      listed = ', '.join(f'{p}: {n}' for p, n in list(bad.items())[:4])
+      raise ConfigError(
+          f'check_masking: after update {k + 1}, {sum(bad.values())} '
+          f"weights outside tdm's masks are nonzero ({listed}): a transform "
+          'after tdm changed their updates. Put transforms of updates '
+          "inside tdm's inner optimizer (tdm(optax.chain("
+          'optax.add_decayed_weights(wd), optax.sgd(lr)), ...)); only '
+          'transforms of the raw gradient (e.g. optax.clip_by_global_norm) '
+          'may come before tdm, and none after it.')
+
+
+__all__ = ['MaskSchedule', 'TDMState', 'check_masking', 'tdm', 'tdm_masks']

@@ -86,7 +86,7 @@ def test_tdm_flags_change_nothing_on_steps_without_events():
   params = _leaf_params(0)
   tx = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5,
            schedule=MaskSchedule(update_interval=1, epochs_per_task=4),
-           gradient_masking=dgm(0.5, refresh_interval=3))
+           gradient_masking=dgm(0.7, refresh_interval=3))
   state = tx.init(params)
   grads = _leaf_params(1)
   # Step 0 is an event (drop-and-grow and DGM refresh): the default path.
