@@ -95,7 +95,8 @@ def ddr_init(n: int, capacity: Optional[int] = None) -> DDRState:
   return DDRState(prev_correct=false,
                   forgetting_events=jnp.zeros((size,), jnp.int32),
                   ever_correct=false, presented=false,
-                  kept=jnp.arange(size) < int(n))
+                  # Built on the host and put: no compilation.
+                  kept=jax.device_put(np.arange(size) < int(n)))
 
 
 def ddr_update(state: DDRState, positions: jax.Array, correct: jax.Array,
