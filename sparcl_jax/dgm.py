@@ -222,4 +222,4 @@ def dgm_masks(state: Any) -> PyTree:
   return found[0][1].masks
 
 
-__all__ = ['DGMSpec', 'DGMState', 'dgm', 'dgm_masks', 'dgm_spec']
+__all__ = ['DGMState', 'dgm', 'dgm_masks']
