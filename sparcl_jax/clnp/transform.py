@@ -13,11 +13,13 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from sparcl_jax import masks as masks_lib
 from sparcl_jax.clnp.partition import Partition
 from sparcl_jax.clnp.specs import PyTree
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import flatten_to_dict, map_with_paths, path_to_str
 
 
 class ClnpPartitionState(NamedTuple):
@@ -40,17 +42,42 @@ class ClnpPartitionState(NamedTuple):
   inner_state: Any
 
 
-def _as_bool_tree(tree: PyTree) -> PyTree:
-  return jax.tree.map(lambda m: jnp.asarray(m, bool), tree)
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
 
 
-def _check_like(masks: PyTree, ref: PyTree, what: str) -> None:
-  if jax.tree.structure(masks) != jax.tree.structure(ref):
-    raise ConfigError(f"{what} masks do not have the params' tree structure")
-  for m, r in zip(jax.tree.leaves(masks), jax.tree.leaves(ref)):
-    if jnp.shape(m) != jnp.shape(r):
+def _fit_like(masks: PyTree, ref: PyTree, what: str) -> PyTree:
+  """Returns ``masks`` as bool arrays laid out exactly like ``ref``.
+
+  Leaves are matched by their ``'/'``-joined paths, so the masks may come as
+  a Linen dict, an ``nnx.State`` of ``nnx.Param`` or its pure dict whatever
+  ``ref`` is; the result takes ``ref``'s containers and variable types (an
+  ``nnx.Optimizer``'s ``OptVariable`` leaves stay ``OptVariable``). Entries
+  that ``ref`` holds as ``optax.MaskedNode`` (the leaves an
+  ``optax.multi_transform`` or ``optax.masked`` hides from this branch) stay
+  masked.
+  """
+  given = flatten_to_dict(masks)
+  ref_leaves = jax.tree_util.tree_flatten_with_path(ref,
+                                                    is_leaf=_is_masked)[0]
+  hidden = {path_to_str(kp) for kp, x in ref_leaves if _is_masked(x)}
+  wanted = [path_to_str(kp) for kp, x in ref_leaves if not _is_masked(x)]
+  missing = sorted(set(wanted) - set(given))
+  extra = sorted(path for path in set(given) - set(wanted)
+                 if not any(h in ("", path) or path.startswith(h + "/")
+                            for h in hidden))
+  if missing or extra:
+    raise ConfigError(f"{what} masks do not have the params' tree structure: "
+                      f"missing {missing}, unexpected {extra}")
+
+  def fit(path, leaf):
+    m = given[path]
+    if jnp.shape(m) != jnp.shape(leaf):
       raise ConfigError(f"{what} mask of shape {jnp.shape(m)} does not match "
-                        f"parameter shape {jnp.shape(r)}")
+                        f"parameter shape {jnp.shape(leaf)} at {path!r}")
+    return jnp.asarray(m, bool)
+
+  return map_with_paths(fit, ref)
 
 
 def clnp_partition(
@@ -84,10 +111,17 @@ def clnp_partition(
   after it could move frozen entries again. Extra keyword args are forwarded
   to ``inner``.
 
+  With NNX, build ``nnx.Optimizer(model, clnp_partition(inner),
+  wrt=nnx.Param)``; ``nnx.Optimizer.update`` passes ``params``, so zero
+  entries hold, and :func:`set_partition` takes the optimizer itself. Masks
+  are matched to the parameters by path, so a partition computed on a Linen
+  dict, an ``nnx.State`` or its pure dict serves any of them.
+
   Args:
     inner: the optimizer to wrap, e.g. ``optax.adam(1e-3)``.
-    partition: masks used by ``init``; ``None`` makes every entry trainable
-      until :func:`set_partition` is called.
+    partition: masks used by ``init`` (the state's masks then take the
+      params' layout); ``None`` makes every entry trainable until
+      :func:`set_partition` is called.
     mask_gradients: mask the gradient before ``inner`` (see above).
 
   Returns:
@@ -118,10 +152,8 @@ def clnp_partition(
       trainable = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
       zero = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params)
     else:
-      _check_like(partition.trainable, params, "trainable")
-      _check_like(partition.zero, params, "zero")
-      trainable = _as_bool_tree(partition.trainable)
-      zero = _as_bool_tree(partition.zero)
+      trainable = _fit_like(partition.trainable, params, "trainable")
+      zero = _fit_like(partition.zero, params, "zero")
     return ClnpPartitionState(trainable, zero, inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -143,36 +175,53 @@ def clnp_partition(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _replace_partition(state, partition: Partition):
-  if isinstance(state, ClnpPartitionState):
-    _check_like(partition.trainable, state.trainable, "trainable")
-    _check_like(partition.zero, state.zero, "zero")
-    return state._replace(trainable=_as_bool_tree(partition.trainable),
-                          zero=_as_bool_tree(partition.zero)), True
-  if isinstance(state, (tuple, list)):
-    found, items = False, []
-    for item in state:
-      new, hit = _replace_partition(item, partition)
-      found, items = found or hit, items + [new]
-    if hasattr(state, "_fields"):
-      return type(state)(*items), found
-    return type(state)(items), found
-  return state, False
+def _with_partition(state: ClnpPartitionState,
+                    partition: Partition) -> ClnpPartitionState:
+  return state._replace(
+      trainable=_fit_like(partition.trainable, state.trainable, "trainable"),
+      zero=_fit_like(partition.zero, state.zero, "zero"))
+
+
+def _is_variable(x: Any) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _assign(old: PyTree, new: PyTree) -> None:
+  """Writes ``new``'s values into the ``nnx.Variable`` leaves of ``old``."""
+  for var, value in zip(jax.tree.leaves(old, is_leaf=_is_variable),
+                        jax.tree.leaves(new, is_leaf=_is_variable)):
+    var.value = value.value if _is_variable(value) else value
 
 
 def set_partition(state: Any, partition: Partition) -> Any:
   """Returns ``state`` with the masks of its :func:`clnp_partition` replaced.
 
-  Works on the state of :func:`clnp_partition` itself or on any tuple/chain
-  state containing one. The inner optimizer state is kept; reset it by
-  calling ``tx.init`` first when a new task starts.
+  The :class:`ClnpPartitionState` is found with ``optax.tree_utils``
+  wherever it sits: the state of :func:`clnp_partition` itself, or inside
+  ``optax.chain``, ``optax.multi_transform`` (whose branch sees only its own
+  leaves: the others stay ``optax.MaskedNode``), ``optax.inject_hyperparams``,
+  ``optax.MultiSteps`` and other optax wrappers, once per
+  :func:`clnp_partition` found. The inner optimizer state is kept; reset it
+  by calling ``tx.init`` first when a new task starts.
+
+  Masks are matched to the state's by parameter path, so ``partition`` may
+  come from :func:`compute_partition` on a Linen params dict, an
+  ``nnx.State`` or its pure dict. The state comes back as the kind it was
+  given: an optax state stays one (``OptVariable`` leaves of an
+  ``nnx.Optimizer``'s ``opt_state`` stay ``OptVariable``), and an
+  ``nnx.Optimizer`` is updated in place and returned, as NNX does.
 
   Args:
-    state: an optimizer state containing a :class:`ClnpPartitionState`.
-    partition: the new masks, shaped like the old ones.
+    state: an optimizer state containing a :class:`ClnpPartitionState`, or
+      an ``nnx.Optimizer`` built on :func:`clnp_partition`.
+    partition: the new masks, shaped like the parameters.
 
   Returns:
-    The new state.
+    The new state (or the same ``nnx.Optimizer``, its masks replaced).
+
+  Raises:
+    ConfigError: the state holds no :func:`clnp_partition` state, or the
+      masks' paths or shapes do not match its parameters'.
 
   Example:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
@@ -186,8 +235,28 @@ def set_partition(state: Any, partition: Partition) -> Any:
     >>> state = set_partition(tx.init(params), partition)
     >>> bool(state[1].trainable['head_0']['kernel'].any())  # task 0's head
     False
+    >>> # In a multi_transform branch (heads trained by plain SGD here):
+    >>> tx = optax.multi_transform(
+    ...     {'clnp': clnp_partition(optax.adam(1e-3)), 'sgd': optax.sgd(0.1)},
+    ...     lambda p: {k: 'sgd' if k.startswith('head') else 'clnp' for k in p})
+    >>> state = set_partition(tx.init(params), partition)
+    >>> masks = state.inner_states['clnp'].inner_state.trainable
+    >>> int(masks['hidden_0']['kernel'].sum()), masks['head_0']
+    (6, MaskedNode())
   """
-  new, found = _replace_partition(state, partition)
+  if isinstance(state, nnx.Optimizer):
+    old = state.opt_state
+    _assign(old, set_partition(old, partition))
+    return state
+  found = optax.tree_utils.tree_get_all_with_path(
+      state, ClnpPartitionState.__name__)
+  found = [(path, node) for path, node in found
+           if isinstance(node, ClnpPartitionState)]
   if not found:
-    raise ConfigError("set_partition: the state holds no clnp_partition state")
-  return new
+    raise ConfigError("set_partition: the state holds no clnp_partition "
+                      f"state; got {type(state).__name__}")
+  for path, node in found:
+    state = optax.tree_utils.tree_set(
+        state, lambda p, _, where=path: p == where,
+        **{ClnpPartitionState.__name__: _with_partition(node, partition)})
+  return state
