@@ -7,11 +7,13 @@ inputs, which the pruning search thresholds.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from sparcl_jax.clnp.partition import Partition
 from sparcl_jax.clnp.specs import PyTree
@@ -19,7 +21,9 @@ from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import flatten_to_dict
 
 _READINGS = ("mean", "firing_rate")
-# Flax forbids sowing under a submodule's name; project models add this.
+# Flax forbids sowing under a submodule's name (Linen raises "Duplicate use
+# of scope name", NNX "Expected ... to be a Variable"), so a layer's
+# activations are sown under its name plus this suffix.
 _ACT_SUFFIX = "_act"
 
 
@@ -71,18 +75,24 @@ def l1_penalty(params: PyTree,
 
 
 def _sown(intermediates, name: str):
-  """The activation sown under ``name`` or, failing that, ``name + '_act'``."""
+  """The activation sown under ``name + '_act'`` or else under ``name``."""
   *parents, last = name.split("/")
   node = intermediates
   for part in parents:
     node = node.get(part, {})
-  for key in (last, last + _ACT_SUFFIX):
+  for key in (last + _ACT_SUFFIX, last):
     if key in node:
       value = node[key]
       # sow() appends one entry per call; the last is this forward pass's.
       return value[-1] if isinstance(value, (tuple, list)) else value
-  raise ConfigError(f"no sown activation {name!r}; sown: "
-                    f"{sorted(flatten_to_dict(intermediates))}")
+  raise ConfigError(f"no sown activation {name + _ACT_SUFFIX!r} (nor "
+                    f"{name!r}); sown: "
+                    f"{sorted(flatten_to_dict(intermediates))}. Sow the "
+                    "layer's post-ReLU activations under its name plus "
+                    f"{_ACT_SUFFIX!r}, e.g. self.sow('intermediates', "
+                    f"{last + _ACT_SUFFIX!r}, h) in Linen or "
+                    f"self.sow(nnx.Intermediate, {last + _ACT_SUFFIX!r}, h) "
+                    "in NNX")
 
 
 def activity_sums(activations: jax.Array, reading: str = "mean",
@@ -116,33 +126,86 @@ def activity_sums(activations: jax.Array, reading: str = "mean",
   return jnp.sum(jnp.mean(vals, axis=1), axis=0)
 
 
-def unit_activity(model_apply: Callable[..., Any],
-                  variables: PyTree,
-                  inputs: Any,
-                  layer_names: Sequence[str],
-                  *,
-                  reading: str = "mean",
-                  batch_size: Optional[int] = None) -> dict[str, np.ndarray]:
+@functools.lru_cache(maxsize=16)
+def _nnx_sums_fn(graphdef, layer_names: tuple[str, ...], reading: str,
+                 forward: Optional[Callable[[Any, Any], Any]]):
+  """A jitted ``(state, x) -> {name: activity sums}``, one per model layout.
+
+  Cached so that measuring every task of a loop compiles once.
+  """
+  call = forward or (lambda m, x: m(x))
+
+  @jax.jit
+  def sums(state, x):
+    _, sown = nnx.capture(call, nnx.Intermediate)(nnx.merge(graphdef, state),
+                                                  x)
+    sown = nnx.to_pure_dict(sown)
+    return {name: activity_sums(_sown(sown, name), reading)
+            for name in layer_names}
+
+  return sums
+
+
+def _nnx_sums(model, forward, layer_names, reading):
+  graphdef, state = nnx.split(model)
+  key = (graphdef, tuple(layer_names), reading, forward)
+  try:
+    hash(key)
+  except TypeError:  # unhashable static attributes: no cache
+    return _nnx_sums_fn.__wrapped__(*key), state
+  return _nnx_sums_fn(*key), state
+
+
+def _linen_sums(model_apply, layer_names, reading):
+  @jax.jit
+  def sums(v, x):
+    _, state = model_apply(v, x, mutable=["intermediates"])
+    return {name: activity_sums(_sown(state["intermediates"], name), reading)
+            for name in layer_names}
+
+  return sums
+
+
+def unit_activity(model: Any, *args: Any, reading: str = "mean",
+                  batch_size: Optional[int] = None,
+                  forward: Optional[Callable[[Any, Any], Any]] = None
+                  ) -> dict[str, np.ndarray]:
   """Measures each unit's activity over held-out inputs.
 
-  ``reading='mean'`` is the mean post-ReLU activation (the paper's reading
-  (?)); ``'firing_rate'`` the fraction of positive activations. Conv units
-  average over examples and spatial positions (before pooling (?)).
+  Called ``unit_activity(model_apply, variables, inputs, layer_names)`` for
+  a Linen model and ``unit_activity(model, inputs, layer_names)`` for an
+  ``nnx.Module``. ``reading='mean'`` is the mean post-ReLU activation (the
+  paper's reading (?)); ``'firing_rate'`` the fraction of positive
+  activations. Conv units average over examples and spatial positions
+  (before pooling (?)).
+
+  The model sows each layer's post-ReLU activations under
+  ``LayerSpec.name + '_act'`` (see :class:`LayerSpec`): in Linen
+  ``self.sow('intermediates', 'hidden_0_act', h)``, in NNX
+  ``self.sow(nnx.Intermediate, 'hidden_0_act', h)``; a value sown under the
+  plain name is read too, where Flax allows it. The NNX model is not
+  changed: it runs on a copy under ``nnx.capture``, jitted.
 
   Args:
-    model_apply: ``model_apply(variables, x, mutable=['intermediates'])``
-      returning ``(outputs, state)`` with the activations sown under
-      ``state['intermediates'][name] == (h,)`` or under ``name + '_act'``
-      (the project models' naming); wrap Linen's ``apply`` in a lambda to
-      pass ``train=False`` or a task id.
-    variables: the model variables.
-    inputs: array ``[N, ...]`` of held-out inputs of the task.
-    layer_names: sown names (``'/'`` for nested modules).
+    model: Linen: ``model_apply(variables, x, mutable=['intermediates'])``
+      returning ``(outputs, state)`` with the activations in
+      ``state['intermediates']``; wrap Linen's ``apply`` in a lambda to pass
+      ``train=False`` or a task id. NNX: the ``nnx.Module`` (put it in
+      ``model.eval()`` mode first if it has dropout or batch norm).
+    *args: Linen: ``variables, inputs, layer_names``; NNX: ``inputs,
+      layer_names``. ``variables`` are the model variables; ``inputs`` an
+      array ``[N, ...]`` of held-out inputs of the task; ``layer_names`` the
+      :class:`LayerSpec` names (``'/'`` for nested modules).
     reading: ``'mean'`` or ``'firing_rate'``.
     batch_size: examples per forward pass; ``None`` means all at once.
+    forward: NNX only: ``forward(model, x)`` runs the model, for a call that
+      needs more than ``model(x)`` (e.g. ``lambda m, x: m(x, task=0)``).
 
   Returns:
     ``{name: float64[units]}``.
+
+  Raises:
+    ConfigError: bad arguments, or an activation was not sown.
 
   Example:
     >>> from sparcl_jax.models.mlp import MLP
@@ -152,21 +215,48 @@ def unit_activity(model_apply: Callable[..., Any],
     ...                     ['hidden_0', 'hidden_1'], batch_size=4)
     >>> {name: a.shape for name, a in act.items()}
     {'hidden_0': (4,), 'hidden_1': (3,)}
+
+    The same with an NNX model:
+
+    >>> from flax import nnx
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.hidden_0 = nnx.Linear(5, 4, rngs=rngs)
+    ...     self.head = nnx.Linear(4, 2, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     h = nnx.relu(self.hidden_0(x))
+    ...     self.sow(nnx.Intermediate, 'hidden_0_act', h)
+    ...     return self.head(h)
+    >>> act = unit_activity(Net(nnx.Rngs(0)), x_val, ['hidden_0'])
+    >>> act['hidden_0'].shape
+    (4,)
   """
   if reading not in _READINGS:
     raise ConfigError(f"reading must be one of {_READINGS}, got {reading!r}")
+  is_nnx = isinstance(model, nnx.Module)
+  want = ("inputs, layer_names" if is_nnx
+          else "variables, inputs, layer_names")
+  if len(args) != want.count(",") + 1:
+    raise ConfigError(f"unit_activity({'model' if is_nnx else 'model_apply'}"
+                      f", {want}) takes {want.count(',') + 1} arguments "
+                      f"after the model, got {len(args)}")
+  if is_nnx:
+    (inputs, layer_names), variables = args, None
+    sums, variables = _nnx_sums(model, forward, layer_names, reading)
+  else:
+    if forward is not None:
+      raise ConfigError("forward is for NNX models; wrap model_apply instead")
+    variables, inputs, layer_names = args
+    sums = _linen_sums(model, layer_names, reading)
+  if isinstance(layer_names, str):
+    raise ConfigError(f"layer_names must be a sequence of names, got the "
+                      f"string {layer_names!r}")
   n = int(jnp.shape(inputs)[0])
   if n == 0:
     raise ConfigError("unit_activity needs at least one input")
   batch_size = n if batch_size is None else int(batch_size)
   if batch_size < 1:
     raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-
-  @jax.jit
-  def sums(v, x):
-    _, state = model_apply(v, x, mutable=["intermediates"])
-    return {name: activity_sums(_sown(state["intermediates"], name), reading)
-            for name in layer_names}
 
   totals: dict[str, np.ndarray] = {}
   for start in range(0, n, batch_size):

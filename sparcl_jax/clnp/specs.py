@@ -3,7 +3,10 @@
 CLNP's masks know nothing of the model beyond a list of :class:`LayerSpec`
 entries, one per layer whose units can be used or free (and one per output
 head). :func:`chain_layer_specs` describes a plain chain of layers;
-:func:`mlp_layer_specs` and :func:`cnn_layer_specs` the project's models.
+:func:`mlp_layer_specs` and :func:`cnn_layer_specs` models laid out like the
+project's. Each takes the params as they come: a Linen params dict, an
+``nnx.State`` such as ``nnx.state(model, nnx.Param)`` (its ``nnx.Variable``
+leaves are read through their values), or its pure dict.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ class LayerSpec:
   """How one layer's kernel connects units of two layers.
 
   Attributes:
-    name: unit-layer name, the key of this layer in ``used`` dicts and the
-      name its post-ReLU activations are sown under.
+    name: unit-layer name, the key of this layer in ``used`` dicts. The
+      model sows the layer's post-ReLU activations under ``name + '_act'``
+      for :func:`unit_activity` (``self.sow('intermediates',
+      'hidden_0_act', h)`` in Linen, ``self.sow(nnx.Intermediate,
+      'hidden_0_act', h)`` in NNX): Flax reserves ``name`` itself for the
+      layer's submodule (Linen raises "Duplicate use of scope name", NNX
+      "Expected 'hidden_0' to be a Variable"). A value sown under ``name``
+      is read too where nothing else holds that name.
     kernel_path: ``'/'``-joined path of the kernel leaf in the params pytree.
       Its last axis indexes output units, the one before input units.
     bias_path: path of the bias leaf, or ``None`` if the layer has no bias.
@@ -105,8 +114,10 @@ def chain_layer_specs(names: Sequence[str],
 
   Args:
     names: hidden layer names in forward order; parameters live at
-      ``<name>/kernel`` and ``<name>/bias``.
-    params: the params pytree (used for shapes only).
+      ``<name>/kernel`` and ``<name>/bias`` (``'/'`` joins nested modules'
+      names, e.g. ``'block/conv_0'``).
+    params: the params pytree (used for shapes only): a Linen dict, an
+      ``nnx.State`` or its pure dict.
     heads: head names; with ``shared_head=False`` the i-th is task i's head.
     shared_head: whether ``heads`` is one head shared by every task.
 
@@ -177,6 +188,18 @@ def mlp_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
     >>> specs = mlp_layer_specs(variables['params'])
     >>> [(s.name, s.role) for s in specs]
     [('hidden_0', 'hidden'), ('hidden_1', 'hidden'), ('head', 'shared_head')]
+
+    An NNX model's state, as ``nnx.state`` gives it:
+
+    >>> from flax import nnx
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.hidden_0 = nnx.Linear(5, 4, rngs=rngs)
+    ...     self.head_0 = nnx.Linear(4, 2, rngs=rngs)
+    ...     self.head_1 = nnx.Linear(4, 2, rngs=rngs)
+    >>> specs = mlp_layer_specs(nnx.state(Net(nnx.Rngs(0)), nnx.Param))
+    >>> [(s.name, s.role, s.task) for s in specs]
+    [('hidden_0', 'hidden', None), ('head_0', 'head', 0), ('head_1', 'head', 1)]
   """
   hidden = sorted((k for k in params.keys() if re.fullmatch(r"hidden_\d+", k)),
                   key=lambda k: int(k.split("_")[1]))
@@ -188,7 +211,9 @@ def cnn_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
   """Describes the project Zenke CNN: ``conv_<i>``, ``dense_<i>``, heads.
 
   Args:
-    params: CNN params with ``conv_0..conv_3``, ``dense_0`` and heads.
+    params: CNN params (a Linen dict or an ``nnx.State``) with
+      ``conv_<i>``, ``dense_<i>`` and heads named as for
+      :func:`mlp_layer_specs`.
 
   Returns:
     The layer specs; ``dense_0`` is a ``'flatten_dense'`` layer.
