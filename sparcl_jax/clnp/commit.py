@@ -108,6 +108,24 @@ def commit_task(params: PyTree,
   re-initialises the incoming weights and biases of the units still free
   from ``init_fn(rng)``.
 
+  Reference logits: take task ``t``'s reference outputs *after*
+  ``commit_task(..., task=t)``, never before. The commit is the last change
+  to what task ``t`` computes: it zeroes the cut units' outgoing weights,
+  which moves ``t``'s logits by as much as the pruning search accepted.
+  From then on task ``t`` reads only units it used, whose weights later
+  tasks cannot move: training them through :func:`clnp_partition` (kept
+  outermost, given ``params`` in ``update``, its masks set per task with
+  :func:`compute_partition` and :func:`set_partition`) and committing them
+  (which re-initialises only free units) leaves ``t``'s logits
+  bit-identical, on the same inputs through the same jitted function. With a
+  shared head, compute task ``t``'s logits through
+  ``single_head_gate(history, t, ...)``.
+
+  Params come as they are given: a Linen dict, or an ``nnx.State`` (e.g.
+  ``nnx.state(model, nnx.Param)``) that goes back into the model with
+  ``nnx.update(model, new_params)``; ``init_fn`` then gives a fresh
+  state, e.g. ``lambda k: nnx.state(Net(nnx.Rngs(k)), nnx.Param)``.
+
   Args:
     params: params after training (and pruning) the task.
     specs: layer specs.
@@ -115,11 +133,12 @@ def commit_task(params: PyTree,
     kept: units this task keeps (from :func:`prune_by_threshold`).
     rng: PRNG key for the re-initialisation.
     init_fn: ``init_fn(rng) -> params`` giving freshly initialised params of
-      the same structure, e.g. ``lambda k: model.init(k, x)['params']``.
+      the same layout, e.g. ``lambda k: model.init(k, x)['params']``
+      (matched by parameter path, so an NNX state and its pure dict mix).
     task: index of the task being committed (needed with per-task heads).
 
   Returns:
-    ``(new_params, new_used)``.
+    ``(new_params, new_used)``; ``new_params`` of the kind of ``params``.
 
   Example:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),

@@ -179,7 +179,9 @@ def compute_partition(params: PyTree,
   """Computes the trainable/zero masks for training a new task.
 
   Args:
-    params: the params pytree (any nesting; masks mirror it).
+    params: the params pytree (any nesting; masks mirror it): a Linen dict,
+      an ``nnx.State`` such as ``nnx.state(model, nnx.Param)``, or its pure
+      dict.
     specs: layer specs covering the kernels and biases.
     used: ``{hidden layer name: bool[units]}``, units claimed by earlier tasks.
     task: index of the task about to be trained; required with per-task heads.
@@ -189,7 +191,10 @@ def compute_partition(params: PyTree,
       free unit.
 
   Returns:
-    A :class:`Partition` with bool leaves shaped like ``params``.
+    A :class:`Partition` with bool leaves shaped like ``params``, of the
+    same kind: an ``nnx.State`` of ``nnx.Param`` for an ``nnx.State``. Either
+    kind goes into :func:`clnp_partition` and :func:`set_partition`, also of
+    an ``nnx.Optimizer``.
 
   Raises:
     NoFreeUnitsError: a hidden layer is full.
