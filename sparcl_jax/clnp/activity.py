@@ -8,7 +8,7 @@ inputs, which the pruning search thresholds.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
