@@ -19,6 +19,7 @@ from sparcl_jax.models.mlp import MLP
 from sparcl_jax.tdm import MaskSchedule
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
+from sparcl_jax.training import optimizers
 
 from test_faults import EXACT_KEYS, QUICKSTART, _kill_in_task_2_then_rerun
 
@@ -203,6 +204,20 @@ def test_grouped_dgm_keeps_the_share_unstructured_dgm_keeps():
       config_lib.replace(base, sparsity=0.5)) == 0.6
   assert grouped_gradient_sparsity(
       config_lib.replace(base, sparsity=0.9)) == 0.0
+
+
+def test_unstructured_run_leaves_out_a_dgm_that_cannot_act():
+  # tdm refuses a nested dgm keeping no fewer gradient entries than the
+  # weight mask at its densest (sparsity - extra growth); the run trains
+  # without it, so the FLOPs charge the weight gradient at the mask's share.
+  base = config_lib.RunConfig(method="sparcl_derpp", gradient_sparsity=0.8)
+  params = MLP(hidden_sizes=(20, 20), num_outputs=4).init(
+      jax.random.key(0), jnp.zeros((1, 12)))["params"]
+  for sparsity, acts in ((0.75, True), (0.79, True), (0.81, False),
+                         (0.9, False)):
+    config = config_lib.replace(base, sparsity=sparsity)
+    assert (optimizers.gradient_masking(config) is not None) == acts
+    optimizers.make_optimizer(config).init(params)  # never refused
 
 
 def _digits_args(*extra):

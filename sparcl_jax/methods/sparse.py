@@ -113,7 +113,17 @@ class _SparCL(_MaskedWeights):
     return config.tdm
 
   def uses_dgm(self, config) -> bool:
-    return config.dgm
+    if not config.dgm:
+      return False
+    if config.tdm and not config.grouped:
+      # DGM keeps a share of a layer's whole gradient. Where the weight mask
+      # keeps fewer entries even at its densest (a task start's growth), the
+      # gradient is already zero outside it: DGM would mask nothing, and
+      # tdm refuses such a dgm. The run then trains without it.
+      densest = config.sparsity - (0.0 if self.static_masks
+                                   else config.mask_extra_growth)
+      return config.gradient_sparsity > densest
+    return True
 
   def tracks_forgetting(self, config) -> bool:
     return config.ddr
