@@ -18,6 +18,7 @@ from sparcl_jax import methods
 from sparcl_jax.methods.base import cross_entropy_over
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.grouped_tdm import sparsity_variables
+from sparcl_jax.rehearsal import buffer_ready
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses
 from sparcl_jax.training import sharding as sharding_lib
@@ -339,7 +340,7 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
           buffer_ops.buffer_sample(state.buffer, k_buf2, n), batch_sharding)
       replay_batches = ((_prepare(k_raug1, bx1, inputs), by1, bz1),
                         (_prepare(k_raug2, bx2, inputs), by2))
-      do_replay = state.buffer.num_seen >= n
+      do_replay = buffer_ready(state.buffer, n)
       if not method.replay_first_task:
         do_replay = jnp.logical_and(do_replay, facts.task_id > 0)
 
