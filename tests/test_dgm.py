@@ -106,3 +106,26 @@ def test_dgm_masks_accessor_errors():
   with pytest.raises(ValueError, match='found 2'):
     params = _params()
     dgm_masks((dgm().init(params), dgm().init(params)))
+
+
+def test_dgm_as_one_group_of_multi_transform():
+  params = _params()
+  labels = {'hidden_0': {'kernel': 'dgm', 'bias': 'sgd'},
+            'head': {'kernel': 'sgd'}}
+  tx = optax.multi_transform(
+      {'dgm': optax.chain(dgm(0.9), optax.sgd(1.0)), 'sgd': optax.sgd(1.0)},
+      labels)
+  state = tx.init(params)
+  # The other group's leaves are dense here: None, not MaskedNode.
+  assert dgm_masks(state)['head']['kernel'] is None
+  grads = _grads(0)
+  updates, state = tx.update(grads, state, params)
+  kept = np.asarray(dgm_masks(state)['hidden_0']['kernel'])
+  assert kept.sum() == masks_lib.keep_count(300, 0.9) == 30
+  g = np.abs(np.asarray(grads['hidden_0']['kernel']))
+  assert g[kept].min() >= g[~kept].max()
+  np.testing.assert_array_equal(
+      np.asarray(updates['hidden_0']['kernel']),
+      np.where(kept, -np.asarray(grads['hidden_0']['kernel']), 0.0))
+  np.testing.assert_array_equal(np.asarray(updates['head']['kernel']),
+                                -np.asarray(grads['head']['kernel']))

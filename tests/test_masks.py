@@ -122,6 +122,50 @@ def test_apply_mask_exact_zeros():
   assert out['b'].tolist() == [7.0]
 
 
+def test_apply_mask_across_kinds_of_params_and_masks():
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  w = jnp.array([[1.5, -2.0], [3.0, 4.0]])
+  b = jnp.array([5.0, 6.0])
+  mask = jnp.array([[True, False], [False, True]])
+  expected = [[1.5, 0.0], [0.0, 4.0]]
+  nested = {'fc': {'kernel': w, 'bias': b}}
+  mask_dict = {'fc': {'kernel': mask, 'bias': None}}
+  # FrozenDict params, dict masks: a FrozenDict comes back.
+  out = masks.apply_mask(FrozenDict(nested), mask_dict)
+  assert isinstance(out, FrozenDict)
+  assert out['fc']['kernel'].tolist() == expected
+  # An nnx.State of Params with masks of the nnx.Optimizer's kind
+  # (OptVariable-wrapped, None inside at dense leaves): Params come back.
+  state = nnx.State({'fc': {'kernel': nnx.Param(w), 'bias': nnx.Param(b)}})
+  opt_masks = nnx.State({'fc': {
+      'kernel': nnx.training.optimizer.OptVariable(mask),
+      'bias': nnx.training.optimizer.OptVariable(None)}})
+  out = masks.apply_mask(state, opt_masks)
+  assert isinstance(out, nnx.State)
+  assert isinstance(out['fc']['kernel'], nnx.Param)
+  assert out['fc']['kernel'][...].tolist() == expected
+  assert out['fc']['bias'][...].tolist() == [5.0, 6.0]
+  # The other way round: a plain dict of params, masks as an nnx.State.
+  assert masks.apply_mask(nested, opt_masks)['fc']['kernel'].tolist() == (
+      expected)
+  assert masks.summarize_sparsity(opt_masks)['nnz'] == 2
+  # Masks built from an nnx.State are an nnx.State too, and apply to it.
+  sp = masks.uniform_sparsities(state, masks.filter_from_regex('kernel$'), 0.5)
+  built = masks.magnitude_mask(state, sp)
+  assert isinstance(built, nnx.State)
+  out = masks.apply_mask(state, built)
+  assert out['fc']['kernel'][...].tolist() == [[0.0, 0.0], [3.0, 4.0]]
+
+
+def test_apply_mask_refuses_masks_naming_leaves_the_params_lack():
+  params = {'params': {'hidden_0': {'kernel': jnp.ones((2, 2))}}}
+  m = {'hidden_0': {'kernel': jnp.array([[True, False], [False, True]])}}
+  with pytest.raises(ConfigError, match=r'the masks name 1 leaves the params '
+                     r'do not have \(hidden_0/kernel\); the params have '
+                     r'params/hidden_0/kernel'):
+    masks.apply_mask(params, m)
+
+
 def _drop_grow_case():
   rng = np.random.default_rng(3)
   w = rng.normal(size=(10, 20)).astype(np.float32)

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.dgm import dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.tdm import MaskSchedule, TDMState, tdm, tdm_masks
 
@@ -273,3 +274,64 @@ def test_static_schedule_never_updates():
     assert schedule.targets(epoch, 0.75) == (False, 0.75, 0.75)
   update, _, _ = schedule.targets(jnp.int32(0), 0.75)
   assert not bool(update)
+
+
+def _tdm_with_dgm(learning_rate=0.1):
+  return tdm(optax.sgd(learning_rate), sparsity=0.5, steps_per_epoch=1,
+             gradient_masking=dgm(0.8))
+
+
+_LABELS = {'hidden_0': {'kernel': 'sparse', 'bias': 'dense'},
+           'head': {'kernel': 'dense'}}
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda: optax.chain(optax.clip(1.0), _tdm_with_dgm()),
+    lambda: optax.multi_transform(
+        {'sparse': _tdm_with_dgm(), 'dense': optax.sgd(0.1)}, _LABELS),
+    lambda: optax.inject_hyperparams(_tdm_with_dgm)(learning_rate=0.1),
+    lambda: optax.MultiSteps(_tdm_with_dgm(), every_k_schedule=2),
+], ids=['chain', 'multi_transform', 'inject_hyperparams', 'MultiSteps'])
+def test_accessors_find_the_state_inside_optax_wrappers(wrap):
+  state = wrap().init(_params())
+  masks = tdm_masks(state)
+  assert int(masks['hidden_0']['kernel'].sum()) == 500
+  assert masks['head']['kernel'] is None
+  assert masks['hidden_0']['bias'] is None
+  assert bool(dgm_masks(state)['hidden_0']['kernel'].all())
+  assert dgm_masks(state)['head']['kernel'] is None
+
+
+def test_tdm_and_dgm_update_inside_all_four_wrappers():
+  # tdm+dgm in a chain, under inject_hyperparams, under MultiSteps, as one
+  # group of a multi_transform: one compile covers every wrapper's update.
+  inner = optax.MultiSteps(optax.inject_hyperparams(
+      lambda learning_rate: optax.chain(optax.clip(10.0), _tdm_with_dgm(
+          learning_rate)))(learning_rate=0.1), every_k_schedule=1)
+  tx = optax.multi_transform({'sparse': inner, 'dense': optax.sgd(0.1)},
+                             _LABELS)
+  params = _params()
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  sgd_step = jax.jit(lambda p, g: optax.apply_updates(
+      p, optax.sgd(0.1).update(g, optax.sgd(0.1).init(p), p)[0]))
+  for k in range(2):
+    new_params, state = step(params, state, _grads(k))
+    mask = np.asarray(tdm_masks(state)['hidden_0']['kernel'])
+    # The task start grows to s - 0.01: keep_count(1000, 0.49).
+    assert mask.sum() == 510
+    w = np.asarray(new_params['hidden_0']['kernel'])
+    assert np.all(w[~mask] == 0.0) and np.count_nonzero(w) <= 510
+    kept = np.asarray(dgm_masks(state)['hidden_0']['kernel'])
+    assert kept.sum() == 200 and not np.any(kept & ~mask)
+    # The dense group is plain SGD, untouched by the masks.
+    np.testing.assert_array_equal(
+        np.asarray(new_params['head']['kernel']),
+        np.asarray(sgd_step(params['head'], _grads(k)['head'])['kernel']))
+    params = new_params
+  assert tdm_masks(state)['head']['kernel'] is None

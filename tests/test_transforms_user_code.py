@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from sparcl_jax import masks as masks_lib
@@ -144,3 +145,78 @@ def test_nnx_model_through_nnx_optimizer():
   assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
   accuracy = float((model(x).argmax(-1) == y).mean())
   assert accuracy >= 0.95
+
+
+class _UserCNN(nnx.Module):
+  """A user's NNX CNN with its own layer names (not the default filter's)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.fc = nnx.Linear(64, 8, rngs=rngs)
+    self.out = nnx.Linear(8, 2, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.conv(x)).reshape((x.shape[0], -1))
+    return self.out(nnx.relu(self.fc(x)))
+
+
+def test_readme_masking_pattern_under_nnx_optimizer():
+  import sparcl_jax as sc  # pylint: disable=import-outside-toplevel
+  model = _UserCNN(nnx.Rngs(0))
+  # The default filter knows none of conv/fc/out: loud, at construction.
+  with pytest.raises(sc.ConfigError, match='selects no parameter.*conv/'):
+    nnx.Optimizer(model, sc.tdm(optax.sgd(0.1), sparsity=0.75),
+                  wrt=nnx.Param)
+  tx = sc.tdm(optax.sgd(0.1), sparsity=0.75, steps_per_epoch=1,
+              sparse_filter=sc.filter_from_regex(r'(conv|fc)/kernel$'),
+              gradient_masking=sc.dgm(0.9))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  out_kernel = np.asarray(model.out.kernel[...])
+  # The README's pattern, as it comes: an nnx.State of nnx.Param masked by
+  # OptVariable-wrapped masks gives an nnx.State of nnx.Param.
+  masked = sc.apply_mask(nnx.state(model, nnx.Param),
+                         sc.tdm_masks(optimizer.opt_state))
+  assert isinstance(masked, nnx.State)
+  assert isinstance(masked['conv']['kernel'], nnx.Param)
+  nnx.update(model, masked)
+  sizes = {'conv/kernel': 36, 'fc/kernel': 512}
+  for name, n in sizes.items():
+    layer = getattr(model, name.split('/')[0])
+    assert np.count_nonzero(np.asarray(layer.kernel[...])) == sc.keep_count(
+        n, 0.75)
+  np.testing.assert_array_equal(np.asarray(model.out.kernel[...]),
+                                out_kernel)
+  # summarize_sparsity takes both kinds as they come.
+  summary = sc.summarize_sparsity(nnx.state(model, nnx.Param),
+                                  sc.filter_from_regex('kernel$'))
+  assert summary['nnz'] == 9 + 128 + 16
+  masks_summary = sc.summarize_sparsity(sc.tdm_masks(optimizer.opt_state))
+  assert masks_summary['layers'].keys() == sizes.keys()
+  assert masks_summary['nnz'] == 9 + 128
+  # One step in the user's own jitted loop: masking holds, DGM (nested,
+  # taking tdm's filter) keeps exact counts.
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4, 4, 1)),
+                  jnp.float32)
+  y = jnp.array([0, 1, 0, 1])
+
+  @nnx.jit
+  def train_step(model, optimizer):
+    grads = nnx.grad(lambda m: _loss(m(x), y))(model)
+    optimizer.update(model, grads)
+
+  train_step(model, optimizer)
+  masks = sc.tdm_masks(optimizer)  # the Optimizer itself works too
+  gmasks = sc.dgm_masks(optimizer.opt_state)
+  state = nnx.state(model, nnx.Param)
+  for name, n in sizes.items():
+    layer = name.split('/')[0]
+    m = np.asarray(masks[layer]['kernel'][...])
+    assert m.sum() == sc.keep_count(n, 0.74)  # the task start's growth
+    w = np.asarray(state[layer]['kernel'][...])
+    assert np.all(w[~m] == 0.0)
+    assert np.asarray(gmasks[layer]['kernel'][...]).sum() == sc.keep_count(
+        n, 0.9)
+  assert masks['out']['kernel'].get_value() is None
+  again = sc.apply_mask(state, sc.tdm_masks(optimizer.opt_state))
+  for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
