@@ -616,6 +616,14 @@ def tdm_masks(state: Any) -> PyTree:
   return found[0][1].masks
 
 
+def _tdm_state(state: Any) -> TDMState:
+  """The one ``TDMState`` of an optimizer state."""
+  found = find_states(state, TDMState)
+  if len(found) != 1:
+    tdm_masks(state)  # raises the accessor's error
+  return found[0][1]
+
+
 def _pure(tree: PyTree) -> PyTree:
   """The arrays of a pytree, any ``nnx.Variable`` replaced by its value."""
   try:
@@ -634,7 +642,8 @@ def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
   Runs ``steps`` updates of ``tx`` from ``params`` with random gradients
   (``epoch=0`` and ``step_in_epoch=0, 1, ...`` unless given), applying each
   as ``optax.apply_updates`` does, and checks that every weight outside
-  ``tdm_masks`` of the state is exactly zero after every step. A transform
+  ``tdm_masks`` of the state is exactly zero after every step at which
+  ``tdm`` updated (not after a mini-step of ``optax.MultiSteps``). A transform
   chained *after* ``tdm`` that changes updates (``add_decayed_weights``,
   ``scale_by_adam``, ``lookahead``...) makes them nonzero; it belongs in
   tdm's ``inner``. Call it once, on the params of the run, before training.
@@ -648,7 +657,8 @@ def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
     **extra: further extra args for ``tx.update``.
 
   Raises:
-    ConfigError: some masked weight is nonzero after a step.
+    ConfigError: some masked weight is nonzero after a step, or ``tdm``
+      never updated.
 
   Example:
     Weight decay chained after ``tdm`` (inside ``inner`` it would pass):
@@ -665,14 +675,19 @@ def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
   state = tx.init(params)
   update = jax.jit(functools.partial(tx.update, **extra))
   rng = np.random.default_rng(seed)
+  ran = 0
   for k in range(max(int(steps), 1)):
     grads = jax.tree.map(
         lambda x: jnp.asarray(rng.standard_normal(jnp.shape(x)),
                               jnp.result_type(x)), params)
     where = {'epoch': 0, 'step_in_epoch': k}
     where = {n: v for n, v in where.items() if n not in extra}
+    before = int(_tdm_state(state).count)
     updates, state = update(grads, state, params, **where)
     params = optax.apply_updates(params, updates)
+    if int(_tdm_state(state).count) == before:
+      continue  # e.g. a mini-step of optax.MultiSteps: tdm did not update.
+    ran += 1
     masks = tdm_masks(state)
     masked = apply_mask(params, masks)
     bad = {}
@@ -691,6 +706,9 @@ def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
           'optax.add_decayed_weights(wd), optax.sgd(lr)), ...)); only '
           'transforms of the raw gradient (e.g. optax.clip_by_global_norm) '
           'may come before tdm, and none after it.')
+  if not ran:
+    raise ConfigError(f'check_masking: tdm did not update in {steps} steps '
+                      '(optax.MultiSteps?): pass a larger steps=.')
 
 
 __all__ = ['MaskSchedule', 'TDMState', 'check_masking', 'tdm', 'tdm_masks']

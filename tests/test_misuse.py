@@ -123,9 +123,12 @@ def test_check_masking_enforces_the_chain_rule():
       r'nonzero \(hidden_0/kernel: 31\): a transform after tdm')):
     sc.check_masking(bad, params, steps=1)
   # The same decay inside tdm's inner optimizer, and a gradient transform
-  # before tdm, keep masked weights at exactly zero.
-  good = optax.chain(
+  # before tdm, keep masked weights at exactly zero (checked after the
+  # steps at which tdm updates: MultiSteps' mini-steps apply nothing).
+  good = optax.MultiSteps(optax.chain(
       optax.clip_by_global_norm(1.0),
       sc.tdm(optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(0.1)),
-             sparsity=0.5))
-  sc.check_masking(good, params, steps=2)
+             sparsity=0.5)), every_k_schedule=2)
+  sc.check_masking(good, params, steps=4)
+  with pytest.raises(ConfigError, match='tdm did not update in 1 steps'):
+    sc.check_masking(good, params, steps=1)
