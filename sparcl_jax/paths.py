@@ -116,8 +116,21 @@ def map_with_paths(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
 
 
 def is_none_or_masked(x: Any) -> bool:
-  """Leaf predicate: None, or optax's ``MaskedNode`` (a leaf another
-  transform of an ``optax.multi_transform`` owns)."""
+  """Leaf predicate: None, or an ``optax.MaskedNode``.
+
+  Inside ``optax.multi_transform`` a ``MaskedNode`` stands for a leaf that
+  another of its transforms owns.
+
+  Args:
+    x: a pytree node.
+
+  Returns:
+    Whether ``x`` is None or a ``MaskedNode``.
+
+  Example:
+    >>> is_none_or_masked(optax.MaskedNode()), is_none_or_masked(0.5)
+    (True, False)
+  """
   return x is None or isinstance(x, optax.MaskedNode)
 
 
