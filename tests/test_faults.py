@@ -1,19 +1,27 @@
-"""Faults: SIGKILL then rerun, SIGTERM, NaN weights, corrupt checkpoints.
+"""Faults: SIGKILL then rerun, SIGTERM, NaN weights, corrupt checkpoints,
+a safe --overwrite, the work-directory lock, the data fingerprint.
 
-Runs use the scikit-learn digits (no download). The SIGKILL test runs the
-real script in subprocesses; the others call the CLI in-process.
+Runs use the scikit-learn digits or a tiny MNIST written here in IDX format
+(no download, no ../shared). The SIGKILL tests run the real script in
+subprocesses; the others call the CLI in-process.
 """
 
 import glob
+import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from sparcl_jax.training import checkpoint
 from sparcl_jax.training import cli
@@ -203,39 +211,252 @@ def test_nan_loss_names_task_and_step(tmp_path, capsys, monkeypatch):
       "start fresh (another --workdir) or resume.")
 
 
-def test_corrupt_or_foreign_checkpoint_is_reported_and_kept(tmp_path,
-                                                            capsys):
-  flags = [f"--workdir={tmp_path}", "--epochs=1", "--steps_per_call=50"]
-  status, _ = _main(capsys, *flags)
-  assert status == 0
-  # As if the process died after its last checkpoint, before results.json.
-  (tmp_path / "results.json").unlink()
-  config_text = (tmp_path / "config").read_text()
+def _write_mnist(folder, train=120, test=40):
+  """A tiny MNIST in IDX format: random pixels, every class present."""
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  arrays = {
+      "train-images-idx3-ubyte": rng.integers(0, 256, (train, 28, 28)),
+      "train-labels-idx1-ubyte": np.arange(train) % 10,
+      "t10k-images-idx3-ubyte": rng.integers(0, 256, (test, 28, 28)),
+      "t10k-labels-idx1-ubyte": np.arange(test) % 10,
+  }
+  for name, array in arrays.items():
+    header = struct.pack(">HBB", 0, 8, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape)
+    (folder / name).write_bytes(header + array.astype(np.uint8).tobytes())
 
-  status, out = _main(capsys, *flags, "--lr=0.5")
+
+def _mnist_main(capsys, workdir, data, *args):
+  return _main(capsys, f"--workdir={workdir}", "--dataset=mnist",
+               "--data_source=files", f"--data_dir={data}", "--epochs=1",
+               "--steps_per_call=50", "--buffer_size=20", *args)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished 2-task run on the tiny MNIST: checkpoints 1 and 2 (the ends
+  of the tasks), results, config, log and plots."""
+  root = tmp_path_factory.mktemp("finished")
+  _write_mnist(root / "mnist")
+  status = cli.main(["train.py", f"--flagfile={QUICKSTART}", "--num_tasks=2",
+                     "--noprogress", "--notensorboard",
+                     f"--workdir={root / 'run'}", "--dataset=mnist",
+                     "--data_source=files", f"--data_dir={root / 'mnist'}",
+                     "--epochs=1", "--steps_per_call=50", "--buffer_size=20"])
+  assert status == 0
+  assert sorted(os.listdir(root / "run" / "checkpoints")) == ["1", "2"]
+  return root / "run", root / "mnist"
+
+
+def _copy_of(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run[0], workdir)
+  return workdir, finished_run[1]
+
+
+def _snapshot(workdir):
+  """Every file of the run (not the lock or the staging area): its bytes'
+  hash."""
+  files = {}
+  for root, dirs, names in os.walk(workdir):
+    dirs[:] = [d for d in dirs if d not in (".overwrite", ".replaced")]
+    for name in names:
+      path = os.path.join(root, name)
+      if name != ".lock":
+        with open(path, "rb") as f:
+          files[os.path.relpath(path, workdir)] = hashlib.sha256(
+              f.read()).hexdigest()
+  return files
+
+
+def _results(workdir):
+  return json.loads((workdir / "results.json").read_text())
+
+
+def _same_log(a, b):
+  drop = ("task_time_s",)
+  return ([{k: v for k, v in r.items() if k not in drop} for r in _records(a)]
+          == [{k: v for k, v in r.items() if k not in drop}
+              for r in _records(b)])
+
+
+def test_corrupt_or_foreign_checkpoint_is_reported_and_kept(
+    finished_run, tmp_path, capsys):
+  workdir, data = _copy_of(finished_run, tmp_path)
+  # As if the process died after its last checkpoint, before results.json.
+  (workdir / "results.json").unlink()
+  config_text = (workdir / "config").read_text()
+
+  status, out = _mnist_main(capsys, workdir, data, "--lr=0.5")
   assert status == 2
   assert out.err.strip() == (
-      f"train.py: error: {tmp_path}/checkpoints belongs to a run with other "
+      f"train.py: error: {workdir}/checkpoints belongs to a run with other "
       "flags (--lr=0.05 there, 0.5 here); resume with the same flags, or to "
-      f"start fresh, use another --workdir or delete {tmp_path}/checkpoints.")
-  assert (tmp_path / "config").read_text() == config_text
+      f"start fresh, use another --workdir or delete {workdir}/checkpoints.")
+  assert (workdir / "config").read_text() == config_text
 
-  latest = max(int(n) for n in os.listdir(tmp_path / "checkpoints"))
-  step_dir = tmp_path / "checkpoints" / str(latest)
-  files = glob.glob(str(step_dir / "state" / "**" / "d" / "*"),
-                    recursive=True)
-  for name in files:
-    with open(name, "wb") as f:
-      f.write(b"garbage")
-  status, out = _main(capsys, *flags)
+  def corrupt(step_dir):
+    files = glob.glob(str(step_dir / "state" / "**" / "d" / "*"),
+                      recursive=True)
+    assert files
+    for name in files:
+      with open(name, "wb") as f:
+        f.write(b"garbage")
+    return files
+
+  # The newest checkpoint corrupt: the run falls back to the previous one,
+  # says so in one line, keeps the corrupt one aside, and ends exactly as
+  # the uninterrupted run did.
+  corrupt(workdir / "checkpoints" / "2")
+  status, out = _mnist_main(capsys, workdir, data)
+  assert status == 0, out.err
+  lines = out.err.strip().splitlines()
+  assert len(lines) == 1
+  assert lines[0].startswith(f"checkpoint {workdir}/checkpoints/2 is corrupt "
+                             "(its arrays cannot be read (")
+  assert lines[0].endswith(
+      f"), moved to {workdir}/checkpoints/2.corrupt; resuming from the "
+      f"newest intact checkpoint, {workdir}/checkpoints/1.")
+  assert f"resuming from {workdir}/checkpoints/1 (" in out.out
+  for key in EXACT_KEYS:
+    assert _results(workdir)[key] == _results(finished_run[0])[key], key
+  assert _same_log(workdir, finished_run[0])
+  for name in glob.glob(str(workdir / "checkpoints" / "2.corrupt" / "state" /
+                            "**" / "d" / "*"), recursive=True):
+    with open(name, "rb") as f:
+      assert f.read() == b"garbage"
+
+  # Every checkpoint corrupt: one line naming the newest, nothing deleted.
+  (workdir / "results.json").unlink()
+  files = corrupt(workdir / "checkpoints" / "1") + corrupt(
+      workdir / "checkpoints" / "2")
+  status, out = _mnist_main(capsys, workdir, data)
   assert status == 2
   lines = out.err.strip().splitlines()
   assert len(lines) == 1
-  assert lines[0].startswith(f"train.py: error: checkpoint {step_dir} is "
-                             "corrupt: its arrays cannot be read (")
+  assert lines[0].startswith(f"train.py: error: checkpoint {workdir}/"
+                             "checkpoints/2 is corrupt: its arrays cannot be "
+                             "read (")
   assert lines[0].endswith(f"to start fresh, use another --workdir or delete "
-                           f"{tmp_path}/checkpoints.")
+                           f"{workdir}/checkpoints.")
   for name in files:
     with open(name, "rb") as f:
       assert f.read() == b"garbage"
-  assert not (tmp_path / "results.json").exists()
+  assert not (workdir / "results.json").exists()
+
+
+def test_overwrite_keeps_the_finished_run_until_it_is_replaced(
+    finished_run, tmp_path, capsys, monkeypatch):
+  workdir, data = _copy_of(finished_run, tmp_path)
+  before = _snapshot(workdir)
+
+  # A new run that fails (broken data) changes nothing.
+  (tmp_path / "broken").mkdir()
+  status, out = _mnist_main(capsys, workdir, tmp_path / "broken",
+                            "--overwrite")
+  assert status == 2 and len(out.err.strip().splitlines()) == 1, out.err
+  assert _snapshot(workdir) == before
+  assert not (workdir / ".overwrite").exists()
+
+  # While the new run trains, every file of the finished one stays; SIGTERM
+  # at the end of task 1, then of task 2, stops it (a checkpoint each time).
+  original = outputs.MetricsLog.__call__
+  unchanged, stop_in_task = [], [0]
+
+  def log_check_and_signal(self, record):
+    original(self, record)
+    unchanged.append(_snapshot(workdir) == before)
+    if record["event"] == "epoch" and record["task"] == stop_in_task[0]:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(outputs.MetricsLog, "__call__", log_check_and_signal)
+  status, out = _mnist_main(capsys, workdir, data, "--overwrite")
+  assert status == 128 + signal.SIGTERM, out.err
+  assert f"{workdir}/.overwrite/checkpoints/1; run the same command" in out.err
+  assert _snapshot(workdir) == before
+
+  # The interrupted --overwrite run resumes without --overwrite...
+  stop_in_task[0] = 1
+  status, out = _mnist_main(capsys, workdir, data)
+  assert status == 128 + signal.SIGTERM, out.err
+  assert f"resuming from {workdir}/.overwrite/checkpoints/1 (" in out.out
+  assert _snapshot(workdir) == before
+  # ... and with it, without starting over, then swaps its files in.
+  stop_in_task[0] = None
+  status, out = _mnist_main(capsys, workdir, data, "--overwrite")
+  assert status == 0, out.err
+  assert f"resuming from {workdir}/.overwrite/checkpoints/2 (" in out.out
+  assert unchanged and all(unchanged)
+  # No staging area left, no file of the finished run left behind.
+  assert sorted(os.listdir(workdir)) == sorted(os.listdir(finished_run[0]))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
+  # Same flags, same data: the replacement equals the run it replaced.
+  for key in EXACT_KEYS:
+    assert _results(workdir)[key] == _results(finished_run[0])[key], key
+  assert _same_log(workdir, finished_run[0])
+  assert "--overwrite" in (workdir / "config").read_text().splitlines()
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(finished_run, tmp_path,
+                                                      capsys):
+  workdir, data = _copy_of(finished_run, tmp_path)
+  before = _snapshot(workdir)
+  holder = subprocess.Popen(
+      [sys.executable, "-c",
+       "import fcntl, os, socket, sys, time\n"
+       "f = open(sys.argv[1], 'w')\n"
+       "fcntl.flock(f, fcntl.LOCK_EX)\n"
+       "f.write(f'pid {os.getpid()} on {socket.gethostname()}\\n')\n"
+       "f.flush(); print('locked', flush=True); time.sleep(120)\n",
+       str(workdir / ".lock")], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    status, out = _mnist_main(capsys, workdir, data, "--overwrite")
+    assert status == 2
+    assert out.err.strip() == (
+        f"train.py: error: --workdir={workdir} is in use by another run (pid "
+        f"{holder.pid} on {socket.gethostname()}); wait for it to finish, "
+        "stop it, or choose another --workdir.")
+    assert _snapshot(workdir) == before
+  finally:
+    holder.kill()
+  assert holder.wait(timeout=30) == -signal.SIGKILL
+  # The dead holder's lock is taken over: the run gets as far as the
+  # finished-results check.
+  status, out = _mnist_main(capsys, workdir, data)
+  assert status == 2
+  assert "already holds finished results" in out.err
+  assert (workdir / ".lock").read_text() == (
+      f"pid {os.getpid()} on {socket.gethostname()}\n")
+
+
+def test_resuming_on_other_data_is_refused(finished_run, tmp_path, capsys):
+  workdir, data = _copy_of(finished_run, tmp_path)
+  (workdir / "results.json").unlink()
+  before = _snapshot(workdir)
+  other = tmp_path / "other"
+  shutil.copytree(data, other)
+  images = other / "train-images-idx3-ubyte"
+  raw = bytearray(images.read_bytes())
+  raw[-1] ^= 0xFF
+  images.write_bytes(bytes(raw))
+  status, out = _mnist_main(capsys, workdir, other)
+  assert status == 2
+  lines = out.err.strip().splitlines()
+  assert len(lines) == 1
+  assert lines[0].startswith(
+      f"train.py: error: {workdir}/checkpoints was trained on other data "
+      f"(--data_dir={data}: 120 train + 40 test examples, hash ")
+  assert f" there; --data_dir={other}: 120 train + 40 test examples, hash " \
+      in lines[0]
+  assert lines[0].endswith(
+      f" here); resume with the data it was trained on, or to start fresh, "
+      f"use another --workdir or delete {workdir}/checkpoints.")
+  assert _snapshot(workdir) == before
+  # The same data in another directory resumes (--data_dir is free).
+  same = tmp_path / "same"
+  shutil.copytree(data, same)
+  status, out = _mnist_main(capsys, workdir, same)
+  assert status == 0, out.err
+  assert _results(workdir)["final"] == _results(finished_run[0])["final"]

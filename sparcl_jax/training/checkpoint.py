@@ -16,6 +16,12 @@ loop's layout, so any runner can use it:
 3. ``raise ckpt.interrupted(where)`` once saved when a stop was requested,
    and :func:`check_finite` before every save.
 
+Every checkpoint also holds a fingerprint of the data it was trained on
+(:func:`data_fingerprint`, set as ``ckpt.data``); :func:`check_data` refuses
+to resume one on other data. When the newest checkpoint cannot be read,
+:meth:`Checkpointer.restore` falls back to the newest intact one, says so in
+one line, and moves the corrupt one aside (``checkpoints/<n>.corrupt``).
+
 :func:`stop_on_signals` turns SIGINT/SIGTERM into ``stop_requested``.
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import io
 import math
 import os
@@ -136,6 +143,13 @@ class Checkpointer:
     self.max_to_keep = max_to_keep
     self.stop_signal: Optional[int] = None
     self.last_saved: Optional[str] = None
+    # The fingerprint of the run's data (data_fingerprint), saved with every
+    # checkpoint when set.
+    self.data: Optional[dict[str, Any]] = None
+    # The metadata restore() returned (None before a restore).
+    self.restored_meta: Optional[dict[str, Any]] = None
+    # Steps found corrupt: {step: why}; skipped by the reads.
+    self._corrupt: dict[int, str] = {}
     self._manager = None
 
   @property
@@ -222,12 +236,17 @@ class Checkpointer:
     return self.last_saved
 
   def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
-    """Reads the newest checkpoint into the structure of ``like``.
+    """Reads the newest intact checkpoint into the structure of ``like``.
+
+    A newest checkpoint that cannot be read is moved aside (to
+    ``<n>.corrupt``) and the next older one is tried, with one line on
+    stderr saying so.
 
     Args:
       like: a pytree with the same structure, shapes and dtypes as the
         saved one (e.g. the freshly initialised state); its arrays'
-        shardings are the restored arrays' shardings.
+        shardings are the restored arrays' shardings. Or a function of the
+        checkpoint's ``meta`` giving that pytree.
 
     Returns:
       ``(tree, meta)``.
@@ -241,60 +260,103 @@ class Checkpointer:
       >>> state, meta = ckpt.restore(fresh_state)  # doctest: +SKIP
     """
     ocp = self._orbax()
-    manager = self._get_manager()
-    step, saved = self._read_meta()
-    where = os.path.join(self.directory, str(step))
-    described = saved["leaves"]
-    paths, leaves, treedef = _flatten(like)
-    expected = _describe(paths, leaves)
-    if saved.get("format") != FORMAT or described != expected:
-      raise CheckpointError(
-          f"checkpoint {where} does not fit this run "
-          f"({_first_difference(described, expected)}); it was written by "
-          f"another configuration or version; {_fresh_hint(self.directory)}.")
-    abstract = {f"leaf_{i:05d}": _abstract(leaf)
-                for i, leaf in enumerate(leaves)}
-    try:
-      arrays = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))["state"]
-      restored = []
-      for i, leaf in enumerate(leaves):
-        value = arrays[f"leaf_{i:05d}"]
-        if _is_key(leaf):
-          value = jax.random.wrap_key_data(value,
-                                           impl=jax.random.key_impl(leaf))
-        restored.append(value)
-    except Exception as err:  # pylint: disable=broad-except
-      _silence_closed_loop_noise()
-      _collect_abandoned_reads()
-      raise CheckpointError(
-          f"checkpoint {where} is corrupt: its arrays cannot be read "
-          f"({type(err).__name__}: {_short(err)}); "
-          f"{_fresh_hint(self.directory)}.")
+    first_error = None
+    while True:
+      manager = self._get_manager()
+      step, saved = self._read_meta()
+      where = os.path.join(self.directory, str(step))
+      described = saved["leaves"]
+      target = like(saved["meta"]) if callable(like) else like
+      paths, leaves, treedef = _flatten(target)
+      expected = _describe(paths, leaves)
+      if saved.get("format") != FORMAT or described != expected:
+        raise CheckpointError(
+            f"checkpoint {where} does not fit this run "
+            f"({_first_difference(described, expected)}); it was written by "
+            f"another configuration or version; "
+            f"{_fresh_hint(self.directory)}.")
+      abstract = {f"leaf_{i:05d}": _abstract(leaf)
+                  for i, leaf in enumerate(leaves)}
+      try:
+        arrays = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+        restored = []
+        for i, leaf in enumerate(leaves):
+          value = arrays[f"leaf_{i:05d}"]
+          if _is_key(leaf):
+            value = jax.random.wrap_key_data(value,
+                                             impl=jax.random.key_impl(leaf))
+          restored.append(value)
+        break
+      except Exception as err:  # pylint: disable=broad-except
+        _silence_closed_loop_noise()
+        _collect_abandoned_reads()
+        self._corrupt[step] = (f"its arrays cannot be read "
+                               f"({type(err).__name__}: {_short(err)})")
+        if first_error is None:
+          first_error = CheckpointError(
+              f"checkpoint {where} is corrupt: {self._corrupt[step]}; "
+              f"{_fresh_hint(self.directory)}.")
+        if not self._intact_steps():
+          raise first_error  # pylint: disable=raise-missing-from
+    self._set_corrupt_aside(where)
     self.last_saved = where
+    self.restored_meta = saved["meta"]
     return jax.tree_util.tree_unflatten(treedef, restored), saved["meta"]
 
+  def _intact_steps(self) -> list[int]:
+    """Steps not (yet) found corrupt, newest first."""
+    return sorted((s for s in self._get_manager().all_steps()
+                   if s not in self._corrupt), reverse=True)
+
+  def _set_corrupt_aside(self, where: str) -> None:
+    """Moves the corrupt checkpoints newer than the restored one aside, and
+    says so in one line."""
+    if not self._corrupt:
+      return
+    self.close()
+    moved = []
+    for step in sorted(self._corrupt, reverse=True):
+      source = os.path.join(self.directory, str(step))
+      target, n = source + ".corrupt", 1
+      while os.path.exists(target):
+        n += 1
+        target = f"{source}.corrupt{n}"
+      os.rename(source, target)
+      moved.append(f"checkpoint {source} is corrupt ({self._corrupt[step]}), "
+                   f"moved to {target}")
+    self._corrupt = {}
+    print(f"{'; '.join(moved)}; resuming from the newest intact checkpoint, "
+          f"{where}.", file=sys.stderr, flush=True)
+
   def _read_meta(self) -> tuple[int, dict[str, Any]]:
+    """The newest checkpoint whose metadata reads (older ones on failure)."""
     ocp = self._orbax()
     manager = self._get_manager()
-    step = manager.latest_step()
-    if step is None:
+    if manager.latest_step() is None:
       raise CheckpointError(
           f"{self.directory} holds no complete checkpoint (found: "
           f"{', '.join(sorted(self._entries()))}); "
           f"{_fresh_hint(self.directory)}.")
-    where = os.path.join(self.directory, str(step))
-    try:
-      saved = manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))["meta"]
-      if not isinstance(saved.get("leaves"), list) or "meta" not in saved:
-        raise ValueError("the metadata lacks 'leaves' or 'meta'")
-    except Exception as err:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"checkpoint {where} is corrupt: its metadata cannot be read "
-          f"({type(err).__name__}: {_short(err)}); "
-          f"{_fresh_hint(self.directory)}.")
-    return step, saved
+    first_error = None
+    for step in self._intact_steps():
+      where = os.path.join(self.directory, str(step))
+      try:
+        saved = manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+        if not isinstance(saved.get("leaves"), list) or "meta" not in saved:
+          raise ValueError("the metadata lacks 'leaves' or 'meta'")
+        return step, saved
+      except Exception as err:  # pylint: disable=broad-except
+        self._corrupt[step] = (f"its metadata cannot be read "
+                               f"({type(err).__name__}: {_short(err)})")
+        if first_error is None:
+          first_error = CheckpointError(
+              f"checkpoint {where} is corrupt: {self._corrupt[step]}; "
+              f"{_fresh_hint(self.directory)}.")
+    raise first_error or CheckpointError(
+        f"{self.directory} holds no intact checkpoint; "
+        f"{_fresh_hint(self.directory)}.")
 
   def read_meta(self) -> dict[str, Any]:
     """The JSON metadata of the newest checkpoint, without its arrays.
@@ -466,6 +528,65 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
     raise CheckpointError(
         f"{directory} belongs to a run with other flags ({shown}{more}); "
         f"resume with the same flags, or {_fresh_hint(directory)}.")
+
+
+def data_fingerprint(scenario: Any, data_dir: str = "") -> dict[str, Any]:
+  """A short fingerprint of the data a run trains and evaluates on.
+
+  A hash over the scenario's image and label arrays (their shapes, dtypes
+  and bytes: a fraction of a second for MNIST), with the example counts and
+  ``data_dir`` to name them in messages.
+
+  Args:
+    scenario: a :class:`~sparcl_jax.data.types.Scenario`.
+    data_dir: where the data was read from ("" for built-in data).
+
+  Returns:
+    ``{"hash": hex, "examples": "N train + M test", "data_dir": ...}``.
+
+  Example:
+    >>> data_fingerprint(scenario)["examples"]  # doctest: +SKIP
+    '60000 train + 10000 test'
+  """
+  digest = hashlib.sha256()
+  for array in (scenario.train_images, scenario.train_labels,
+                scenario.test_images, scenario.test_labels):
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return {"hash": digest.hexdigest()[:16],
+          "examples": f"{len(scenario.train_labels)} train + "
+                      f"{len(scenario.test_labels)} test",
+          "data_dir": data_dir or ""}
+
+
+def check_data(saved: Optional[dict[str, Any]],
+               current: Optional[dict[str, Any]], directory: str) -> None:
+  """Refuses to resume a checkpoint on data other than its own.
+
+  Args:
+    saved: the fingerprint stored in the checkpoint (None: saved before
+      fingerprints existed, not checked).
+    current: this run's fingerprint (None: not checked).
+    directory: the checkpoint directory (for the message).
+
+  Raises:
+    CheckpointError: the fingerprints differ; the message names both.
+
+  Example:
+    >>> check_data({"hash": "ab"}, {"hash": "ab"}, "/tmp/r/checkpoints")
+  """
+  if not saved or not current or saved.get("hash") == current.get("hash"):
+    return
+
+  def show(fp):
+    where = f"--data_dir={fp.get('data_dir')}: " if fp.get("data_dir") else ""
+    return f"{where}{fp.get('examples')} examples, hash {fp.get('hash')}"
+
+  raise CheckpointError(
+      f"{directory} was trained on other data ({show(saved)} there; "
+      f"{show(current)} here); resume with the data it was trained on, or "
+      f"{_fresh_hint(directory)}.")
 
 
 def check_finite(loss: float, where: str,

@@ -3,14 +3,17 @@
 One flag per config field, so a flagfile line ``--lr=0.03`` and the Python
 call ``RunConfig(lr=0.03)`` mean the same. Every user error ends in one line
 on stderr and exit status 2; finished results are never overwritten unless
-``--overwrite`` is given.
+``--overwrite`` is given, and even then only once the new run has finished
+(see :mod:`sparcl_jax.training.outputs`). A run locks its work directory;
+the data is loaded and checked against the checkpoint (flags and data
+fingerprint) before any file there is written.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
+import time
 from typing import Optional, Sequence
 
 from absl import flags
@@ -139,6 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(_help_text())
     return 0
   writers = []
+  workdir = None
+  finished = False
   try:
     config = parse_config(argv)
     # Imported late: --help and flag errors need none of the training code.
@@ -146,57 +151,103 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sharding.initialize_distributed(config.coordinator_address,
                                     config.num_processes, config.process_id)
     primary = sharding.is_primary()
-    workdir = outputs.prepare_workdir(config.workdir, config.overwrite)
-    config = config_lib.replace(config, workdir=workdir)
-    ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps)
+    # Locked for the run's life; an --overwrite of finished results runs in
+    # workdir.run (a hidden staging directory) until it has its own results.
+    workdir = outputs.prepare_workdir(config.workdir, config.overwrite,
+                                      lock=primary)
+    config = config_lib.replace(config, workdir=workdir.path)
+    rundir = workdir.run
+    ckpt = checkpoint.Checkpointer(rundir, config.checkpoint_every_steps)
     writers.append(ckpt)
-    if ckpt.exists() and os.path.exists(os.path.join(workdir,
-                                                     outputs.RESULTS)):
-      # --overwrite of a finished run: its checkpoints are finished too.
-      if primary:
-        shutil.rmtree(ckpt.directory)
-    meta = None
+    # The data first: a missing or broken --data_dir changes no file.
+    start_time = time.perf_counter()
+    scenario = loop.build_scenario(config)
+    ckpt.data = checkpoint.data_fingerprint(scenario, config.data_dir)
     if ckpt.exists():
       # Checked before anything in the work directory is rewritten.
       meta = ckpt.read_meta()
       checkpoint.check_config(meta["config"], config_lib.to_dict(config),
                               ckpt.directory)
+      checkpoint.check_data(meta.get("data"), ckpt.data, ckpt.directory)
     log = lambda record: None
     if primary:
-      outputs.write_config(workdir, config_lib.to_dict(config))
-      log = outputs.MetricsLog(workdir, meta and meta["logged"])
+      outputs.write_config(rundir, config_lib.to_dict(config))
+      # Opened at the first record, once the run has restored (or not) its
+      # checkpoint: a resumed log keeps the records up to that checkpoint.
+      log = _Lazy(lambda: outputs.MetricsLog(
+          rundir, ckpt.restored_meta and ckpt.restored_meta["logged"]))
+      writers.append(log)
       if config.tensorboard:
         from sparcl_jax.training import tensorboard  # pylint: disable=import-outside-toplevel
-        writers.append(tensorboard.TensorBoardLog(
-            workdir, meta and meta["steps_done"]))
-    log_fn = _fan_out([log] + writers[1:])
+        writers.append(_Lazy(lambda: tensorboard.TensorBoardLog(
+            rundir, ckpt.restored_meta and ckpt.restored_meta["steps_done"])))
+    log_fn = _fan_out([log] + writers[2:])
     with checkpoint.stop_on_signals(ckpt):
-      results = loop.run(config, log_fn=log_fn, checkpoints=ckpt)
+      results = loop.run(config, scenario=scenario, log_fn=log_fn,
+                         checkpoints=ckpt, start_time=start_time)
+    if primary:
+      log.open()  # a run resumed at its very end logs nothing: trim anyway
+    for writer in writers:
+      writer.close()
+    if primary:
+      _write_outputs(outputs, rundir, config, results)
+      workdir.commit()
+    finished = True
   except SparclError as err:
     print(f"{prog}: {_failure(err)}", file=sys.stderr)
     return _exit_status(err)
   finally:
     for writer in writers:
       writer.close()
+    if workdir is not None:
+      if not finished:
+        workdir.abandon()
+      workdir.release()
   if not primary:
     return 0
-  outputs.write_results(workdir, results)
-  title = f"{config.method} on {results['scenario']['name']}"
-  outputs.plot_acc_matrix(workdir, results["acc_matrix"]["class_il"],
-                          results["acc_matrix"]["task_il"], title)
-  if "masks" in results.get("sparsity", {}):
-    outputs.plot_sparsity(workdir, results["sparsity"]["masks"]["layers"],
-                          title)
-  if "data_kept_per_epoch" in results:
-    outputs.plot_data_kept(workdir, results["data_kept_per_epoch"], title)
-  if "capacity_plot_data" in results:
-    from sparcl_jax.training import capacity_plot  # pylint: disable=import-outside-toplevel
-    capacity_plot.plot_capacity(workdir, results)
   print(outputs.summary_table(results))
   if "stopped_early" in results:
     print(f"stopped early: {results['stopped_early']}")
-  print(f"results: {os.path.join(workdir, outputs.RESULTS)}")
+  print(f"results: {os.path.join(workdir.path, outputs.RESULTS)}")
   return 0
+
+
+class _Lazy:
+  """A log sink created at its first record (and closed if it was)."""
+
+  def __init__(self, factory):
+    self._factory = factory
+    self._sink = None
+
+  def open(self):
+    if self._sink is None:
+      self._sink = self._factory()
+    return self._sink
+
+  def __call__(self, record) -> None:
+    self.open()(record)
+
+  def close(self) -> None:
+    sink, self._sink = self._sink, None
+    if sink is not None and hasattr(sink, "close"):
+      sink.close()
+
+
+def _write_outputs(outputs, rundir: str, config: RunConfig,
+                   results: dict) -> None:
+  """results.json and the plots."""
+  outputs.write_results(rundir, results)
+  title = f"{config.method} on {results['scenario']['name']}"
+  outputs.plot_acc_matrix(rundir, results["acc_matrix"]["class_il"],
+                          results["acc_matrix"]["task_il"], title)
+  if "masks" in results.get("sparsity", {}):
+    outputs.plot_sparsity(rundir, results["sparsity"]["masks"]["layers"],
+                          title)
+  if "data_kept_per_epoch" in results:
+    outputs.plot_data_kept(rundir, results["data_kept_per_epoch"], title)
+  if "capacity_plot_data" in results:
+    from sparcl_jax.training import capacity_plot  # pylint: disable=import-outside-toplevel
+    capacity_plot.plot_capacity(rundir, results)
 
 
 if __name__ == "__main__":

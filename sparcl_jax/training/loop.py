@@ -92,8 +92,8 @@ def method_spec(config: RunConfig) -> steps.MethodSpec:
 
 def run(config: RunConfig, scenario: Optional[Scenario] = None,
         log_fn: Optional[LogFn] = None,
-        checkpoints: Optional[checkpoint_lib.Checkpointer] = None
-        ) -> dict[str, Any]:
+        checkpoints: Optional[checkpoint_lib.Checkpointer] = None,
+        start_time: Optional[float] = None) -> dict[str, Any]:
   """Trains a method on every task of a scenario and evaluates after each.
 
   Args:
@@ -108,6 +108,8 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
       Task-level methods (CLNP, EWC, SI, single-task) run in
       :func:`sparcl_jax.training.clnp_runner.run`, with the same
       checkpoints.
+    start_time: ``time.perf_counter()`` when the run began (e.g. before
+      its caller loaded ``scenario``), for ``wall_time_s``; default now.
 
   Returns:
     The results dict (see README, "results.json"): accuracy matrices in
@@ -128,10 +130,13 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   """
   config_lib.validate(config)
   log = log_fn or (lambda record: None)
-  start = time.perf_counter()
+  start = time.perf_counter() if start_time is None else start_time
   with timing.CompileTimer() as compiles:
     if scenario is None:
       scenario = build_scenario(config)
+    if checkpoints is not None and checkpoints.data is None:
+      checkpoints.data = checkpoint_lib.data_fingerprint(scenario,
+                                                         config.data_dir)
     if config.method_object.family == methods.TASK_LEVEL:
       return clnp_runner.run(config, scenario, log, start, checkpoints,
                              compiles)

@@ -1,15 +1,42 @@
 """What a run leaves in its work directory, and how it is written safely.
 
 Layout: ``config`` (the resolved flags, itself a flagfile), ``results.json``,
-``metrics.jsonl`` (one JSON object per epoch and per evaluation) and
-``acc_matrix.png``. Files are written to a temporary name and renamed, so an
-interrupted write never leaves half a results file.
+``metrics.jsonl`` (one JSON object per epoch and per evaluation),
+``checkpoints/``, ``tensorboard/`` and the plots (``acc_matrix.png``...).
+Files are written to a temporary name and renamed, so an interrupted write
+never leaves half a results file.
+
+Safety of a work directory (:func:`prepare_workdir`):
+
+* **One run at a time.** A run holds an exclusive ``flock`` on
+  ``WORKDIR/.lock`` (which names its pid and host) for its whole life; a
+  second run on the same directory is refused in one line naming the
+  holder. The kernel releases the lock when its holder dies, however it
+  dies, so a killed run never blocks the next one.
+* **``--overwrite`` loses nothing before it has a replacement.** When the
+  directory holds finished results, the new run works in the hidden
+  ``WORKDIR/.overwrite/`` (config, log, checkpoints, results, plots) and
+  leaves every file of the finished run byte-identical. Only once it has
+  written its own ``results.json`` does :meth:`Workdir.commit` swap its files
+  in: the old run's files go to ``WORKDIR/.replaced/``, the new ones are
+  renamed into place (``results.json`` last), then both hidden directories
+  are removed. The names to move are written to ``.overwrite/.manifest``
+  first, so a swap cut short (a kill, a power cut) is completed by the next
+  command on that directory. A new run that fails before it saved a
+  checkpoint leaves no trace; one stopped after saving one (a signal, a
+  kill) resumes from ``.overwrite/`` when run again, with or without
+  ``--overwrite``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
 import tempfile
 from typing import Any, Optional, Sequence
 
@@ -21,24 +48,170 @@ RESULTS = "results.json"
 CONFIG = "config"
 METRICS_LOG = "metrics.jsonl"
 HEATMAP = "acc_matrix.png"
+CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+STAGING = ".overwrite"
+REPLACED = ".replaced"
+MANIFEST = ".manifest"
+# Every name a run may write in its work directory: what an --overwrite run
+# replaces (names it does not write itself are removed).
+RUN_OUTPUTS = (RESULTS, CONFIG, METRICS_LOG, CHECKPOINTS, HEATMAP,
+               "sparsity.png", "data_kept.png", "capacity.png", "tensorboard")
 
 
-def prepare_workdir(path: str, overwrite: bool) -> str:
-  """Creates the work directory and checks it can take this run's results.
+class WorkdirLock:
+  """An exclusive ``flock`` on ``WORKDIR/.lock``, held until :meth:`release`.
+
+  The file names the holder (``pid N on HOST``). The kernel drops the lock
+  when the holding process exits or is killed, so a stale file never blocks.
+
+  Args:
+    workdir: the (existing) work directory.
+
+  Raises:
+    ConfigError: another live process holds the lock.
+
+  Example:
+    >>> lock = WorkdirLock("/tmp")  # doctest: +SKIP
+    >>> lock.release()  # doctest: +SKIP
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK)
+    self._fd: Optional[int] = os.open(self.path, os.O_RDWR | os.O_CREAT,
+                                      0o644)
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+      holder = ""
+      if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        try:
+          with open(self.path) as f:
+            holder = " ".join(f.read().split())
+        except OSError:
+          pass
+      os.close(self._fd)
+      self._fd = None
+      if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        # A file system without locks (some network mounts): run unlocked.
+        return
+      raise ConfigError(
+          f"--workdir={workdir} is in use by another run "
+          f"({holder or 'holder unknown'}); wait for it to finish, stop it, "
+          "or choose another --workdir.") from None
+    os.ftruncate(self._fd, 0)
+    os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n"
+             .encode())
+
+  def release(self) -> None:
+    """Drops the lock (safe to call twice)."""
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+
+@dataclasses.dataclass
+class Workdir:
+  """A locked work directory and where this run writes in it.
+
+  Attributes:
+    path: the work directory (``--workdir``, absolute).
+    run: where this run writes its files: ``path`` itself, or
+      ``path/.overwrite`` while an ``--overwrite`` run replaces finished
+      results (see the module docstring).
+    lock: the directory's lock (None in processes that do not write).
+  """
+
+  path: str
+  run: str
+  lock: Optional[WorkdirLock] = None
+
+  @property
+  def staged(self) -> bool:
+    """Whether this run writes beside finished results, to swap in later."""
+    return self.run != self.path
+
+  def commit(self) -> None:
+    """Swaps a staged run's files in (a no-op for an unstaged run)."""
+    if self.lock is not None and self.staged:
+      _swap_in(self.path)
+
+  def abandon(self) -> None:
+    """After a failed run: drops a staged run that saved no checkpoint."""
+    if self.lock is not None and self.staged and not _has_checkpoints(
+        self.run):
+      shutil.rmtree(self.run, ignore_errors=True)
+
+  def release(self) -> None:
+    if self.lock is not None:
+      self.lock.release()
+
+
+def _has_checkpoints(run: str) -> bool:
+  directory = os.path.join(run, CHECKPOINTS)
+  return os.path.isdir(directory) and any(
+      "tmp" not in name and not name.startswith(".")
+      for name in os.listdir(directory))
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def _swap_in(path: str) -> None:
+  """Replaces the run in ``path`` by the finished one in ``path/.overwrite``.
+
+  Idempotent: a swap cut short is completed by calling it again.
+  """
+  staging = os.path.join(path, STAGING)
+  replaced = os.path.join(path, REPLACED)
+  manifest = os.path.join(staging, MANIFEST)
+  if not os.path.exists(manifest):
+    names = sorted(n for n in os.listdir(staging) if not n.startswith("."))
+    write_atomic(manifest, json.dumps(names))
+  with open(manifest) as f:
+    names = json.load(f)
+  os.makedirs(replaced, exist_ok=True)
+  for name in RUN_OUTPUTS:
+    if name not in names and os.path.lexists(os.path.join(path, name)):
+      _remove(os.path.join(replaced, name))
+      os.rename(os.path.join(path, name), os.path.join(replaced, name))
+  for name in sorted(names, key=lambda n: n == RESULTS):  # results last
+    new = os.path.join(staging, name)
+    if not os.path.lexists(new):
+      continue  # moved in by the swap that was cut short
+    old = os.path.join(path, name)
+    if os.path.isdir(old) and not os.path.islink(old):
+      _remove(os.path.join(replaced, name))
+      os.rename(old, os.path.join(replaced, name))
+    os.replace(new, old)
+  shutil.rmtree(staging)
+  shutil.rmtree(replaced, ignore_errors=True)
+
+
+def prepare_workdir(path: str, overwrite: bool, lock: bool = True
+                    ) -> Workdir:
+  """Creates and locks the work directory, and says where the run writes.
 
   Args:
     path: the directory.
     overwrite: whether finished results already there may be replaced.
+    lock: whether to take the directory's lock (the process that writes).
 
   Returns:
-    The absolute path.
+    The :class:`Workdir`; release it when the run ends.
 
   Raises:
-    ConfigError: the directory cannot be created or written, or it holds
-      finished results and ``overwrite`` is False.
+    ConfigError: the directory cannot be created or written, another run
+      holds it, or it holds finished results and ``overwrite`` is False
+      (and no unfinished ``--overwrite`` run waits there to resume).
 
   Example:
-    >>> prepare_workdir("/tmp/sparcl_run", overwrite=False)  # doctest: +SKIP
+    >>> workdir = prepare_workdir("/tmp/sparcl_run", overwrite=False)  # doctest: +SKIP
+    >>> workdir.run  # doctest: +SKIP
     '/tmp/sparcl_run'
   """
   path = os.path.abspath(path)
@@ -52,11 +225,25 @@ def prepare_workdir(path: str, overwrite: bool) -> str:
   except OSError as err:
     raise ConfigError(f"cannot write to --workdir={path} "
                       f"({err.strerror}); choose a writable directory.")
-  if os.path.exists(os.path.join(path, RESULTS)) and not overwrite:
-    raise ConfigError(f"--workdir={path} already holds finished results "
-                      f"({RESULTS}); choose another --workdir or pass "
-                      "--overwrite to replace them.")
-  return path
+  held = WorkdirLock(path) if lock else None
+  try:
+    staging = os.path.join(path, STAGING)
+    if lock and os.path.exists(os.path.join(staging, RESULTS)):
+      _swap_in(path)  # an --overwrite run finished, its swap was cut short
+    run = path
+    if os.path.exists(os.path.join(path, RESULTS)):
+      if not (overwrite or _has_checkpoints(staging)):
+        raise ConfigError(
+            f"--workdir={path} already holds finished results ({RESULTS}); "
+            "choose another --workdir or pass --overwrite to replace them.")
+      run = staging
+      if lock:
+        os.makedirs(run, exist_ok=True)
+  except BaseException:
+    if held is not None:
+      held.release()
+    raise
+  return Workdir(path, run, held)
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -255,7 +255,11 @@ def restore_checkpoint(checkpoints, config, like: Any):
   meta = checkpoints.read_meta()
   checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
                               checkpoints.directory)
-  tree, meta = checkpoints.restore(like(meta))
+  checkpoint_lib.check_data(meta.get("data"), checkpoints.data,
+                            checkpoints.directory)
+  # A function of the metadata: a fallback to an older checkpoint (the
+  # newest one corrupt) restores into that one's structure.
+  tree, meta = checkpoints.restore(like)
   print(f"resuming from {checkpoints.last_saved} ({meta['where']})",
         flush=True)
   return tree, meta
@@ -278,7 +282,8 @@ def save_checkpoint(checkpoints, config, tree: Any, meta: dict[str, Any],
       the run.
   """
   checkpoint_lib.check_finite_tree(params, where, checkpoints)
+  extra = {} if checkpoints.data is None else {"data": checkpoints.data}
   checkpoints.save(tree, dict(meta, config=config_lib.to_dict(config),
-                              where=where))
+                              where=where, **extra))
   if checkpoints.stop_requested:
     raise checkpoints.interrupted(where)
