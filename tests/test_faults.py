@@ -460,3 +460,45 @@ def test_resuming_on_other_data_is_refused(finished_run, tmp_path, capsys):
   status, out = _mnist_main(capsys, workdir, same)
   assert status == 0, out.err
   assert _results(workdir)["final"] == _results(finished_run[0])["final"]
+
+
+def test_an_overwrite_swap_cut_short_is_completed_by_the_next_command(
+    tmp_path, monkeypatch):
+  # Old run: results, config, a plot the new run does not write, checkpoints.
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "7").mkdir(parents=True)
+  for name, text in (("results.json", "old"), ("config", "old"),
+                     ("sparsity.png", "old")):
+    (workdir / name).write_text(text)
+  staging = workdir / ".overwrite"
+  (staging / "checkpoints" / "2").mkdir(parents=True)
+  for name in ("results.json", "config", "metrics.jsonl"):
+    (staging / name).write_text("new")
+  real_replace, calls = os.replace, []
+
+  def dies_on_the_third_move(src, dst):
+    calls.append(dst)
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # as if killed in the middle of the swap
+    real_replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", dies_on_the_third_move)
+  cut_short = outputs.Workdir(str(workdir), str(staging),
+                              outputs.WorkdirLock(str(workdir)))
+  try:
+    cut_short.commit()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    cut_short.release()
+  monkeypatch.undo()
+  assert (workdir / "results.json").read_text() == "old"
+  # The next command on the directory completes the swap, then refuses to
+  # overwrite the (new) finished results.
+  with pytest.raises(checkpoint.ConfigError, match="already holds finished"):
+    outputs.prepare_workdir(str(workdir), overwrite=False)
+  assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config",
+                                         "metrics.jsonl", "results.json"]
+  assert os.listdir(workdir / "checkpoints") == ["2"]
+  for name in ("results.json", "config", "metrics.jsonl"):
+    assert (workdir / name).read_text() == "new"
