@@ -98,10 +98,10 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   ``gradient_sparsity`` is a share of the *whole* gradient of a leaf, not
   of its kept weights: inside ``tdm`` at weight sparsity ``s`` the gradient
   is already zero outside the weight mask, so DGM acts only when
-  ``gradient_sparsity`` exceeds ``s`` (more exactly: when it keeps fewer
-  entries than the weight mask does, which at a task start keeps
-  ``s - extra_growth``). ``tdm`` raises when given a ``dgm`` that could act
-  on none of its leaves.
+  ``gradient_sparsity`` exceeds ``s`` (exactly: in a layer where it keeps
+  fewer entries than the weight mask keeps at its largest, a share
+  ``1 - (s - extra_growth)`` at a task start). ``tdm`` raises when given a
+  ``dgm`` that could act on none of its leaves.
 
   Nested in ``tdm`` (``tdm(..., gradient_masking=dgm(0.9))``) a ``dgm``
   built without ``sparse_filter`` takes tdm's sparse leaves; used on its
