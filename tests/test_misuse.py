@@ -125,18 +125,3 @@ def test_check_masking_enforces_the_chain_rule():
   with pytest.raises(ConfigError, match='tdm did not update in 1 steps'):
     sc.check_masking(good, params, steps=1)
 
-
-def test_library_sparcl_drops_a_dgm_that_cannot_act():
-  from sparcl_jax.training import optimizers  # pylint: disable=g-import-not-at-top
-  from sparcl_jax.training.config import RunConfig  # pylint: disable=g-import-not-at-top
-  params = {'hidden_0': {'kernel': jnp.ones((20, 50))},
-            'head': {'kernel': jnp.ones((50, 3))}}
-  # --gradient_sparsity=0.8 at --sparsity=0.9 (a documented no-op: it must
-  # exceed the sparsity to matter): the run goes without DGM, no error.
-  state = optimizers.make_optimizer(
-      RunConfig(method='sparcl_derpp', sparsity=0.9)).init(params)
-  with pytest.raises(ValueError, match='found 0'):
-    sc.dgm_masks(state)
-  state = optimizers.make_optimizer(
-      RunConfig(method='sparcl_derpp', sparsity=0.75)).init(params)
-  assert int(sc.dgm_masks(state)['hidden_0']['kernel'].sum()) == 1000

@@ -54,16 +54,15 @@ class _MaskedWeights:
       return super().make_optimizer(config)  # pytype: disable=attribute-error
     if config.grouped:
       return self._grouped_optimizer(config, kept_rows)
-    schedule = mask_schedule(config, static=self.static_masks)
     return tdm(
         base_optimizer(config), sparsity=config.sparsity,
-        schedule=schedule, sparse_filter=sparse_filter(config),
+        schedule=mask_schedule(config, static=self.static_masks),
+        sparse_filter=sparse_filter(config),
         distribution=config.sparsity_distribution,
         importance_lambda=self.drop_lambda(config),
         grow_score=config.mask_growth or self.growth,
         gradient_masking=(gradient_masking(config)
-                          if self.uses_dgm(config) and
-                          _dgm_can_act(config, schedule) else None),
+                          if self.uses_dgm(config) else None),
         seed=config.seed)
 
   def _grouped_optimizer(self, config, kept_rows):
@@ -79,26 +78,6 @@ class _MaskedWeights:
                        schedule=mask_schedule(config),
                        importance_lambda=self.drop_lambda(config),
                        gradient_masking=masking, seed=config.seed)
-
-
-def _dgm_can_act(config, schedule) -> bool:
-  """Whether unstructured DGM can zero a gradient entry the mask keeps.
-
-  DGM keeps ``1 - gradient_sparsity`` of a layer's whole gradient; the
-  weight mask keeps at most ``1 - (sparsity - extra_growth)`` (a task
-  start; ``1 - sparsity`` when static). With no fewer kept, DGM changes
-  nothing (``--gradient_sparsity`` must exceed ``--sparsity`` to matter)
-  and ``sparcl_jax.tdm`` refuses it, so the run goes without it, as the
-  grouped optimizer does. Under ERK the layers' sparsities differ: tdm
-  decides from them.
-  """
-  if config.sparsity_distribution != "uniform":
-    return True
-  most = config.sparsity if schedule.static else (
-      config.sparsity - schedule.extra_growth)
-  n = 10 ** 6
-  return (masks_lib.keep_count(n, config.gradient_sparsity) <
-          masks_lib.keep_count(n, max(most, 0.0)))
 
 
 def grouped_gradient_sparsity(config) -> float:
