@@ -115,11 +115,13 @@ class _SparCL(_MaskedWeights):
   def uses_dgm(self, config) -> bool:
     if not config.dgm:
       return False
-    if config.tdm and not config.grouped:
+    if (config.tdm and not config.grouped
+        and config.sparsity_distribution == "uniform"):
       # DGM keeps a share of a layer's whole gradient. Where the weight mask
       # keeps fewer entries even at its densest (a task start's growth), the
       # gradient is already zero outside it: DGM would mask nothing, and
-      # tdm refuses such a dgm. The run then trains without it.
+      # tdm refuses such a dgm. The run then trains without it. (Under ERK
+      # the layers' sparsities differ, and tdm decides from them.)
       densest = config.sparsity - (0.0 if self.static_masks
                                    else config.mask_extra_growth)
       return config.gradient_sparsity > densest
