@@ -49,7 +49,8 @@ from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,
                                   buffer_ready, buffer_sample, reservoir_add)
 from sparcl_jax.sparsity import keep_count
 from sparcl_jax.sparsity import require_selection
-from sparcl_jax.tdm import (MaskSchedule, TDMState, check_masking, tdm,
+from sparcl_jax.masking_check import check_masking
+from sparcl_jax.tdm import (MaskSchedule, TDMState, tdm,
                             tdm_masks)
 
 __version__ = "0.1.0"

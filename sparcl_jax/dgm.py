@@ -13,13 +13,16 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sparcl_jax import masks as masks_lib
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import find_states, masked_to_none
-from sparcl_jax.sparsity import require_selection
+from sparcl_jax.paths import flatten_with_paths
+from sparcl_jax.sparsity import (default_sparse_filter, keep_count,
+                                 require_selection, sparsities_by_path)
 
 PyTree = Any
 
@@ -187,6 +190,56 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
       gs, interval, given_filter,
       lambda f: dgm(gradient_sparsity, refresh_interval, sparse_filter=f))
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _most_kept(size: int, s: float, schedule: Any) -> int:
+  """The most weights a leaf's mask keeps at any point of the schedule."""
+  if schedule.static:
+    return keep_count(size, s)
+  return max(max(keep_count(size, p), keep_count(size, g))
+             for p, g in schedule.phase_sparsities(s))
+
+
+def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
+                   spec: DGMSpec) -> None:
+  """Raises if a dgm nested in tdm could mask nothing.
+
+  It could not where, in every leaf it masks, it keeps no fewer gradient
+  entries than the weight mask ever keeps there: the gradient is already
+  zero outside the weight mask.
+
+  Args:
+    params: the params tdm trains.
+    sp: tdm's sparsities pytree (None at dense leaves).
+    schedule: tdm's ``MaskSchedule`` (its ``static`` and
+      ``phase_sparsities``).
+    spec: the nested dgm's ``DGMSpec``.
+
+  Raises:
+    ConfigError: when the dgm can act in no leaf.
+  """
+  flt = spec.sparse_filter or default_sparse_filter
+  weight_sp = sparsities_by_path(sp)
+  shares = []
+  for path, leaf in flatten_with_paths(params):
+    if not flt(path, leaf):
+      continue
+    n = int(np.prod(leaf.shape))
+    s = weight_sp.get(path)
+    most = n if s is None else _most_kept(n, s, schedule)
+    if keep_count(n, spec.gradient_sparsity) < most:
+      return
+    shares.append(most / max(n, 1))
+  if not shares:
+    return  # dgm's own init raises on an empty selection.
+  top = max(shares)
+  raise ConfigError(
+      f'tdm: gradient_masking=dgm({spec.gradient_sparsity:g}) cannot act: it '
+      f'keeps {1 - spec.gradient_sparsity:.4g} of a layer\'s whole gradient, '
+      f'no fewer entries than the weight mask keeps in any layer it masks '
+      f'(at most {top:.4g} of a layer) and the gradient is zero outside '
+      f'that mask already; use a gradient_sparsity above {1 - top:.4g} or '
+      f'leave gradient_masking out.')
 
 
 def dgm_masks(state: Any) -> PyTree:

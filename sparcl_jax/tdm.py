@@ -32,11 +32,11 @@ import optax
 
 from sparcl_jax import mask_rules
 from sparcl_jax.control_flow import run_if
-from sparcl_jax.dgm import DGMSpec, dgm_spec
+from sparcl_jax.dgm import check_dgm_acts, dgm_spec
 from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import apply_mask, bit_select, magnitude_mask
-from sparcl_jax.paths import (find_states, flatten_with_paths, is_none,
+from sparcl_jax.masks import bit_select, magnitude_mask
+from sparcl_jax.paths import (find_states, is_none,
                               masked_to_none)
 from sparcl_jax.sparsity import (SparseFilter, default_sparse_filter,
                                  erk_sparsities, keep_count,
@@ -273,43 +273,6 @@ def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
   return masked_to_none(erk_sparsities(params, sparse_filter, sparsity))
 
 
-def _most_kept(size: int, s: float, schedule: MaskSchedule) -> int:
-  """The most weights a leaf's mask keeps at any point of the schedule."""
-  if schedule.static:
-    return keep_count(size, s)
-  return max(max(keep_count(size, p), keep_count(size, g))
-             for p, g in schedule.phase_sparsities(s))
-
-
-def _check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
-                    spec: DGMSpec) -> None:
-  """Raises if a nested dgm keeps, in every leaf it masks, no fewer
-  gradient entries than the weight mask ever keeps there (it would mask
-  nothing: the gradient is already zero outside the weight mask)."""
-  flt = spec.sparse_filter or default_sparse_filter
-  weight_sp = sparsities_by_path(sp)
-  shares = []
-  for path, leaf in flatten_with_paths(params):
-    if not flt(path, leaf):
-      continue
-    n = int(np.prod(leaf.shape))
-    s = weight_sp.get(path)
-    most = n if s is None else _most_kept(n, s, schedule)
-    if keep_count(n, spec.gradient_sparsity) < most:
-      return
-    shares.append(most / max(n, 1))
-  if not shares:
-    return  # dgm's own init raises on an empty selection.
-  top = max(shares)
-  raise ConfigError(
-      f'tdm: gradient_masking=dgm({spec.gradient_sparsity:g}) cannot act: it '
-      f'keeps {1 - spec.gradient_sparsity:.4g} of a layer\'s whole gradient, '
-      f'no fewer entries than the weight mask keeps in any layer it masks '
-      f'(at most {top:.4g} of a layer) and the gradient is zero outside '
-      f'that mask already; use a gradient_sparsity above {1 - top:.4g} or '
-      f'leave gradient_masking out.')
-
-
 def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
   """A rule given by name or as a function."""
   if isinstance(spec, str):
@@ -499,7 +462,7 @@ def tdm(inner: optax.GradientTransformation, *,
                         'every leaf), so nothing would be sparse.')
     masking_state = masking.init(params)
     if spec is not None:
-      _check_dgm_acts(params, sp, schedule, spec)
+      check_dgm_acts(params, sp, schedule, spec)
     masks = magnitude_mask(params, sp)
     last_grads = jax.tree.map(
         lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
@@ -616,99 +579,4 @@ def tdm_masks(state: Any) -> PyTree:
   return found[0][1].masks
 
 
-def _tdm_state(state: Any) -> TDMState:
-  """The one ``TDMState`` of an optimizer state."""
-  found = find_states(state, TDMState)
-  if len(found) != 1:
-    tdm_masks(state)  # raises the accessor's error
-  return found[0][1]
-
-
-def _pure(tree: PyTree) -> PyTree:
-  """The arrays of a pytree, any ``nnx.Variable`` replaced by its value."""
-  try:
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-  except ImportError:  # pragma: no cover
-    return tree
-  return jax.tree.map(
-      lambda x: x.get_value() if isinstance(x, nnx.Variable) else x, tree,
-      is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
-                  steps: int = 3, seed: int = 0, **extra: Any) -> None:
-  """Raises unless masked weights stay exactly zero under a whole optimizer.
-
-  Runs ``steps`` updates of ``tx`` from ``params`` with random gradients
-  (``epoch=0`` and ``step_in_epoch=0, 1, ...`` unless given), applying each
-  as ``optax.apply_updates`` does, and checks that every weight outside
-  ``tdm_masks`` of the state is exactly zero after every step at which
-  ``tdm`` updated (not after a mini-step of ``optax.MultiSteps``). A transform
-  chained *after* ``tdm`` that changes updates (``add_decayed_weights``,
-  ``scale_by_adam``, ``lookahead``...) makes them nonzero; it belongs in
-  tdm's ``inner``. Call it once, on the params of the run, before training.
-
-  Args:
-    tx: the whole optimizer, holding one ``tdm``.
-    params: the params it will train (an ``nnx.State`` of ``nnx.Param``
-      works too).
-    steps: updates to run (at least 1; more for ``optax.MultiSteps``).
-    seed: seed of the random gradients.
-    **extra: further extra args for ``tx.update``.
-
-  Raises:
-    ConfigError: some masked weight is nonzero after a step, or ``tdm``
-      never updated.
-
-  Example:
-    Weight decay chained after ``tdm`` (inside ``inner`` it would pass):
-
-    >>> p = {'hidden_0': {'kernel': jnp.ones((8, 8))}}
-    >>> bad = optax.chain(tdm(optax.sgd(0.1), sparsity=0.5),
-    ...                   optax.add_decayed_weights(1e-4))
-    >>> check_masking(bad, p, steps=1)
-    Traceback (most recent call last):
-    ...
-    sparcl_jax.errors.ConfigError: check_masking: after update 1, 31 weights outside tdm's masks are nonzero (hidden_0/kernel: 31): a transform after tdm changed their updates. Put transforms of updates inside tdm's inner optimizer (tdm(optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr)), ...)); only transforms of the raw gradient (e.g. optax.clip_by_global_norm) may come before tdm, and none after it.
-  """
-  params = _pure(params)
-  state = tx.init(params)
-  update = jax.jit(functools.partial(tx.update, **extra))
-  rng = np.random.default_rng(seed)
-  ran = 0
-  for k in range(max(int(steps), 1)):
-    grads = jax.tree.map(
-        lambda x: jnp.asarray(rng.standard_normal(jnp.shape(x)),
-                              jnp.result_type(x)), params)
-    where = {'epoch': 0, 'step_in_epoch': k}
-    where = {n: v for n, v in where.items() if n not in extra}
-    before = int(_tdm_state(state).count)
-    updates, state = update(grads, state, params, **where)
-    params = optax.apply_updates(params, updates)
-    if int(_tdm_state(state).count) == before:
-      continue  # e.g. a mini-step of optax.MultiSteps: tdm did not update.
-    ran += 1
-    masks = tdm_masks(state)
-    masked = apply_mask(params, masks)
-    bad = {}
-    for (path, w), (_, m) in zip(flatten_with_paths(params),
-                                 flatten_with_paths(masked)):
-      n = int(np.count_nonzero(np.asarray(w) != np.asarray(m)))
-      if n:
-        bad[path] = n
-    if bad:
-      listed = ', '.join(f'{p}: {n}' for p, n in list(bad.items())[:4])
-      raise ConfigError(
-          f'check_masking: after update {k + 1}, {sum(bad.values())} '
-          f"weights outside tdm's masks are nonzero ({listed}): a transform "
-          'after tdm changed their updates. Put transforms of updates '
-          "inside tdm's inner optimizer (tdm(optax.chain("
-          'optax.add_decayed_weights(wd), optax.sgd(lr)), ...)); only '
-          'transforms of the raw gradient (e.g. optax.clip_by_global_norm) '
-          'may come before tdm, and none after it.')
-  if not ran:
-    raise ConfigError(f'check_masking: tdm did not update in {steps} steps '
-                      '(optax.MultiSteps?): pass a larger steps=.')
-
-
-__all__ = ['MaskSchedule', 'TDMState', 'check_masking', 'tdm', 'tdm_masks']
+__all__ = ['MaskSchedule', 'TDMState', 'tdm', 'tdm_masks']
