@@ -38,7 +38,8 @@ import optax
 from sparcl_jax import grouped
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.paths import flatten_to_dict, is_none, map_with_paths
+from sparcl_jax.paths import (find_states, flatten_to_dict, is_none,
+                              map_with_paths)
 from sparcl_jax.tdm import MaskSchedule, schedule_position
 
 PyTree = Any
@@ -375,9 +376,7 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _find_grouped_states(state: Any) -> list[GroupedTDMState]:
-  found = jax.tree.leaves(
-      state, is_leaf=lambda x: isinstance(x, GroupedTDMState))
-  return [x for x in found if isinstance(x, GroupedTDMState)]
+  return [node for _, node in find_states(state, GroupedTDMState)]
 
 
 def tdm_rows(state: optax.OptState) -> PyTree:

@@ -13,8 +13,9 @@ from sparcl_jax import flops
 from sparcl_jax import grouped
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.grouped_tdm import (dense_view, grouped_layers, grouped_tdm,
-                                    swap_counts, tdm_rows)
+                                    sparsity_variables, swap_counts, tdm_rows)
 from sparcl_jax.methods.sparse import grouped_gradient_sparsity
+from sparcl_jax.models.grouped_dense import GroupedSparseDense
 from sparcl_jax.models.mlp import MLP
 from sparcl_jax.tdm import MaskSchedule
 from sparcl_jax.training import config as config_lib
@@ -318,3 +319,18 @@ def test_nnx_layer_trains_under_grouped_tdm_and_takes_its_rows_back():
   assert (np.asarray(layer.kept.value).sum(-1) == 4).all()
   changed = np.asarray(layer.rows.value) != rows_before
   assert (np.asarray(layer.values.value)[changed] == 0).all()
+
+
+def test_tdm_rows_found_inside_optax_wrappers():
+  layer = GroupedSparseDense(4, group=2, sparsity=0.5)
+  variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
+  inner = grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"])
+  want = inner.init(variables["params"]).collection
+  for tx in (optax.chain(optax.clip_by_global_norm(1.0), inner),
+             optax.inject_hyperparams(lambda: inner)(),
+             optax.MultiSteps(inner, every_k_schedule=2)):
+    state = tx.init(variables["params"])
+    got = tdm_rows(state)
+    assert jax.tree.all(jax.tree.map(
+        lambda a, b: bool((a == b).all()), got, want))
+    assert sparsity_variables(state)["sparsity"] is got
