@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -138,6 +139,42 @@ def test_missing_idx_folder_names_directory(tmp_path):
     sources.load_dataset("mnist", "files", str(tmp_path))
   assert "train-images-idx3-ubyte" in str(info.value)
   assert "\n" not in str(info.value)
+
+
+def test_data_dir_missing_or_a_file(tmp_path):
+  missing = tmp_path / "no_such_dir"
+  with pytest.raises(DataError) as info:
+    sources.load_files("mnist", str(missing))
+  assert str(info.value).startswith(
+      f"mnist: --data_dir={missing} does not exist; pass the directory")
+  a_file = tmp_path / "train-images-idx3-ubyte"
+  a_file.write_bytes(b"")
+  with pytest.raises(DataError) as info:
+    sources.load_files("cifar10", str(a_file))
+  assert str(info.value).startswith(
+      f"cifar10: --data_dir={a_file} is a file, not a directory; pass the "
+      "directory that holds the dataset files")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_unreadable_file_says_check_permissions(tmp_path, monkeypatch, gz):
+  """Permission denied is not a broken file: no advice to re-download.
+
+  Injected (tests may run as root, whom file modes do not stop).
+  """
+  _write_idx(tmp_path, gz=gz)
+
+  def denied(path, *args, **kwargs):
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+  monkeypatch.setattr(sources, "open", denied, raising=False)
+  monkeypatch.setattr(sources.gzip, "open", denied)
+  path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+  with pytest.raises(DataError) as info:
+    sources.load_files("mnist", str(tmp_path))
+  assert str(info.value) == (f"cannot read {path}: permission denied; check "
+                             "its permissions (it must be readable by this "
+                             "user)")
 
 
 def test_one_missing_idx_file(tmp_path):

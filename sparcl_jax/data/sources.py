@@ -136,7 +136,33 @@ def load_files(name: str, data_dir: Optional[str]) -> Dataset:
     raise DataError(f"{name}: --data_dir is required with "
                     f"--data_source=files (get the files from {_URLS[name]} "
                     "or use --data_source=tfds)")
-  return readers[name](name, os.path.expanduser(data_dir))
+  data_dir = os.path.expanduser(data_dir)
+  _check_data_dir(name, data_dir)
+  return readers[name](name, data_dir)
+
+
+def _check_data_dir(name: str, data_dir: str) -> None:
+  """A --data_dir that is missing, a file or unreadable, said as such."""
+  if not os.path.exists(data_dir):
+    raise DataError(f"{name}: --data_dir={data_dir} does not exist; pass the "
+                    f"directory holding the dataset files (from "
+                    f"{_URLS[name]})")
+  if not os.path.isdir(data_dir):
+    raise DataError(f"{name}: --data_dir={data_dir} is a file, not a "
+                    "directory; pass the directory that holds the dataset "
+                    f"files (perhaps --data_dir="
+                    f"{os.path.dirname(data_dir) or '.'})")
+  if not os.access(data_dir, os.R_OK | os.X_OK):
+    raise DataError(f"{name}: --data_dir={data_dir} cannot be read (permission "
+                    "denied); check its permissions")
+
+
+def _unreadable(path: str, err: BaseException, fix: str) -> DataError:
+  """A file that failed to read: permissions, or broken content (``fix``)."""
+  if isinstance(err, PermissionError):
+    return DataError(f"cannot read {path}: permission denied; check its "
+                     "permissions (it must be readable by this user)")
+  return DataError(f"cannot read {path}: {err}; {fix}")
 
 
 def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
@@ -268,7 +294,7 @@ def _read_idx(path: str, images: bool) -> np.ndarray:
     with opener(path, "rb") as f:
       raw = f.read()
   except (OSError, EOFError) as e:
-    raise DataError(f"cannot read {path}: {e}; re-download it") from None
+    raise _unreadable(path, e, "re-download it") from None
   header = 16 if images else 8
   magic = _IDX_IMAGES_MAGIC if images else _IDX_LABELS_MAGIC
   if len(raw) < header:
@@ -320,8 +346,11 @@ def _folder_reader(folder: str) -> Callable[[str], tuple[bytes, str]]:
     path = os.path.join(folder, member)
     if not os.path.isfile(path):
       raise DataError(f"{path} is missing; re-extract the CIFAR tarball")
-    with open(path, "rb") as f:
-      return f.read(), path
+    try:
+      with open(path, "rb") as f:
+        return f.read(), path
+    except OSError as e:
+      raise _unreadable(path, e, "re-extract the CIFAR tarball") from None
   return read
 
 
@@ -338,7 +367,7 @@ def _tar_reader(tarball: str,
     except KeyError:
       raise DataError(f"{where} is missing; re-download {tarball}") from None
     except (tarfile.TarError, OSError, EOFError) as e:
-      raise DataError(f"cannot read {tarball} ({e}); re-download it") from None
+      raise _unreadable(tarball, e, "re-download it") from None
   return read
 
 
@@ -420,8 +449,7 @@ def _read_images(paths: Sequence[str]) -> np.ndarray:
         # Some Tiny-ImageNet JPEGs are grayscale.
         images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
     except OSError as e:
-      raise DataError(f"cannot read image {path} ({e}); re-extract the "
-                      "dataset") from None
+      raise _unreadable(path, e, "re-extract the dataset") from None
   if not images:
     raise DataError("no images found; re-extract the dataset")
   return _stack(images, os.path.dirname(paths[0]))
