@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import hashlib
 import io
+import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -228,12 +231,50 @@ class Checkpointer:
     full_meta = {"format": FORMAT, "leaves": _describe(paths, leaves),
                  "meta": meta}
     step = (manager.latest_step() or 0) + 1
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(arrays),
-        meta=ocp.args.JsonSave(full_meta)), force=True)
-    manager.wait_until_finished()
+    full = None
+    # A failing save logs from orbax's threads and leaves asyncio futures
+    # that log when collected: held, and dropped when the disk is full (the
+    # one-line error says it all), shown otherwise.
+    _filter_closed_loop_noise()
+    with _held_logs() as held:
+      try:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays),
+            meta=ocp.args.JsonSave(full_meta)), force=True)
+        manager.wait_until_finished()
+      except Exception as err:  # pylint: disable=broad-except
+        full = _disk_full(err)
+        if full is None:
+          held.release()
+          raise
+      if full is not None:
+        _silence_closed_loop_noise()
+        self._drop_unfinished()
+        _collect_abandoned_reads()
+      else:
+        held.release()
+    if full is not None:
+      kept = "no checkpoint was saved yet; free some space and run again"
+      if self.last_saved:
+        kept = (f"the last good checkpoint {self.last_saved} is kept; free "
+                "some space and run the same command again to resume from it")
+      raise CheckpointError(
+          f"the disk is full: checkpoint {step} could not be saved in "
+          f"{self.directory} ({full}); {kept}.")
     self.last_saved = os.path.join(self.directory, str(step))
     return self.last_saved
+
+  def _drop_unfinished(self) -> None:
+    """After a failed save: orbax's half-written step goes (it holds space)."""
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      self._manager = None
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if "orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name),
+                        ignore_errors=True)
 
   def restore(self, like: Any) -> tuple[Any, dict[str, Any]]:
     """Reads the newest intact checkpoint into the structure of ``like``.
@@ -418,7 +459,7 @@ class Checkpointer:
 
 
 def _silence_closed_loop_noise() -> None:
-  """Drops the tracebacks a failed orbax read leaves behind.
+  """Drops the tracebacks a failed orbax read (or write) leaves behind.
 
   When one array of a restore fails, orbax closes its event loop while
   tensorstore still completes the other reads; their callbacks then report
@@ -426,6 +467,17 @@ def _silence_closed_loop_noise() -> None:
   error. Only that message is dropped; anything else reaches the previous
   hook.
   """
+  _filter_closed_loop_noise()
+  # Let the stragglers finish now, while nothing else is being printed.
+  saved, sys.stderr = sys.stderr, io.StringIO()
+  try:
+    time.sleep(0.3)
+  finally:
+    sys.stderr = saved
+
+
+def _filter_closed_loop_noise() -> None:
+  """Installs (once) the hooks that drop "Event loop is closed" reports."""
   def noise(value) -> bool:
     return isinstance(value, RuntimeError) and "Event loop is closed" in str(
         value)
@@ -450,12 +502,6 @@ def _silence_closed_loop_noise() -> None:
 
     except_hook._sparcl_filter = True  # pylint: disable=protected-access
     sys.excepthook = except_hook
-  # Let the stragglers finish now, while nothing else is being printed.
-  saved, sys.stderr = sys.stderr, io.StringIO()
-  try:
-    time.sleep(0.3)
-  finally:
-    sys.stderr = saved
 
 
 def _collect_abandoned_reads() -> None:
@@ -477,6 +523,63 @@ def _collect_abandoned_reads() -> None:
     gc.collect()
   finally:
     sys.unraisablehook = previous
+
+
+class _HeldLogs(logging.Filter):
+  """Holds the records of some loggers until :meth:`release`."""
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+    self.holding = True
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.holding:
+      self.records.append(record)
+    return not self.holding
+
+  def release(self) -> None:
+    """Shows the held records and stops holding."""
+    self.holding = False
+    records, self.records = self.records, []
+    for record in records:
+      logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def _held_logs(names: Sequence[str] = ("absl", "asyncio")
+               ) -> Iterator[_HeldLogs]:
+  """Within the block, records of ``names`` wait; unreleased ones are
+  dropped."""
+  held = _HeldLogs()
+  loggers = [logging.getLogger(name) for name in names]
+  for logger in loggers:
+    logger.addFilter(held)
+  try:
+    yield held
+  finally:
+    for logger in loggers:
+      logger.removeFilter(held)
+
+
+def _disk_full(err: BaseException) -> Optional[str]:
+  """"No space left on device" (or the quota's reason) when ``err``, or an
+  error it was raised from, is a full disk; None otherwise.
+
+  Orbax and tensorstore may wrap the OSError, or keep only its text.
+  """
+  reasons = {errno.ENOSPC: os.strerror(errno.ENOSPC),
+             errno.EDQUOT: os.strerror(errno.EDQUOT)}
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    if isinstance(err, OSError) and err.errno in reasons:
+      return reasons[err.errno]
+    for reason in reasons.values():
+      if reason in str(err):
+        return reason
+    err = err.__cause__ or err.__context__
+  return None
 
 
 def _short(err: BaseException, limit: int = 200) -> str:

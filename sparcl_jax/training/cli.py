@@ -11,7 +11,9 @@ fingerprint) before any file there is written.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -79,12 +81,104 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
   try:
     rest = fv(list(argv))
   except flags.Error as err:
-    raise ConfigError(f"{_one_line(err)}; see --help for the flags.")
+    # absl prefixes flagfile errors with "ERROR:: " and an "[Errno N]".
+    message = re.sub(r"^ERROR::\s*|\[Errno \d+\]\s*", "", _one_line(err))
+    raise ConfigError(f"{message}; see --help for the flags.")
+  except UnicodeDecodeError as err:
+    raise ConfigError(_undecodable_flagfile(argv, err)) from None
   if len(rest) > 1:
     raise ConfigError(f"unexpected argument(s) {' '.join(rest[1:])!r}; flags "
                       "look like --name=value.")
   values = {f.name: fv[f.name].value for f in config_lib.config_fields()}
   return config_lib.validate(RunConfig(**values))
+
+
+def _flagfile_names(args: Sequence[str]) -> list[str]:
+  names = []
+  for arg in args:
+    arg = arg.strip()
+    for prefix in ("--flagfile=", "-flagfile="):
+      if arg.startswith(prefix):
+        names.append(os.path.expanduser(arg[len(prefix):].strip()))
+  return names
+
+
+def _undecodable_flagfile(argv: Sequence[str],
+                          err: UnicodeDecodeError) -> str:
+  """The one line for a flagfile that is not UTF-8 text: which file, where.
+
+  absl's error names neither, so the flagfiles (nested ones included) are
+  read again as bytes to find the first that does not decode.
+  """
+  pending, seen = _flagfile_names(argv[1:]), set()
+  while pending:
+    name = pending.pop(0)
+    if name in seen:
+      continue
+    seen.add(name)
+    try:
+      with open(name, "rb") as f:
+        raw = f.read()
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+      line = raw[:bad.start].count(b"\n") + 1
+      return (f"flagfile {name} is not UTF-8 text (byte "
+              f"{raw[bad.start]:#04x} on line {line}); save it as UTF-8.")
+    except OSError:
+      continue
+    pending.extend(_flagfile_names(text.splitlines()))
+  return f"a flagfile is not UTF-8 text ({_one_line(err)}); save it as UTF-8."
+
+
+def _start_jax(sharding) -> bool:
+  """Starts JAX's backend; says in one line why it cannot start.
+
+  Returns:
+    Whether this process writes files (process 0).
+
+  Raises:
+    ConfigError: no backend of the platforms JAX was told to use (e.g.
+      ``JAX_PLATFORMS=cuda`` on a machine without a GPU) can start.
+  """
+  try:
+    return sharding.is_primary()
+  except (RuntimeError, AssertionError) as err:
+    # A platform whose plugin fails raises RuntimeError; JAX skips 'cuda'
+    # without a visible GPU and, left with no backend, fails an assert.
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    told = f" (JAX_PLATFORMS={platforms})" if platforms else ""
+    message = _one_line(err) or "none of those platforms is on this machine"
+    if len(message) > 300:
+      message = message[:300] + "..."
+    raise ConfigError(
+        f"JAX cannot start its backend{told}: {message}; unset JAX_PLATFORMS "
+        "or name a platform this machine has (e.g. JAX_PLATFORMS=cpu)."
+    ) from None
+
+
+# OSErrors of the machine rather than of the program: one line, exit 2.
+_SYSTEM_ERRNOS = {errno.ENOSPC: "the disk is full",
+                  errno.EDQUOT: "the disk quota is exceeded",
+                  errno.ENAMETOOLONG: "a path is too long",
+                  errno.EROFS: "the file system is read-only",
+                  errno.EACCES: "permission denied"}
+
+
+def _system_error(err: OSError) -> Optional[ConfigError]:
+  """A one-line error for an OSError the user can fix, or None."""
+  what = _SYSTEM_ERRNOS.get(err.errno)
+  if what is None:
+    return None
+  from sparcl_jax.training import outputs  # pylint: disable=import-outside-toplevel
+  where = f" at {outputs.short_path(err.filename)}" if err.filename else ""
+  advice = {errno.ENOSPC: "free some space, then run the same command again "
+                          "(finished files are kept)",
+            errno.EDQUOT: "free some space, then run the same command again "
+                          "(finished files are kept)",
+            errno.ENAMETOOLONG: "choose a shorter --workdir",
+            errno.EROFS: "choose a writable --workdir",
+            errno.EACCES: "check the permissions of that path"}[err.errno]
+  return ConfigError(f"{what}{where}; {advice}.")
 
 
 def _fan_out(sinks):
@@ -150,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sparcl_jax.training import checkpoint, loop, outputs, sharding  # pylint: disable=import-outside-toplevel
     sharding.initialize_distributed(config.coordinator_address,
                                     config.num_processes, config.process_id)
-    primary = sharding.is_primary()
+    primary = _start_jax(sharding)
     # Locked for the run's life; an --overwrite of finished results runs in
     # workdir.run (a hidden staging directory) until it has its own results.
     workdir = outputs.prepare_workdir(config.workdir, config.overwrite,
@@ -196,6 +290,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except SparclError as err:
     print(f"{prog}: {_failure(err)}", file=sys.stderr)
     return _exit_status(err)
+  except OSError as err:
+    problem = _system_error(err)
+    if problem is None:
+      raise
+    print(f"{prog}: {_failure(problem)}", file=sys.stderr)
+    return _exit_status(problem)
   finally:
     for writer in writers:
       writer.close()

@@ -8,6 +8,8 @@ names, defaults and checks.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 from typing import Optional
 
@@ -317,6 +319,36 @@ def _at_least(name: str, value, low) -> None:
     raise ConfigError(f"--{name}={value} must be at least {low}.")
 
 
+# Seeds reach numpy's default_rng (non-negative only) and jax.random.key.
+MAX_SEED = 2**32 - 1
+# Every other integer flag counts or indexes things held in int32 arrays.
+MAX_INT = 2**31 - 1
+
+
+def _check_numbers(config: RunConfig) -> None:
+  """Every float field finite, every integer one in its machine range.
+
+  Generic over the fields of :class:`RunConfig`, so a new float flag is
+  checked without being named; the per-flag ranges follow in
+  :func:`validate`.
+  """
+  for field in config_fields():
+    name, value = field.name, getattr(config, field.name)
+    if field.type in ("float", float):
+      try:
+        finite = math.isfinite(float(value))
+      except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"--{name}={value!r} must be a number.") from None
+      if not finite:
+        raise ConfigError(f"--{name}={value} is not a finite number; give "
+                          "a finite value.")
+    elif field.type in ("int", int) and isinstance(value, numbers.Integral):
+      low, high = (0, MAX_SEED) if name == "seed" else (-MAX_INT, MAX_INT)
+      if not low <= value <= high:
+        raise ConfigError(f"--{name}={value} is out of range: it must be in "
+                          f"[{low}, {high}].")
+
+
 def validate(config: RunConfig) -> RunConfig:
   """Checks every field of a run configuration before any work starts.
 
@@ -332,6 +364,7 @@ def validate(config: RunConfig) -> RunConfig:
   Example:
     >>> validate(RunConfig(workdir="/tmp/run", method="er"))  # doctest: +SKIP
   """
+  _check_numbers(config)
   if not config.workdir:
     raise ConfigError("--workdir is required: pass a directory for the run's "
                       "results, e.g. --workdir=/tmp/sparcl_run.")

@@ -4,7 +4,10 @@ Layout: ``config`` (the resolved flags, itself a flagfile), ``results.json``,
 ``metrics.jsonl`` (one JSON object per epoch and per evaluation),
 ``checkpoints/``, ``tensorboard/`` and the plots (``acc_matrix.png``...).
 Files are written to a temporary name and renamed, so an interrupted write
-never leaves half a results file.
+never leaves half a results file; they get the modes of the user's umask
+(0644 under the usual 022), as plainly created files do. A work directory
+whose path leaves no room below the system's path limit for the run's own
+files is refused up front.
 
 Safety of a work directory (:func:`prepare_workdir`):
 
@@ -192,6 +195,48 @@ def _swap_in(path: str) -> None:
   shutil.rmtree(replaced, ignore_errors=True)
 
 
+# Bytes kept, below the system's path limit, for the longest path a run
+# writes under its work directory (an orbax checkpoint's temporary array
+# files under .overwrite/checkpoints/, a TensorBoard event file named after
+# the host).
+LONGEST_INSIDE = 256
+
+
+def short_path(path, limit: int = 120) -> str:
+  """``path`` shortened in the middle to fit a one-line message."""
+  path = os.fsdecode(path)
+  if len(path) <= limit:
+    return path
+  half = (limit - 3) // 2
+  return f"{path[:half]}...{path[-half:]} ({len(path)} characters)"
+
+
+def _check_path_length(path: str) -> None:
+  """Refuses a work directory whose files would exceed the path limits."""
+  existing = path  # the nearest existing ancestor, whose limits apply
+  while (not os.path.isdir(existing) and
+         os.path.dirname(existing) != existing):
+    existing = os.path.dirname(existing)
+  try:
+    path_max = os.pathconf(existing, "PC_PATH_MAX")
+    name_max = os.pathconf(existing, "PC_NAME_MAX")
+  except (OSError, ValueError):
+    path_max, name_max = 4096, 255
+  size = len(os.fsencode(path))
+  if size + LONGEST_INSIDE > path_max:
+    raise ConfigError(
+        f"--workdir={short_path(path)} is too long: {size} bytes, and the "
+        f"run's files under it need {LONGEST_INSIDE} more within this "
+        f"system's limit of {path_max}; choose a shorter --workdir.")
+  longest = max((len(os.fsencode(part)) for part in path.split(os.sep)),
+                default=0)
+  if longest > name_max:
+    raise ConfigError(
+        f"--workdir={short_path(path)} has a name of {longest} bytes, "
+        f"longer than this system's limit of {name_max}; choose a shorter "
+        "--workdir.")
+
+
 def prepare_workdir(path: str, overwrite: bool, lock: bool = True
                     ) -> Workdir:
   """Creates and locks the work directory, and says where the run writes.
@@ -215,6 +260,7 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
     '/tmp/sparcl_run'
   """
   path = os.path.abspath(path)
+  _check_path_length(path)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir={path} is a file, not a directory; choose "
                       "another --workdir.")
@@ -223,7 +269,7 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
     with tempfile.NamedTemporaryFile(dir=path):
       pass
   except OSError as err:
-    raise ConfigError(f"cannot write to --workdir={path} "
+    raise ConfigError(f"cannot write to --workdir={short_path(path)} "
                       f"({err.strerror}); choose a writable directory.")
   held = WorkdirLock(path) if lock else None
   try:
@@ -246,12 +292,35 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
   return Workdir(path, run, held)
 
 
+def _umask() -> int:
+  """The process's umask.
+
+  Read from /proc where Linux shows it, since setting and restoring it
+  (the only portable way) briefly changes it for every thread.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def write_atomic(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` through a temporary file and a rename."""
+  """Writes ``text`` to ``path`` through a temporary file and a rename.
+
+  The file gets the mode a plain ``open(path, "w")`` would give it (0666
+  less the umask), not the temporary file's private 0600.
+  """
   directory = os.path.dirname(path) or "."
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
     with os.fdopen(fd, "w") as f:
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
       f.write(text)
     os.replace(tmp, path)
   except BaseException:
