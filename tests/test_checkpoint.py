@@ -12,7 +12,9 @@ import pytest
 
 from sparcl_jax import rehearsal
 from sparcl_jax.training import checkpoint
+from sparcl_jax.training import divergence
 from sparcl_jax.training import outputs
+from sparcl_jax.training import resume_checks
 from sparcl_jax.training import tensorboard
 
 
@@ -126,10 +128,10 @@ def test_due_counts_multiples_inside_each_chunk():
 
 def test_check_config_allows_only_free_flags():
   saved = {"lr": 0.1, "seed": 0, "progress": True, "workdir": "/a"}
-  checkpoint.check_config(saved, dict(saved, progress=False, workdir="/b"),
+  resume_checks.check_config(saved, dict(saved, progress=False, workdir="/b"),
                           "/a/checkpoints")
   with pytest.raises(checkpoint.CheckpointError) as err:
-    checkpoint.check_config(saved, dict(saved, lr=0.2, seed=1),
+    resume_checks.check_config(saved, dict(saved, lr=0.2, seed=1),
                             "/a/checkpoints")
   assert str(err.value) == (
       "/a/checkpoints belongs to a run with other flags (--lr=0.1 there, 0.2 "
@@ -142,32 +144,32 @@ def test_check_config_reads_flags_newer_than_the_checkpoint_as_defaults():
   # default, and only there.
   saved = {"lr": 0.1}
   defaults = {"lr": 0.03, "conv_gradients": "canonical"}
-  checkpoint.check_config(saved, dict(saved, conv_gradients="canonical"),
+  resume_checks.check_config(saved, dict(saved, conv_gradients="canonical"),
                           "/a/checkpoints", defaults=defaults)
   with pytest.raises(checkpoint.CheckpointError) as err:
-    checkpoint.check_config(saved, dict(saved, conv_gradients="jax"),
+    resume_checks.check_config(saved, dict(saved, conv_gradients="jax"),
                             "/a/checkpoints", defaults=defaults)
   assert "--conv_gradients='canonical' there, 'jax' here" in str(err.value)
   # Without explicit defaults, RunConfig's are used.
-  checkpoint.check_config(saved, dict(saved, conv_gradients="canonical"),
+  resume_checks.check_config(saved, dict(saved, conv_gradients="canonical"),
                           "/a/checkpoints")
   with pytest.raises(checkpoint.CheckpointError):
-    checkpoint.check_config(saved, dict(saved, conv_gradients="jax"),
+    resume_checks.check_config(saved, dict(saved, conv_gradients="jax"),
                             "/a/checkpoints")
 
 
 def test_check_finite_names_position_and_kept_checkpoint():
-  checkpoint.check_finite(1.5, "task 1")
+  divergence.check_finite(1.5, "task 1")
   ckpt = checkpoint.Checkpointer("/w")
   ckpt.last_saved = "/w/checkpoints/3"
-  with pytest.raises(checkpoint.NonFiniteLossError) as err:
-    checkpoint.check_finite(float("inf"), "task 2 of 5, epoch 1, step 7", ckpt)
+  with pytest.raises(divergence.NonFiniteLossError) as err:
+    divergence.check_finite(float("inf"), "task 2 of 5, epoch 1, step 7", ckpt)
   assert str(err.value).startswith(
       "the training loss became inf at task 2 of 5, epoch 1, step 7; the "
       "last good checkpoint /w/checkpoints/3 is kept;")
-  with pytest.raises(checkpoint.NonFiniteLossError, match="no checkpoint "
+  with pytest.raises(divergence.NonFiniteLossError, match="no checkpoint "
                      "was saved yet"):
-    checkpoint.check_finite(float("nan"), "task 1")
+    divergence.check_finite(float("nan"), "task 1")
 
 
 def test_metrics_log_resumes_after_the_checkpointed_records(tmp_path):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparcl_jax.errors import ConfigError
 from sparcl_jax.training import checkpoint
 from sparcl_jax.training import cli
 from sparcl_jax.training import loop
@@ -495,7 +496,7 @@ def test_an_overwrite_swap_cut_short_is_completed_by_the_next_command(
   assert (workdir / "results.json").read_text() == "old"
   # The next command on the directory completes the swap, then refuses to
   # overwrite the (new) finished results.
-  with pytest.raises(checkpoint.ConfigError, match="already holds finished"):
+  with pytest.raises(ConfigError, match="already holds finished"):
     outputs.prepare_workdir(str(workdir), overwrite=False)
   assert sorted(os.listdir(workdir)) == [".lock", "checkpoints", "config",
                                          "metrics.jsonl", "results.json"]

@@ -9,15 +9,17 @@ loop's layout, so any runner can use it:
 
 1. ``ckpt = Checkpointer(workdir, every_steps)``; when ``ckpt.exists()``,
    ``tree, meta = ckpt.restore(fresh_tree)`` and
-   ``check_config(meta["config"], current_flags, ckpt.directory)``;
+   ``resume_checks.check_config(meta["config"], current_flags,
+   ckpt.directory)``;
 2. after a chunk of steps, ``ckpt.due(steps_before, steps_after)`` or
    ``ckpt.stop_requested`` say when to ``ckpt.save(tree, meta)``; always
    save after each task;
 3. ``raise ckpt.interrupted(where)`` once saved when a stop was requested,
-   and :func:`check_finite` before every save.
+   and ``divergence.check_finite`` before every save.
 
 Every checkpoint also holds a fingerprint of the data it was trained on
-(:func:`data_fingerprint`, set as ``ckpt.data``); :func:`check_data` refuses
+(``resume_checks.data_fingerprint``, set as ``ckpt.data``);
+``resume_checks.check_data`` refuses
 to resume one on other data. When the newest checkpoint cannot be read,
 :meth:`Checkpointer.restore` falls back to the newest intact one, says so in
 one line, and moves the corrupt one aside (``checkpoints/<n>.corrupt``).
@@ -27,41 +29,24 @@ one line, and moves the corrupt one aside (``checkpoints/<n>.corrupt``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import gc
-import hashlib
-import io
-import logging
-import math
 import os
 import shutil
 import signal
 import sys
-import time
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparcl_jax.errors import ConfigError, SparclError
-from sparcl_jax.training import config as config_lib
+from sparcl_jax.errors import SparclError
+from sparcl_jax.training import orbax_noise
+from sparcl_jax.training.resume_checks import CheckpointError, fresh_hint
 
 CHECKPOINTS = "checkpoints"
 FORMAT = 1
-
-# Flags that may differ between a run and its resumption: they change where
-# files go or what is shown, not what is computed.
-RESUME_FREE_FLAGS = ("workdir", "overwrite", "progress", "tensorboard",
-                     "checkpoint_every_steps", "coordinator_address",
-                     "num_processes", "process_id", "data_dir")
-
-
-class CheckpointError(ConfigError):
-  """A checkpoint cannot be read or does not belong to this run."""
-
 
 class RunInterrupted(SparclError):
   """The run stopped on a signal after saving a checkpoint.
@@ -73,14 +58,6 @@ class RunInterrupted(SparclError):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.signum = signum
-
-
-class NonFiniteLossError(SparclError):
-  """The training loss became NaN or infinite."""
-
-
-def _fresh_hint(directory: str) -> str:
-  return f"to start fresh, use another --workdir or delete {directory}"
 
 
 def _is_key(leaf: Any) -> bool:
@@ -181,7 +158,7 @@ class Checkpointer:
       except Exception as err:  # pylint: disable=broad-except
         raise CheckpointError(
             f"the checkpoint directory {self.directory} cannot be opened "
-            f"({type(err).__name__}: {err}); {_fresh_hint(self.directory)}.")
+            f"({type(err).__name__}: {err}); {fresh_hint(self.directory)}.")
     return self._manager
 
   def _entries(self) -> list[str]:
@@ -235,8 +212,8 @@ class Checkpointer:
     # A failing save logs from orbax's threads and leaves asyncio futures
     # that log when collected: held, and dropped when the disk is full (the
     # one-line error says it all), shown otherwise.
-    _filter_closed_loop_noise()
-    with _held_logs() as held:
+    orbax_noise.filter_closed_loop_noise()
+    with orbax_noise.held_logs() as held:
       try:
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays),
@@ -248,9 +225,9 @@ class Checkpointer:
           held.release()
           raise
       if full is not None:
-        _silence_closed_loop_noise()
+        orbax_noise.silence_closed_loop_noise()
         self._drop_unfinished()
-        _collect_abandoned_reads()
+        orbax_noise.collect_abandoned_reads()
       else:
         held.release()
     if full is not None:
@@ -315,7 +292,7 @@ class Checkpointer:
             f"checkpoint {where} does not fit this run "
             f"({_first_difference(described, expected)}); it was written by "
             f"another configuration or version; "
-            f"{_fresh_hint(self.directory)}.")
+            f"{fresh_hint(self.directory)}.")
       abstract = {f"leaf_{i:05d}": _abstract(leaf)
                   for i, leaf in enumerate(leaves)}
       try:
@@ -330,14 +307,14 @@ class Checkpointer:
           restored.append(value)
         break
       except Exception as err:  # pylint: disable=broad-except
-        _silence_closed_loop_noise()
-        _collect_abandoned_reads()
+        orbax_noise.silence_closed_loop_noise()
+        orbax_noise.collect_abandoned_reads()
         self._corrupt[step] = (f"its arrays cannot be read "
                                f"({type(err).__name__}: {_short(err)})")
         if first_error is None:
           first_error = CheckpointError(
               f"checkpoint {where} is corrupt: {self._corrupt[step]}; "
-              f"{_fresh_hint(self.directory)}.")
+              f"{fresh_hint(self.directory)}.")
         if not self._intact_steps():
           raise first_error  # pylint: disable=raise-missing-from
     self._set_corrupt_aside(where)
@@ -378,7 +355,7 @@ class Checkpointer:
       raise CheckpointError(
           f"{self.directory} holds no complete checkpoint (found: "
           f"{', '.join(sorted(self._entries()))}); "
-          f"{_fresh_hint(self.directory)}.")
+          f"{fresh_hint(self.directory)}.")
     first_error = None
     for step in self._intact_steps():
       where = os.path.join(self.directory, str(step))
@@ -394,10 +371,10 @@ class Checkpointer:
         if first_error is None:
           first_error = CheckpointError(
               f"checkpoint {where} is corrupt: {self._corrupt[step]}; "
-              f"{_fresh_hint(self.directory)}.")
+              f"{fresh_hint(self.directory)}.")
     raise first_error or CheckpointError(
         f"{self.directory} holds no intact checkpoint; "
-        f"{_fresh_hint(self.directory)}.")
+        f"{fresh_hint(self.directory)}.")
 
   def read_meta(self) -> dict[str, Any]:
     """The JSON metadata of the newest checkpoint, without its arrays.
@@ -458,110 +435,6 @@ class Checkpointer:
       self._manager = None
 
 
-def _silence_closed_loop_noise() -> None:
-  """Drops the tracebacks a failed orbax read (or write) leaves behind.
-
-  When one array of a restore fails, orbax closes its event loop while
-  tensorstore still completes the other reads; their callbacks then report
-  "Event loop is closed" from a background thread, burying the one-line
-  error. Only that message is dropped; anything else reaches the previous
-  hook.
-  """
-  _filter_closed_loop_noise()
-  # Let the stragglers finish now, while nothing else is being printed.
-  saved, sys.stderr = sys.stderr, io.StringIO()
-  try:
-    time.sleep(0.3)
-  finally:
-    sys.stderr = saved
-
-
-def _filter_closed_loop_noise() -> None:
-  """Installs (once) the hooks that drop "Event loop is closed" reports."""
-  def noise(value) -> bool:
-    return isinstance(value, RuntimeError) and "Event loop is closed" in str(
-        value)
-
-  # The callbacks report through PyErr_Print (sys.excepthook) or, under
-  # some runners, as unraisable exceptions.
-  previous_unraisable = sys.unraisablehook
-  if not getattr(previous_unraisable, "_sparcl_filter", False):
-
-    def unraisable_hook(unraisable):
-      if not noise(unraisable.exc_value):
-        previous_unraisable(unraisable)
-
-    unraisable_hook._sparcl_filter = True  # pylint: disable=protected-access
-    sys.unraisablehook = unraisable_hook
-  previous_except = sys.excepthook
-  if not getattr(previous_except, "_sparcl_filter", False):
-
-    def except_hook(kind, value, traceback):
-      if not noise(value):
-        previous_except(kind, value, traceback)
-
-    except_hook._sparcl_filter = True  # pylint: disable=protected-access
-    sys.excepthook = except_hook
-
-
-def _collect_abandoned_reads() -> None:
-  """Collects the coroutines a failed orbax read abandons, right away.
-
-  Each holds the exception of its read; left to the garbage collector, it
-  reports "Exception ignored in <coroutine ...>" at some later, unrelated
-  point of the program. Collecting now, with only coroutine reports
-  dropped, keeps the failure to its one-line error.
-  """
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not asyncio.iscoroutine(unraisable.object):
-      previous(unraisable)
-
-  sys.unraisablehook = hook
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = previous
-
-
-class _HeldLogs(logging.Filter):
-  """Holds the records of some loggers until :meth:`release`."""
-
-  def __init__(self):
-    super().__init__()
-    self.records: list[logging.LogRecord] = []
-    self.holding = True
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if self.holding:
-      self.records.append(record)
-    return not self.holding
-
-  def release(self) -> None:
-    """Shows the held records and stops holding."""
-    self.holding = False
-    records, self.records = self.records, []
-    for record in records:
-      logging.getLogger(record.name).handle(record)
-
-
-@contextlib.contextmanager
-def _held_logs(names: Sequence[str] = ("absl", "asyncio")
-               ) -> Iterator[_HeldLogs]:
-  """Within the block, records of ``names`` wait; unreleased ones are
-  dropped."""
-  held = _HeldLogs()
-  loggers = [logging.getLogger(name) for name in names]
-  for logger in loggers:
-    logger.addFilter(held)
-  try:
-    yield held
-  finally:
-    for logger in loggers:
-      logger.removeFilter(held)
-
-
 def _disk_full(err: BaseException) -> Optional[str]:
   """"No space left on device" (or the quota's reason) when ``err``, or an
   error it was raised from, is a full disk; None otherwise.
@@ -596,156 +469,6 @@ def _first_difference(saved: list, expected: list) -> str:
       return (f"array {path or '<root>'} is {dtype}{shape} there, "
               f"{want[2]}{want[1]} here")
   return "its format version differs"
-
-
-def check_config(saved: dict[str, Any], current: dict[str, Any],
-                 directory: str,
-                 free: Sequence[str] = RESUME_FREE_FLAGS,
-                 defaults: Optional[dict[str, Any]] = None) -> None:
-  """Refuses to resume a checkpoint with flags other than the current ones.
-
-  Args:
-    saved: the flags stored in the checkpoint.
-    current: this run's flags.
-    directory: the checkpoint directory (for the message).
-    free: flags allowed to differ.
-    defaults: values of flags that did not exist when the checkpoint was
-      saved (a checkpoint of an older version resumes when the current run
-      leaves them at these values); None: :class:`RunConfig`'s defaults.
-
-  Raises:
-    CheckpointError: naming the differing flags and how to start fresh.
-
-  Example:
-    >>> check_config({"lr": 0.1}, {"lr": 0.1}, "/tmp/r/checkpoints")
-  """
-  if defaults is None:
-    defaults = config_lib.to_dict(config_lib.RunConfig())
-  saved = {**{n: defaults[n] for n in current if n in defaults}, **saved}
-  names = sorted((set(saved) | set(current)) - set(free))
-  differ = [n for n in names if saved.get(n) != current.get(n)]
-  if differ:
-    shown = ", ".join(f"--{n}={saved.get(n)!r} there, {current.get(n)!r} here"
-                      for n in differ[:3])
-    more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
-    raise CheckpointError(
-        f"{directory} belongs to a run with other flags ({shown}{more}); "
-        f"resume with the same flags, or {_fresh_hint(directory)}.")
-
-
-def data_fingerprint(scenario: Any, data_dir: str = "") -> dict[str, Any]:
-  """A short fingerprint of the data a run trains and evaluates on.
-
-  A hash over the scenario's image and label arrays (their shapes, dtypes
-  and bytes: a fraction of a second for MNIST), with the example counts and
-  ``data_dir`` to name them in messages.
-
-  Args:
-    scenario: a :class:`~sparcl_jax.data.types.Scenario`.
-    data_dir: where the data was read from ("" for built-in data).
-
-  Returns:
-    ``{"hash": hex, "examples": "N train + M test", "data_dir": ...}``.
-
-  Example:
-    >>> data_fingerprint(scenario)["examples"]  # doctest: +SKIP
-    '60000 train + 10000 test'
-  """
-  digest = hashlib.sha256()
-  for array in (scenario.train_images, scenario.train_labels,
-                scenario.test_images, scenario.test_labels):
-    array = np.ascontiguousarray(array)
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.tobytes())
-  return {"hash": digest.hexdigest()[:16],
-          "examples": f"{len(scenario.train_labels)} train + "
-                      f"{len(scenario.test_labels)} test",
-          "data_dir": data_dir or ""}
-
-
-def check_data(saved: Optional[dict[str, Any]],
-               current: Optional[dict[str, Any]], directory: str) -> None:
-  """Refuses to resume a checkpoint on data other than its own.
-
-  Args:
-    saved: the fingerprint stored in the checkpoint (None: saved before
-      fingerprints existed, not checked).
-    current: this run's fingerprint (None: not checked).
-    directory: the checkpoint directory (for the message).
-
-  Raises:
-    CheckpointError: the fingerprints differ; the message names both.
-
-  Example:
-    >>> check_data({"hash": "ab"}, {"hash": "ab"}, "/tmp/r/checkpoints")
-  """
-  if not saved or not current or saved.get("hash") == current.get("hash"):
-    return
-
-  def show(fp):
-    where = f"--data_dir={fp.get('data_dir')}: " if fp.get("data_dir") else ""
-    return f"{where}{fp.get('examples')} examples, hash {fp.get('hash')}"
-
-  raise CheckpointError(
-      f"{directory} was trained on other data ({show(saved)} there; "
-      f"{show(current)} here); resume with the data it was trained on, or "
-      f"{_fresh_hint(directory)}.")
-
-
-def check_finite(loss: float, where: str,
-                 checkpointer: Optional[Checkpointer] = None) -> None:
-  """Stops a run whose loss is NaN or infinite.
-
-  Args:
-    loss: the (summed or mean) loss just computed.
-    where: the position, e.g. "task 2 of 5, epoch 3, steps 40-59".
-    checkpointer: the run's checkpointer, to name the last good checkpoint.
-
-  Raises:
-    NonFiniteLossError: ``loss`` is not finite.
-
-  Example:
-    >>> check_finite(0.5, "task 1, epoch 1, step 1")
-  """
-  if math.isfinite(loss):
-    return
-  kept = "no checkpoint was saved yet"
-  if checkpointer is not None and checkpointer.last_saved:
-    kept = f"the last good checkpoint {checkpointer.last_saved} is kept"
-  raise NonFiniteLossError(
-      f"the training loss became {loss} at {where}; {kept}; lower --lr or "
-      "check the data, then start fresh (another --workdir) or resume.")
-
-
-def check_finite_tree(tree: Any, where: str,
-                      checkpointer: Optional[Checkpointer] = None) -> None:
-  """Refuses to go on (or to save) with NaN or infinite weights.
-
-  A step can turn the weights non-finite while its own loss was still
-  finite; checking before each save keeps such a state out of checkpoints.
-
-  Args:
-    tree: the weights (any pytree; non-float leaves are ignored).
-    where: the position, for the message.
-    checkpointer: the run's checkpointer, to name the last good checkpoint.
-
-  Raises:
-    NonFiniteLossError: some weight is NaN or infinite.
-
-  Example:
-    >>> check_finite_tree({"w": jnp.ones(2)}, "task 1")
-  """
-  leaves = [leaf for leaf in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
-  if all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
-    return
-  kept = "no checkpoint was saved yet"
-  if checkpointer is not None and checkpointer.last_saved:
-    kept = f"the last good checkpoint {checkpointer.last_saved} is kept"
-  raise NonFiniteLossError(
-      f"the model weights became NaN or infinite by {where}; {kept}; lower "
-      "--lr or check the data, then start fresh (another --workdir) or "
-      "resume.")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from absl import flags
 
 from sparcl_jax.errors import ConfigError, SparclError
 from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import resume_checks
 from sparcl_jax.training.config import RunConfig
 
 EXIT_USAGE = 2
@@ -188,24 +189,24 @@ def _fan_out(sinks):
   return log
 
 
-def _is_a(err: SparclError, name: str) -> bool:
-  # Flag errors happen before the checkpoint module (and JAX) is imported.
-  module = sys.modules.get("sparcl_jax.training.checkpoint")
+def _is_a(err: SparclError, module_name: str, name: str) -> bool:
+  # Flag errors happen before the training modules (and JAX) are imported.
+  module = sys.modules.get(f"sparcl_jax.training.{module_name}")
   return module is not None and isinstance(err, getattr(module, name))
 
 
 def _failure(err: SparclError) -> str:
   """The one stderr line of a run that stopped early."""
-  if _is_a(err, "RunInterrupted"):
+  if _is_a(err, "checkpoint", "RunInterrupted"):
     return _one_line(err)
   return f"error: {_one_line(err)}"
 
 
 def _exit_status(err: SparclError) -> int:
   """2 for user errors, 1 for a diverged run, 128+N for signal N."""
-  if _is_a(err, "RunInterrupted"):
+  if _is_a(err, "checkpoint", "RunInterrupted"):
     return 128 + int(err.signum)
-  if _is_a(err, "NonFiniteLossError"):
+  if _is_a(err, "divergence", "NonFiniteLossError"):
     return EXIT_DIVERGED
   return EXIT_USAGE
 
@@ -256,13 +257,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # The data first: a missing or broken --data_dir changes no file.
     start_time = time.perf_counter()
     scenario = loop.build_scenario(config)
-    ckpt.data = checkpoint.data_fingerprint(scenario, config.data_dir)
+    ckpt.data = resume_checks.data_fingerprint(scenario, config.data_dir)
     if ckpt.exists():
       # Checked before anything in the work directory is rewritten.
       meta = ckpt.read_meta()
-      checkpoint.check_config(meta["config"], config_lib.to_dict(config),
+      resume_checks.check_config(meta["config"], config_lib.to_dict(config),
                               ckpt.directory)
-      checkpoint.check_data(meta.get("data"), ckpt.data, ckpt.directory)
+      resume_checks.check_data(meta.get("data"), ckpt.data, ckpt.directory)
     log = lambda record: None
     if primary:
       outputs.write_config(rundir, config_lib.to_dict(config))

@@ -36,6 +36,7 @@ from sparcl_jax.training import clnp_runner
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
+from sparcl_jax.training import resume_checks
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import steps
 from sparcl_jax.training import tasks
@@ -135,7 +136,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     if scenario is None:
       scenario = build_scenario(config)
     if checkpoints is not None and checkpoints.data is None:
-      checkpoints.data = checkpoint_lib.data_fingerprint(scenario,
+      checkpoints.data = resume_checks.data_fingerprint(scenario,
                                                          config.data_dir)
     if config.method_object.family == methods.TASK_LEVEL:
       return clnp_runner.run(config, scenario, log, start, checkpoints,

@@ -18,8 +18,9 @@ import numpy as np
 from sparcl_jax import metrics as metrics_lib
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
-from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import divergence
+from sparcl_jax.training import resume_checks
 from sparcl_jax.training import steps
 from sparcl_jax.training import timing
 
@@ -146,7 +147,7 @@ def check_loss(loss_sum, chunk_losses, task: int, num_tasks: int,
               f"steps {first + 1}-{last}")
       where += f", {span} of {num_steps}"
       break
-  checkpoint_lib.check_finite(total, where, checkpoints)
+  divergence.check_finite(total, where, checkpoints)
 
 
 class RunRecord:
@@ -253,9 +254,9 @@ def restore_checkpoint(checkpoints, config, like: Any):
     ``(tree, meta)``; prints where the run resumes from.
   """
   meta = checkpoints.read_meta()
-  checkpoint_lib.check_config(meta["config"], config_lib.to_dict(config),
+  resume_checks.check_config(meta["config"], config_lib.to_dict(config),
                               checkpoints.directory)
-  checkpoint_lib.check_data(meta.get("data"), checkpoints.data,
+  resume_checks.check_data(meta.get("data"), checkpoints.data,
                             checkpoints.directory)
   # A function of the metadata: a fallback to an older checkpoint (the
   # newest one corrupt) restores into that one's structure.
@@ -281,7 +282,7 @@ def save_checkpoint(checkpoints, config, tree: Any, meta: dict[str, Any],
     RunInterrupted: a stop was requested; the checkpoint just saved resumes
       the run.
   """
-  checkpoint_lib.check_finite_tree(params, where, checkpoints)
+  divergence.check_finite_tree(params, where, checkpoints)
   extra = {} if checkpoints.data is None else {"data": checkpoints.data}
   checkpoints.save(tree, dict(meta, config=config_lib.to_dict(config),
                               where=where, **extra))
