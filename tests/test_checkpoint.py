@@ -166,7 +166,9 @@ def test_check_finite_names_position_and_kept_checkpoint():
     divergence.check_finite(float("inf"), "task 2 of 5, epoch 1, step 7", ckpt)
   assert str(err.value).startswith(
       "the training loss became inf at task 2 of 5, epoch 1, step 7; the "
-      "last good checkpoint /w/checkpoints/3 is kept;")
+      "last good checkpoint /w/checkpoints/3 is kept, but resuming from it "
+      "would diverge again; lower --lr or check the data, and start fresh in "
+      "another --workdir (or delete /w/checkpoints)")
   with pytest.raises(divergence.NonFiniteLossError, match="no checkpoint "
                      "was saved yet"):
     divergence.check_finite(float("nan"), "task 1")

@@ -207,9 +207,11 @@ def test_nan_loss_names_task_and_step(tmp_path, capsys, monkeypatch):
   assert status == 1
   assert out.err.strip() == (
       "train.py: error: the training loss became nan at task 2 of 2, epoch "
-      "1, steps 31-40 of 44; the last good checkpoint "
-      f"{tmp_path}/checkpoints/1 is kept; lower --lr or check the data, then "
-      "start fresh (another --workdir) or resume.")
+      "1, steps 31-40 of 44 (one compiled chunk; --steps_per_call=1 names "
+      f"the step); the last good checkpoint {tmp_path}/checkpoints/1 is kept, "
+      "but resuming from it would diverge again; lower --lr or check the "
+      "data, and start fresh in another --workdir (or delete "
+      f"{tmp_path}/checkpoints)")
 
 
 def _write_mnist(folder, train=120, test=40):

@@ -36,12 +36,9 @@ def check_finite(loss: float, where: str,
   """
   if math.isfinite(loss):
     return
-  kept = "no checkpoint was saved yet"
-  if checkpointer is not None and checkpointer.last_saved:
-    kept = f"the last good checkpoint {checkpointer.last_saved} is kept"
   raise NonFiniteLossError(
-      f"the training loss became {loss} at {where}; {kept}; lower --lr or "
-      "check the data, then start fresh (another --workdir) or resume.")
+      f"the training loss became {loss} at {where}; "
+      f"{_way_on(checkpointer)}")
 
 
 def check_finite_tree(tree: Any, where: str,
@@ -66,10 +63,21 @@ def check_finite_tree(tree: Any, where: str,
             if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)]
   if all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
     return
-  kept = "no checkpoint was saved yet"
-  if checkpointer is not None and checkpointer.last_saved:
-    kept = f"the last good checkpoint {checkpointer.last_saved} is kept"
   raise NonFiniteLossError(
-      f"the model weights became NaN or infinite by {where}; {kept}; lower "
-      "--lr or check the data, then start fresh (another --workdir) or "
-      "resume.")
+      f"the model weights became NaN or infinite by {where}; "
+      f"{_way_on(checkpointer)}")
+
+
+def _way_on(checkpointer: Optional[Any]) -> str:
+  """What is kept, and the way on that works.
+
+  Resuming unchanged diverges again (a run is deterministic), and a resume
+  with another --lr is refused as other flags: the way on is a fresh run.
+  """
+  if checkpointer is None or not checkpointer.last_saved:
+    return ("no checkpoint was saved yet; lower --lr or check the data, "
+            "and run again")
+  return (f"the last good checkpoint {checkpointer.last_saved} is kept, but "
+          "resuming from it would diverge again; lower --lr or check the "
+          "data, and start fresh in another --workdir (or delete "
+          f"{checkpointer.directory})")

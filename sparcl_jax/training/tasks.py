@@ -146,6 +146,9 @@ def check_loss(loss_sum, chunk_losses, task: int, num_tasks: int,
       span = (f"step {first + 1}" if last == first + 1 else
               f"steps {first + 1}-{last}")
       where += f", {span} of {num_steps}"
+      if last > first + 1:
+        # The chunk is one compiled call: its steps' losses come back summed.
+        where += " (one compiled chunk; --steps_per_call=1 names the step)"
       break
   divergence.check_finite(total, where, checkpoints)
 
