@@ -19,6 +19,7 @@ Each ``init_*`` returns ``(params, state)``; each ``apply_*`` maps
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -49,6 +50,8 @@ def _bn_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
   return y, new
 
 
+# Jitted: one compilation instead of one per parameter shape (seconds).
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def init_resnet18(key: jax.Array, nf: int, num_classes: int,
                   in_channels: int) -> tuple[PyTree, PyTree]:
   """ResNet-18 parameters and batch-norm running statistics.
@@ -116,7 +119,7 @@ def apply_resnet18(params: PyTree, state: PyTree, x: jax.Array,
 
   Example:
     >>> p, s = init_resnet18(jax.random.key(0), 4, 10, 3)
-    >>> apply_resnet18(p, s, jnp.zeros((2, 16, 16, 3)))[0].shape
+    >>> jax.jit(apply_resnet18)(p, s, jnp.zeros((2, 16, 16, 3)))[0].shape
     (2, 10)
   """
   del rng
@@ -146,6 +149,7 @@ def apply_resnet18(params: PyTree, state: PyTree, x: jax.Array,
   return logits, {"stem_bn": stem, "blocks": new_blocks}
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def init_zenke_cnn(key: jax.Array, num_classes: int,
                    image_shape: tuple[int, int, int]) -> tuple[PyTree, PyTree]:
   """Zenke et al.'s CNN parameters (no running state).
@@ -196,8 +200,8 @@ def apply_zenke_cnn(params: PyTree, state: PyTree, x: jax.Array,
 
   Example:
     >>> p, s = init_zenke_cnn(jax.random.key(0), 10, (32, 32, 3))
-    >>> apply_zenke_cnn(p, s, jnp.zeros((2, 32, 32, 3)),
-    ...                 jax.random.key(1))[0].shape
+    >>> jax.jit(apply_zenke_cnn)(p, s, jnp.zeros((2, 32, 32, 3)),
+    ...                          jax.random.key(1))[0].shape
     (2, 10)
   """
   keys = jax.random.split(rng, 3)

@@ -115,9 +115,13 @@ class ResNet18(nn.Module):
 
   Example:
     >>> model = ResNet18(nf=4, num_outputs=10)
-    >>> v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    >>> logits, new_state = model.apply(
-    ...     v, jnp.zeros((2, 32, 32, 3)), train=True, mutable=['batch_stats'])
+    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> v = jax.jit(model.init)(jax.random.key(0), x)
+    >>> train_forward = jax.jit(lambda v, x: model.apply(
+    ...     v, x, train=True, mutable=['batch_stats']))
+    >>> logits, new_state = train_forward(v, x)
+    >>> logits.shape
+    (2, 10)
   """
 
   nf: int = 64
