@@ -236,6 +236,21 @@ def _mnist_main(capsys, workdir, data, *args):
                "--steps_per_call=50", "--buffer_size=20", *args)
 
 
+def test_a_new_workdir_of_a_run_refused_for_its_data_is_not_left_behind(
+    tmp_path, capsys):
+  (tmp_path / "broken").mkdir()
+  status, out = _mnist_main(capsys, tmp_path / "new", tmp_path / "broken")
+  assert status == 2 and len(out.err.strip().splitlines()) == 1
+  assert not (tmp_path / "new").exists()
+  # A directory that existed before the run is left as it was.
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "notes.txt").write_text("mine")
+  status, _ = _mnist_main(capsys, tmp_path / "old", tmp_path / "broken")
+  assert status == 2
+  assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [
+      ".lock", "notes.txt"]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
   """A finished 2-task run on the tiny MNIST: checkpoints 1 and 2 (the ends

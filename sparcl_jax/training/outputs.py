@@ -123,11 +123,13 @@ class Workdir:
       ``path/.overwrite`` while an ``--overwrite`` run replaces finished
       results (see the module docstring).
     lock: the directory's lock (None in processes that do not write).
+    created: whether this run created the directory.
   """
 
   path: str
   run: str
   lock: Optional[WorkdirLock] = None
+  created: bool = False
 
   @property
   def staged(self) -> bool:
@@ -140,14 +142,27 @@ class Workdir:
       _swap_in(self.path)
 
   def abandon(self) -> None:
-    """After a failed run: drops a staged run that saved no checkpoint."""
+    """After a failed run: drops a staged run that saved no checkpoint, and
+    a directory this run created that still holds nothing but its lock (a
+    run refused for its data leaves no trace)."""
     if self.lock is not None and self.staged and not _has_checkpoints(
         self.run):
       shutil.rmtree(self.run, ignore_errors=True)
+    if self.lock is not None and self.created and _holds_only_the_lock(
+        self.path):
+      shutil.rmtree(self.path, ignore_errors=True)
 
   def release(self) -> None:
     if self.lock is not None:
       self.lock.release()
+
+
+def _holds_only_the_lock(path: str) -> bool:
+  """Whether ``path`` holds its lock file and at most an empty checkpoint
+  directory: nothing a run wrote."""
+  names = set(os.listdir(path)) - {LOCK}
+  checkpoints = os.path.join(path, CHECKPOINTS)
+  return names <= {CHECKPOINTS} and (not names or not os.listdir(checkpoints))
 
 
 def _has_checkpoints(run: str) -> bool:
@@ -264,6 +279,7 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir={path} is a file, not a directory; choose "
                       "another --workdir.")
+  created = not os.path.exists(path)
   try:
     os.makedirs(path, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path):
@@ -289,7 +305,7 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
     if held is not None:
       held.release()
     raise
-  return Workdir(path, run, held)
+  return Workdir(path, run, held, created)
 
 
 def _umask() -> int:
