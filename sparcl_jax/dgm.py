@@ -192,8 +192,26 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _most_kept(size: int, s: float, schedule: Any) -> int:
-  """The most weights a leaf's mask keeps at any point of the schedule."""
+def most_kept(size: int, s: float, schedule: Any) -> int:
+  """The most weights a mask keeps at any point of a TDM schedule.
+
+  A dgm nested in tdm acts on a leaf only if it keeps fewer gradient
+  entries than this (``check_dgm_acts``).
+
+  Args:
+    size: the leaf's number of weights.
+    s: the leaf's target sparsity.
+    schedule: tdm's ``MaskSchedule`` (its ``static`` and
+      ``phase_sparsities``).
+
+  Returns:
+    The largest kept count over the schedule's phases (a task start's
+    growth included).
+
+  Example:
+    >>> most_kept(1000, 0.9, sc.MaskSchedule())  # 0.89 at a task start
+    110
+  """
   if schedule.static:
     return keep_count(size, s)
   return max(max(keep_count(size, p), keep_count(size, g))
@@ -226,7 +244,7 @@ def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
       continue
     n = int(np.prod(leaf.shape))
     s = weight_sp.get(path)
-    most = n if s is None else _most_kept(n, s, schedule)
+    most = n if s is None else most_kept(n, s, schedule)
     if keep_count(n, spec.gradient_sparsity) < most:
       return
     shares.append(most / max(n, 1))

@@ -22,8 +22,9 @@ Example:
 """
 
 from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm
+from sparcl_jax.dgm import dgm, most_kept
 from sparcl_jax.grouped_tdm import grouped_tdm
+from sparcl_jax.sparsity import keep_count
 from sparcl_jax.tdm import tdm
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
@@ -121,10 +122,12 @@ class _SparCL(_MaskedWeights):
       # keeps fewer entries even at its densest (a task start's growth), the
       # gradient is already zero outside it: DGM would mask nothing, and
       # tdm refuses such a dgm. The run then trains without it. (Under ERK
-      # the layers' sparsities differ, and tdm decides from them.)
-      densest = config.sparsity - (0.0 if self.static_masks
-                                   else config.mask_extra_growth)
-      return config.gradient_sparsity > densest
+      # the layers' sparsities differ, and tdm decides from them.) The
+      # kept counts are those of tdm's check, for a large layer.
+      size = 10**6
+      schedule = mask_schedule(config, static=self.static_masks)
+      return (keep_count(size, config.gradient_sparsity)
+              < most_kept(size, config.sparsity, schedule))
     return True
 
   def tracks_forgetting(self, config) -> bool:
