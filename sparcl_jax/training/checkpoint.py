@@ -309,18 +309,22 @@ class Checkpointer:
       except Exception as err:  # pylint: disable=broad-except
         orbax_noise.silence_closed_loop_noise()
         orbax_noise.collect_abandoned_reads()
-        self._corrupt[step] = (f"its arrays cannot be read "
-                               f"({type(err).__name__}: {_short(err)})")
-        if first_error is None:
-          first_error = CheckpointError(
-              f"checkpoint {where} is corrupt: {self._corrupt[step]}; "
-              f"{fresh_hint(self.directory)}.")
+        error = self._mark_corrupt(step, "its arrays cannot be read", err)
+        first_error = first_error or error
         if not self._intact_steps():
           raise first_error  # pylint: disable=raise-missing-from
     self._set_corrupt_aside(where)
     self.last_saved = where
     self.restored_meta = saved["meta"]
     return jax.tree_util.tree_unflatten(treedef, restored), saved["meta"]
+
+  def _mark_corrupt(self, step: int, what: str,
+                    err: BaseException) -> CheckpointError:
+    """Records a checkpoint found corrupt; the error naming it."""
+    self._corrupt[step] = f"{what} ({type(err).__name__}: {_short(err)})"
+    return CheckpointError(
+        f"checkpoint {os.path.join(self.directory, str(step))} is corrupt: "
+        f"{self._corrupt[step]}; {fresh_hint(self.directory)}.")
 
   def _intact_steps(self) -> list[int]:
     """Steps not (yet) found corrupt, newest first."""
@@ -358,7 +362,6 @@ class Checkpointer:
           f"{fresh_hint(self.directory)}.")
     first_error = None
     for step in self._intact_steps():
-      where = os.path.join(self.directory, str(step))
       try:
         saved = manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
@@ -366,12 +369,8 @@ class Checkpointer:
           raise ValueError("the metadata lacks 'leaves' or 'meta'")
         return step, saved
       except Exception as err:  # pylint: disable=broad-except
-        self._corrupt[step] = (f"its metadata cannot be read "
-                               f"({type(err).__name__}: {_short(err)})")
-        if first_error is None:
-          first_error = CheckpointError(
-              f"checkpoint {where} is corrupt: {self._corrupt[step]}; "
-              f"{fresh_hint(self.directory)}.")
+        error = self._mark_corrupt(step, "its metadata cannot be read", err)
+        first_error = first_error or error
     raise first_error or CheckpointError(
         f"{self.directory} holds no intact checkpoint; "
         f"{fresh_hint(self.directory)}.")
