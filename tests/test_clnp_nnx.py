@@ -248,32 +248,26 @@ def test_set_partition_without_a_clnp_state_or_with_wrong_masks_raises():
 # Sown names and unit_activity.
 
 
-class _LinenOwnName(nn.Module):
+class _LinenSowing(nn.Module):
+  """One hidden layer, its activations sown under ``sown_name``."""
+
+  sown_name: str
 
   @nn.compact
   def __call__(self, x):
     h = nn.relu(nn.Dense(3, name="hidden_0")(x))
-    self.sow("intermediates", "hidden_0", h)
-    return h
-
-
-class _LinenSuffix(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    h = nn.relu(nn.Dense(3, name="hidden_0")(x))
-    self.sow("intermediates", "hidden_0_act", h)
+    self.sow("intermediates", self.sown_name, h)
     return h
 
 
 def test_the_documented_act_suffix_works_in_linen_and_nnx():
   x = jax.random.normal(jax.random.key(0), (5, 6))
   # Flax reserves the layer's own name: why LayerSpec documents '_act'.
-  own = _LinenOwnName()
+  own = _LinenSowing("hidden_0")
   with pytest.raises(Exception, match="Duplicate use of scope name"):
     sc.unit_activity(own.apply, own.init(jax.random.key(0), x), x,
                      ["hidden_0"])
-  linen = _LinenSuffix()
+  linen = _LinenSowing("hidden_0_act")
   variables = linen.init(jax.random.key(0), x)
   kernel = np.asarray(variables["params"]["hidden_0"]["kernel"], np.float64)
   bias = np.asarray(variables["params"]["hidden_0"]["bias"], np.float64)
