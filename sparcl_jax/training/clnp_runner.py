@@ -331,7 +331,10 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
     ``flags``) plus the method's own entries: for CLNP, ``clnp`` (per-task
     diagnostics: validation accuracy before and after pruning, chosen
     quantile and threshold, per-layer used / free / claimed / available /
-    reused units) and ``capacity_plot_data``. When a layer has no free
+    reused units) and ``capacity_plot_data``; with a validation split
+    (``--val_fraction > 0``), ``val_final``: the final network's Task-IL
+    accuracy on each task's validation split (``task_il_per_task``) and
+    their mean (``task_il``). When a layer has no free
     units left for a new task the run stops cleanly: the matrices cover the
     tasks trained so far and ``stopped_early`` holds the reason.
 
@@ -437,10 +440,19 @@ def run(config: RunConfig, scenario: Scenario, log_fn: LogFn,
 
   if record.tasks_done == 0:
     raise ConfigError(stopped or "no task was trained")
+  done, val = range(record.tasks_done), None
+  if all(len(scenario.tasks[j].val_indices) for j in done):
+    # What a sweep of a method's strength (EWC's lambda) chooses by, so that
+    # no choice reads the test split; timed with the run's evaluation.
+    val = [runner.val_accuracy(
+        method.eval_params(runner, state.params, extras, j), j) for j in done]
   results = record.results(config, scenario, start_time, runner.compiles,
                            runner.train_time, runner.eval_time,
                            runner.steps_done)
   results.update(method.results(extras))
+  if val is not None:
+    results["val_final"] = {"task_il_per_task": val,
+                            "task_il": float(np.mean(val))}
   if stopped:
     results["stopped_early"] = stopped
   return results
