@@ -13,30 +13,26 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import numpy as np  # the doctests use it
 
 from sparcl_jax import ddr as ddr_lib
-from sparcl_jax import flops as flops_lib
-from sparcl_jax import masks as masks_lib
 from sparcl_jax import methods
 from sparcl_jax import rehearsal
-from sparcl_jax.grouped_tdm import (dense_view, grouped_layers,
-                                    sparsity_variables, tdm_rows)
-from sparcl_jax.methods.sparse import grouped_gradient_sparsity
-from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.grouped_tdm import sparsity_variables
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.models import registry
 from sparcl_jax.training import accounting
 from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import clnp_runner
 from sparcl_jax.training import config as config_lib
-from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import resume_checks
+from sparcl_jax.training import run_state
+# Re-exported: callers read a run's MACs as loop.run_layer_macs.
+from sparcl_jax.training.run_state import run_layer_macs  # pylint: disable=unused-import
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import steps
 from sparcl_jax.training import tasks
@@ -46,11 +42,13 @@ from sparcl_jax.training.config import RunConfig
 
 LogFn = Callable[[dict], None]
 
-def build_scenario(config: RunConfig) -> Scenario:
+def build_scenario(config: RunConfig, datasets=None) -> Scenario:
   """Loads the data a config names and cuts it into tasks.
 
   Args:
     config: a validated run configuration.
+    datasets: ``load_datasets(config)`` when already loaded (several
+      seeds' scenarios of one dataset); None loads them.
 
   Returns:
     The scenario.
@@ -62,13 +60,7 @@ def build_scenario(config: RunConfig) -> Scenario:
   Example:
     >>> build_scenario(RunConfig(workdir="/tmp/x"))  # doctest: +SKIP
   """
-  data_dir = config.data_dir or None
-  dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
-                                 seed=config.seed)
-  cifar100 = None
-  if config.scenario == "cifar10_100":
-    cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
-                                    seed=config.seed)
+  dataset, cifar100 = datasets or load_datasets(config)
   try:
     return scenarios_lib.build_scenario(
         config.scenario, dataset, config.resolved_num_tasks, config.seed,
@@ -76,6 +68,30 @@ def build_scenario(config: RunConfig) -> Scenario:
   except ConfigError as err:
     raise ConfigError(f"--scenario={config.scenario} "
                       f"--dataset={config.dataset}: {err}") from None
+
+
+def load_datasets(config: RunConfig):
+  """``(dataset, cifar100 or None)``: the datasets a config's scenario cuts.
+
+  Args:
+    config: a validated run configuration (``seed`` matters to the digits
+      source only, whose train/test split it draws).
+
+  Returns:
+    The two datasets.
+
+  Example:
+    >>> load_datasets(RunConfig(workdir="/tmp/x"))[1] is None
+    True
+  """
+  data_dir = config.data_dir or None
+  dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
+                                 seed=config.seed)
+  cifar100 = None
+  if config.scenario == "cifar10_100":
+    cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
+                                    seed=config.seed)
+  return dataset, cifar100
 
 
 def method_spec(config: RunConfig) -> steps.MethodSpec:
@@ -150,24 +166,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
                           checkpoints: Optional[checkpoint_lib.Checkpointer],
                           compiles: timing.CompileTimer) -> dict[str, Any]:
   """``run`` for every method but the CLNP family."""
-  num_train = sum(len(t.train_indices) for t in scenario.tasks)
-  if config.uses_buffer and config.buffer_size > num_train:
-    raise ConfigError(f"--buffer_size={config.buffer_size} is larger than the "
-                      f"{num_train} training examples of the scenario; lower "
-                      "it.")
-  min_task = min(len(t.train_indices) for t in scenario.tasks)
-  if config.batch_size > min_task:
-    raise ConfigError(f"--batch_size={config.batch_size} is larger than the "
-                      f"smallest task ({min_task} examples); lower it.")
-
+  run_state.check_sizes(config, scenario)
   num_tasks = scenario.num_tasks
-  head_sizes = [len(t.classes) for t in scenario.tasks]
-  model = registry.make_model(
-      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
-      nf=config.nf, head=config.head, head_sizes=head_sizes,
-      conv_gradients=config.conv_gradients,
-      **(dict(group=config.mask_group, sparsity=config.sparsity)
-         if config.grouped else {}))
+  model = run_state.make_run_model(config, scenario)
   spec = input_spec(scenario)
   method = method_spec(config)
   joint = config.method_object.joint
@@ -176,16 +177,6 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   steps_per_call = max(1, min(config.steps_per_call,
                               arrays.train_len // batch_size))
 
-  rng = jax.random.key(config.seed)
-  rng, init_rng = jax.random.split(rng)
-
-  def fresh_model(key):
-    variables = registry.init_model(model, key, (1,) + spec.image_shape)
-    # Grouped sparse layers' kept rows ('sparsity'): the optimizer owns them.
-    return (variables["params"], variables.get("batch_stats", {}),
-            variables.get("sparsity"))
-
-  params, batch_stats, kept_rows = fresh_model(init_rng)
   mesh = sharding_lib.make_mesh(config.num_devices, batch_size)
   if (mesh is not None and method.replay and
       method.replay_batch_size % mesh.size):
@@ -194,22 +185,11 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
                       f"--minibatch_size to a multiple of {mesh.size}.")
   device_data = pipeline.to_device(
       scenario, None if mesh is None else sharding_lib.replicated(mesh))
-  tx = optimizers.make_optimizer(config, kept_rows=kept_rows)
-  opt_state = tx.init(params)
-  if config.is_sparse and not config.grouped:
-    masks = config.method_object.initial_masks(
-        config, params, lambda: _first_batch_grads(
-            config, model, params, batch_stats, scenario, device_data, spec))
-    if masks is not None:
-      opt_state = opt_state._replace(masks=masks)
-    params = masks_lib.apply_mask(params, tdm_masks(opt_state))
-  buffer = None
-  if method.replay:
-    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
-                                   scenario.num_outputs)
-  state = sharding_lib.replicate(
-      steps.TrainState(params, batch_stats, opt_state, buffer, None, rng),
-      mesh)
+  state, tx, kept_rows = run_state.initial_state(config, scenario, model,
+                                                 spec, device_data)
+  params, batch_stats = state.params, state.batch_stats
+  fresh_model = lambda key: run_state.init_variables(model, spec, key)
+  state = sharding_lib.replicate(state, mesh)
   class_masks = tasks.class_masks(scenario)
 
   chunk = steps.make_train_chunk(model, tx, method, spec, batch_size,
@@ -224,9 +204,9 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
   ddr_remove = jax.jit(ddr_lib.ddr_remove)
   ddr_schedule = ddr_lib.DDRSchedule(config.ddr_epoch_list,
                                      config.ddr_fraction)
-  counter = accounting.FlopsCounter(run_layer_macs(
+  counter = accounting.FlopsCounter(run_state.run_layer_macs(
       config, scenario, model, params, batch_stats, kept_rows, spec))
-  grad_sparsity = _dgm_sparsities(config, params, kept_rows)
+  grad_sparsity = run_state.dgm_sparsities(config, params, kept_rows)
   replay_terms = config.method_object.replay_batches
 
   kept_per_epoch = []
@@ -348,7 +328,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
       tasks.check_loss(loss_sum, chunk_losses, t, num_tasks, epoch, num_steps,
                   steps_per_call, checkpoints)
       train_time += compiles.excluding_compiles(epoch_start)
-      weight_sparsity = _weight_sparsities(config, state)
+      weight_sparsity = run_state.weight_sparsities(config, state)
       stream = num_steps * batch_size
       replayed = accounting.replayed_examples(
           num_steps, batch_size, method.replay_batch_size, replay_terms,
@@ -384,133 +364,7 @@ def _run_rehearsal_family(config: RunConfig, scenario: Scenario, log: LogFn,
 
   results = record.results(config, scenario, start, compiles, train_time,
                            eval_time, steps_here)
-  results.update({
-      "train_flops": counter.train_flops,
-      "dense_train_flops": counter.dense_train_flops,
-      "train_examples": counter.examples,
-      "data_kept_per_epoch": kept_per_epoch,
-      "sparsity": _sparsity_report(config, state),
-      "weights_zero_fraction": masks_lib.summarize_sparsity(
-          _dense_weights_and_masks(config, state)[0])["sparsity"],
-  })
+  results.update(run_state.final_keys(config, state, counter,
+                                      kept_per_epoch))
   return results
 
-
-def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
-                batch_stats, kept_rows, spec: steps.InputSpec
-                ) -> dict[str, int]:
-  """Forward MACs per example of every kernel, as a run counts them.
-
-  Traced from the model. A grouped model is counted as the dense model it
-  stands for (its kernels' paths, their dense MACs); ``_weight_sparsities``
-  then discounts the rows it does not keep, exactly.
-
-  Args:
-    config: the run configuration.
-    scenario: gives the outputs and task heads.
-    model: the run's model.
-    params: its parameters.
-    batch_stats: its batch-norm statistics (``{}`` without).
-    kept_rows: a grouped model's ``'sparsity'`` collection (else unused).
-    spec: gives the input shape.
-
-  Returns:
-    ``{kernel path: MACs per example}``.
-
-  Example:
-    >>> run_layer_macs(config, scenario, model, params, {}, None,
-    ...                spec)  # doctest: +SKIP
-  """
-  if config.grouped:
-    model = registry.make_model(
-        config.model, scenario.num_outputs,
-        hidden_sizes=config.hidden_widths, head=config.head,
-        head_sizes=[len(t.classes) for t in scenario.tasks])
-    params = dense_view(params, kept_rows)[0]
-
-  def apply(p, x):
-    variables = {"params": p}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-    return model.apply(variables, x, train=False)
-
-  x = jax.ShapeDtypeStruct((2,) + tuple(spec.image_shape), jnp.float32)
-  return flops_lib.layer_macs(apply, params, x, batch_size=2)
-
-
-def _dense_weights_and_masks(config: RunConfig, state: steps.TrainState):
-  """The run's weights as dense kernels, and its weight masks (None for
-  dense methods)."""
-  if config.grouped:
-    return dense_view(state.params, tdm_rows(state.opt_state))
-  if config.is_sparse:
-    return state.params, tdm_masks(state.opt_state)
-  return state.params, None
-
-
-def _weight_sparsities(config: RunConfig, state: steps.TrainState
-                       ) -> dict[str, float]:
-  """Current sparsity of each masked layer ({} for dense methods)."""
-  masks = _dense_weights_and_masks(config, state)[1]
-  if masks is None:
-    return {}
-  summary = masks_lib.summarize_sparsity(masks)
-  return {path: layer["sparsity"] for path, layer in
-          summary["layers"].items()}
-
-
-def _dgm_sparsities(config: RunConfig, params, kept_rows
-                    ) -> dict[str, float]:
-  """Gradient sparsity DGM gives each layer it masks ({} without DGM).
-
-  For a grouped layer, the share of its dense kernel whose gradient the
-  step computes and DGM keeps (exact counts).
-  """
-  if optimizers.gradient_masking(config) is None:
-    return {}
-  if config.grouped:
-    share = grouped_gradient_sparsity(config)
-    sparsities = {}
-    for path, leaf in masks_lib.flatten_with_paths(params):
-      if path.endswith("/values"):
-        fan_in = grouped_layers(kept_rows)[path[:-len("/values")]]
-        dense_size = fan_in * leaf.shape[0] * leaf.shape[2]
-        kept = masks_lib.keep_count(leaf.size, share)
-        sparsities[path[:-len("values")] + "kernel"] = 1.0 - kept / dense_size
-    return sparsities
-  selected = masks_lib.masks_from_filter(params,
-                                         optimizers.sparse_filter(config))
-  return {path: config.gradient_sparsity for path, _ in
-          masks_lib.flatten_with_paths(selected)}
-
-
-def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
-  """Per-layer and overall sparsity of the final weights and masks."""
-  weights, masks = _dense_weights_and_masks(config, state)
-  report = {"weights": masks_lib.summarize_sparsity(weights)}
-  if masks is not None:
-    report["masks"] = masks_lib.summarize_sparsity(masks)
-  return report
-
-
-def _first_batch_grads(config: RunConfig, model, params, batch_stats,
-                       scenario: Scenario, data: pipeline.DeviceData,
-                       spec: steps.InputSpec):
-  """The cross-entropy gradient of one batch of the first task (SNIP's).
-
-  ``batch_size`` examples of the first task, drawn with ``--seed``, at the
-  given (initial) parameters.
-  """
-  task = scenario.tasks[0]
-  rows = np.random.default_rng(config.seed).choice(
-      task.train_indices, config.batch_size, replace=False)
-  x, y = pipeline.gather_batch(data, jnp.asarray(rows, jnp.int32), 0,
-                               "train", spec.permuted)
-  x = pipeline.normalize(x, spec.mean, spec.std)
-  forward = steps.make_forward(model)
-
-  def loss(p):
-    logits, _ = forward(p, batch_stats, x, None, False)
-    return losses.cross_entropy(logits, y)
-
-  return jax.grad(loss)(params)

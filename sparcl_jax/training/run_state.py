@@ -1,0 +1,276 @@
+"""A rehearsal-family run's state before its first step, and its report.
+
+The pieces :mod:`sparcl_jax.training.loop` and the multi-seed runner
+(:mod:`sparcl_jax.training.seed_vmap`) share: the model a config names, the
+initial train state from one seed (weights, optimizer state with the
+initial masks, empty buffer), the per-layer MACs and sparsities the FLOPs
+count uses, and the results keys read off the final state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparcl_jax import flops as flops_lib
+from sparcl_jax import masks as masks_lib
+from sparcl_jax import rehearsal
+from sparcl_jax.data import pipeline
+from sparcl_jax.data.types import Scenario
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.grouped_tdm import dense_view, grouped_layers, tdm_rows
+from sparcl_jax.methods.sparse import grouped_gradient_sparsity
+from sparcl_jax.models import registry
+from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.training import accounting
+from sparcl_jax.training import losses
+from sparcl_jax.training import optimizers
+from sparcl_jax.training import steps
+from sparcl_jax.training.config import RunConfig
+
+
+def check_sizes(config: RunConfig, scenario: Scenario) -> None:
+  """Refuses a buffer or batch larger than the scenario's data.
+
+  Args:
+    config: the run configuration.
+    scenario: the scenario it trains on.
+
+  Raises:
+    ConfigError: naming the flag to lower.
+
+  Example:
+    >>> check_sizes(config, scenario)  # doctest: +SKIP
+  """
+  num_train = sum(len(t.train_indices) for t in scenario.tasks)
+  if config.uses_buffer and config.buffer_size > num_train:
+    raise ConfigError(f"--buffer_size={config.buffer_size} is larger than the "
+                      f"{num_train} training examples of the scenario; lower "
+                      "it.")
+  min_task = min(len(t.train_indices) for t in scenario.tasks)
+  if config.batch_size > min_task:
+    raise ConfigError(f"--batch_size={config.batch_size} is larger than the "
+                      f"smallest task ({min_task} examples); lower it.")
+
+def final_keys(config: RunConfig, state: steps.TrainState,
+               counter: accounting.FlopsCounter,
+               kept_per_epoch: list[list[int]]) -> dict[str, Any]:
+  """The results keys of a rehearsal-family run beyond ``RunRecord``'s.
+
+  Args:
+    config: the run configuration.
+    state: the final train state (of one seed).
+    counter: the run's FLOPs counter.
+    kept_per_epoch: examples kept in each epoch of each task.
+
+  Returns:
+    ``train_flops``, ``dense_train_flops``, ``train_examples``,
+    ``data_kept_per_epoch``, ``sparsity`` and ``weights_zero_fraction``.
+
+  Example:
+    >>> final_keys(config, state, counter, [[100]])  # doctest: +SKIP
+  """
+  return {
+      "train_flops": counter.train_flops,
+      "dense_train_flops": counter.dense_train_flops,
+      "train_examples": counter.examples,
+      "data_kept_per_epoch": kept_per_epoch,
+      "sparsity": _sparsity_report(config, state),
+      "weights_zero_fraction": masks_lib.summarize_sparsity(
+          _dense_weights_and_masks(config, state)[0])["sparsity"],
+  }
+
+
+def make_run_model(config: RunConfig, scenario: Scenario):
+  """The Flax model ``config`` names, sized for ``scenario``.
+
+  Args:
+    config: the run configuration.
+    scenario: gives the outputs and the task heads.
+
+  Returns:
+    The (uninitialised) module.
+
+  Example:
+    >>> make_run_model(config, scenario)  # doctest: +SKIP
+  """
+  return registry.make_model(
+      config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,
+      nf=config.nf, head=config.head,
+      head_sizes=[len(t.classes) for t in scenario.tasks],
+      conv_gradients=config.conv_gradients,
+      **(dict(group=config.mask_group, sparsity=config.sparsity)
+         if config.grouped else {}))
+
+
+def init_variables(model, spec: steps.InputSpec, key: jax.Array):
+  """``(params, batch_stats, kept_rows)`` of a fresh model from ``key``.
+
+  ``kept_rows`` is a grouped model's ``'sparsity'`` collection (None for
+  others); the optimizer owns it.
+  """
+  variables = registry.init_model(model, key, (1,) + spec.image_shape)
+  return (variables["params"], variables.get("batch_stats", {}),
+          variables.get("sparsity"))
+
+
+def initial_state(config: RunConfig, scenario: Scenario, model,
+                  spec: steps.InputSpec, device_data: pipeline.DeviceData):
+  """A run's state before its first step, from ``config.seed`` alone.
+
+  Args:
+    config: the run configuration (its ``seed`` seeds everything here).
+    scenario: the run's scenario (SNIP's first batch comes from it).
+    model: the run's model.
+    spec: its input facts.
+    device_data: the scenario's data on the device.
+
+  Returns:
+    ``(state, tx, kept_rows)``: the :class:`~steps.TrainState` (fresh
+    weights, optimizer state with the initial masks, empty buffer, no DDR
+    state), the optimizer and a grouped model's kept rows (else None).
+
+  Example:
+    >>> state, tx, _ = initial_state(config, scenario, model, spec,
+    ...                              data)  # doctest: +SKIP
+  """
+  rng, init_rng = jax.random.split(jax.random.key(config.seed))
+  params, batch_stats, kept_rows = init_variables(model, spec, init_rng)
+  tx = optimizers.make_optimizer(config, kept_rows=kept_rows)
+  opt_state = tx.init(params)
+  if config.is_sparse and not config.grouped:
+    masks = config.method_object.initial_masks(
+        config, params, lambda: _first_batch_grads(
+            config, model, params, batch_stats, scenario, device_data, spec))
+    if masks is not None:
+      opt_state = opt_state._replace(masks=masks)
+    params = masks_lib.apply_mask(params, tdm_masks(opt_state))
+  buffer = None
+  if config.method_object.replay:
+    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
+                                   scenario.num_outputs)
+  return (steps.TrainState(params, batch_stats, opt_state, buffer, None, rng),
+          tx, kept_rows)
+
+
+def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
+                batch_stats, kept_rows, spec: steps.InputSpec
+                ) -> dict[str, int]:
+  """Forward MACs per example of every kernel, as a run counts them.
+
+  Traced from the model. A grouped model is counted as the dense model it
+  stands for (its kernels' paths, their dense MACs); ``weight_sparsities``
+  then discounts the rows it does not keep, exactly.
+
+  Args:
+    config: the run configuration.
+    scenario: gives the outputs and task heads.
+    model: the run's model.
+    params: its parameters.
+    batch_stats: its batch-norm statistics (``{}`` without).
+    kept_rows: a grouped model's ``'sparsity'`` collection (else unused).
+    spec: gives the input shape.
+
+  Returns:
+    ``{kernel path: MACs per example}``.
+
+  Example:
+    >>> run_layer_macs(config, scenario, model, params, {}, None,
+    ...                spec)  # doctest: +SKIP
+  """
+  if config.grouped:
+    model = registry.make_model(
+        config.model, scenario.num_outputs,
+        hidden_sizes=config.hidden_widths, head=config.head,
+        head_sizes=[len(t.classes) for t in scenario.tasks])
+    params = dense_view(params, kept_rows)[0]
+
+  def apply(p, x):
+    variables = {"params": p}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    return model.apply(variables, x, train=False)
+
+  x = jax.ShapeDtypeStruct((2,) + tuple(spec.image_shape), jnp.float32)
+  return flops_lib.layer_macs(apply, params, x, batch_size=2)
+
+
+def _dense_weights_and_masks(config: RunConfig, state: steps.TrainState):
+  """The run's weights as dense kernels, and its weight masks (None for
+  dense methods)."""
+  if config.grouped:
+    return dense_view(state.params, tdm_rows(state.opt_state))
+  if config.is_sparse:
+    return state.params, tdm_masks(state.opt_state)
+  return state.params, None
+
+
+def weight_sparsities(config: RunConfig, state: steps.TrainState
+                       ) -> dict[str, float]:
+  """Current sparsity of each masked layer ({} for dense methods)."""
+  masks = _dense_weights_and_masks(config, state)[1]
+  if masks is None:
+    return {}
+  summary = masks_lib.summarize_sparsity(masks)
+  return {path: layer["sparsity"] for path, layer in
+          summary["layers"].items()}
+
+
+def dgm_sparsities(config: RunConfig, params, kept_rows
+                    ) -> dict[str, float]:
+  """Gradient sparsity DGM gives each layer it masks ({} without DGM).
+
+  For a grouped layer, the share of its dense kernel whose gradient the
+  step computes and DGM keeps (exact counts).
+  """
+  if optimizers.gradient_masking(config) is None:
+    return {}
+  if config.grouped:
+    share = grouped_gradient_sparsity(config)
+    sparsities = {}
+    for path, leaf in masks_lib.flatten_with_paths(params):
+      if path.endswith("/values"):
+        fan_in = grouped_layers(kept_rows)[path[:-len("/values")]]
+        dense_size = fan_in * leaf.shape[0] * leaf.shape[2]
+        kept = masks_lib.keep_count(leaf.size, share)
+        sparsities[path[:-len("values")] + "kernel"] = 1.0 - kept / dense_size
+    return sparsities
+  selected = masks_lib.masks_from_filter(params,
+                                         optimizers.sparse_filter(config))
+  return {path: config.gradient_sparsity for path, _ in
+          masks_lib.flatten_with_paths(selected)}
+
+
+def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:
+  """Per-layer and overall sparsity of the final weights and masks."""
+  weights, masks = _dense_weights_and_masks(config, state)
+  report = {"weights": masks_lib.summarize_sparsity(weights)}
+  if masks is not None:
+    report["masks"] = masks_lib.summarize_sparsity(masks)
+  return report
+
+
+def _first_batch_grads(config: RunConfig, model, params, batch_stats,
+                       scenario: Scenario, data: pipeline.DeviceData,
+                       spec: steps.InputSpec):
+  """The cross-entropy gradient of one batch of the first task (SNIP's).
+
+  ``batch_size`` examples of the first task, drawn with ``--seed``, at the
+  given (initial) parameters.
+  """
+  task = scenario.tasks[0]
+  rows = np.random.default_rng(config.seed).choice(
+      task.train_indices, config.batch_size, replace=False)
+  x, y = pipeline.gather_batch(data, jnp.asarray(rows, jnp.int32), 0,
+                               "train", spec.permuted)
+  x = pipeline.normalize(x, spec.mean, spec.std)
+  forward = steps.make_forward(model)
+
+  def loss(p):
+    logits, _ = forward(p, batch_stats, x, None, False)
+    return losses.cross_entropy(logits, y)
+
+  return jax.grad(loss)(params)
