@@ -234,6 +234,22 @@ class RunConfig:
   seed: int = dataclasses.field(
       default=0, metadata={"help": "Seed for initialisation, data order, "
                                    "buffer and masks."})
+  num_seeds: int = dataclasses.field(
+      default=1, metadata={
+          "help": "Train seeds --seed .. --seed+N-1 in one run. Rehearsal-"
+                  "family methods (DER++, ER, DER, ER-ACE, SparCL, SNIP, "
+                  "RigL...) on one device with unstructured masks run all "
+                  "seeds as one jitted program vmapped over a seed axis, "
+                  "each seed with its own init, data order, buffer, masks "
+                  "and DDR state; seeds whose padded task sizes differ "
+                  "(--shuffle_classes on unbalanced classes), the task-level "
+                  "methods (CLNP, EWC, SI, single-task), "
+                  "--mask_structure=grouped and --num_devices>1 run the "
+                  "seeds one after another in this process instead. "
+                  "results.json: final = mean over seeds, final_std = "
+                  "their standard deviation, per_seed = each seed's own "
+                  "results. No checkpoints (refuses "
+                  "--checkpoint_every_steps)."})
   eval_batch_size: int = dataclasses.field(
       default=1000, metadata={"help": "Batch size of evaluation."})
   steps_per_call: int = dataclasses.field(
@@ -414,6 +430,15 @@ def validate(config: RunConfig) -> RunConfig:
                       f"{config.num_devices}; set --minibatch_size to a "
                       "multiple of the device count.")
   _at_least("checkpoint_every_steps", config.checkpoint_every_steps, 0)
+  _at_least("num_seeds", config.num_seeds, 1)
+  if config.seed + config.num_seeds - 1 > MAX_SEED:
+    raise ConfigError(f"--seed={config.seed} --num_seeds={config.num_seeds} "
+                      f"reaches seed {config.seed + config.num_seeds - 1}, "
+                      f"past {MAX_SEED}; lower --seed or --num_seeds.")
+  if config.num_seeds > 1 and config.checkpoint_every_steps:
+    raise ConfigError(f"--num_seeds={config.num_seeds} runs keep no "
+                      "checkpoints; drop --checkpoint_every_steps or run "
+                      "one seed per --workdir.")
   _at_least("num_processes", config.num_processes, 1)
   if not 0 <= config.process_id < config.num_processes:
     raise ConfigError(f"--process_id={config.process_id} must be in [0, "

@@ -113,9 +113,14 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
         start_time: Optional[float] = None) -> dict[str, Any]:
   """Trains a method on every task of a scenario and evaluates after each.
 
+  With ``config.num_seeds`` > 1, :func:`sparcl_jax.training.seeds.run`
+  trains every seed (vmapped over a seed axis where it can) and returns
+  their combined results.
+
   Args:
     config: validated run configuration.
-    scenario: the scenario to use; built from ``config`` when None.
+    scenario: the scenario to use (the first seed's); built from
+      ``config`` when None.
     log_fn: called with one JSON-able dict per epoch and per evaluation.
     checkpoints: when given, the run resumes from its newest checkpoint (if
       any), saves one after every task and every
@@ -148,6 +153,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   config_lib.validate(config)
   log = log_fn or (lambda record: None)
   start = time.perf_counter() if start_time is None else start_time
+  if config.num_seeds > 1:
+    from sparcl_jax.training import seeds  # pylint: disable=import-outside-toplevel
+    return seeds.run(config, scenario, log, start, checkpoints)
   with timing.CompileTimer() as compiles:
     if scenario is None:
       scenario = build_scenario(config)
