@@ -1,8 +1,8 @@
-"""The task-level runner's validation accuracy (what a lambda sweep reads).
+"""What a sweep of EWC's lambda reads from a task-level run.
 
 Tiny EWC runs on permuted 8x8 digits: with a validation split the results
 hold the final network's Task-IL accuracy on every task's validation split,
-without one they hold none.
+without one they hold none; every consolidated task logs its Fisher's scale.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from sparcl_jax.data import scenarios, sources
+from sparcl_jax.methods import task_level
 from sparcl_jax.training import clnp_runner
 from sparcl_jax.training.config import RunConfig, validate
 
@@ -28,9 +29,8 @@ def _config(tmp_path, val_fraction: float) -> RunConfig:
       eval_batch_size=128, steps_per_call=40, seed=0, progress=False))
 
 
-def _run(config, scenario):
-  return clnp_runner.run(config, scenario, lambda record: None,
-                         time.perf_counter())
+def _run(config, scenario, log_fn=lambda record: None):
+  return clnp_runner.run(config, scenario, log_fn, time.perf_counter())
 
 
 def test_val_final_is_the_last_row_when_val_and_test_are_the_same_examples(
@@ -56,7 +56,20 @@ def test_val_final_is_the_last_row_when_val_and_test_are_the_same_examples(
   assert abs(k - round(k)) < 1e-6 and 0 < k <= n
 
 
-def test_no_val_final_without_a_validation_split(tmp_path):
+def test_no_val_final_without_a_validation_split_and_the_fisher_is_logged(
+    tmp_path):
   scenario = scenarios.permuted_scenario(_DIGITS, 2, seed=0)
-  results = _run(_config(tmp_path, 0.0), scenario)
+  records = []
+  results = _run(_config(tmp_path, 0.0), scenario, records.append)
   assert "val_final" not in results
+  # One Fisher per consolidated task: task 0's (the last one is never read).
+  fishers = [r for r in records if r["event"] == "fisher"]
+  assert [r["task"] for r in fishers] == [0]
+  assert 0.0 < fishers[0]["mean"] < 1.0
+
+
+def test_fisher_mean_weighs_every_entry_alike():
+  # (1 + 2 + 3 + 6 + 0 + 0) / 6 entries, not the mean of the leaf means.
+  fisher = {"a": np.array([1.0, 2.0, 3.0], np.float32),
+            "b": {"k": np.array([[6.0, 0.0, 0.0]], np.float32)}}
+  assert task_level.fisher_mean(fisher) == 2.0

@@ -113,6 +113,24 @@ class TaskLevelMethod(Method):
     return {}
 
 
+def fisher_mean(fisher: PyTree) -> float:
+  """The mean of a diagonal Fisher over every parameter.
+
+  Args:
+    fisher: a pytree of float arrays.
+
+  Returns:
+    Their entries' mean, as a Python float.
+
+  Example:
+    >>> fisher_mean({'w': jnp.array([1., 2., 3.]), 'b': jnp.array([6.])})
+    3.0
+  """
+  leaves = jax.tree.leaves(fisher)
+  total = sum(float(jnp.sum(x, dtype=jnp.float32)) for x in leaves)
+  return total / sum(int(x.size) for x in leaves)
+
+
 @register
 class Ewc(TaskLevelMethod):
   """Elastic weight consolidation (Kirkpatrick et al. 2017).
@@ -142,6 +160,12 @@ class Ewc(TaskLevelMethod):
     if task + 1 == runner.scenario.num_tasks:
       return state  # nothing would read the consolidated state
     fisher = runner.fisher(state.params, task, self.fisher_examples)
+    # The empirical Fisher shrinks as a task's training loss falls (the
+    # squared gradients of well-fit examples vanish), so the lambda a run
+    # needs depends on how long it trains; the logged scale lets lambdas be
+    # compared across settings.
+    runner.log({"event": "fisher", "task": task,
+                "mean": fisher_mean(fisher)})
     return state._replace(reg=regularizers.ewc_consolidate(
         state.reg, state.params, fisher, merged=True))
 
