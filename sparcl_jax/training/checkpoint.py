@@ -88,10 +88,41 @@ def _describe(paths: Sequence[str], leaves: Sequence[Any]) -> list[list]:
   return out
 
 
-def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+def _to_host(leaf: Any) -> np.ndarray:
+  """A leaf's value as a host array, the form every checkpoint stores.
+
+  Host arrays are written by process 0 alone in a multi-process run (orbax
+  writes device arrays from every process that holds a shard) and restore
+  under any placement, so a run may resume on other devices.
+  """
   stored = _storable(leaf)
-  return jax.ShapeDtypeStruct(stored.shape, stored.dtype,
-                              sharding=stored.sharding)
+  if stored.is_fully_addressable:
+    return np.asarray(stored)
+  if stored.is_fully_replicated:
+    return np.asarray(stored.addressable_data(0))
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.process_allgather(stored, tiled=True)
+
+
+def _abstract(leaf: Any) -> np.ndarray:
+  """An empty host array of the shape and dtype ``leaf`` is stored as."""
+  stored = _storable(leaf)
+  return np.empty(stored.shape, stored.dtype)
+
+
+def _place(host: np.ndarray, like: Any) -> Any:
+  """A restored host array, placed and typed like ``like``'s leaf."""
+  stored = _storable(like)
+  if not stored.is_fully_addressable:
+    value = jax.make_array_from_callback(host.shape, stored.sharding,
+                                         lambda index: host[index])
+  elif stored.committed:
+    value = jax.device_put(host, stored.sharding)
+  else:
+    value = jnp.asarray(host)
+  if _is_key(like):
+    value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(like))
+  return value
 
 
 class Checkpointer:
@@ -203,7 +234,7 @@ class Checkpointer:
     ocp = self._orbax()
     manager = self._get_manager()
     paths, leaves, _ = _flatten(tree)
-    arrays = {f"leaf_{i:05d}": _storable(leaf)
+    arrays = {f"leaf_{i:05d}": _to_host(leaf)
               for i, leaf in enumerate(leaves)}
     full_meta = {"format": FORMAT, "leaves": _describe(paths, leaves),
                  "meta": meta}
@@ -298,13 +329,8 @@ class Checkpointer:
       try:
         arrays = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))["state"]
-        restored = []
-        for i, leaf in enumerate(leaves):
-          value = arrays[f"leaf_{i:05d}"]
-          if _is_key(leaf):
-            value = jax.random.wrap_key_data(value,
-                                             impl=jax.random.key_impl(leaf))
-          restored.append(value)
+        restored = [_place(arrays[f"leaf_{i:05d}"], leaf)
+                    for i, leaf in enumerate(leaves)]
         break
       except Exception as err:  # pylint: disable=broad-except
         orbax_noise.silence_closed_loop_noise()

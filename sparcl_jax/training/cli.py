@@ -28,6 +28,8 @@ from sparcl_jax.training.config import RunConfig
 EXIT_USAGE = 2
 # A run whose loss became NaN/inf: not a usage error, but not a success.
 EXIT_DIVERGED = 1
+# A multi-process run one of whose processes died.
+EXIT_PEER_LOST = 1
 
 
 def make_flag_values() -> flags.FlagValues:
@@ -211,6 +213,12 @@ def _exit_status(err: SparclError) -> int:
   return EXIT_USAGE
 
 
+def _lost_peer(err: BaseException) -> Optional[str]:
+  """The one-line message when another process of the run has died."""
+  module = sys.modules.get("sparcl_jax.training.sharding")
+  return None if module is None else module.lost_peer(err)
+
+
 def _help_text() -> str:
   fv = make_flag_values()
   return ("usage: python experiments/train.py --flagfile=CONFIG.cfg "
@@ -238,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   writers = []
   workdir = None
-  finished = False
+  finished = peer_lost = False
   try:
     config = parse_config(argv)
     # Imported late: --help and flag errors need none of the training code.
@@ -297,6 +305,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise
     print(f"{prog}: {_failure(problem)}", file=sys.stderr)
     return _exit_status(problem)
+  except Exception as err:  # pylint: disable=broad-except
+    lost = _lost_peer(err)
+    if lost is None:
+      raise
+    print(f"{prog}: error: {lost}", file=sys.stderr)
+    peer_lost = True
   finally:
     for writer in writers:
       writer.close()
@@ -304,6 +318,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if not finished:
         workdir.abandon()
       workdir.release()
+  if peer_lost:
+    # JAX's exit handler would wait at a shutdown barrier for the lost
+    # process until the heartbeat timeout, then abort with a C++ trace.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PEER_LOST)  # pylint: disable=protected-access
   if not primary:
     return 0
   print(outputs.summary_table(results))

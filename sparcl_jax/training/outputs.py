@@ -259,7 +259,8 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
   Args:
     path: the directory.
     overwrite: whether finished results already there may be replaced.
-    lock: whether to take the directory's lock (the process that writes).
+    lock: whether this process writes: it creates and locks the directory.
+      The other processes of a multi-process run only read it.
 
   Returns:
     The :class:`Workdir`; release it when the run ends.
@@ -280,13 +281,14 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
     raise ConfigError(f"--workdir={path} is a file, not a directory; choose "
                       "another --workdir.")
   created = not os.path.exists(path)
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path):
-      pass
-  except OSError as err:
-    raise ConfigError(f"cannot write to --workdir={short_path(path)} "
-                      f"({err.strerror}); choose a writable directory.")
+  if lock:  # the other processes of a multi-process run write nothing
+    try:
+      os.makedirs(path, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=path):
+        pass
+    except OSError as err:
+      raise ConfigError(f"cannot write to --workdir={short_path(path)} "
+                        f"({err.strerror}); choose a writable directory.")
   held = WorkdirLock(path) if lock else None
   try:
     staging = os.path.join(path, STAGING)

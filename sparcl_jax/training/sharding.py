@@ -49,6 +49,43 @@ def initialize_distributed(coordinator_address: str, num_processes: int,
   return True
 
 
+# Signs, in a runtime error's text, that another process of the run is gone:
+# its collectives (Gloo on CPU) lose their connection, or the coordination
+# service misses its heartbeats or barriers.
+_PEER_SIGNS = ("Gloo", "Connection reset by peer", "Connection refused",
+               "heartbeat", "Barrier", "unhealthy", "coordination service")
+
+
+def lost_peer(err: BaseException) -> Optional[str]:
+  """Says in one line that another process of the run has gone, or None.
+
+  A multi-process run cannot go on without every process: the survivors'
+  next collective fails (at once when the peer's connection is reset).
+
+  Args:
+    err: an exception raised while the run trained.
+
+  Returns:
+    The one-line message, or None when ``err`` is something else (or the
+    run has one process).
+
+  Example:
+    >>> lost_peer(RuntimeError("Gloo AllGather failed")) is None  # one process
+    True
+  """
+  if jax.process_count() == 1 or not isinstance(err, jax.errors.JaxRuntimeError):
+    return None
+  text = str(err).strip()
+  if not any(sign in text for sign in _PEER_SIGNS):
+    return None
+  first = text.splitlines()[0] if text else type(err).__name__
+  if len(first) > 200:
+    first = first[:200] + "..."
+  return (f"process {jax.process_index()} of {jax.process_count()} lost "
+          f"another process of the run ({first}); start every process again "
+          "with the same command to resume from the last checkpoint.")
+
+
 def is_primary() -> bool:
   """Whether this process writes files (process 0 of a multi-host run).
 
