@@ -43,6 +43,9 @@ def initialize_distributed(coordinator_address: str, num_processes: int,
   """
   if not coordinator_address:
     return False
+  # Runs stop on signals through their own checkpointing; JAX's preemption
+  # service would only add its log lines when a process dies.
+  jax.config.update("jax_enable_preemption_service", False)
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes,
                              process_id=process_id)
