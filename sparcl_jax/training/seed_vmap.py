@@ -199,9 +199,16 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
   ddr_remove = jax.jit(jax.vmap(remove))
   evaluate_one = steps.make_evaluate(model, spec, config.eval_batch_size,
                                      test_len)
-  evaluate = jax.jit(jax.vmap(
-      lambda p, bs, d, *rest: evaluate_one(p, bs, d, "test", *rest),
-      in_axes=(0, 0, data_axes, 0, 0, None, 0, 0, 0)))
+  evaluations = {}
+
+  def evaluate(axes):
+    # Test indices shared by every seed (one data pool, one split) make the
+    # first layer one matrix product over all seeds' weights.
+    if axes not in evaluations:
+      evaluations[axes] = jax.jit(jax.vmap(
+          lambda p, bs, d, *rest: evaluate_one(p, bs, d, "test", *rest),
+          in_axes=(0, 0, data_axes) + axes))
+    return evaluations[axes]
   ddr_schedule = ddr_lib.DDRSchedule(config.ddr_epoch_list,
                                      config.ddr_fraction)
   first_state = states[0]
@@ -308,12 +315,13 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
     eval_start = compiles.mark()
     for j in range(num_tasks):
       test_index = [s.tasks[j].test_indices for s in scenarios]
-      correct_class, correct_task = evaluate(
-          state.params, state.batch_stats, data,
-          jnp.asarray(np.stack([tasks.pad(i, test_len) for i in test_index])),
-          jnp.asarray([len(i) for i in test_index], jnp.int32), jnp.int32(j),
-          jnp.asarray(seen_so_far), jnp.asarray(class_masks[:, j]),
-          sparsity_variables(state.opt_state))
+      args = [shared_or_stacked([tasks.pad(i, test_len) for i in test_index]),
+              shared_or_stacked([np.int32(len(i)) for i in test_index]),
+              (jnp.int32(j), None), shared_or_stacked(seen_so_far),
+              shared_or_stacked(class_masks[:, j]),
+              (sparsity_variables(state.opt_state), 0)]
+      correct_class, correct_task = evaluate(tuple(a[1] for a in args))(
+          state.params, state.batch_stats, data, *(a[0] for a in args))
       correct_class, correct_task = (np.asarray(correct_class),
                                      np.asarray(correct_task))
       for s, index in enumerate(test_index):
