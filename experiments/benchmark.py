@@ -34,6 +34,11 @@ random data of its shape).
   ``train.py`` back to back (``--data_dir``) and tabulates training time,
   accuracy and FLOPs.
 
+* several seeds in one run (issue 16): ``--seeds`` runs ``train.py`` on
+  ``--seeds_config`` (default: the DER++ paper's Split MNIST setting) with
+  ``--num_seeds=1`` and ``--num_seeds=10``, alternating, and reports the
+  ratio of their wall times.
+
 The measuring lives in :mod:`sparcl_jax.benchmarks`; this script is its
 command line.
 
@@ -45,6 +50,7 @@ Usage:
   python experiments/benchmark.py --train_py --data_dir=PATH/TO/mnist
   python experiments/benchmark.py --structured --out=structured.json
   python experiments/benchmark.py --structured_runs --data_dir=PATH/TO/mnist
+  python experiments/benchmark.py --seeds --data_dir=PATH/TO/mnist
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from typing import Optional, Sequence
 from sparcl_jax.benchmarks import conv
 from sparcl_jax.benchmarks import report
 from sparcl_jax.benchmarks import runs
+from sparcl_jax.benchmarks import seeds
 from sparcl_jax.benchmarks import structured
 from sparcl_jax.benchmarks import suite
 from sparcl_jax.benchmarks.machine import environment
@@ -67,7 +74,10 @@ __all__ = ["main"]
 
 # Work directories of the sections that run train.py, unless --workdir.
 _WORKDIRS = {"train_py": "/tmp/sparcl_benchmark_train_py",
-             "structured_runs": "/tmp/sparcl_benchmark_structured"}
+             "structured_runs": "/tmp/sparcl_benchmark_structured",
+             "seeds": "/tmp/sparcl_benchmark_seeds"}
+_SEEDS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                             "configs", "split_mnist_derpp.cfg")
 
 
 def _sections(args: argparse.Namespace) -> dict:
@@ -94,6 +104,12 @@ def _sections(args: argparse.Namespace) -> dict:
     results["structured_runs"] = structured.structured_train_times(
         args.data_dir, args.workdir or _WORKDIRS["structured_runs"])
     print(report.format_structured_train_times(results["structured_runs"]))
+  if args.seeds:
+    extra = [f"--data_dir={args.data_dir}"] if args.data_dir else []
+    results["seeds"] = seeds.seeds_against_one(
+        args.seeds_config, args.workdir or _WORKDIRS["seeds"],
+        args.num_seeds, args.seeds_rounds, extra)
+    print(seeds.format_seeds(results["seeds"]))
   return results
 
 
@@ -136,6 +152,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="only whole Split MNIST runs (--data_dir) of the "
                            "MLP 784-2000-2000 configs, dense, structured and "
                            "unstructured, back to back with train.py")
+  parser.add_argument("--seeds", action="store_true",
+                      help="only --num_seeds seeds in one vmapped train.py "
+                           "run against one seed, alternating, on "
+                           "--seeds_config (with --data_dir)")
+  parser.add_argument("--seeds_config", default=_SEEDS_CONFIG,
+                      help="flagfile of --seeds (default: the DER++ "
+                           "paper's Split MNIST setting)")
+  parser.add_argument("--num_seeds", type=int, default=10,
+                      help="seeds of the many-seed run of --seeds")
+  parser.add_argument("--seeds_rounds", type=int, default=2,
+                      help="(one seed, many seeds) pairs --seeds runs")
   parser.add_argument("--workdir", default=None,
                       help="work directory of the --train_py run, parent "
                            "of the --structured_runs runs (default "
@@ -148,10 +175,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error("--structured_runs needs --data_dir=PATH/TO/mnist")
   if args.structured_runs and not os.path.isdir(args.data_dir):
     parser.error(f"--data_dir={args.data_dir} is not a folder")
-  if args.train_py and args.structured_runs and args.workdir:
-    parser.error("--workdir serves one of --train_py and --structured_runs; "
-                 "run them apart")
-  only = args.conv or args.train_py or args.structured or args.structured_runs
+  if sum((args.train_py, args.structured_runs, args.seeds)) > 1 and (
+      args.workdir):
+    parser.error("--workdir serves one of --train_py, --structured_runs and "
+                 "--seeds; run them apart")
+  if args.num_seeds < 1 or args.seeds_rounds < 1:
+    parser.error("--num_seeds and --seeds_rounds must be at least 1")
+  only = (args.conv or args.train_py or args.structured or
+          args.structured_runs or args.seeds)
   if only:
     results = _sections(args)
   else:
