@@ -6,11 +6,14 @@ vmapped run also carries per-seed data.
 
 import json
 import os
+import signal
+import types
 
 import numpy as np
 import pytest
 
-from sparcl_jax.training import cli, loop
+from sparcl_jax.benchmarks import seeds as seeds_benchmark
+from sparcl_jax.training import checkpoint, cli, loop
 from sparcl_jax.training.config import RunConfig, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,9 +83,9 @@ def test_final_is_the_mean_and_final_std_the_std_of_per_seed(
 
 
 def test_one_vmapped_seed_matches_its_single_seed_run():
-  # SparCL with DDR removing a different number of examples per seed:
-  # the seeds' epochs differ in length, so the shorter ones run masked
-  # no-op steps, and masks, buffer and DDR state are all per seed.
+  # SparCL (TDM, DGM, DDR) with DDR removing a different number of examples
+  # per seed: the seeds' epochs differ in length, so the shorter ones run
+  # masked no-op steps, and masks, buffer and DDR state are all per seed.
   changes = dict(method="sparcl_derpp", num_tasks=2, hidden_sizes="16",
                  batch_size=16, minibatch_size=8, buffer_size=50, epochs=2,
                  ddr_epochs="1", ddr_fraction=0.3, mask_update_interval=1)
@@ -126,3 +129,29 @@ def test_bad_num_seeds_is_one_line_exit_2(capsys, tmp_path, flags, fragment):
   assert len(lines) == 1, err
   assert fragment in lines[0]
   assert not os.path.exists(tmp_path / "run" / "results.json")
+
+
+def test_a_stop_request_ends_a_multi_seed_run_without_saving():
+  stop = types.SimpleNamespace(stop_requested=True,
+                               stop_signal=signal.SIGTERM)
+  config = validate(RunConfig(workdir="/unused", num_tasks=2, epochs=1,
+                              hidden_sizes="8", num_seeds=2, progress=False,
+                              tensorboard=False))
+  with pytest.raises(checkpoint.RunInterrupted) as stopped:
+    loop.run(config, checkpoints=stop)
+  assert stopped.value.signum == signal.SIGTERM
+  assert "keeps no checkpoints" in str(stopped.value)
+
+
+def test_benchmark_compares_many_seeds_with_one(tmp_path):
+  result = seeds_benchmark.seeds_against_one(
+      QUICKSTART, str(tmp_path), num_seeds=2, rounds=1,
+      extra=["--epochs=1", "--num_tasks=2", "--hidden_sizes=16"],
+      warm_up=False)
+  one, many = result["one"], result["many"]
+  assert result["ratio"] == pytest.approx(many["median_wall_s"] /
+                                          one["median_wall_s"])
+  assert result["seeds_vmapped"]
+  assert result["final_first_of_many"] == pytest.approx(
+      result["final_one_seed"], abs=0.5)
+  assert "ratio 2 seeds / 1 seed" in seeds_benchmark.format_seeds(result)

@@ -23,8 +23,8 @@ _KEYS = ("wall_time_s", "train_time_s", "eval_time_s", "compile_time_s")
 
 
 def seeds_against_one(flagfile: str, workdir: str, num_seeds: int = 10,
-                      rounds: int = 2,
-                      extra: Sequence[str] = ()) -> dict:
+                      rounds: int = 2, extra: Sequence[str] = (),
+                      warm_up: bool = True) -> dict:
   """Wall time of ``num_seeds`` seeds in one run against one seed.
 
   Args:
@@ -33,6 +33,7 @@ def seeds_against_one(flagfile: str, workdir: str, num_seeds: int = 10,
     num_seeds: seeds of the many-seed run.
     rounds: how many (one seed, many seeds) pairs to run, alternating.
     extra: further ``train.py`` flags (``--data_dir=...``).
+    warm_up: first run a small digits run, untimed.
 
   Returns:
     ``{'command', 'one', 'many', 'ratio', 'train_ratio', ...}``: per
@@ -55,12 +56,14 @@ def seeds_against_one(flagfile: str, workdir: str, num_seeds: int = 10,
           "--notensorboard", "--overwrite"]
   samples = {"one": [], "many": []}
   finals = {}
-  say("warm-up: a small digits run")
-  if cli.main(["train.py", "--dataset=digits", "--data_source=digits",
-               "--num_tasks=2", "--epochs=1", "--hidden_sizes=16",
-               "--noprogress", "--notensorboard", "--overwrite",
-               f"--workdir={os.path.join(workdir, 'warm_up')}"]):
-    raise RuntimeError("the warm-up run failed")
+  if warm_up:
+    # Pays the process's one-time costs (imports, backend start) untimed.
+    say("warm-up: a small digits run")
+    if cli.main(["train.py", "--dataset=digits", "--data_source=digits",
+                 "--num_tasks=2", "--epochs=1", "--hidden_sizes=16",
+                 "--noprogress", "--notensorboard", "--overwrite",
+                 f"--workdir={os.path.join(workdir, 'warm_up')}"]):
+      raise RuntimeError("the warm-up run failed")
   for r in range(rounds):
     pair = (("one", 1), ("many", num_seeds))
     for name, seeds in pair if r % 2 == 0 else pair[::-1]:

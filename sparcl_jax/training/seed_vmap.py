@@ -21,8 +21,9 @@ chunk's ``step < num_steps`` guard, per seed under vmap).
 
 from __future__ import annotations
 
+import signal
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.grouped_tdm import sparsity_variables
 from sparcl_jax.training import accounting
+from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import run_state
@@ -41,6 +43,8 @@ from sparcl_jax.training import steps
 from sparcl_jax.training import tasks
 from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
+
+LogFn = Callable[[dict], None]
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -93,6 +97,11 @@ def device_data(scenarios: Sequence[Scenario]):
     ``(data, axes)``: a :class:`~sparcl_jax.data.pipeline.DeviceData` and
     the matching vmap ``in_axes`` (None for a shared field, 0 for a
     stacked one).
+
+  Example:
+    >>> data, axes = device_data([scenario, scenario])  # doctest: +SKIP
+    >>> axes.train_images is None  # doctest: +SKIP
+    True
   """
   first = scenarios[0]
 
@@ -114,6 +123,44 @@ def device_data(scenarios: Sequence[Scenario]):
           pipeline.DeviceData(*(f[1] for f in fields)))
 
 
+def seed_log(log: LogFn, seed: int) -> LogFn:
+  """``log`` with ``seed`` added to every record.
+
+  Args:
+    log: the run's log function.
+    seed: the seed whose records it receives.
+
+  Returns:
+    The wrapped log function.
+
+  Example:
+    >>> seed_log(print, 3)({"event": "eval"})
+    {'event': 'eval', 'seed': 3}
+  """
+  return lambda record: log(dict(record, seed=seed))
+
+
+def check_stop(checkpoints, where: str) -> None:
+  """Ends a multi-seed run on a stop request (it has no checkpoint to save).
+
+  Args:
+    checkpoints: the run's checkpointer, or None.
+    where: the position, for the message.
+
+  Raises:
+    RunInterrupted: a stop was requested.
+
+  Example:
+    >>> check_stop(None, "in task 1 of 5")  # no checkpointer: never stops
+  """
+  if checkpoints is None or not checkpoints.stop_requested:
+    return
+  signum = checkpoints.stop_signal or signal.SIGINT
+  raise checkpoint_lib.RunInterrupted(
+      f"stopped by {signal.Signals(signum).name} {where}: a --num_seeds run "
+      "keeps no checkpoints, so a rerun starts over.", signum)
+
+
 def _seed_data(data, axes, seed: int):
   """One seed's view of :func:`device_data`'s arrays."""
   return pipeline.DeviceData(*(d if a is None else d[seed]
@@ -121,7 +168,7 @@ def _seed_data(data, axes, seed: int):
 
 
 def run(config: RunConfig, configs: Sequence[RunConfig],
-        scenarios: Sequence[Scenario], log, start: float, checkpoints,
+        scenarios: Sequence[Scenario], log: LogFn, start: float, checkpoints,
         compiles: timing.CompileTimer):
   """Trains every seed of a rehearsal-family run in one vmapped program.
 
@@ -144,8 +191,6 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
     >>> per_seed, keys = run(config, configs, scenarios, print, 0.0, None,
     ...                      timer)  # doctest: +SKIP
   """
-  # Imported here: seeds imports this module.
-  from sparcl_jax.training import seeds  # pylint: disable=import-outside-toplevel
   num_seeds, base = len(configs), scenarios[0]
   for seed_config, scenario in zip(configs, scenarios):
     run_state.check_sizes(seed_config, scenario)
@@ -223,7 +268,7 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
   kept_per_epoch = [[] for _ in configs]
   train_time = eval_time = 0.0
   lockstep_steps = 0
-  records = [tasks.RunRecord(num_tasks, seeds.seed_log(log, c.seed))
+  records = [tasks.RunRecord(num_tasks, seed_log(log, c.seed))
              for c in configs]
 
   for t in range(num_tasks):
@@ -273,7 +318,7 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
       chunk_losses = []
       epoch_start = compiles.mark()
       for first in range(0, int(num_steps.max()), steps_per_call):
-        seeds.check_stop(checkpoints, f"in task {t + 1} of {num_tasks}")
+        check_stop(checkpoints, f"in task {t + 1} of {num_tasks}")
         facts = [shared_or_stacked([np.int32(t)] * num_seeds),
                  shared_or_stacked([np.int32(epoch)] * num_seeds),
                  shared_or_stacked([np.int32(first)] * num_seeds),

@@ -16,7 +16,6 @@ number (``acc_matrix`` too, so the plots show the mean).
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,7 +23,6 @@ import numpy as np
 
 from sparcl_jax import methods
 from sparcl_jax.data.types import Scenario
-from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import seed_vmap
@@ -120,8 +118,7 @@ def sequential_reason(config: RunConfig,
 
 def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
         start: float,
-        checkpoints: Optional[checkpoint_lib.Checkpointer]
-        ) -> dict[str, Any]:
+        checkpoints: Optional[Any]) -> dict[str, Any]:
   """Trains every seed of ``config`` and combines their results.
 
   Args:
@@ -153,38 +150,14 @@ def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
         "another.", flush=True)
   per_seed = []
   for seed_config, seed_scenario in zip(configs, scenarios):
-    check_stop(checkpoints, f"before seed {seed_config.seed}")
+    seed_vmap.check_stop(checkpoints, f"before seed {seed_config.seed}")
     per_seed.append(loop.run(seed_config, seed_scenario,
-                             seed_log(log, seed_config.seed)))
+                             seed_vmap.seed_log(log, seed_config.seed)))
   run_keys = {key: sum(r[key] for r in per_seed) for key in _ADDED}
   run_keys["ms_per_step"] = (
       1e3 * (run_keys["train_time_s"] + run_keys["eval_time_s"]) /
       run_keys["train_steps"] if run_keys["train_steps"] else 0.0)
   return combine(config, per_seed, run_keys, start, vmapped=False)
-
-
-def seed_log(log: LogFn, seed: int) -> LogFn:
-  """``log`` with ``seed`` added to every record."""
-  return lambda record: log(dict(record, seed=seed))
-
-
-def check_stop(checkpoints: Optional[checkpoint_lib.Checkpointer],
-               where: str) -> None:
-  """Ends a multi-seed run on a stop request (it has no checkpoint to save).
-
-  Args:
-    checkpoints: the run's checkpointer, or None.
-    where: the position, for the message.
-
-  Raises:
-    RunInterrupted: a stop was requested.
-  """
-  if checkpoints is None or not checkpoints.stop_requested:
-    return
-  signum = checkpoints.stop_signal or signal.SIGINT
-  raise checkpoint_lib.RunInterrupted(
-      f"stopped by {signal.Signals(signum).name} {where}: a --num_seeds run "
-      "keeps no checkpoints, so a rerun starts over.", signum)
 
 
 def mean_tree(values: Sequence[Any]) -> Any:
