@@ -222,6 +222,9 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
   chunks = {}
 
   def vchunk(facts_axes):
+    # A step fact every seed shares stays unbatched, so the conditionals on
+    # it (the step guard, TDM's and DGM's event steps) stay conditionals
+    # instead of both branches and a select; one compilation per pattern.
     if facts_axes not in chunks:
       chunks[facts_axes] = jax.jit(jax.vmap(
           chunk, in_axes=(0, (data_axes, 0, 0), 0,
@@ -254,6 +257,7 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
           lambda p, bs, d, *rest: evaluate_one(p, bs, d, "test", *rest),
           in_axes=(0, 0, data_axes) + axes))
     return evaluations[axes]
+
   ddr_schedule = ddr_lib.DDRSchedule(config.ddr_epoch_list,
                                      config.ddr_fraction)
   first_state = states[0]
