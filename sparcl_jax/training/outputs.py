@@ -427,7 +427,25 @@ def plot_acc_matrix(workdir: str, class_il: Sequence[Sequence[float]],
 
 
 def summary_table(results: dict[str, Any]) -> str:
-  """A plain-text table of a run's accuracies and summary metrics."""
+  """A plain-text table of a run's accuracies and summary metrics.
+
+  Args:
+    results: a run's results (as in ``results.json``); with several seeds,
+      a line of mean +- std over them follows the means.
+
+  Returns:
+    The table's text.
+
+  Example:
+    >>> r = {"acc_matrix": {"class_il": [[90.0]], "task_il": [[99.0]]},
+    ...      "final": {"class_il": 90.0, "task_il": 99.0,
+    ...                "forgetting_class_il": 0.0, "forgetting_task_il": 0.0,
+    ...                "bwt_class_il": 0.0, "bwt_task_il": 0.0},
+    ...      "final_std": {"class_il": 1.5, "task_il": 0.25},
+    ...      "seeds": [0, 1], "wall_time_s": 3.0}
+    >>> print(summary_table(r).splitlines()[3])
+    over 2 seeds (mean +- std): class-IL 90.00 +- 1.50  task-IL 99.00 +- 0.25
+  """
   class_il = np.asarray(results["acc_matrix"]["class_il"])
   task_il = np.asarray(results["acc_matrix"]["task_il"])
   n = class_il.shape[0]
@@ -436,6 +454,11 @@ def summary_table(results: dict[str, Any]) -> str:
     lines.append(f"{j + 1:>4}  {class_il[-1, j]:8.2f}  {task_il[-1, j]:7.2f}")
   final = results["final"]
   lines.append(f"mean  {final['class_il']:8.2f}  {final['task_il']:7.2f}")
+  if "final_std" in results:
+    std = results["final_std"]
+    lines.append(f"over {len(results['seeds'])} seeds (mean +- std): class-IL "
+                 f"{final['class_il']:.2f} +- {std['class_il']:.2f}  task-IL "
+                 f"{final['task_il']:.2f} +- {std['task_il']:.2f}")
   lines.append(f"forgetting  class-IL {final['forgetting_class_il']:.2f}  "
                f"task-IL {final['forgetting_task_il']:.2f};  BWT class-IL "
                f"{final['bwt_class_il']:.2f}  task-IL "
