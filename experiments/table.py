@@ -6,6 +6,12 @@ Usage:
 Each WORKDIR holds a ``results.json`` written by ``experiments/train.py``.
 Training FLOPs are shown as totals and as the factor saved against the
 baseline run (the first one unless ``--baseline`` names another).
+
+A run trained with ``--num_seeds=N`` (its results.json has ``per_seed``)
+shows Class-IL and Task-IL as mean +- std over its seeds (numpy std,
+ddof 0), and the table gains a ``seeds`` column and a line saying so;
+its FLOPs and examples are the means over seeds and its wall time that of
+the whole multi-seed run. Tables of single-seed runs are unchanged.
 """
 
 import argparse
@@ -36,19 +42,41 @@ def _label(results):
   return label
 
 
+def _num_seeds(results):
+  return len(results["per_seed"]) if "per_seed" in results else 1
+
+
+def _accuracy(results, key):
+  """``final[key]``, as mean +- std when the run has several seeds."""
+  if "per_seed" not in results:
+    return f"{results['final'][key]:.2f}"
+  return f"{results['final'][key]:.2f} +- {results['final_std'][key]:.2f}"
+
+
 def markdown_table(workdirs, baseline):
   """Returns the table as a string."""
   base = _load(baseline)
-  rows = ["| run | Class-IL | Task-IL | training FLOPs | FLOPs saved | "
-          "examples | wall time (s) |",
-          "|---|---|---|---|---|---|---|"]
-  for workdir in workdirs:
-    r = _load(workdir)
+  runs = [_load(workdir) for workdir in workdirs]
+  multi = any("per_seed" in r for r in runs)
+  rows = []
+  if multi:
+    counts = sorted({_num_seeds(r) for r in runs})
+    rows += [f"Class-IL, Task-IL: mean +- std over "
+             f"{' or '.join(map(str, counts))} seeds (numpy std, ddof 0); "
+             "training FLOPs and examples: mean over seeds; wall time: the "
+             "whole multi-seed run.", ""]
+  rows += ["| run | Class-IL | Task-IL | training FLOPs | FLOPs saved | "
+           "examples | wall time (s) |" + (" seeds |" if multi else ""),
+           "|---|---|---|---|---|---|---|" + ("---|" if multi else "")]
+  for r in runs:
     saved = base["train_flops"] / r["train_flops"]
-    rows.append(
-        f"| {_label(r)} | {r['final']['class_il']:.2f} | "
-        f"{r['final']['task_il']:.2f} | {r['train_flops']:.3g} | "
-        f"{saved:.2f}x | {r['train_examples']} | {r['wall_time_s']:.0f} |")
+    row = (f"| {_label(r)} | {_accuracy(r, 'class_il')} | "
+           f"{_accuracy(r, 'task_il')} | {r['train_flops']:.3g} | "
+           f"{saved:.2f}x | {r['train_examples']:.0f} | "
+           f"{r['wall_time_s']:.0f} |")
+    if multi:
+      row += f" {_num_seeds(r)} |"
+    rows.append(row)
   return "\n".join(rows)
 
 
