@@ -26,6 +26,7 @@ from sparcl_jax.tdm import tdm_masks
 from sparcl_jax.training import clnp_runner
 from sparcl_jax.training import loop
 from sparcl_jax.training import optimizers
+from sparcl_jax.training import run_state
 from sparcl_jax.training import steps
 from sparcl_jax.training import task_level_steps
 from sparcl_jax.training import tasks
@@ -123,16 +124,8 @@ def model_macs(model, params: PyTree, batch_stats: PyTree,
     ...                              data), data)  # 16 * 8 + 8 * 10
     208
   """
-
-  def apply(p, x):
-    variables = {"params": p}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-    return model.apply(variables, x, train=False)
-
-  x = jax.ShapeDtypeStruct((2,) + tuple(scenario.image_shape), jnp.float32)
-  return flops_lib.forward_macs(
-      flops_lib.layer_macs(apply, params, x, batch_size=2))
+  return flops_lib.forward_macs(run_state.model_layer_macs(
+      model, params, batch_stats, scenario.image_shape))
 
 
 def dense_model_macs(config: RunConfig, scenario: Scenario, model,

@@ -187,6 +187,29 @@ def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
         hidden_sizes=config.hidden_widths, head=config.head,
         head_sizes=[len(t.classes) for t in scenario.tasks])
     params = dense_view(params, kept_rows)[0]
+  return model_layer_macs(model, params, batch_stats, spec.image_shape)
+
+
+def model_layer_macs(model, params, batch_stats, image_shape
+                     ) -> dict[str, int]:
+  """Forward MACs per example of every kernel of a Flax model, traced.
+
+  Args:
+    model: Flax module taking ``train=`` (e.g. ``registry.make_model``).
+    params: its parameters.
+    batch_stats: its batch-norm statistics (``{}`` without).
+    image_shape: one example's shape.
+
+  Returns:
+    ``{kernel path: MACs per example}``.
+
+  Example:
+    >>> from sparcl_jax.models.mlp import MLP
+    >>> model = MLP((8,), 2)
+    >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))
+    >>> model_layer_macs(model, v["params"], {}, (4,))
+    {'hidden_0/kernel': 32, 'head/kernel': 16}
+  """
 
   def apply(p, x):
     variables = {"params": p}
@@ -194,7 +217,7 @@ def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
       variables["batch_stats"] = batch_stats
     return model.apply(variables, x, train=False)
 
-  x = jax.ShapeDtypeStruct((2,) + tuple(spec.image_shape), jnp.float32)
+  x = jax.ShapeDtypeStruct((2,) + tuple(image_shape), jnp.float32)
   return flops_lib.layer_macs(apply, params, x, batch_size=2)
 
 
