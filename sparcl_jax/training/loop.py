@@ -20,8 +20,6 @@ from sparcl_jax import methods
 from sparcl_jax import rehearsal
 from sparcl_jax.grouped_tdm import sparsity_variables
 from sparcl_jax.data import pipeline
-from sparcl_jax.data import scenarios as scenarios_lib
-from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.training import accounting
@@ -32,7 +30,9 @@ from sparcl_jax.training import optimizers
 from sparcl_jax.training import resume_checks
 from sparcl_jax.training import run_state
 # Re-exported: callers read a run's MACs as loop.run_layer_macs.
-from sparcl_jax.training.run_state import run_layer_macs  # pylint: disable=unused-import
+from sparcl_jax.training.run_state import (build_scenario, load_datasets,  # pylint: disable=unused-import
+                                          method_spec, run_layer_macs)
+from sparcl_jax.training import seeds
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import steps
 from sparcl_jax.training import tasks
@@ -41,71 +41,6 @@ from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
 LogFn = Callable[[dict], None]
-
-def build_scenario(config: RunConfig, datasets=None) -> Scenario:
-  """Loads the data a config names and cuts it into tasks.
-
-  Args:
-    config: a validated run configuration.
-    datasets: ``load_datasets(config)`` when already loaded (several
-      seeds' scenarios of one dataset); None loads them.
-
-  Returns:
-    The scenario.
-
-  Raises:
-    DataError: the data is missing or malformed.
-    ConfigError: the scenario cannot be built from this data.
-
-  Example:
-    >>> build_scenario(RunConfig(workdir="/tmp/x"))  # doctest: +SKIP
-  """
-  dataset, cifar100 = datasets or load_datasets(config)
-  try:
-    return scenarios_lib.build_scenario(
-        config.scenario, dataset, config.resolved_num_tasks, config.seed,
-        config.val_fraction, config.shuffle_classes, cifar100)
-  except ConfigError as err:
-    raise ConfigError(f"--scenario={config.scenario} "
-                      f"--dataset={config.dataset}: {err}") from None
-
-
-def load_datasets(config: RunConfig):
-  """``(dataset, cifar100 or None)``: the datasets a config's scenario cuts.
-
-  Args:
-    config: a validated run configuration (``seed`` matters to the digits
-      source only, whose train/test split it draws).
-
-  Returns:
-    The two datasets.
-
-  Example:
-    >>> load_datasets(RunConfig(workdir="/tmp/x"))[1] is None
-    True
-  """
-  data_dir = config.data_dir or None
-  dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
-                                 seed=config.seed)
-  cifar100 = None
-  if config.scenario == "cifar10_100":
-    cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
-                                    seed=config.seed)
-  return dataset, cifar100
-
-
-def method_spec(config: RunConfig) -> steps.MethodSpec:
-  """Static loss description of ``config.method``."""
-  method = config.method_object
-  return steps.MethodSpec(
-      replay=method.replay,
-      alpha=config.alpha,
-      beta=config.beta,
-      replay_batch_size=config.replay_batch_size,
-      current_task_logit_mask=config.current_task_logit_mask,
-      replay_first_task=config.replay_first_task,
-      track_forgetting=method.tracks_forgetting(config))
-
 
 def run(config: RunConfig, scenario: Optional[Scenario] = None,
         log_fn: Optional[LogFn] = None,
@@ -154,8 +89,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
   log = log_fn or (lambda record: None)
   start = time.perf_counter() if start_time is None else start_time
   if config.num_seeds > 1:
-    from sparcl_jax.training import seeds  # pylint: disable=import-outside-toplevel
-    return seeds.run(config, scenario, log, start, checkpoints)
+    return seeds.run(config, scenario, log, start, checkpoints, run_one=run)
   with timing.CompileTimer() as compiles:
     if scenario is None:
       scenario = build_scenario(config)

@@ -1,7 +1,8 @@
 """A rehearsal-family run's state before its first step, and its report.
 
 The pieces :mod:`sparcl_jax.training.loop` and the multi-seed runner
-(:mod:`sparcl_jax.training.seed_vmap`) share: the model a config names, the
+(:mod:`sparcl_jax.training.seed_vmap`) share: the scenario and loss a config
+names, the model it names, the
 initial train state from one seed (weights, optimizer state with the
 initial masks, empty buffer), the per-layer MACs and sparsities the FLOPs
 count uses, and the results keys read off the final state.
@@ -19,6 +20,8 @@ from sparcl_jax import flops as flops_lib
 from sparcl_jax import masks as masks_lib
 from sparcl_jax import rehearsal
 from sparcl_jax.data import pipeline
+from sparcl_jax.data import scenarios as scenarios_lib
+from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.grouped_tdm import dense_view, grouped_layers, tdm_rows
@@ -82,6 +85,71 @@ def final_keys(config: RunConfig, state: steps.TrainState,
       "weights_zero_fraction": masks_lib.summarize_sparsity(
           _dense_weights_and_masks(config, state)[0])["sparsity"],
   }
+
+
+def build_scenario(config: RunConfig, datasets=None) -> Scenario:
+  """Loads the data a config names and cuts it into tasks.
+
+  Args:
+    config: a validated run configuration.
+    datasets: ``load_datasets(config)`` when already loaded (several
+      seeds' scenarios of one dataset); None loads them.
+
+  Returns:
+    The scenario.
+
+  Raises:
+    DataError: the data is missing or malformed.
+    ConfigError: the scenario cannot be built from this data.
+
+  Example:
+    >>> build_scenario(RunConfig(workdir="/tmp/x"))  # doctest: +SKIP
+  """
+  dataset, cifar100 = datasets or load_datasets(config)
+  try:
+    return scenarios_lib.build_scenario(
+        config.scenario, dataset, config.resolved_num_tasks, config.seed,
+        config.val_fraction, config.shuffle_classes, cifar100)
+  except ConfigError as err:
+    raise ConfigError(f"--scenario={config.scenario} "
+                      f"--dataset={config.dataset}: {err}") from None
+
+
+def load_datasets(config: RunConfig):
+  """``(dataset, cifar100 or None)``: the datasets a config's scenario cuts.
+
+  Args:
+    config: a validated run configuration (``seed`` matters to the digits
+      source only, whose train/test split it draws).
+
+  Returns:
+    The two datasets.
+
+  Example:
+    >>> load_datasets(RunConfig(workdir="/tmp/x"))[1] is None
+    True
+  """
+  data_dir = config.data_dir or None
+  dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
+                                 seed=config.seed)
+  cifar100 = None
+  if config.scenario == "cifar10_100":
+    cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
+                                    seed=config.seed)
+  return dataset, cifar100
+
+
+def method_spec(config: RunConfig) -> steps.MethodSpec:
+  """Static loss description of ``config.method``."""
+  method = config.method_object
+  return steps.MethodSpec(
+      replay=method.replay,
+      alpha=config.alpha,
+      beta=config.beta,
+      replay_batch_size=config.replay_batch_size,
+      current_task_logit_mask=config.current_task_logit_mask,
+      replay_first_task=config.replay_first_task,
+      track_forgetting=method.tracks_forgetting(config))
 
 
 def make_run_model(config: RunConfig, scenario: Scenario):

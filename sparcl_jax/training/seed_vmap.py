@@ -36,7 +36,6 @@ from sparcl_jax.data.types import Scenario
 from sparcl_jax.grouped_tdm import sparsity_variables
 from sparcl_jax.training import accounting
 from sparcl_jax.training import checkpoint as checkpoint_lib
-from sparcl_jax.training import loop
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import run_state
 from sparcl_jax.training import steps
@@ -197,7 +196,7 @@ def run(config: RunConfig, configs: Sequence[RunConfig],
   num_tasks = base.num_tasks
   model = run_state.make_run_model(config, base)
   spec = tasks.input_spec(base)
-  method = loop.method_spec(config)
+  method = run_state.method_spec(config)
   joint = config.method_object.joint
   arrays = [tasks.TaskArrays(s, joint) for s in scenarios]
   train_len, test_len = arrays[0].train_len, arrays[0].test_len

@@ -24,7 +24,7 @@ import numpy as np
 from sparcl_jax import methods
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.training import config as config_lib
-from sparcl_jax.training import loop
+from sparcl_jax.training import run_state
 from sparcl_jax.training import seed_vmap
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import tasks
@@ -76,9 +76,9 @@ def build_scenarios(config: RunConfig,
   configs = seed_configs(config)
   datasets = None
   if config.data_source != "digits":
-    datasets = loop.load_datasets(configs[0])
+    datasets = run_state.load_datasets(configs[0])
   return [first if s == 0 and first is not None else
-          loop.build_scenario(c, datasets) for s, c in enumerate(configs)]
+          run_state.build_scenario(c, datasets) for s, c in enumerate(configs)]
 
 
 def sequential_reason(config: RunConfig,
@@ -117,8 +117,8 @@ def sequential_reason(config: RunConfig,
 
 
 def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
-        start: float,
-        checkpoints: Optional[Any]) -> dict[str, Any]:
+        start: float, checkpoints: Optional[Any],
+        run_one: Callable[..., dict[str, Any]]) -> dict[str, Any]:
   """Trains every seed of ``config`` and combines their results.
 
   Args:
@@ -128,6 +128,9 @@ def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
     start: ``time.perf_counter()`` at the run's start.
     checkpoints: only asked whether a stop was requested: a multi-seed run
       saves no checkpoints.
+    run_one: ``loop.run``, which trains one seed's config (``run_one(config,
+      scenario, log)``) when the seeds run one after another; passed in
+      because ``loop.run`` is also what calls this function.
 
   Returns:
     The combined results (see :func:`combine`).
@@ -136,7 +139,7 @@ def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
     RunInterrupted: a stop was requested (nothing is saved).
 
   Example:
-    >>> results = run(config, None, print, 0.0, None)  # doctest: +SKIP
+    >>> results = run(config, None, print, 0.0, None, loop.run)  # doctest: +SKIP
   """
   configs = seed_configs(config)
   with timing.CompileTimer() as compiles:
@@ -151,8 +154,8 @@ def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
   per_seed = []
   for seed_config, seed_scenario in zip(configs, scenarios):
     seed_vmap.check_stop(checkpoints, f"before seed {seed_config.seed}")
-    per_seed.append(loop.run(seed_config, seed_scenario,
-                             seed_vmap.seed_log(log, seed_config.seed)))
+    per_seed.append(run_one(seed_config, seed_scenario,
+                            seed_vmap.seed_log(log, seed_config.seed)))
   run_keys = {key: sum(r[key] for r in per_seed) for key in _ADDED}
   run_keys["ms_per_step"] = (
       1e3 * (run_keys["train_time_s"] + run_keys["eval_time_s"]) /
