@@ -196,6 +196,48 @@ def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
   return out
 
 
+def scale_to_kept_fan_in(params: PyTree, masks: PyTree) -> PyTree:
+  """Scales each masked kernel's kept weights to a dense init at their fan-in.
+
+  An output unit of a kernel ``[..., fan_out]`` (dense ``[in, out]``, conv
+  ``[h, w, in, out]``) that keeps ``kept`` of its ``fan_in`` weights gets
+  them multiplied by ``sqrt(fan_in / kept)``: a fan-in-scaled initializer
+  (LeCun, He) then gives it the variance it would give a dense unit reading
+  ``kept`` inputs, so masking does not shrink the unit's output variance
+  ``kept / fan_in``-fold. Units keeping nothing, dense leaves and 1-D
+  leaves are left alone.
+
+  Args:
+    params: parameter pytree, already masked.
+    masks: masks pytree (``None`` at dense leaves).
+
+  Returns:
+    The rescaled params (zeros stay zeros).
+
+  Example:
+    >>> m = jnp.array([[True, True], [False, True], [False, True],
+    ...                [False, True]])
+    >>> w = apply_mask({'w': jnp.ones((4, 2))}, {'w': m})
+    >>> scale_to_kept_fan_in(w, {'w': m})['w']    # 1 of 4 kept: x 2
+    Array([[2., 1.],
+           [0., 1.],
+           [0., 1.],
+           [0., 1.]], dtype=float32)
+  """
+  by_path = _masks_by_path(masks)
+
+  def leaf(path, w):
+    m = by_path.get(path)
+    if m is None or w.ndim < 2:
+      return w
+    fan_out = w.shape[-1]
+    kept = jnp.asarray(m).reshape(-1, fan_out).sum(0)
+    scale = jnp.sqrt((w.size // fan_out) / jnp.maximum(kept, 1))
+    return w * scale.astype(w.dtype)
+
+  return map_with_paths(leaf, params)
+
+
 def masks_from_filter(params: PyTree, sparse_filter: SparseFilter) -> PyTree:
   """All-True masks at selected leaves, ``None`` elsewhere.
 

@@ -43,9 +43,13 @@ class GroupedSparseDense(nn.Module):
     sparsity: share of the kernel pruned; each block keeps
       ``round((1 - sparsity) * fan_in)`` input rows.
     use_bias: add a bias.
-    kernel_init: initializer of the dense kernel the kept weights are taken
-      from (so the kept weights start as a dense layer's would).
+    kernel_init: initializer of the kept weights.
     bias_init: initializer of the bias.
+    kept_fan_in_init: draw the kept weights as a dense layer reading ``k``
+      inputs would (``kernel_init`` at the kept fan-in, so a unit's output
+      starts with a dense layer's variance); False cuts them from a dense
+      ``[fan_in, features]`` kernel, as masking a dense layer does (see
+      :func:`sparcl_jax.grouped.initial_values`).
   """
 
   features: int
@@ -54,6 +58,7 @@ class GroupedSparseDense(nn.Module):
   use_bias: bool = True
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros_init()
+  kept_fan_in_init: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -71,8 +76,9 @@ class GroupedSparseDense(nn.Module):
 
     def init_values(key, shape, dtype=jnp.float32):
       del shape
-      dense = self.kernel_init(key, (fan_in, self.features), dtype)
-      return grouped.from_dense(dense, rows.value)
+      return grouped.initial_values(key, self.kernel_init, fan_in,
+                                    rows.value, self.group,
+                                    self.kept_fan_in_init, dtype)
 
     values = self.param("values", init_values, (groups, k, self.group))
     y = grouped.grouped_matmul(x, values, rows.value)
@@ -96,6 +102,9 @@ class GroupedSparseLinear(nnx.Module):
     sparsity: share of the kernel pruned.
     rngs: NNX RNG streams (``params`` draws the kept rows and weights).
     use_bias: add a bias.
+    kept_fan_in_init: draw the kept weights (LeCun normal) at the kept
+      fan-in ``k`` rather than cutting them from a dense kernel (as
+      :class:`GroupedSparseDense`).
 
   Example:
     >>> layer = GroupedSparseLinear(6, 4, group=2, sparsity=0.5,
@@ -105,16 +114,17 @@ class GroupedSparseLinear(nnx.Module):
   """
 
   def __init__(self, in_features: int, out_features: int, *, group: int,
-               sparsity: float, rngs: nnx.Rngs, use_bias: bool = True):
+               sparsity: float, rngs: nnx.Rngs, use_bias: bool = True,
+               kept_fan_in_init: bool = True):
     groups = grouped.check_group(out_features, group)
     k = grouped.kept_rows_per_group(in_features, sparsity)
     self.rows = KeptRows(grouped.random_rows(rngs.params(), in_features,
                                              groups, k))
     self.kept = KeptRows(grouped.kept_membership(self.rows.value,
                                                  in_features))
-    dense = nnx.initializers.lecun_normal()(rngs.params(),
-                                            (in_features, out_features))
-    self.values = nnx.Param(grouped.from_dense(dense, self.rows.value))
+    self.values = nnx.Param(grouped.initial_values(
+        rngs.params(), nnx.initializers.lecun_normal(), in_features,
+        self.rows.value, group, kept_fan_in_init))
     self.bias = nnx.Param(jnp.zeros(out_features)) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:

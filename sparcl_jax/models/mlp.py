@@ -27,6 +27,9 @@ class MLP(nn.Module):
       keeping ``round((1 - sparsity) * fan_in)`` input rows each (the
       ``'sparsity'`` collection holds the kept rows).
     sparsity: weight sparsity of the grouped hidden layers.
+    kept_fan_in_init: the grouped layers draw their kept weights at the
+      kept fan-in (see :class:`GroupedSparseDense`); False cuts them from a
+      dense kernel.
 
   Example:
     >>> model = MLP((100, 100), 10)
@@ -41,6 +44,7 @@ class MLP(nn.Module):
   head_sizes: Optional[Sequence[int]] = None
   group: int = 0
   sparsity: float = 0.0
+  kept_fan_in_init: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -65,6 +69,7 @@ class MLP(nn.Module):
       name = f"hidden_{i}"
       if self.group:
         layer = GroupedSparseDense(int(width), self.group, self.sparsity,
+                                   kept_fan_in_init=self.kept_fan_in_init,
                                    name=name)
       else:
         layer = nn.Dense(int(width), name=name)

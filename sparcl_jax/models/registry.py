@@ -31,7 +31,8 @@ def make_model(name: str, num_outputs: int, *,
                head_sizes: Optional[Sequence[int]] = None,
                width_multiplier: int = 1,
                conv_gradients: str = "canonical",
-               group: int = 0, sparsity: float = 0.0) -> nn.Module:
+               group: int = 0, sparsity: float = 0.0,
+               kept_fan_in_init: bool = True) -> nn.Module:
   """Builds a model by name after checking its hyper-parameters.
 
   Args:
@@ -47,6 +48,9 @@ def make_model(name: str, num_outputs: int, *,
       sparse ones with blocks of ``group`` output units (must divide every
       hidden width).
     sparsity: weight sparsity of the grouped hidden layers.
+    kept_fan_in_init: the grouped layers draw their kept weights at the
+      kept fan-in (else cut from a dense kernel); see
+      :class:`~sparcl_jax.GroupedSparseDense`.
 
   Returns:
     An unbound Flax Linen module.
@@ -70,7 +74,8 @@ def make_model(name: str, num_outputs: int, *,
     if group:
       for width in hidden:
         check_group(width, group)
-    return MLP(hidden, num_outputs, head, sizes, int(group), float(sparsity))
+    return MLP(hidden, num_outputs, head, sizes, int(group), float(sparsity),
+               bool(kept_fan_in_init))
   if group:
     raise ConfigError(f"grouped sparse layers exist for the mlp model only, "
                       f"not {name!r}; use the unstructured masks.")

@@ -35,6 +35,7 @@ CLNP_METHODS = methods.names(methods.TASK_LEVEL)
 ACTIVITY_READINGS = ("mean", "firing_rate")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
 MASK_STRUCTURES = ("unstructured", "grouped")
+SPARSE_INITS = ("dense", "kept_fan_in")
 
 # Default number of tasks per (scenario kind, dataset) when --num_tasks is 0:
 # the scenario table's (sparcl_jax.data.scenarios).
@@ -155,6 +156,13 @@ class RunConfig:
       default=250, metadata={"help": "TDM with --mask_structure=grouped: "
                                      "output units per block (must divide "
                                      "every hidden width)."})
+  sparse_init: str = dataclasses.field(
+      default="dense", metadata={
+          "help": "How a sparse layer's kept weights start: 'dense' (as a "
+                  "dense layer's, the rest masked: SparCL's) or "
+                  "'kept_fan_in' (as a dense layer's whose fan-in is the "
+                  "kept count, so a unit's output starts with a dense "
+                  "layer's variance)."})
   tdm: bool = dataclasses.field(
       default=True, metadata={"help": "SparCL: task-aware dynamic masking "
                                       "(sparse weights)."})
@@ -479,6 +487,7 @@ def validate(config: RunConfig) -> RunConfig:
                       "TDM swaps connections; use a sparsity below "
                       f"{1.0 - config.mask_swap_fraction:.2f}.")
   _choice("mask_structure", config.mask_structure, MASK_STRUCTURES)
+  _choice("sparse_init", config.sparse_init, SPARSE_INITS)
   if config.mask_growth:
     try:
       mask_rules.grow_score(config.mask_growth)
@@ -516,6 +525,10 @@ def validate(config: RunConfig) -> RunConfig:
                       "comma-separated positive integers, e.g. 100,100.")
   if config.grouped:
     _check_grouped(config)
+  if config.sparse_init != "dense" and not config.is_sparse:
+    raise ConfigError(f"--sparse_init={config.sparse_init} sets how sparse "
+                      f"layers start, and --method={config.method} here "
+                      "trains no sparse layers: drop it.")
   if config.uses_buffer:
     if config.buffer_size < 1:
       raise ConfigError(f"--method={config.method} replays from a buffer: "

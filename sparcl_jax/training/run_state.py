@@ -170,7 +170,8 @@ def make_run_model(config: RunConfig, scenario: Scenario):
       nf=config.nf, head=config.head,
       head_sizes=[len(t.classes) for t in scenario.tasks],
       conv_gradients=config.conv_gradients,
-      **(dict(group=config.mask_group, sparsity=config.sparsity)
+      **(dict(group=config.mask_group, sparsity=config.sparsity,
+              kept_fan_in_init=config.sparse_init == "kept_fan_in")
          if config.grouped else {}))
 
 
@@ -216,6 +217,8 @@ def initial_state(config: RunConfig, scenario: Scenario, model,
     if masks is not None:
       opt_state = opt_state._replace(masks=masks)
     params = masks_lib.apply_mask(params, tdm_masks(opt_state))
+    if config.sparse_init == "kept_fan_in":
+      params = masks_lib.scale_to_kept_fan_in(params, tdm_masks(opt_state))
   buffer = None
   if config.method_object.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
