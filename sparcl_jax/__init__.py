@@ -26,14 +26,15 @@ from sparcl_jax.mask_rules import (ScoreInputs, drop_score_names,
                                    grow_score_names, register_drop_score,
                                    register_grow_score)
 from sparcl_jax.grouped import (drop_and_grow_rows, grouped_matmul,
-                                kept_membership, magnitude_rows, random_rows,
-                                row_mask)
+                                initial_values, kept_membership,
+                                magnitude_rows, random_rows, row_mask)
 from sparcl_jax.grouped_tdm import (GroupedTDMState, dense_view,
                                     grouped_layers, grouped_tdm,
                                     sparsity_variables, tdm_rows)
 from sparcl_jax.masks import (apply_mask, bit_select, default_sparse_filter,
                               drop_and_grow, erk_sparsities, filter_from_regex,
-                              magnitude_mask, snip_mask, summarize_sparsity,
+                              magnitude_mask, scale_to_kept_fan_in,
+                              snip_mask, summarize_sparsity,
                               uniform_sparsities)
 from sparcl_jax.metrics import (average_accuracy, average_forgetting,
                                 backward_transfer, forward_transfer, summarize)
