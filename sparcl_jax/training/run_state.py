@@ -216,9 +216,10 @@ def initial_state(config: RunConfig, scenario: Scenario, model,
             config, model, params, batch_stats, scenario, device_data, spec))
     if masks is not None:
       opt_state = opt_state._replace(masks=masks)
-    params = masks_lib.apply_mask(params, tdm_masks(opt_state))
+    start_masks = tdm_masks(opt_state)
+    params = masks_lib.apply_mask(params, start_masks)
     if config.sparse_init == "kept_fan_in":
-      params = masks_lib.scale_to_kept_fan_in(params, tdm_masks(opt_state))
+      params = masks_lib.scale_to_kept_fan_in(params, start_masks)
   buffer = None
   if config.method_object.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
