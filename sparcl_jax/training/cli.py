@@ -285,6 +285,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         writers.append(_Lazy(lambda: tensorboard.TensorBoardLog(
             rundir, ckpt.restored_meta and ckpt.restored_meta["steps_done"])))
     log_fn = _fan_out([log] + writers[2:])
+    if primary and not config.quiet:
+      from sparcl_jax.training import progress  # pylint: disable=import-outside-toplevel
+      log_fn = _fan_out([log_fn, progress.ProgressLines(
+          scenario.num_tasks, config.epochs, first_seed=config.seed)])
     with checkpoint.stop_on_signals(ckpt):
       results = loop.run(config, scenario=scenario, log_fn=log_fn,
                          checkpoints=ckpt, start_time=start_time)
