@@ -224,8 +224,8 @@ class Ewc(TaskLevelMethod):
     # compared across settings.
     runner.log({"event": "fisher", "task": task,
                 "mean": fisher_mean(fisher)})
-    return state._replace(reg=regularizers.ewc_consolidate(
-        state.reg, state.params, fisher, merged=True))
+    return state._replace(method_state=regularizers.ewc_consolidate(
+        state.method_state, state.params, fisher, merged=True))
 
 
 @register
@@ -246,8 +246,8 @@ class Si(TaskLevelMethod):
   def end_task(self, runner, state, extras, task):
     if task + 1 == runner.scenario.num_tasks:
       return state
-    return state._replace(reg=regularizers.si_consolidate(
-        state.reg, state.params, runner.config.si_xi))
+    return state._replace(method_state=regularizers.si_consolidate(
+        state.method_state, state.params, runner.config.si_xi))
 
 
 @register
