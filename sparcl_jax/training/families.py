@@ -168,6 +168,9 @@ class TaskLevelFamily(RehearsalFamily):
 
   make_hooks = staticmethod(task_level.make_hooks)
 
+  def __init__(self, method: task_level.TaskLevelMethod):
+    self.method = method
+
   def check(self, trainer) -> None:
     config = trainer.config
     if config.model not in ("mlp", "zenke_cnn"):
@@ -269,9 +272,6 @@ class TaskLevelFamily(RehearsalFamily):
       results["val_final"] = {"task_il_per_task": val,
                               "task_il": float(np.mean(val))}
     return results
-
-  def __init__(self, method: Optional[task_level.TaskLevelMethod] = None):
-    self.method = method
 
 
 def make_task_optimizer(config, steps_per_task: int,

@@ -105,11 +105,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     seed_axis.check_stop(checkpoints, f"before seed {seed_config.seed}")
     per_seed.append(run(seed_config, seed_scenario,
                         seed_axis.seed_log(log, seed_config.seed)))
-  run_keys = {key: sum(r[key] for r in per_seed) for key in seed_axis._ADDED}  # pylint: disable=protected-access
-  run_keys["ms_per_step"] = (
-      1e3 * (run_keys["train_time_s"] + run_keys["eval_time_s"]) /
-      run_keys["train_steps"] if run_keys["train_steps"] else 0.0)
-  return seed_axis.combine(config, per_seed, run_keys, start, vmapped=False)
+  return seed_axis.combine(config, per_seed,
+                           seed_axis.sequential_run_keys(per_seed), start,
+                           vmapped=False)
 
 
 def _train(configs, scenarios, log: LogFn, start: float,

@@ -170,8 +170,30 @@ def seed_data(data, axes, seed: int):
 
 
 # Timing keys that add up over seeds run one after another.
-_ADDED = ("compile_time_s", "compiles", "train_time_s", "eval_time_s",
-          "train_steps")
+ADDED_KEYS = ("compile_time_s", "compiles", "train_time_s", "eval_time_s",
+              "train_steps")
+
+
+def sequential_run_keys(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """The timing keys of seeds that ran one after another: their sums.
+
+  Args:
+    per_seed: each seed's results.
+
+  Returns:
+    ``ADDED_KEYS`` summed over seeds, and ``ms_per_step`` of the sums.
+
+  Example:
+    >>> one = {"compile_time_s": 1.0, "compiles": 2, "train_time_s": 3.0,
+    ...        "eval_time_s": 1.0, "train_steps": 100}
+    >>> sequential_run_keys([one, one])["ms_per_step"]
+    40.0
+  """
+  keys = {key: sum(r[key] for r in per_seed) for key in ADDED_KEYS}
+  keys["ms_per_step"] = (
+      1e3 * (keys["train_time_s"] + keys["eval_time_s"]) /
+      keys["train_steps"] if keys["train_steps"] else 0.0)
+  return keys
 
 
 def seed_configs(config: RunConfig) -> list[RunConfig]:
