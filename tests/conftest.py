@@ -40,7 +40,7 @@ def _run_capturing(config, scenario, monkeypatch, events_override=None):
 
     return call
 
-  monkeypatch.setattr(loop.steps, "make_train_chunk", spy)
+  monkeypatch.setattr(steps, "make_train_chunk", spy)
   results = loop.run(config, scenario=scenario)
   monkeypatch.undo()
   return results, seen

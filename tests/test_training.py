@@ -6,7 +6,8 @@ import pytest
 
 from sparcl_jax import masks as masks_lib
 from sparcl_jax.tdm import tdm_masks
-from sparcl_jax.training import accounting, losses, loop
+from sparcl_jax import losses
+from sparcl_jax.training import accounting, loop
 from sparcl_jax.training.config import RunConfig, validate
 
 
