@@ -538,19 +538,3 @@ def stop_on_signals(checkpointer: Checkpointer,
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-
-
-def host_floats(values: Sequence[Any]) -> list[float]:
-  """Device scalars as exact Python floats (JSON keeps them bit-identical).
-
-  Args:
-    values: scalars (device arrays, numpy or Python numbers).
-
-  Returns:
-    Python floats.
-
-  Example:
-    >>> host_floats([np.float32(0.1)])[0] == float(np.float32(0.1))
-    True
-  """
-  return [float(np.asarray(v)) for v in values]
