@@ -18,7 +18,6 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from sparcl_jax.data import sources
 from sparcl_jax.data.types import Dataset, Scenario, Task
 from sparcl_jax.errors import ConfigError, DataError
 
@@ -39,7 +38,6 @@ _PRESETS = {
     "permuted_digits": ("permuted", "digits", 10, 5),
 }
 
-SCENARIOS = tuple(_PRESETS)
 # The usual number of tasks per (kind, dataset): the first preset's.
 DEFAULT_NUM_TASKS: dict[tuple[str, str], int] = {}
 for _kind, _dataset, _, _tasks in _PRESETS.values():
@@ -89,6 +87,7 @@ def build_scenario(kind: str, dataset: Dataset, num_tasks: int,
     ConfigError: ``num_tasks`` is impossible for the kind and dataset.
 
   Example:
+    >>> from sparcl_jax.data import sources
     >>> digits = sources.load_dataset("digits", "digits", None)
     >>> build_scenario("split", digits, 5).num_tasks
     5
@@ -184,6 +183,7 @@ def split_scenario(dataset: Dataset,
     ConfigError: impossible ``classes_per_task``, ``val_fraction`` or seed.
 
   Example:
+    >>> from sparcl_jax.data import sources
     >>> s = split_scenario(sources.load_digits(0), 2)
     >>> [t.classes.tolist() for t in s.tasks][:2]
     [[0, 1], [2, 3]]
@@ -244,6 +244,7 @@ def permuted_scenario(dataset: Dataset,
     ConfigError: ``num_tasks`` < 1, or bad ``val_fraction`` or seed.
 
   Example:
+    >>> from sparcl_jax.data import sources
     >>> s = permuted_scenario(sources.load_digits(0), 3)
     >>> s.num_outputs, s.tasks[2].label_offset
     (30, 20)
@@ -340,58 +341,6 @@ def cifar10_100_scenario(cifar10: Dataset,
                              val_fraction)
   return _scenario(name, "cifar10", train_images, train_labels, test_images,
                    test_labels, tasks, sum(sizes), None, None, None)
-
-
-def make_scenario(name: str,
-                  data_dir: Optional[str] = None,
-                  source: str = "files",
-                  seed: int = 0,
-                  val_fraction: float = 0.0,
-                  num_tasks: Optional[int] = None) -> Scenario:
-  """Loads the data of a named benchmark and builds its scenario.
-
-  Presets (default number of tasks x classes per task): split_mnist,
-  split_fashion_mnist, split_cifar10, split_digits (5x2); split_cifar100
-  (10x10); split_cifar100_20 (20x5); split_tinyimagenet (10x20);
-  permuted_mnist, permuted_fashion_mnist (10 tasks); permuted_digits (5 tasks, for tiny tests);
-  cifar10_100 (6 tasks: CIFAR-10, then 5x10 CIFAR-100 classes). Classes keep
-  their natural order; permuted presets use disjoint label spaces.
-
-  Args:
-    name: one of ``SCENARIOS``.
-    data_dir: where the data lives (see :func:`sources.load_dataset`).
-    source: ``"files"``, ``"tfds"`` or ``"embedded"`` (``"digits"``).
-    seed: seed of the digits split, permutations and validation split.
-    val_fraction: share of each task's training examples held out.
-    num_tasks: override of the number of tasks; for split presets it must
-      divide the number of classes, for cifar10_100 it is 2..11.
-
-  Returns:
-    The :class:`Scenario`.
-
-  Raises:
-    ConfigError: unknown name, or impossible ``num_tasks``/``val_fraction``.
-    DataError: the data cannot be loaded.
-
-  Example:
-    >>> s = make_scenario("split_digits", seed=0)
-    >>> s.num_tasks, s.num_outputs
-    (5, 10)
-  """
-  if name not in _PRESETS:
-    raise ConfigError(f"unknown scenario {name!r}; valid names: "
-                      f"{', '.join(SCENARIOS)}")
-  kind, dataset_name, num_classes, default_tasks = _PRESETS[name]
-  tasks = default_tasks if num_tasks is None else int(num_tasks)
-  _check_common(seed, val_fraction)
-  # Before loading, which may take minutes.
-  _check_num_tasks(kind, tasks, num_classes, name)
-  dataset = sources.load_dataset(dataset_name, source, data_dir, seed)
-  cifar100 = None
-  if kind == "cifar10_100":
-    cifar100 = sources.load_dataset("cifar100", source, data_dir, seed)
-  return build_scenario(kind, dataset, tasks, seed, val_fraction,
-                        cifar100=cifar100, name=name)
 
 
 def _check_num_tasks(kind: str, num_tasks: int, num_classes: int,

@@ -361,15 +361,16 @@ class _Lazy:
 def _write_outputs(outputs, rundir: str, config: RunConfig,
                    results: dict) -> None:
   """results.json and the plots."""
+  from sparcl_jax.training import plots  # pylint: disable=import-outside-toplevel
   outputs.write_results(rundir, results)
   title = f"{config.method} on {results['scenario']['name']}"
-  outputs.plot_acc_matrix(rundir, results["acc_matrix"]["class_il"],
-                          results["acc_matrix"]["task_il"], title)
+  plots.plot_acc_matrix(rundir, results["acc_matrix"]["class_il"],
+                        results["acc_matrix"]["task_il"], title)
   if "masks" in results.get("sparsity", {}):
-    outputs.plot_sparsity(rundir, results["sparsity"]["masks"]["layers"],
-                          title)
+    plots.plot_sparsity(rundir, results["sparsity"]["masks"]["layers"],
+                        title)
   if "data_kept_per_epoch" in results:
-    outputs.plot_data_kept(rundir, results["data_kept_per_epoch"], title)
+    plots.plot_data_kept(rundir, results["data_kept_per_epoch"], title)
   if "capacity_plot_data" in results:
     from sparcl_jax.training import capacity_plot  # pylint: disable=import-outside-toplevel
     capacity_plot.plot_capacity(rundir, results)

@@ -18,7 +18,7 @@ from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib
 from sparcl_jax import masks as masks_lib
 from sparcl_jax import rehearsal
-from sparcl_jax.benchmarks.harness import StepBench, first_call
+from benchmarks.harness import StepBench, first_call
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.models import registry
@@ -53,7 +53,7 @@ def model_and_variables(config: RunConfig, scenario: Scenario
     norm and ``'sparsity'`` for a grouped model.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> _, variables = model_and_variables(
     ...     make_config('sparcl_derpp', hidden_sizes='8', sparsity=0.5,
     ...                 mask_structure='grouped', mask_group=4),
@@ -91,7 +91,7 @@ def model_and_params(config: RunConfig, scenario: Scenario
     batch norm.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> _, params, stats = model_and_params(
     ...     make_config('sgd', hidden_sizes='8'), random_scenario((4, 4, 1), 8))
     >>> len(jax.tree.leaves(params)), stats
@@ -118,7 +118,7 @@ def model_macs(model, params: PyTree, batch_stats: PyTree,
     MACs per example.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> data = random_scenario((4, 4, 1), 8)
     >>> model_macs(*model_and_params(make_config('sgd', hidden_sizes='8'),
     ...                              data), data)  # 16 * 8 + 8 * 10
@@ -150,7 +150,7 @@ def dense_model_macs(config: RunConfig, scenario: Scenario, model,
     Dense forward MACs per example.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> data = random_scenario((4, 4, 1), 8)
     >>> cfg = make_config('sparcl_derpp', hidden_sizes='8', sparsity=0.5,
     ...                   mask_structure='grouped', mask_group=4)
@@ -196,10 +196,10 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
     epoch: epoch within the task.
 
   Returns:
-    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The :class:`~benchmarks.harness.StepBench`.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> bench = build_train_chunk(
     ...     make_config('derpp', hidden_sizes='8', batch_size=8,
     ...                 minibatch_size=8, buffer_size=16, steps_per_call=2),
@@ -278,7 +278,7 @@ def build_clnp_chunk(config: RunConfig, scenario: Scenario,
     task_id: task trained.
 
   Returns:
-    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The :class:`~benchmarks.harness.StepBench`.
 
   Example:
     >>> bench = build_clnp_chunk(make_config('clnp'), scenario, 60)
@@ -341,7 +341,7 @@ def epoch_chunk(config: RunConfig, scenario: Scenario,
     The :class:`EpochChunk`.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> parts = epoch_chunk(make_config('sgd', hidden_sizes='8',
     ...                                 batch_size=8, minibatch_size=8),
     ...                     random_scenario((4, 4, 1), 32), 1)
