@@ -23,6 +23,7 @@ from benchmarks.harness import (CompileCounter, say, summarize,
 from benchmarks.inputs import (digits_scenario, make_config,
                                random_scenario)
 from benchmarks.reference import build_bare_step, build_plain_step
+from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.training import config as config_lib
@@ -54,7 +55,7 @@ def epoch_throughput(config: RunConfig, scenario: Scenario,
   """
   parts = chunks.epoch_chunk(config, scenario, 1)
   b, k, num_steps = config.batch_size, parts.steps_per_call, parts.num_steps
-  epoch_order = steps.make_epoch_order()
+  epoch_order = jax.jit(pipeline.epoch_order)
 
   def one_epoch(rep):
     state = parts.state
@@ -62,7 +63,7 @@ def epoch_throughput(config: RunConfig, scenario: Scenario,
     n = int(count) // b
     for first in range(0, n, k):
       facts = steps.StepFacts(jnp.int32(1), jnp.int32(0), jnp.int32(first),
-                              jnp.int32(n), parts.task_mask)
+                              jnp.int32(n), parts.task_mask, parts.seen_mask)
       state, _ = parts.chunk(state, parts.data, order, facts)
     return state.params
 
