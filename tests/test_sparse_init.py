@@ -145,9 +145,11 @@ def test_grouped_run_passes_the_choice_to_its_layers():
 
 
 def test_sparse_init_needs_sparse_layers():
+  # SparCL without TDM reads the flag and has no sparse layer to start.
   with pytest.raises(ConfigError, match="trains no sparse layers"):
     config_lib.validate(config_lib.from_dict(dict(
-        workdir="/tmp/x", method="derpp", sparse_init="kept_fan_in")))
+        workdir="/tmp/x", method="sparcl_derpp", tdm=False,
+        sparse_init="kept_fan_in")))
   with pytest.raises(ConfigError, match="sparse_init"):
     config_lib.validate(config_lib.from_dict(dict(
         workdir="/tmp/x", method="sparcl_derpp", sparse_init="wide")))
