@@ -66,6 +66,9 @@ def _one_line(message: str) -> str:
 def parse_config(argv: Sequence[str]) -> RunConfig:
   """Parses command-line arguments (flagfiles included) into a config.
 
+  Flags that do not apply to the chosen method are dropped (see
+  :func:`parse_args`, which also names them).
+
   Args:
     argv: ``sys.argv``-style list; ``argv[0]`` is the program name.
 
@@ -80,6 +83,32 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
     >>> parse_config(["train.py", "--workdir=/tmp/r"]).method
     'derpp'
   """
+  return parse_args(argv)[0]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[RunConfig, tuple[str, ...]]:
+  """The validated config, and the flags given that its method ignores.
+
+  A flag set on the command line or in a flagfile that the method does not
+  read is put back at its default, so the run, its checks and its saved
+  ``config`` are those of a run without it.
+
+  Args:
+    argv: ``sys.argv``-style list; ``argv[0]`` is the program name.
+
+  Returns:
+    ``(config, ignored)``: ``ignored`` names the dropped flags, in
+    :class:`RunConfig`'s order.
+
+  Raises:
+    ConfigError: as :func:`parse_config`.
+
+  Example:
+    >>> config, ignored = parse_args(["train.py", "--workdir=/tmp/r",
+    ...                               "--method=clnp", "--buffer_size=500"])
+    >>> ignored, config.buffer_size
+    (('buffer_size',), 200)
+  """
   fv = make_flag_values()
   try:
     rest = fv(list(argv))
@@ -93,7 +122,22 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
     raise ConfigError(f"unexpected argument(s) {' '.join(rest[1:])!r}; flags "
                       "look like --name=value.")
   values = {f.name: fv[f.name].value for f in config_lib.config_fields()}
-  return config_lib.validate(RunConfig(**values))
+  config = RunConfig(**values)
+  ignored = config_lib.not_applying(
+      config, [name for name in values if fv[name].present])
+  return config_lib.validate(config_lib.without(config, ignored)), ignored
+
+
+def ignored_warning(method: str, names: Sequence[str]) -> str:
+  """The one warning line naming the flags a method ignores.
+
+  Example:
+    >>> ignored_warning("clnp", ["buffer_size", "alpha"])
+    'warning: --buffer_size, --alpha do not apply to --method=clnp; ignored.'
+  """
+  verb = "does" if len(names) == 1 else "do"
+  listed = ", ".join(f"--{name}" for name in names)
+  return f"warning: {listed} {verb} not apply to --method={method}; ignored."
 
 
 def _flagfile_names(args: Sequence[str]) -> list[str]:
@@ -248,7 +292,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   workdir = None
   finished = peer_lost = False
   try:
-    config = parse_config(argv)
+    config, ignored = parse_args(argv)
     # Imported late: --help and flag errors need none of the training code.
     from sparcl_jax.training import checkpoint, loop, outputs, run_state, sharding  # pylint: disable=import-outside-toplevel
     sharding.initialize_distributed(config.coordinator_address,
@@ -289,6 +333,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       from sparcl_jax.training import progress  # pylint: disable=import-outside-toplevel
       log_fn = _fan_out([log_fn, progress.ProgressLines(
           scenario.num_tasks, config.epochs, first_seed=config.seed)])
+    if ignored:
+      # Here, once the run's set-up has passed its checks: a refused run
+      # stays one line on stderr.
+      print(f"{prog}: {ignored_warning(config.method, ignored)}",
+            file=sys.stderr)
     with checkpoint.stop_on_signals(ckpt):
       results = loop.run(config, scenario=scenario, log_fn=log_fn,
                          checkpoints=ckpt, start_time=start_time)

@@ -5,8 +5,9 @@ The command line (``experiments/train.py``) defines one absl flag per field of
 names, defaults and checks. The fields declared here apply to every method;
 the others are the methods' own, declared by their settings classes
 (:mod:`sparcl_jax.methods.settings`) and inherited from them, so each flag is
-written once and ``config.alpha`` reads it whatever the method;
-:func:`validate` checks the common flags and the method's own.
+written once and ``config.alpha`` reads it whatever the method. A run uses,
+checks and records only the flags that apply to its method
+(:func:`applying`, :func:`validate`, :func:`to_dict`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Optional
+from typing import Iterable, Optional
 
 from sparcl_jax import methods
 from sparcl_jax.data import scenarios
@@ -256,7 +257,8 @@ def validate(config: RunConfig) -> RunConfig:
   """Checks the flags of a run that apply to its method, before any work.
 
   The flags of every method are checked here; the method's own through its
-  settings class's ``validate``. A flag of another method is not checked.
+  settings class's ``validate``. A flag of another method is not checked
+  (the command line drops such flags with a warning, :func:`without`).
 
   Args:
     config: the configuration to check.
@@ -350,13 +352,85 @@ def config_fields() -> tuple[dataclasses.Field, ...]:
   return dataclasses.fields(RunConfig)
 
 
+def common_names() -> tuple[str, ...]:
+  """The flags of every method: those :class:`RunConfig` itself declares.
+
+  Example:
+    >>> "lr" in common_names(), "alpha" in common_names()
+    (True, False)
+  """
+  own = RunConfig.__dict__["__annotations__"]
+  return tuple(f.name for f in config_fields() if f.name in own)
+
+
+def applying(config: RunConfig) -> tuple[str, ...]:
+  """The flags that apply to ``config``'s method: common ones, then its own.
+
+  Args:
+    config: a config whose ``method`` is registered.
+
+  Returns:
+    Flag names, the common ones in declaration order, then the method's.
+
+  Raises:
+    ConfigError: the method is not known.
+
+  Example:
+    >>> applying(RunConfig(method="ewc"))[-2:]
+    ('lr_schedule', 'ewc_lambda')
+  """
+  return common_names() + config.method_object.settings.flag_names()
+
+
+def not_applying(config: RunConfig, names: Iterable[str]) -> tuple[str, ...]:
+  """Those of ``names`` (e.g. the flags a user set) that the method ignores.
+
+  Args:
+    config: the run's config.
+    names: flag names.
+
+  Returns:
+    The names that do not apply, in :class:`RunConfig`'s field order.
+
+  Example:
+    >>> not_applying(RunConfig(method="clnp"), ["lr", "alpha", "buffer_size"])
+    ('buffer_size', 'alpha')
+  """
+  names, keep = set(names), set(applying(config))
+  return tuple(f.name for f in config_fields()
+               if f.name in names and f.name not in keep)
+
+
+def without(config: RunConfig, names: Iterable[str]) -> RunConfig:
+  """``config`` with the flags ``names`` back at their defaults.
+
+  Example:
+    >>> without(RunConfig(method="clnp", buffer_size=500),
+    ...         ["buffer_size"]).buffer_size
+    200
+  """
+  defaults = RunConfig()
+  return dataclasses.replace(config, **{n: getattr(defaults, n)
+                                        for n in names})
+
+
 def replace(config: RunConfig, **changes) -> RunConfig:
   """Returns a copy of ``config`` with ``changes`` applied (not validated)."""
   return dataclasses.replace(config, **changes)
 
 
 def to_dict(config: RunConfig) -> dict:
-  return dataclasses.asdict(config)
+  """The flags that apply to the run, by name: what its outputs record.
+
+  The saved ``config`` flagfile, ``results.json``'s ``flags`` and the
+  checkpoints' metadata hold these; a flag of another method is left out.
+
+  Example:
+    >>> values = to_dict(RunConfig(method="derpp"))
+    >>> values["alpha"], "tdm" in values, "ewc_lambda" in values
+    (0.1, False, False)
+  """
+  return {name: getattr(config, name) for name in applying(config)}
 
 
 def from_dict(values: dict, base: Optional[RunConfig] = None) -> RunConfig:
