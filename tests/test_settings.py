@@ -154,3 +154,44 @@ def test_a_checkpoint_with_every_flag_resumes_under_the_method_flags():
   with pytest.raises(ConfigError, match="--alpha=0.5 there, 0.1 here"):
     resume_checks.check_config(dict(old, alpha=0.5), current,
                                "/w/checkpoints")
+
+
+def _help_groups(text):
+  """``{heading: [flag names]}`` of a ``--help`` text."""
+  groups, heading = {}, None
+  for line in text.splitlines():
+    if line and not line.startswith(" ") and line.endswith(":"):
+      heading = line[:-1]
+      groups[heading] = []
+    elif heading is not None and line.startswith("  --"):
+      name = line[4:].split(":")[0]
+      groups[heading].append(name[4:] if name.startswith("[no]") else name)
+  return groups
+
+
+def test_help_lists_each_flag_once_under_the_methods_that_read_it(capsys):
+  assert cli.main(["train.py", "--help"]) == 0
+  groups = _help_groups(capsys.readouterr().out)
+  listed = [n for h, names in groups.items() if h != "absl.flags"
+            for n in names]
+  assert sorted(listed) == sorted(f.name for f in config_lib.config_fields())
+  assert set(groups["All methods"]) == set(config_lib.common_names())
+  assert groups["EwcSettings, read by --method=ewc"] == ["ewc_lambda"]
+  assert groups["DerppSettings, read by --method=derpp, sparcl_derpp, "
+                "snip_derpp, rigl_derpp"] == ["beta"]
+  assert "buffer_size" in groups[
+      "ReplaySettings, read by --method=er, der, derpp, er_ace, sparcl_er, "
+      "sparcl_derpp, snip_derpp, rigl_derpp"]
+
+
+def test_help_method_lists_the_flags_that_method_reads(capsys):
+  assert cli.main(["train.py", "--help_method=clnp"]) == 0
+  groups = _help_groups(capsys.readouterr().out)
+  listed = {n for h, names in groups.items() if h != "absl.flags"
+            for n in names}
+  assert listed == set(config_lib.applying(RunConfig(method="clnp")))
+  assert "margin" in listed and "buffer_size" not in listed
+  assert cli.main(["train.py", "--help_method=magic"]) == 2
+  assert _lines(capsys.readouterr().err) == [
+      "train.py: error: --help_method='magic' is not known; choose one of: "
+      f"{', '.join(methods.names())}."]

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from sparcl_jax import methods
 from sparcl_jax.errors import ConfigError, SparclError
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import resume_checks
@@ -32,8 +33,16 @@ EXIT_DIVERGED = 1
 EXIT_PEER_LOST = 1
 
 
-def make_flag_values() -> flags.FlagValues:
+def make_flag_values(method: Optional[str] = None) -> flags.FlagValues:
   """Defines one absl flag per :class:`RunConfig` field on a new registry.
+
+  Each flag is filed under a heading of ``--help``: the flags of every
+  method under one, each method's own under the settings class that
+  declares them (:func:`flag_group`).
+
+  Args:
+    method: a registered method's name to define only the flags that apply
+      to it (``--help_method``); None for every flag.
 
   Returns:
     A fresh ``FlagValues`` (a new one per call, so tests can parse often).
@@ -42,21 +51,57 @@ def make_flag_values() -> flags.FlagValues:
     >>> fv = make_flag_values()
     >>> _ = fv(["train.py", "--lr=0.1"]); fv.lr
     0.1
+    >>> "buffer_size" in make_flag_values("clnp")
+    False
   """
   fv = flags.FlagValues()
   defaults = RunConfig()
+  names = None
+  if method is not None:
+    names = set(config_lib.applying(RunConfig(method=method)))
   for field in config_lib.config_fields():
+    if names is not None and field.name not in names:
+      continue
     default = getattr(defaults, field.name)
     helptext = config_lib.field_help(field)
+    # The group stands where absl puts a flag's module: get_help lists the
+    # flags under it.
+    group = dict(flag_values=fv, module_name=flag_group(field.name))
     if field.type in ("bool", bool):
-      flags.DEFINE_boolean(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_boolean(field.name, default, helptext, **group)
     elif field.type in ("int", int):
-      flags.DEFINE_integer(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_integer(field.name, default, helptext, **group)
     elif field.type in ("float", float):
-      flags.DEFINE_float(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_float(field.name, default, helptext, **group)
     else:
-      flags.DEFINE_string(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_string(field.name, default, helptext, **group)
   return fv
+
+
+def flag_group(name: str) -> str:
+  """The ``--help`` heading of a flag: every method's, or the methods' that
+  read it (named by the settings class declaring it).
+
+  Args:
+    name: a :class:`RunConfig` field.
+
+  Returns:
+    The heading.
+
+  Example:
+    >>> flag_group("lr")
+    'All methods'
+    >>> flag_group("beta")
+    'DerppSettings, read by --method=derpp, sparcl_derpp, snip_derpp, rigl_derpp'
+  """
+  if name in config_lib.common_names():
+    # Capitalised to come first: absl lists the groups in sorted order.
+    return "All methods"
+  owner = next(cls for cls in RunConfig.__mro__[1:]
+               if name in cls.__dict__.get("__annotations__", {}))
+  readers = [m for m in methods.names()
+             if issubclass(methods.get(m).settings, owner)]
+  return f"{owner.__name__}, read by --method={', '.join(readers)}"
 
 
 def _one_line(message: str) -> str:
@@ -263,10 +308,14 @@ def _lost_peer(err: BaseException) -> Optional[str]:
   return None if module is None else module.lost_peer(err)
 
 
-def _help_text() -> str:
-  fv = make_flag_values()
+def _help_text(method: Optional[str] = None) -> str:
+  """``--help``: every flag, under its group; or one method's flags."""
+  fv = make_flag_values(method)
+  which = (f"the flags of --method={method}" if method else
+           "every flag, grouped by the methods that read it; "
+           "--help_method=NAME lists one method's")
   return ("usage: python experiments/train.py --flagfile=CONFIG.cfg "
-          "[--flag=value ...]\n\n" + fv.get_help())
+          f"[--flag=value ...]\n\n{which}:\n" + fv.get_help())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -288,6 +337,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
     print(_help_text())
     return 0
+  for arg in argv[1:]:
+    if arg.startswith("--help_method="):
+      name = arg[len("--help_method="):]
+      if name not in methods.names():
+        print(f"{prog}: error: --help_method={name!r} is not known; choose "
+              f"one of: {', '.join(methods.names())}.", file=sys.stderr)
+        return EXIT_USAGE
+      print(_help_text(name))
+      return 0
   writers = []
   workdir = None
   finished = peer_lost = False
