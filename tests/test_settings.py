@@ -195,3 +195,84 @@ def test_help_method_lists_the_flags_that_method_reads(capsys):
   assert _lines(capsys.readouterr().err) == [
       "train.py: error: --help_method='magic' is not known; choose one of: "
       f"{', '.join(methods.names())}."]
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_each_method_declares_frozen_settings_that_run_config_holds(name):
+  cls = methods.get(name).settings
+  assert issubclass(cls, settings_lib.Settings)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  run_fields = {f.name: f for f in config_lib.config_fields()}
+  for flag, field in fields.items():
+    # RunConfig inherits the field itself: one default, one help text.
+    assert run_fields[flag] == field, flag
+    assert field.metadata["help"], flag
+  assert not set(fields) & set(config_lib.common_names())
+  settings = RunConfig(method=name).settings
+  assert type(settings) is cls  # pylint: disable=unidiomatic-typecheck
+  for flag in fields:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      setattr(settings, flag, getattr(settings, flag))
+
+
+def test_every_flag_is_common_or_read_by_a_method():
+  read = {n for m in methods.names() for n in methods.get(m).settings
+          .flag_names()}
+  names = {f.name for f in config_lib.config_fields()}
+  assert read | set(config_lib.common_names()) == names
+  assert not read & set(config_lib.common_names())
+
+
+@pytest.mark.parametrize("method,settings,message", [
+    ("er", settings_lib.ErSettings(buffer_size=-1), "--buffer_size=-1 must "
+     "be at least 0"),
+    ("er", settings_lib.ErSettings(buffer_size=0), "--method=er replays from "
+     "a buffer: set --buffer_size to at least 1."),
+    ("er_ace", settings_lib.ReplaySettings(buffer_size=8, minibatch_size=16),
+     r"the replay mini-batch \(16\) is larger than --buffer_size=8"),
+    ("der", settings_lib.DerSettings(alpha=-0.1), "--alpha=-0.1 must be "
+     "non-negative"),
+    ("derpp", settings_lib.DerppSettings(beta=-1.0), "--beta=-1.0 must be "
+     "non-negative"),
+    ("snip_derpp", settings_lib.SnipDerppSettings(sparsity=1.0),
+     r"--sparsity=1.0 is impossible: it must be in \[0, 1\)"),
+    ("snip_derpp", settings_lib.SnipDerppSettings(sparse_layers="(("),
+     "is not a valid regular expression"),
+    ("snip_derpp", settings_lib.SnipDerppSettings(mask_structure="grouped",
+                                                  mask_group=10),
+     "keeps a static mask"),
+    ("rigl_derpp", settings_lib.RiglDerppSettings(mask_update_interval=0),
+     "--mask_update_interval=0 must be at least 1"),
+    ("rigl_derpp", settings_lib.RiglDerppSettings(mask_growth="psychic"),
+     "--mask_growth: "),
+    ("sparcl_er", settings_lib.SparclErSettings(sparsity=0.995),
+     "leaves no weights once TDM swaps connections"),
+    ("sparcl_derpp", settings_lib.SparclDerppSettings(ddr_fraction=0.3),
+     "--ddr_fraction=0.3 at 4 removal epochs would remove the whole task"),
+    ("sparcl_derpp", settings_lib.SparclDerppSettings(dgm_refresh=0),
+     "--dgm_refresh=0 must be at least 1"),
+    ("single_task", settings_lib.TaskLevelSettings(lr_schedule="step"),
+     "--lr_schedule='step' is not known"),
+    ("clnp", settings_lib.ClnpSettings(activity_reading="max"),
+     "--activity_reading='max' is not known"),
+    ("clnp", settings_lib.ClnpSettings(l1=-1e-5), "--l1=-1e-05 must be "
+     "non-negative"),
+    ("clnp", settings_lib.ClnpSettings(finetune_epochs=-1),
+     "--finetune_epochs=-1 must be at least 0"),
+    ("ewc", settings_lib.EwcSettings(ewc_lambda=-1.0), "--ewc_lambda=-1.0 "
+     "must be non-negative"),
+    ("si", settings_lib.SiSettings(si_xi=-1.0), "--si_xi=-1.0 must be "
+     "non-negative"),
+])
+def test_settings_refuse_impossible_values(method, settings, message):
+  config = dataclasses.replace(
+      RunConfig(workdir="/tmp/x", method=method, hidden_sizes="40,40"),
+      **dataclasses.asdict(settings))
+  with pytest.raises(ConfigError, match=message):
+    settings.validate(config)
+  # RunConfig's validate reaches the same check through the method.
+  with pytest.raises(ConfigError, match=message):
+    config_lib.validate(config)
+  # At the defaults, the method's settings are possible.
+  default = RunConfig(workdir="/tmp/x", method=method)
+  default.settings.validate(default)
