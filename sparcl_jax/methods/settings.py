@@ -78,6 +78,26 @@ def _non_negative(settings, *names: str) -> None:
       raise ConfigError(f"--{name}={value} must be non-negative.")
 
 
+def declared_names(cls: type) -> tuple[str, ...]:
+  """The fields a dataclass declares itself, not inherits from its bases.
+
+  Args:
+    cls: a dataclass (a settings class, or ``RunConfig``).
+
+  Returns:
+    Field names, in declaration order.
+
+  Example:
+    >>> declared_names(DerppSettings), declared_names(ErSettings)
+    (('beta',), ())
+  """
+  inherited = {f.name for base in cls.__bases__
+               if dataclasses.is_dataclass(base)
+               for f in dataclasses.fields(base)}
+  return tuple(f.name for f in dataclasses.fields(cls)
+               if f.name not in inherited)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """A method without hyper-parameters of its own; the base of the others.

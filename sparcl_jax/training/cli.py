@@ -22,6 +22,7 @@ from absl import flags
 
 from sparcl_jax import methods
 from sparcl_jax.errors import ConfigError, SparclError
+from sparcl_jax.methods import settings as settings_lib
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import resume_checks
 from sparcl_jax.training.config import RunConfig
@@ -98,7 +99,7 @@ def flag_group(name: str) -> str:
     # Capitalised to come first: absl lists the groups in sorted order.
     return "All methods"
   owner = next(cls for cls in RunConfig.__mro__[1:]
-               if name in cls.__dict__.get("__annotations__", {}))
+               if name in settings_lib.declared_names(cls))
   readers = [m for m in methods.names()
              if issubclass(methods.get(m).settings, owner)]
   return f"{owner.__name__}, read by --method={', '.join(readers)}"

@@ -359,8 +359,7 @@ def common_names() -> tuple[str, ...]:
     >>> "lr" in common_names(), "alpha" in common_names()
     (True, False)
   """
-  own = RunConfig.__dict__["__annotations__"]
-  return tuple(f.name for f in config_fields() if f.name in own)
+  return settings_lib.declared_names(RunConfig)
 
 
 def applying(config: RunConfig) -> tuple[str, ...]:
