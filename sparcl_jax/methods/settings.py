@@ -28,7 +28,19 @@ from sparcl_jax.errors import ConfigError
 
 
 def flag(default, helptext: str):
-  """A settings field: its default and its ``--help`` line."""
+  """A settings field: its default and its ``--help`` line.
+
+  Args:
+    default: the flag's default value.
+    helptext: its ``--help`` text.
+
+  Returns:
+    A ``dataclasses.field``.
+
+  Example:
+    >>> flag(0.5, "Weight of a term.").metadata["help"]
+    'Weight of a term.'
+  """
   return dataclasses.field(default=default, metadata={"help": helptext})
 
 
@@ -53,6 +65,14 @@ def choice(name: str, value: str, choices) -> None:
 
 def at_least(name: str, value, low) -> None:
   """Refuses ``--name=value`` below ``low``.
+
+  Args:
+    name: the flag.
+    value: its value.
+    low: the least value allowed.
+
+  Raises:
+    ConfigError: naming the bound.
 
   Example:
     >>> at_least("epochs", 1, 1)
@@ -259,6 +279,7 @@ class MaskSettings(Settings):
       raise ConfigError(refuse + f"drops and grows rows on TDM's schedule; "
                         f"--method={config.method} keeps a static mask: use "
                         "the unstructured masks.")
+    # SNIP's settings have no grow rule (its mask is static).
     growth = getattr(self, "mask_growth", "")
     if (growth or getattr(method, "growth", "random")) != "random":
       raise ConfigError(refuse + "grows rows at random (SparCL's rule); "

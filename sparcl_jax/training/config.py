@@ -42,7 +42,6 @@ CLNP_METHODS = methods.names(methods.TASK_LEVEL)
 DEFAULT_NUM_TASKS = scenarios.DEFAULT_NUM_TASKS
 
 
-
 # The bases together declare every method's flags (each registered method's
 # settings class is built from theirs; tests/test_settings.py checks that).
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +55,6 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
   :attr:`settings`). The settings classes' ``validate`` method comes along
   with their fields: check a config with this module's :func:`validate`.
   """
-
 
   workdir: str = dataclasses.field(
       default="", metadata={"help": "Directory for config, results, logs and "
