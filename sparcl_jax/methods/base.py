@@ -16,6 +16,7 @@ import optax
 
 from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.methods import settings as settings_lib
 from sparcl_jax.tdm import MaskSchedule
 from sparcl_jax import losses
 
@@ -118,6 +119,10 @@ class Method:
       passes of the replay batch.
     joint: retrain from scratch on the union of the tasks so far at every
       task (the upper bound of the comparisons).
+    settings: the frozen dataclass of the method's hyper-parameters
+      (:mod:`sparcl_jax.methods.settings`): its fields are the flags the
+      method reads. The default is the stream loss's, which the default
+      ``stream_class_mask`` reads.
 
   Example:
     >>> class FineTuning(Method):
@@ -131,6 +136,7 @@ class Method:
   order: int = 100
   replay_batches: int = 0
   joint: bool = False
+  settings: type = settings_lib.StreamSettings
 
   def __repr__(self) -> str:
     return f"<method {self.name}>"

@@ -25,6 +25,7 @@ import numpy as np
 from sparcl_jax import clnp as clnp_lib
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.methods import register
+from sparcl_jax.methods.settings import ClnpSettings
 from sparcl_jax.methods.task_level import TaskLevelMethod
 
 PyTree = Any
@@ -39,6 +40,7 @@ class Clnp(TaskLevelMethod):
 
   name = "clnp"
   order = 30
+  settings = ClnpSettings
 
   def check(self, config, scenario) -> None:
     if min(len(t.val_indices) for t in scenario.tasks) == 0:
