@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from sparcl_jax.data import scenarios
+from sparcl_jax.data import datasets, scenarios
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.errors import ConfigError, DataError
 
@@ -273,8 +273,13 @@ def test_make_scenario_checks_num_tasks_before_loading(tmp_path, name,
 def test_make_scenario_unknown_name_lists_valid_names():
   with pytest.raises(ConfigError, match="valid names: split_mnist, "):
     scenarios.make_scenario("split_imagenet21k")
-  assert len(scenarios.SCENARIOS) == 11
-  assert "split_cifar100_20" in scenarios.SCENARIOS
+  # The table is the registered datasets' presets: these eleven are built
+  # in, and a dataset added as one file adds its own.
+  assert scenarios.SCENARIOS == tuple(datasets.presets())
+  assert {"split_mnist", "permuted_mnist", "split_fashion_mnist",
+          "permuted_fashion_mnist", "split_cifar10", "cifar10_100",
+          "split_cifar100", "split_cifar100_20", "split_tinyimagenet",
+          "split_digits", "permuted_digits"} <= set(scenarios.SCENARIOS)
   # train.py's default task counts come from the same table.
   assert "permuted_fashion_mnist" in scenarios.SCENARIOS
   assert scenarios.default_num_tasks("permuted", "fashion_mnist") == 10

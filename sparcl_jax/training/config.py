@@ -15,12 +15,11 @@ from typing import Optional
 
 from sparcl_jax import mask_rules
 from sparcl_jax import methods
-from sparcl_jax.data import scenarios
+from sparcl_jax.data import datasets, scenarios, sources
 from sparcl_jax.errors import ConfigError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
-            "digits")
-DATA_SOURCES = ("files", "tfds", "digits")
+DATASETS = datasets.names()  # the registry's (sparcl_jax.data.datasets)
+DATA_SOURCES = sources.SOURCES
 SCENARIO_KINDS = ("split", "permuted", "cifar10_100")
 MODELS = ("mlp", "resnet18", "zenke_cnn")
 CONV_GRADIENTS = ("canonical", "jax")
@@ -411,10 +410,11 @@ def validate(config: RunConfig) -> RunConfig:
                       f"the methods {', '.join(CLNP_METHODS)}; use "
                       "--lr_schedule=constant with --method="
                       f"{config.method}.")
-  if config.data_source == "digits" and config.dataset != "digits":
-    raise ConfigError(f"--data_source=digits only provides --dataset=digits, "
-                      f"not {config.dataset!r}; use --data_source=files or "
-                      "tfds for it.")
+  if (config.data_source in sources.EMBEDDED_SOURCES and
+      not datasets.get(config.dataset).embedded):
+    raise ConfigError(f"--data_source={config.data_source} only provides "
+                      f"--dataset=digits, not {config.dataset!r}; use "
+                      "--data_source=files or tfds for it.")
   if config.data_source == "files" and not config.data_dir:
     raise ConfigError("--data_source=files needs --data_dir: the directory "
                       "holding the original dataset files.")
