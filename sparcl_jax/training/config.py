@@ -17,11 +17,12 @@ from sparcl_jax import mask_rules
 from sparcl_jax import methods
 from sparcl_jax.data import datasets, scenarios, sources
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.models import registry
 
 DATASETS = datasets.names()  # the registry's (sparcl_jax.data.datasets)
 DATA_SOURCES = sources.SOURCES
 SCENARIO_KINDS = ("split", "permuted", "cifar10_100")
-MODELS = ("mlp", "resnet18", "zenke_cnn")
+MODELS = registry.names()
 CONV_GRADIENTS = ("canonical", "jax")
 HEADS = ("shared", "multi")
 OPTIMIZERS = ("sgd", "adam")
