@@ -25,7 +25,7 @@ from sparcl_jax.models import registry
 from sparcl_jax.training import cli, clnp_runner, loop, losses
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 
 
 def _scenario(num_tasks: int, val_fraction: float = 0.2):

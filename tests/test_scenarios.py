@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from sparcl_jax.data import scenarios
+from sparcl_jax.data import datasets, scenarios
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.errors import ConfigError, DataError
@@ -289,6 +289,13 @@ def test_build_scenario_unknown_kind_lists_valid_kinds():
 
 
 def test_default_num_tasks_come_from_the_preset_table():
+  # The table is the registered datasets' presets: these eleven are built
+  # in, and a dataset added as one file adds its own.
+  assert scenarios.SCENARIOS == tuple(datasets.presets())
+  assert {"split_mnist", "permuted_mnist", "split_fashion_mnist",
+          "permuted_fashion_mnist", "split_cifar10", "cifar10_100",
+          "split_cifar100", "split_cifar100_20", "split_tinyimagenet",
+          "split_digits", "permuted_digits"} <= set(scenarios.SCENARIOS)
   # train.py's default task counts: the first preset of a (kind, dataset).
   assert scenarios.default_num_tasks("permuted", "fashion_mnist") == 10
   assert scenarios.default_num_tasks("split", "cifar100") == 10

@@ -56,8 +56,9 @@ def to_device(
     The :class:`DeviceData`.
 
   Example:
-    >>> from sparcl_jax.data import scenarios, sources
-    >>> scenario = scenarios.split_scenario(sources.load_digits(0), 2)
+    >>> from sparcl_jax.data import scenarios
+    >>> from sparcl_jax.data.datasets.digits import load_digits
+    >>> scenario = scenarios.split_scenario(load_digits(0), 2)
     >>> data = to_device(scenario)
     >>> data.train_images.dtype, data.permutations.shape
     (dtype('uint8'), (5, 64))

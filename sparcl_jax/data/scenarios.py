@@ -18,26 +18,16 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from sparcl_jax.data import datasets
 from sparcl_jax.data.types import Dataset, Scenario, Task
 from sparcl_jax.errors import ConfigError, DataError
 
-# The library's one table of scenarios: name: (kind, dataset, number of
-# classes, default number of tasks). The first entry of a (kind, dataset)
-# pair gives the default task count of ``train.py``'s --scenario/--dataset.
-_PRESETS = {
-    "split_mnist": ("split", "mnist", 10, 5),
-    "permuted_mnist": ("permuted", "mnist", 10, 10),
-    "split_fashion_mnist": ("split", "fashion_mnist", 10, 5),
-    "permuted_fashion_mnist": ("permuted", "fashion_mnist", 10, 10),
-    "split_cifar10": ("split", "cifar10", 10, 5),
-    "split_cifar100": ("split", "cifar100", 100, 10),
-    "split_cifar100_20": ("split", "cifar100", 100, 20),
-    "split_tinyimagenet": ("split", "tiny_imagenet", 200, 10),
-    "cifar10_100": ("cifar10_100", "cifar10", 60, 6),
-    "split_digits": ("split", "digits", 10, 5),
-    "permuted_digits": ("permuted", "digits", 10, 5),
-}
-
+# The scenario presets the registered datasets declare: name: (kind,
+# dataset, number of classes, default number of tasks). The first entry of a
+# (kind, dataset) pair gives the default task count of ``train.py``'s
+# --scenario/--dataset.
+_PRESETS = datasets.presets()
+SCENARIOS = tuple(_PRESETS)
 # The usual number of tasks per (kind, dataset): the first preset's.
 DEFAULT_NUM_TASKS: dict[tuple[str, str], int] = {}
 for _kind, _dataset, _, _tasks in _PRESETS.values():
@@ -110,13 +100,6 @@ def build_scenario(kind: str, dataset: Dataset, num_tasks: int,
                     "or cifar10_100.")
 
 
-# Per-channel statistics of the training images after scaling to [0, 1].
-_INPUT_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "tiny_imagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-}
-
 # Distinct stream ids so that class order, validation split and permutations
 # never share random numbers, whatever the seed.
 _CLASS_ORDER_STREAM, _VAL_STREAM, _PERMUTATION_STREAM = 1, 2, 3
@@ -128,9 +111,10 @@ def input_defaults(
     dataset_name: str) -> tuple[bool, tuple[float, ...], tuple[float, ...]]:
   """Returns the default (augment, mean, std) of a dataset's inputs.
 
-  CIFAR-10, CIFAR-100 and Tiny-ImageNet get crop+flip augmentation and their
-  usual per-channel statistics; everything else (MNIST, digits, unknown tfds
-  datasets) is left in [0, 1] without augmentation.
+  What the dataset's registered entry declares (CIFAR-10, CIFAR-100 and
+  Tiny-ImageNet: crop+flip augmentation and their usual per-channel
+  statistics; MNIST and digits: [0, 1] without augmentation); datasets not
+  registered (other tfds names) are left in [0, 1] without augmentation.
 
   Args:
     dataset_name: canonical dataset name, e.g. ``"cifar10"``.
@@ -142,10 +126,10 @@ def input_defaults(
     >>> input_defaults("mnist")
     (False, (0.0,), (1.0,))
   """
-  if dataset_name in _INPUT_STATS:
-    mean, std = _INPUT_STATS[dataset_name]
-    return True, mean, std
-  return False, (0.0,), (1.0,)
+  spec = datasets.find(dataset_name)
+  if spec is None:
+    return False, (0.0,), (1.0,)
+  return spec.augment, spec.mean, spec.std
 
 
 def split_scenario(dataset: Dataset,
@@ -183,8 +167,8 @@ def split_scenario(dataset: Dataset,
     ConfigError: impossible ``classes_per_task``, ``val_fraction`` or seed.
 
   Example:
-    >>> from sparcl_jax.data import sources
-    >>> s = split_scenario(sources.load_digits(0), 2)
+    >>> from sparcl_jax.data.datasets.digits import load_digits
+    >>> s = split_scenario(load_digits(0), 2)
     >>> [t.classes.tolist() for t in s.tasks][:2]
     [[0, 1], [2, 3]]
   """
@@ -244,8 +228,8 @@ def permuted_scenario(dataset: Dataset,
     ConfigError: ``num_tasks`` < 1, or bad ``val_fraction`` or seed.
 
   Example:
-    >>> from sparcl_jax.data import sources
-    >>> s = permuted_scenario(sources.load_digits(0), 3)
+    >>> from sparcl_jax.data.datasets.digits import load_digits
+    >>> s = permuted_scenario(load_digits(0), 3)
     >>> s.num_outputs, s.tasks[2].label_offset
     (30, 20)
   """

@@ -17,6 +17,7 @@ import optax
 from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
 from sparcl_jax.methods import settings as settings_lib
+from sparcl_jax.models import registry
 from sparcl_jax.tdm import MaskSchedule
 from sparcl_jax import losses
 
@@ -260,7 +261,7 @@ def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
 
 
 def sparse_filter(config) -> masks_lib.SparseFilter:
-  """Which parameters are sparse: ``--sparse_layers`` or the default rule.
+  """Which parameters are sparse: ``--sparse_layers`` or the model's own.
 
   Args:
     config: the run configuration.
@@ -275,7 +276,7 @@ def sparse_filter(config) -> masks_lib.SparseFilter:
   """
   if config.sparse_layers:
     return masks_lib.filter_from_regex(config.sparse_layers)
-  return masks_lib.default_sparse_filter
+  return registry.get(config.model).sparse_filter
 
 
 def gradient_masking(config) -> optax.GradientTransformationExtraArgs:

@@ -18,17 +18,17 @@ import numbers
 from typing import Iterable, Optional
 
 from sparcl_jax import methods
-from sparcl_jax.data import scenarios
+from sparcl_jax.data import datasets, scenarios, sources
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.methods import settings as settings_lib
 from sparcl_jax.methods.settings import at_least as _at_least
 from sparcl_jax.methods.settings import choice as _choice
+from sparcl_jax.models import registry
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "tiny_imagenet",
-            "digits")
-DATA_SOURCES = ("files", "tfds", "digits")
+DATASETS = datasets.names()  # the registry's (sparcl_jax.data.datasets)
+DATA_SOURCES = sources.SOURCES
 SCENARIO_KINDS = ("split", "permuted", "cifar10_100")
-MODELS = ("mlp", "resnet18", "zenke_cnn")
+MODELS = registry.names()
 CONV_GRADIENTS = ("canonical", "jax")
 HEADS = ("shared", "multi")
 OPTIMIZERS = ("sgd", "adam")
@@ -287,10 +287,11 @@ def validate(config: RunConfig) -> RunConfig:
   _choice("head", config.head, HEADS)
   _choice("method", config.method, METHODS)
   _choice("optimizer", config.optimizer, OPTIMIZERS)
-  if config.data_source == "digits" and config.dataset != "digits":
-    raise ConfigError(f"--data_source=digits only provides --dataset=digits, "
-                      f"not {config.dataset!r}; use --data_source=files or "
-                      "tfds for it.")
+  if (config.data_source in sources.EMBEDDED_SOURCES and
+      not datasets.get(config.dataset).embedded):
+    raise ConfigError(f"--data_source={config.data_source} only provides "
+                      f"--dataset=digits, not {config.dataset!r}; use "
+                      "--data_source=files or tfds for it.")
   if config.data_source == "files" and not config.data_dir:
     raise ConfigError("--data_source=files needs --data_dir: the directory "
                       "holding the original dataset files.")
