@@ -15,7 +15,7 @@ from sparcl_jax.data import scenarios, sources
 from sparcl_jax.training import checkpoint, loop, trainer
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 _SCENARIO = scenarios.permuted_scenario(_DIGITS, 3, seed=0, val_fraction=0.2)
 
 

@@ -31,7 +31,7 @@ from sparcl_jax.training import capacity_plot, cli, families, loop, measures
 from sparcl_jax.training import steps, tasks
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 
 
 def _scenario(num_tasks: int, val_fraction: float = 0.2):

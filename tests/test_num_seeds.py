@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from sparcl_jax.benchmarks import seeds as seeds_benchmark
+from benchmarks import seeds as seeds_benchmark
 from sparcl_jax.training import checkpoint, cli, loop, run_state
 from sparcl_jax.training.config import RunConfig, validate
 

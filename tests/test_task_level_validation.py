@@ -17,7 +17,7 @@ from sparcl_jax.methods import task_level
 from sparcl_jax.training import loop
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 
 
 def _config(tmp_path, val_fraction: float) -> RunConfig:

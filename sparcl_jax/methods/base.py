@@ -16,6 +16,8 @@ import optax
 
 from sparcl_jax.dgm import dgm
 from sparcl_jax import masks as masks_lib
+from sparcl_jax.methods import settings as settings_lib
+from sparcl_jax.models import registry
 from sparcl_jax.tdm import MaskSchedule
 from sparcl_jax import losses
 
@@ -118,6 +120,10 @@ class Method:
       passes of the replay batch.
     joint: retrain from scratch on the union of the tasks so far at every
       task (the upper bound of the comparisons).
+    settings: the frozen dataclass of the method's hyper-parameters
+      (:mod:`sparcl_jax.methods.settings`): its fields are the flags the
+      method reads. The default is the stream loss's, which the default
+      ``stream_class_mask`` reads.
 
   Example:
     >>> class FineTuning(Method):
@@ -131,6 +137,7 @@ class Method:
   order: int = 100
   replay_batches: int = 0
   joint: bool = False
+  settings: type = settings_lib.StreamSettings
 
   def __repr__(self) -> str:
     return f"<method {self.name}>"
@@ -254,7 +261,7 @@ def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
 
 
 def sparse_filter(config) -> masks_lib.SparseFilter:
-  """Which parameters are sparse: ``--sparse_layers`` or the default rule.
+  """Which parameters are sparse: ``--sparse_layers`` or the model's own.
 
   Args:
     config: the run configuration.
@@ -269,7 +276,7 @@ def sparse_filter(config) -> masks_lib.SparseFilter:
   """
   if config.sparse_layers:
     return masks_lib.filter_from_regex(config.sparse_layers)
-  return masks_lib.default_sparse_filter
+  return registry.get(config.model).sparse_filter
 
 
 def gradient_masking(config) -> optax.GradientTransformationExtraArgs:

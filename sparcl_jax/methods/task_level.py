@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from sparcl_jax import regularizers
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import TASK_LEVEL, Method, StepHooks
+from sparcl_jax.methods import settings as settings_lib
 
 PyTree = Any
 
@@ -101,6 +102,7 @@ class TaskLevelMethod(Method):
 
   family = TASK_LEVEL
   accumulates_task_gradient = False
+  settings = settings_lib.TaskLevelSettings
 
   def check(self, config, scenario) -> None:
     """Raises ConfigError when the scenario cannot run this method."""
@@ -202,6 +204,7 @@ class Ewc(TaskLevelMethod):
 
   name = "ewc"
   order = 31
+  settings = settings_lib.EwcSettings
   # 1000 keeps the estimate cheap and stable.
   fisher_examples = 1000
 
@@ -235,6 +238,7 @@ class Si(TaskLevelMethod):
 
   name = "si"
   order = 32
+  settings = settings_lib.SiSettings
   accumulates_task_gradient = True
 
   def penalty(self, config):
