@@ -75,6 +75,12 @@ class StepHooks:
     del facts
     return None
 
+  def gather_task(self, facts, example_task: jax.Array) -> jax.Array:
+    """The task a stream batch is gathered as (its permutation and label
+    offset): each example's own, as replay and the joint bound mix tasks."""
+    del facts
+    return example_task
+
   def draw(self, method_state, keys, facts, prepare, constrain) -> Any:
     """What the loss term needs beyond the batch (replay batches), drawn
     outside the gradient. ``keys`` are the step's eight keys; ``prepare(key,

@@ -56,6 +56,12 @@ class PenaltyHooks(StepHooks):
   def stream_class_mask(self, facts):
     return facts.task_class_mask
 
+  def gather_task(self, facts, example_task):
+    # One task per run of steps: one permutation row serves the batch (a
+    # take, not a take_along_axis with a [batch, pixels] index).
+    del example_task
+    return facts.task_id
+
   def loss_term(self, forward, params, batch_stats, opt_state, method_state,
                 drawn, keys, facts):
     del forward, drawn, keys, facts
