@@ -23,7 +23,7 @@ import jax
 import jax.extend as jex
 import numpy as np
 
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.errors import ConfigError
 
 PyTree = Any

@@ -1,4 +1,4 @@
-"""Tests for sparcl_jax.dgm (dynamic gradient masking)."""
+"""Tests for sparcl_jax.sparse.dgm (dynamic gradient masking)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import DGMState, dgm, dgm_masks
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.dgm import DGMState, dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
 
 

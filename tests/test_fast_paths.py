@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, dgm_masks
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.dgm import dgm, dgm_masks
+from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
 from sparcl_jax.training import optimizers, steps
 from sparcl_jax.training.config import RunConfig, validate
 

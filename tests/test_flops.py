@@ -11,8 +11,8 @@ import pytest
 
 import sparcl_jax as sc
 from sparcl_jax import flops
-from sparcl_jax import masks as masks_lib
-from sparcl_jax import sparsity
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse import sparsity
 from sparcl_jax.errors import ConfigError
 
 

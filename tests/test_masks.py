@@ -1,4 +1,4 @@
-"""Tests for sparcl_jax.masks."""
+"""Tests for sparcl_jax.sparse.masks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax.core import FrozenDict
 
-from sparcl_jax import masks
+from sparcl_jax.sparse import masks
 from sparcl_jax.errors import ConfigError
 
 

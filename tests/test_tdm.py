@@ -1,4 +1,4 @@
-"""Tests for sparcl_jax.tdm (task-aware dynamic masking)."""
+"""Tests for sparcl_jax.sparse.tdm (task-aware dynamic masking)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, dgm_masks
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.dgm import dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.tdm import MaskSchedule, TDMState, tdm, tdm_masks
+from sparcl_jax.sparse.tdm import MaskSchedule, TDMState, tdm, tdm_masks
 
 
 def _expected_row(epoch):

@@ -9,9 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, dgm_masks
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.dgm import dgm, dgm_masks
+from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
 
 SCHED = MaskSchedule(update_interval=2, epochs_per_task=6)
 BATCH, STEPS_PER_EPOCH = 16, 4

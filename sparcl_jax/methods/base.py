@@ -13,9 +13,9 @@ from typing import Any, Callable, Optional
 import jax
 import optax
 
-from sparcl_jax.dgm import dgm
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.tdm import MaskSchedule
+from sparcl_jax.sparse.dgm import dgm
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.tdm import MaskSchedule
 from sparcl_jax.training import losses
 
 PyTree = Any

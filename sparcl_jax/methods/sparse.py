@@ -1,6 +1,6 @@
 """Sparse training methods over a rehearsal loss: SparCL, SNIP and RigL.
 
-All three keep their masks in :func:`sparcl_jax.tdm` around the base
+All three keep their masks in :func:`sparcl_jax.sparse.tdm` around the base
 optimizer; they differ in how masks start and change:
 
 * SparCL (Wang et al., NeurIPS 2022): task-aware dynamic masking (drop by
@@ -21,11 +21,11 @@ Example:
   True
 """
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, most_kept
-from sparcl_jax.grouped_tdm import grouped_tdm
-from sparcl_jax.sparsity import keep_count
-from sparcl_jax.tdm import tdm
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.dgm import dgm, most_kept
+from sparcl_jax.sparse.grouped_tdm import grouped_tdm
+from sparcl_jax.sparse.sparsity import keep_count
+from sparcl_jax.sparse.tdm import tdm
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
                                      mask_schedule, sparse_filter)

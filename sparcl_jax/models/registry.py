@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.grouped import check_group
+from sparcl_jax.sparse.grouped import check_group
 from jax import lax
 
 from sparcl_jax.models.cnn import ZenkeCNN

@@ -13,7 +13,7 @@ import numbers
 import re
 from typing import Optional
 
-from sparcl_jax import mask_rules
+from sparcl_jax.sparse import rules as mask_rules
 from sparcl_jax import methods
 from sparcl_jax.data import scenarios
 from sparcl_jax.errors import ConfigError
@@ -182,7 +182,7 @@ class RunConfig:
                                       "the middle updates."})
   mask_growth: str = dataclasses.field(
       default="", metadata={"help": "TDM: the grow rule, by name (a file of "
-                                    "sparcl_jax/mask_rules: random, "
+                                    "sparcl_jax/sparse/rules: random, "
                                     "gradient, ...); empty: the method's own "
                                     "(random for SparCL, gradient for "
                                     "RigL)."})

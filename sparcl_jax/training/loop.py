@@ -18,7 +18,7 @@ import numpy as np  # the doctests use it
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import methods
 from sparcl_jax import rehearsal
-from sparcl_jax.grouped_tdm import sparsity_variables
+from sparcl_jax.sparse.grouped_tdm import sparsity_variables
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError

@@ -17,17 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax import flops as flops_lib
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax import rehearsal
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.grouped_tdm import dense_view, grouped_layers, tdm_rows
+from sparcl_jax.sparse.grouped_tdm import dense_view, grouped_layers, tdm_rows
 from sparcl_jax.methods.sparse import grouped_gradient_sparsity
 from sparcl_jax.models import registry
-from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.sparse.tdm import tdm_masks
 from sparcl_jax.training import accounting
 from sparcl_jax.training import losses
 from sparcl_jax.training import optimizers

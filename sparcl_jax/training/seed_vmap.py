@@ -33,7 +33,7 @@ from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import rehearsal
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
-from sparcl_jax.grouped_tdm import sparsity_variables
+from sparcl_jax.sparse.grouped_tdm import sparsity_variables
 from sparcl_jax.training import accounting
 from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import optimizers

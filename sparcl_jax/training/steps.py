@@ -17,7 +17,7 @@ import optax
 from sparcl_jax import methods
 from sparcl_jax.methods.base import cross_entropy_over
 from sparcl_jax.control_flow import run_if
-from sparcl_jax.grouped_tdm import sparsity_variables
+from sparcl_jax.sparse.grouped_tdm import sparsity_variables
 from sparcl_jax.rehearsal import buffer_ready
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import losses

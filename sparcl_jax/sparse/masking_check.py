@@ -18,9 +18,9 @@ import numpy as np
 import optax
 
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import apply_mask
+from sparcl_jax.sparse.masks import apply_mask
 from sparcl_jax.paths import find_states, flatten_with_paths
-from sparcl_jax.tdm import TDMState, tdm, tdm_masks  # pylint: disable=unused-import  (tdm: the doctest's)
+from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks  # pylint: disable=unused-import  (tdm: the doctest's)
 
 PyTree = Any
 

@@ -11,9 +11,9 @@ tells every consumer, statically, which leaves are sparse.
 
 This module builds masks (magnitude, SNIP, all-ones), applies them and
 reports on them. Its neighbours hold the rest, and their names stay
-importable from here: ``sparcl_jax.sparsity`` (sparse filters, sparsities,
-kept counts), ``sparcl_jax.selection`` (exact top-k) and
-``sparcl_jax.drop_grow`` (drop-and-grow updates).
+importable from here: ``sparcl_jax.sparse.sparsity`` (sparse filters, sparsities,
+kept counts), ``sparcl_jax.sparse.selection`` (exact top-k) and
+``sparcl_jax.sparse.drop_grow`` (drop-and-grow updates).
 """
 
 from __future__ import annotations
@@ -32,24 +32,24 @@ from sparcl_jax.errors import ConfigError
 # pylint: disable=unused-import
 from sparcl_jax.paths import (flatten_with_paths, is_none, key_to_str,
                               map_with_paths, path_to_str)
-from sparcl_jax.selection import _BLOCK, _ordinal, rank_mask, topk_mask
-from sparcl_jax.sparsity import (PyTree, SparseFilter, Sparsity,
+from sparcl_jax.sparse.selection import _BLOCK, _ordinal, rank_mask, topk_mask
+from sparcl_jax.sparse.sparsity import (PyTree, SparseFilter, Sparsity,
                                  default_sparse_filter, erk_sparsities,
                                  filter_from_regex, keep_count,
                                  keep_count_traceable, sparsities_by_path,
                                  uniform_sparsities)
 # pylint: enable=unused-import
 
-# sparcl_jax.drop_grow builds on apply_mask, so its names are re-exported on
+# sparcl_jax.sparse.drop_grow builds on apply_mask, so its names are re-exported on
 # first access (PEP 562) instead of by an import that would be circular.
 _DROP_GROW_NAMES = ('GROWTH_MODES', 'drop_and_grow', 'drop_and_grow_counts',
                     'drop_and_grow_masks')
 
 
 def __getattr__(name: str) -> Any:
-  """Resolves the drop-and-grow names re-exported from sparcl_jax.drop_grow."""
+  """Resolves the drop-and-grow names re-exported from sparcl_jax.sparse.drop_grow."""
   if name in _DROP_GROW_NAMES:
-    return getattr(importlib.import_module('sparcl_jax.drop_grow'), name)
+    return getattr(importlib.import_module('sparcl_jax.sparse.drop_grow'), name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 

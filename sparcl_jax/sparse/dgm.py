@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import find_states, masked_to_none
 from sparcl_jax.paths import flatten_with_paths
-from sparcl_jax.sparsity import (default_sparse_filter, keep_count,
+from sparcl_jax.sparse.sparsity import (default_sparse_filter, keep_count,
                                  require_selection, sparsities_by_path)
 
 PyTree = Any

@@ -15,7 +15,7 @@ state is carried across tasks, so the first update of a task uses the previous
 task's last gradient, which is what makes the mask task-aware.
 
 Which weights drop and which grow are score functions
-(``sparcl_jax.mask_rules``): SparCL's importance and random growth by
+(``sparcl_jax.sparse.rules``): SparCL's importance and random growth by
 default, any registered rule by name, or any function of the same shape.
 """
 
@@ -30,15 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax import mask_rules
+from sparcl_jax.sparse import rules
 from sparcl_jax.control_flow import run_if
-from sparcl_jax.dgm import check_dgm_acts, dgm_spec
-from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
+from sparcl_jax.sparse.dgm import check_dgm_acts, dgm_spec
+from sparcl_jax.sparse.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import bit_select, magnitude_mask
+from sparcl_jax.sparse.masks import bit_select, magnitude_mask
 from sparcl_jax.paths import (find_states, is_none,
                               masked_to_none)
-from sparcl_jax.sparsity import (SparseFilter, default_sparse_filter,
+from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
                                  erk_sparsities, keep_count,
                                  require_selection, sparsities_by_path,
                                  uniform_sparsities)
@@ -273,11 +273,11 @@ def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
   return masked_to_none(erk_sparsities(params, sparse_filter, sparsity))
 
 
-def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
+def _score_rule(kind: str, spec: Any) -> rules.ScoreFn:
   """A rule given by name or as a function."""
   if isinstance(spec, str):
-    return (mask_rules.drop_score if kind == 'drop'
-            else mask_rules.grow_score)(spec)
+    return (rules.drop_score if kind == 'drop'
+            else rules.grow_score)(spec)
   if callable(spec):
     return spec
   raise ConfigError(
@@ -286,7 +286,7 @@ def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
 
 def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
                    drop_score: Any, grow_score: Any
-                   ) -> tuple[mask_rules.ScoreFn, mask_rules.ScoreFn]:
+                   ) -> tuple[rules.ScoreFn, rules.ScoreFn]:
   """The drop and grow rules of tdm's keywords (the older two included)."""
   if drop_score is not None and importance_lambda is not None:
     raise ConfigError('tdm takes importance_lambda= (of the importance drop '
@@ -297,7 +297,7 @@ def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
     lam = 0.5 if importance_lambda is None else float(importance_lambda)
     if lam < 0:
       raise ConfigError(f'importance_lambda must be >= 0, got {lam}.')
-    drop_fn = functools.partial(mask_rules.drop_score('importance'),
+    drop_fn = functools.partial(rules.drop_score('importance'),
                                 importance_lambda=lam)
   else:
     drop_fn = _score_rule('drop', drop_score)
@@ -306,7 +306,7 @@ def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
     if growth not in GROWTH_MODES:
       raise ConfigError(
           f'tdm growth must be one of {GROWTH_MODES}, got {growth!r}.')
-    grow_fn = mask_rules.grow_score(growth)
+    grow_fn = rules.grow_score(growth)
   else:
     grow_fn = _score_rule('grow', grow_score)
   return drop_fn, grow_fn
@@ -320,8 +320,8 @@ def tdm(inner: optax.GradientTransformation, *,
         distribution: str = 'uniform',
         importance_lambda: Optional[float] = None,
         growth: Optional[str] = None,
-        drop_score: Union[str, mask_rules.ScoreFn, None] = None,
-        grow_score: Union[str, mask_rules.ScoreFn, None] = None,
+        drop_score: Union[str, rules.ScoreFn, None] = None,
+        grow_score: Union[str, rules.ScoreFn, None] = None,
         gradient_masking: Optional[optax.GradientTransformation] = None,
         steps_per_epoch: Optional[int] = None,
         seed: int = 0) -> optax.GradientTransformationExtraArgs:
@@ -398,10 +398,10 @@ def tdm(inner: optax.GradientTransformation, *,
       the zero positions with the largest ``|g|`` of the current, unmasked
       gradient): the grow rules of those names. Not with ``grow_score``.
     drop_score: the drop rule: a name from
-      ``mask_rules.drop_score_names()`` or a function
-      ``(mask_rules.ScoreInputs) -> scores`` (higher = kept).
+      ``rules.drop_score_names()`` or a function
+      ``(rules.ScoreInputs) -> scores`` (higher = kept).
     grow_score: the grow rule: a name from
-      ``mask_rules.grow_score_names()`` or such a function (higher = grown
+      ``rules.grow_score_names()`` or such a function (higher = grown
       first).
     gradient_masking: optional transform applied to the masked gradient
       before ``inner``, e.g. ``dgm(0.8)`` (which then masks tdm's sparse
@@ -493,7 +493,7 @@ def tdm(inner: optax.GradientTransformation, *,
       # The rules' key is folded from `update_rng` rather than split from
       # it, so the engine's own draws, and the masks of every existing
       # configuration, do not change.
-      inputs = mask_rules.ScoreInputs(
+      inputs = rules.ScoreInputs(
           params=params, grads=updates, last_grads=state.last_grads,
           has_grads=state.has_grads, masks=masks,
           rng=jax.random.fold_in(update_rng, 1))
