@@ -18,7 +18,7 @@ from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
 from sparcl_jax.ddr import (DDRSchedule, DDRState, ddr_init, ddr_order,
                             ddr_remove, ddr_reset, ddr_scores, ddr_update)
 from sparcl_jax.sparse.dgm import DGMState, dgm, dgm_masks
-from sparcl_jax.sparse.drop_grow import drop_and_grow_by_scores
+from sparcl_jax.sparse.drop_grow import drop_and_grow, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError, DataError, SparclError
 from sparcl_jax.flops import (dense_train_flops, forward_macs, layer_macs,
                               train_flops)
@@ -31,11 +31,11 @@ from sparcl_jax.sparse.grouped import (drop_and_grow_rows, grouped_matmul,
 from sparcl_jax.sparse.grouped_tdm import (GroupedTDMState, dense_view,
                                     grouped_layers, grouped_tdm,
                                     sparsity_variables, tdm_rows)
-from sparcl_jax.sparse.masks import (apply_mask, bit_select, default_sparse_filter,
-                              drop_and_grow, erk_sparsities, filter_from_regex,
-                              magnitude_mask, scale_to_kept_fan_in,
-                              snip_mask, summarize_sparsity,
-                              uniform_sparsities)
+from sparcl_jax.sparse.masks import (apply_mask, bit_select, magnitude_mask,
+                                     scale_to_kept_fan_in, snip_mask,
+                                     summarize_sparsity)
+from sparcl_jax.sparse.sparsity import (default_sparse_filter, erk_sparsities,
+                                        filter_from_regex, uniform_sparsities)
 from sparcl_jax.metrics import (average_accuracy, average_forgetting,
                                 backward_transfer, forward_transfer, summarize)
 from sparcl_jax.models.conv import conv_with_canonical_gradients

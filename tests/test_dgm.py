@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax.sparse import masks as masks_lib
-from sparcl_jax.sparse.dgm import DGMState, dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse import sparsity
+from sparcl_jax.sparse.dgm import DGMState, dgm, dgm_masks
 
 
 def _params():
@@ -53,7 +53,7 @@ def test_dgm_refresh_exact_share_and_reuse():
     gk = np.asarray(g['hidden_0']['kernel'])
     if k % 3 == 0:
       # Exactly round(0.2 * 300) = 60 entries kept: the largest |g * wm|.
-      assert mask.sum() == masks_lib.keep_count(300, 0.8) == 60
+      assert mask.sum() == sparsity.keep_count(300, 0.8) == 60
       assert np.all(mask <= wm)
       masked_abs = np.abs(np.where(wm, gk, 0))
       assert masked_abs[mask].min() >= masked_abs[~mask].max()
@@ -121,7 +121,7 @@ def test_dgm_as_one_group_of_multi_transform():
   grads = _grads(0)
   updates, state = tx.update(grads, state, params)
   kept = np.asarray(dgm_masks(state)['hidden_0']['kernel'])
-  assert kept.sum() == masks_lib.keep_count(300, 0.9) == 30
+  assert kept.sum() == sparsity.keep_count(300, 0.9) == 30
   g = np.abs(np.asarray(grads['hidden_0']['kernel']))
   assert g[kept].min() >= g[~kept].max()
   np.testing.assert_array_equal(

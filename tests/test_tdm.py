@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax.sparse import masks as masks_lib
-from sparcl_jax.sparse.dgm import dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse import sparsity
+from sparcl_jax.sparse.dgm import dgm, dgm_masks
 from sparcl_jax.sparse.tdm import MaskSchedule, TDMState, tdm, tdm_masks
 
 
@@ -131,7 +131,7 @@ def test_tdm_masks_exact_zeros_and_counts_through_schedule():
       if bool(state.has_grads):
         score = score + 0.5 * np.abs(
             np.asarray(state.last_grads['hidden_0']['kernel']))
-      keep = masks_lib.keep_count(n, {0: 0.5, 2: 0.51, 4: 0.5}[epoch])
+      keep = sparsity.keep_count(n, {0: 0.5, 2: 0.51, 4: 0.5}[epoch])
       ranked = np.argsort(-np.where(old, score, -np.inf).ravel())[:keep]
       # The highest-importance active weights survive the drop.
       assert np.all(mask.ravel()[ranked])
@@ -239,12 +239,12 @@ def test_tdm_erk_init_counts_and_gradient_growth():
       np.random.default_rng(1).normal(size=(40, 40)), jnp.float32)},
             'hidden_1': {'kernel': jnp.asarray(
                 np.random.default_rng(2).normal(size=(40, 5)), jnp.float32)}}
-  sp = masks_lib.erk_sparsities(params, masks_lib.default_sparse_filter, 0.8)
+  sp = sparsity.erk_sparsities(params, sparsity.default_sparse_filter, 0.8)
   tx = tdm(optax.sgd(0.1), sparsity=0.8, distribution='erk',
            growth='gradient', schedule=SCHED)
   state = tx.init(params)
   for name, n in (('hidden_0', 1600), ('hidden_1', 200)):
-    assert int(state.masks[name]['kernel'].sum()) == masks_lib.keep_count(
+    assert int(state.masks[name]['kernel'].sum()) == sparsity.keep_count(
         n, sp[name]['kernel'])
   old = np.asarray(state.masks['hidden_0']['kernel'])
   g = {'hidden_0': {'kernel': jnp.asarray(np.random.default_rng(5).normal(
@@ -253,7 +253,7 @@ def test_tdm_erk_init_counts_and_gradient_growth():
       g, s, p, epoch=0, step_in_epoch=0))(g, state, params)
   new = np.asarray(state.masks['hidden_0']['kernel'])
   s0 = sp['hidden_0']['kernel']
-  n_grow = masks_lib.keep_count(1600, s0 - 0.01) - masks_lib.keep_count(
+  n_grow = sparsity.keep_count(1600, s0 - 0.01) - sparsity.keep_count(
       1600, s0)
   assert n_grow > 0 and (new & ~old).sum() == n_grow
   zero_g = np.where(old, -np.inf, np.abs(np.asarray(g['hidden_0']['kernel'])))

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse import sparsity
 from sparcl_jax.sparse.dgm import dgm, dgm_masks
 from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
 
@@ -18,9 +18,9 @@ BATCH, STEPS_PER_EPOCH = 16, 4
 SPARSITY = 0.5
 # Mask size after each scheduled update for a 400-weight layer:
 # task start grows to s - 0.01, later updates return to s.
-TARGET_NNZ = {0: masks_lib.keep_count(400, SPARSITY - 0.01),
-              2: masks_lib.keep_count(400, SPARSITY),
-              4: masks_lib.keep_count(400, SPARSITY)}
+TARGET_NNZ = {0: sparsity.keep_count(400, SPARSITY - 0.01),
+              2: sparsity.keep_count(400, SPARSITY),
+              4: sparsity.keep_count(400, SPARSITY)}
 
 
 def _data():
@@ -69,8 +69,8 @@ def _check_step(epoch, k, masks, weights, dgm_mask):
     m = np.asarray(masks[name]['kernel'])
     w = np.asarray(weights[name])
     assert np.all(w[~m] == 0.0), (epoch, k, name)
-    assert m.sum() == masks_lib.keep_count(n, SPARSITY) or (
-        epoch < 2 and m.sum() == masks_lib.keep_count(n, SPARSITY - 0.01))
+    assert m.sum() == sparsity.keep_count(n, SPARSITY) or (
+        epoch < 2 and m.sum() == sparsity.keep_count(n, SPARSITY - 0.01))
   m = np.asarray(masks['hidden_1']['kernel'])
   if k == 0 and epoch in TARGET_NNZ:
     assert m.sum() == TARGET_NNZ[epoch], epoch

@@ -14,7 +14,7 @@ import jax
 import optax
 
 from sparcl_jax.sparse.dgm import dgm
-from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse import sparsity as sparsity_lib
 from sparcl_jax.sparse.tdm import MaskSchedule
 from sparcl_jax.training import losses
 
@@ -177,7 +177,7 @@ def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
   return optax.sgd(lr)
 
 
-def sparse_filter(config) -> masks_lib.SparseFilter:
+def sparse_filter(config) -> sparsity_lib.SparseFilter:
   """Which parameters are sparse: ``--sparse_layers`` or the default rule.
 
   Args:
@@ -192,8 +192,8 @@ def sparse_filter(config) -> masks_lib.SparseFilter:
     True
   """
   if config.sparse_layers:
-    return masks_lib.filter_from_regex(config.sparse_layers)
-  return masks_lib.default_sparse_filter
+    return sparsity_lib.filter_from_regex(config.sparse_layers)
+  return sparsity_lib.default_sparse_filter
 
 
 def gradient_masking(config) -> optax.GradientTransformationExtraArgs:

@@ -24,7 +24,7 @@ Example:
 from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.sparse.dgm import dgm, most_kept
 from sparcl_jax.sparse.grouped_tdm import grouped_tdm
-from sparcl_jax.sparse.sparsity import keep_count
+from sparcl_jax.sparse.sparsity import keep_count, uniform_sparsities
 from sparcl_jax.sparse.tdm import tdm
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
@@ -159,8 +159,8 @@ class SnipDerpp(_MaskedWeights, DarkExperienceReplayPlusPlus):
   static_masks = True
 
   def initial_masks(self, config, params, first_batch_grads):
-    sparsities = masks_lib.uniform_sparsities(params, sparse_filter(config),
-                                              config.sparsity)
+    sparsities = uniform_sparsities(params, sparse_filter(config),
+                                    config.sparsity)
     return masks_lib.snip_mask(params, first_batch_grads(), sparsities)
 
 

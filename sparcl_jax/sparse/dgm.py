@@ -16,13 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.paths import find_states, masked_to_none
-from sparcl_jax.paths import flatten_with_paths
-from sparcl_jax.sparse.sparsity import (default_sparse_filter, keep_count,
-                                 require_selection, sparsities_by_path)
+from sparcl_jax.paths import (find_states, flatten_with_paths, is_none,
+                              masked_to_none)
+from sparcl_jax.sparse.masks import bit_select, masks_from_filter
+from sparcl_jax.sparse.selection import rank_mask
+from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
+                                        keep_count, require_selection,
+                                        sparsities_by_path)
 
 PyTree = Any
 
@@ -51,8 +53,8 @@ class DGMSpec(NamedTuple):
 
   gradient_sparsity: float
   refresh_interval: int
-  sparse_filter: Optional[masks_lib.SparseFilter]
-  with_filter: Callable[[masks_lib.SparseFilter],
+  sparse_filter: Optional[SparseFilter]
+  with_filter: Callable[[SparseFilter],
                         optax.GradientTransformationExtraArgs]
 
 
@@ -77,13 +79,13 @@ def dgm_spec(tx: Any) -> Optional[DGMSpec]:
 def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
   """Aligns an optional weight-mask pytree with the gradient masks."""
   if weight_mask is None:
-    return jax.tree.map(lambda m: None, masks, is_leaf=masks_lib.is_none)
+    return jax.tree.map(lambda m: None, masks, is_leaf=is_none)
   return jax.tree.map(lambda m, wm: None if m is None else wm, masks,
-                      weight_mask, is_leaf=masks_lib.is_none)
+                      weight_mask, is_leaf=is_none)
 
 
 def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
-        sparse_filter: Optional[masks_lib.SparseFilter] = None
+        sparse_filter: Optional[SparseFilter] = None
         ) -> optax.GradientTransformationExtraArgs:
   """Dynamic gradient masking.
 
@@ -143,14 +145,14 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   interval = int(refresh_interval)
   given_filter = sparse_filter
   if sparse_filter is None:
-    sparse_filter = masks_lib.default_sparse_filter
+    sparse_filter = default_sparse_filter
 
   def init_fn(params):
     require_selection(params, sparse_filter, 'dgm',
                       'no gradient would be masked')
     return DGMState(count=jnp.zeros([], jnp.int32),
                     masks=masked_to_none(
-                        masks_lib.masks_from_filter(params, sparse_filter)))
+                        masks_from_filter(params, sparse_filter)))
 
   def refresh(grads, masks, weight_mask):
 
@@ -164,9 +166,9 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         # the masked-out ones tie among themselves as they did; a NaN
         # gradient sorts last either way.
         magnitude = jnp.where(wm, magnitude, jnp.ones_like(magnitude))
-      return masks_lib.rank_mask([magnitude], masks_lib.keep_count(g.size, gs))
+      return rank_mask([magnitude], keep_count(g.size, gs))
 
-    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=masks_lib.is_none)
+    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=is_none)
 
   def update_fn(updates, state, params=None, *, weight_mask=None,
                 step_in_epoch=None, mask_events: bool = True, **extra):
@@ -180,8 +182,8 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     else:
       masks = state.masks
     out = jax.tree.map(
-        lambda m, g: g if m is None else masks_lib.bit_select(m, g),
-        masks, updates, is_leaf=masks_lib.is_none)
+        lambda m, g: g if m is None else bit_select(m, g),
+        masks, updates, is_leaf=is_none)
     return out, DGMState(count=state.count + 1, masks=masks)
 
   # tdm reads the spec: a dgm nested in it without a filter of its own takes
