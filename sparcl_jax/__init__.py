@@ -51,7 +51,7 @@ from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,
 from sparcl_jax.sparse.sparsity import keep_count
 from sparcl_jax.sparse.sparsity import require_selection
 from sparcl_jax.sparse.masking_check import check_masking
-from sparcl_jax.sparse.tdm import (MaskSchedule, TDMState, tdm,
-                            tdm_masks)
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks
 
 __version__ = "0.1.0"

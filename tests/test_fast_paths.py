@@ -16,7 +16,8 @@ import pytest
 from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.sparse import selection
 from sparcl_jax.sparse.dgm import dgm, dgm_masks
-from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 from sparcl_jax.training import optimizers, steps
 from sparcl_jax.training.config import RunConfig, validate
 

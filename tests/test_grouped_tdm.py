@@ -17,7 +17,7 @@ from sparcl_jax.sparse.grouped_tdm import (dense_view, grouped_layers, grouped_t
 from sparcl_jax.methods.sparse import grouped_gradient_sparsity
 from sparcl_jax.models.grouped_dense import GroupedSparseDense
 from sparcl_jax.models.mlp import MLP
-from sparcl_jax.sparse.tdm import MaskSchedule
+from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import optimizers

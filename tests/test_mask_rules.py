@@ -17,7 +17,8 @@ from sparcl_jax.sparse.drop_grow import drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse.rules.gradient_growth import gradient_growth
 from sparcl_jax.sparse.rules.importance import importance_drop
-from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
 SCHED = MaskSchedule(update_interval=2, epochs_per_task=6)
 

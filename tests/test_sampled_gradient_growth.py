@@ -14,7 +14,8 @@ from sparcl_jax.sparse import rules
 from sparcl_jax.sparse.drop_grow import drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse.rules.sampled_gradient import sampled_gradient_growth
-from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
 # |g| is distinct at every zero position, so the ranking is known by hand.
 GRADS = jnp.array([0.5, -3.0, 2.0, 0.25, -1.0, 8.0, 8.0, 8.0, 8.0, 8.0])

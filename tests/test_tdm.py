@@ -11,7 +11,8 @@ import pytest
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse import sparsity
 from sparcl_jax.sparse.dgm import dgm, dgm_masks
-from sparcl_jax.sparse.tdm import MaskSchedule, TDMState, tdm, tdm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks
 
 
 def _expected_row(epoch):

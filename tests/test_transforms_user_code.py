@@ -11,7 +11,8 @@ from flax import nnx
 
 from sparcl_jax.sparse import sparsity
 from sparcl_jax.sparse.dgm import dgm, dgm_masks
-from sparcl_jax.sparse.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
 SCHED = MaskSchedule(update_interval=2, epochs_per_task=6)
 BATCH, STEPS_PER_EPOCH = 16, 4

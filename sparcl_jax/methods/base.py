@@ -15,7 +15,7 @@ import optax
 
 from sparcl_jax.sparse.dgm import dgm
 from sparcl_jax.sparse import sparsity as sparsity_lib
-from sparcl_jax.sparse.tdm import MaskSchedule
+from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.training import losses
 
 PyTree = Any

@@ -22,7 +22,8 @@ Example:
 """
 
 from sparcl_jax.sparse import masks as masks_lib
-from sparcl_jax.sparse.dgm import dgm, most_kept
+from sparcl_jax.sparse.dgm import dgm
+from sparcl_jax.sparse.schedule import most_kept
 from sparcl_jax.sparse.grouped_tdm import grouped_tdm
 from sparcl_jax.sparse.sparsity import keep_count, uniform_sparsities
 from sparcl_jax.sparse.tdm import tdm

@@ -21,6 +21,7 @@ from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import (find_states, flatten_with_paths, is_none,
                               masked_to_none)
 from sparcl_jax.sparse.masks import bit_select, masks_from_filter
+from sparcl_jax.sparse.schedule import MaskSchedule, most_kept
 from sparcl_jax.sparse.selection import rank_mask
 from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
                                         keep_count, require_selection,
@@ -194,33 +195,7 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def most_kept(size: int, s: float, schedule: Any) -> int:
-  """The most weights a mask keeps at any point of a TDM schedule.
-
-  A dgm nested in tdm acts on a leaf only if it keeps fewer gradient
-  entries than this (``check_dgm_acts``).
-
-  Args:
-    size: the leaf's number of weights.
-    s: the leaf's target sparsity.
-    schedule: tdm's ``MaskSchedule`` (its ``static`` and
-      ``phase_sparsities``).
-
-  Returns:
-    The largest kept count over the schedule's phases (a task start's
-    growth included).
-
-  Example:
-    >>> most_kept(1000, 0.9, sc.MaskSchedule())  # 0.89 at a task start
-    110
-  """
-  if schedule.static:
-    return keep_count(size, s)
-  return max(max(keep_count(size, p), keep_count(size, g))
-             for p, g in schedule.phase_sparsities(s))
-
-
-def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
+def check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
                    spec: DGMSpec) -> None:
   """Raises if a dgm nested in tdm could mask nothing.
 
@@ -231,8 +206,7 @@ def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
   Args:
     params: the params tdm trains.
     sp: tdm's sparsities pytree (None at dense leaves).
-    schedule: tdm's ``MaskSchedule`` (its ``static`` and
-      ``phase_sparsities``).
+    schedule: tdm's schedule.
     spec: the nested dgm's ``DGMSpec``.
 
   Raises:

@@ -35,16 +35,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparcl_jax.sparse import grouped
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import (find_states, flatten_to_dict, is_none,
                               map_with_paths)
-from sparcl_jax.sparse.tdm import MaskSchedule, schedule_position
+from sparcl_jax.sparse import grouped
+from sparcl_jax.sparse.schedule import (SWAP, TASK_START, MaskSchedule,
+                                        schedule_position)
 
 PyTree = Any
 
-_TASK_START, _SWAP = 1, 2
 # Leaf names inside a layer: the parameters' kept weights, the collection's
 # row indices and row membership.
 VALUES, ROWS, KEPT = 'values', 'rows', 'kept'
@@ -260,7 +260,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
         return grouped.drop_and_grow_rows(
             jnp.zeros(rows.shape + (1,)), rows, drop, grow, count)[1]
 
-      rows = jax.lax.cond(phase == _TASK_START,
+      rows = jax.lax.cond(phase == TASK_START,
                           lambda: rows_after(at_start),
                           lambda: rows_after(at_swap))
       new[_leaf(layer, ROWS)] = rows
@@ -275,7 +275,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     epoch, step = schedule_position(state.count, extra, steps_per_epoch,
                                     schedule, 'grouped_tdm')
     phase = schedule.phase(epoch)
-    do_swap = (step == 0) & ((phase == _TASK_START) | (phase == _SWAP))
+    do_swap = (step == 0) & ((phase == TASK_START) | (phase == SWAP))
     rng, key = jax.random.split(state.rng)
     unchanged = {layer: jnp.zeros(
         flatten_to_dict(state.collection)[_leaf(layer, ROWS)].shape, bool)

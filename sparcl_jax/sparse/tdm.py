@@ -6,10 +6,11 @@ sees pruned weights) and the final update must be masked *after* it (so that
 ``optax.apply_updates`` leaves pruned weights at exactly zero, including the
 ones just dropped). A single chain link can do only one of the two.
 
-The schedule follows the official SparCL code: a drop-and-grow mask update at
-the start of every ``update_interval``-th epoch of a task, with 1% extra
-capacity at the task start, ~1% swapped connections in the middle, and a
-fixed mask for the last interval. Importance is ``|W| + lambda * |g_last|``
+The schedule (``sparcl_jax.sparse.schedule``) follows the official SparCL
+code: a drop-and-grow mask update at the start of every
+``update_interval``-th epoch of a task, with 1% extra capacity at the task
+start, ~1% swapped connections in the middle, and a fixed mask for the last
+interval. Importance is ``|W| + lambda * |g_last|``
 with ``g_last`` the (DGM-masked) gradient of the last mini-batch seen; the
 state is carried across tasks, so the first update of a task uses the previous
 task's last gradient, which is what makes the mask task-aware.
@@ -21,7 +22,6 @@ default, any registered rule by name, or any function of the same shape.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, NamedTuple, Optional, Union
 
@@ -30,178 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax.sparse import rules
 from sparcl_jax.control_flow import run_if
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import find_states, is_none, masked_to_none
+from sparcl_jax.sparse import rules
 from sparcl_jax.sparse.dgm import check_dgm_acts, dgm_spec
 from sparcl_jax.sparse.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
-from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse.masks import bit_select, magnitude_mask
-from sparcl_jax.paths import (find_states, is_none,
-                              masked_to_none)
+from sparcl_jax.sparse.schedule import (NO_UPDATE, MaskSchedule,
+                                        schedule_position)
 from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
-                                 erk_sparsities, keep_count,
-                                 require_selection, sparsities_by_path,
-                                 uniform_sparsities)
+                                        erk_sparsities, keep_count,
+                                        require_selection, sparsities_by_path,
+                                        uniform_sparsities)
 
 PyTree = Any
-
-# Phases of the schedule; 0 means no mask update at this epoch.
-_NO_UPDATE, _TASK_START, _SWAP, _FINAL = 0, 1, 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskSchedule:
-  """When TDM updates the masks and to which sparsities.
-
-  Attributes:
-    update_interval: epochs between mask updates (the epoch counter restarts
-      every task).
-    epochs_per_task: epochs per task; the last update happens at epoch
-      ``epochs_per_task - update_interval`` and does not grow.
-    extra_growth: extra density grown at the task start (``s - extra_growth``).
-    swap_fraction: share of connections swapped at the middle updates (prune
-      to ``s + swap_fraction``, grow back to ``s``).
-    static: never update: the initial mask stays for the whole run (e.g. a
-      SNIP mask set into the state).
-
-  Example:
-    >>> MaskSchedule().targets(5, 0.75)
-    (True, 0.76, 0.75)
-  """
-
-  update_interval: int = 5
-  epochs_per_task: int = 50
-  extra_growth: float = 0.01
-  swap_fraction: float = 0.01
-  static: bool = False
-
-  def __post_init__(self):
-    if int(self.update_interval) < 1:
-      raise ConfigError(
-          f'update_interval must be >= 1, got {self.update_interval}.')
-    if int(self.epochs_per_task) < 1:
-      raise ConfigError(
-          f'epochs_per_task must be >= 1, got {self.epochs_per_task}.')
-    for name in ('extra_growth', 'swap_fraction'):
-      value = getattr(self, name)
-      if not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f'{name} must be in [0, 1), got {value}.')
-
-  @property
-  def last_update_epoch(self) -> int:
-    """Epoch of the final (prune-only) update of a task."""
-    return self.epochs_per_task - self.update_interval
-
-  def phase(self, epoch_in_task: Union[int, jax.Array]) -> jax.Array:
-    """Phase of an epoch: 0 none, 1 task start, 2 swap, 3 final.
-
-    Args:
-      epoch_in_task: epoch counter within the task (int or traced int).
-
-    Returns:
-      An int32 scalar.
-
-    Example:
-      >>> int(MaskSchedule().phase(45))
-      3
-    """
-    e = jnp.asarray(epoch_in_task, jnp.int32)
-    if self.static:
-      return jnp.zeros_like(e) + _NO_UPDATE
-    on_grid = (e % self.update_interval == 0) & (e >= 0)
-    return jnp.where(
-        e == 0, _TASK_START,
-        jnp.where(on_grid & (e == self.last_update_epoch), _FINAL,
-                  jnp.where(on_grid & (e < self.last_update_epoch), _SWAP,
-                            _NO_UPDATE))).astype(jnp.int32)
-
-  def phase_sparsities(self, s: float) -> tuple[tuple[float, float], ...]:
-    """``(prune_to, grow_to)`` for phases 0..3, clipped to ``[0, 1]``.
-
-    Args:
-      s: target sparsity of one layer.
-
-    Returns:
-      Four ``(prune_to, grow_to)`` pairs; phase 0 repeats ``(s, s)``.
-
-    Example:
-      >>> MaskSchedule().phase_sparsities(0.5)[1]
-      (0.5, 0.49)
-    """
-    clip = lambda x: float(min(max(x, 0.0), 1.0))
-    return ((clip(s), clip(s)),
-            (clip(s), clip(s - self.extra_growth)),
-            (clip(s + self.swap_fraction), clip(s)),
-            (clip(s), clip(s)))
-
-  def targets(self, epoch_in_task: Union[int, jax.Array],
-              target_sparsity: float) -> tuple[Any, Any, Any]:
-    """The schedule's table: whether to update and to which sparsities.
-
-    Args:
-      epoch_in_task: epoch within the task; a Python int gives Python values,
-        a traced int gives jnp scalars.
-      target_sparsity: the layer's target sparsity ``s``.
-
-    Returns:
-      ``(update, prune_to, grow_to)``; when ``update`` is False the
-      sparsities are ``(s, s)``.
-
-    Example:
-      >>> MaskSchedule().targets(0, 0.75)
-      (True, 0.75, 0.74)
-      >>> MaskSchedule().targets(7, 0.75)
-      (False, 0.75, 0.75)
-    """
-    table = self.phase_sparsities(target_sparsity)
-    if isinstance(epoch_in_task, (int, np.integer)):
-      phase = int(self.phase(int(epoch_in_task)))
-      prune, grow = table[phase]
-      return phase != _NO_UPDATE, round(prune, 10), round(grow, 10)
-    phase = self.phase(epoch_in_task)
-    values = jnp.asarray(table, jnp.float32)[phase]
-    return phase != _NO_UPDATE, values[0], values[1]
-
-
-def schedule_position(count: jax.Array, extra: dict,
-                      steps_per_epoch: Optional[int],
-                      schedule: 'MaskSchedule', name: str
-                      ) -> tuple[jax.Array, jax.Array]:
-  """The epoch within the task and the step within the epoch of an update.
-
-  Pops the extra args ``epoch`` and ``step_in_epoch`` from ``extra``; a
-  missing one is derived from the update counter when ``steps_per_epoch``
-  is known.
-
-  Args:
-    count: the transform's update counter.
-    extra: the update's extra args (modified: the two are removed).
-    steps_per_epoch: the fallback's epoch length, or None.
-    schedule: gives the epochs per task.
-    name: the transform's name, for the error.
-
-  Returns:
-    ``(epoch, step_in_epoch)`` as int32 scalars.
-
-  Raises:
-    ConfigError: an arg is missing and there is no fallback.
-
-  Example:
-    >>> schedule_position(jnp.int32(7), {}, 3, MaskSchedule(), 'tdm')
-    (Array(2, dtype=int32), Array(1, dtype=int32))
-  """
-  epoch = extra.pop('epoch', None)
-  step = extra.pop('step_in_epoch', None)
-  if epoch is None or step is None:
-    if steps_per_epoch is None:
-      raise ConfigError(
-          f'{name} update needs extra args epoch= and step_in_epoch= '
-          f'(or build {name} with steps_per_epoch=).')
-    derived_epoch = (count // steps_per_epoch) % schedule.epochs_per_task
-    derived_step = count % steps_per_epoch
-    epoch = derived_epoch if epoch is None else epoch
-    step = derived_step if step is None else step
-  return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
 
 
 class TDMState(NamedTuple):
@@ -485,7 +328,7 @@ def tdm(inner: optax.GradientTransformation, *,
                              distribution)
     keep_table, total_table = _per_leaf_counts(state.masks, sp, schedule)
     phase = schedule.phase(epoch)
-    do_update = (step == 0) & (phase != _NO_UPDATE)
+    do_update = (step == 0) & (phase != NO_UPDATE)
     rng, update_rng = jax.random.split(state.rng)
 
     def new_masks(carry):
