@@ -17,7 +17,7 @@ from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
                              single_head_gate, unit_activity)
 from sparcl_jax.ddr import (DDRSchedule, DDRState, ddr_init, ddr_order,
                             ddr_remove, ddr_reset, ddr_scores, ddr_update)
-from sparcl_jax.sparse.dgm import DGMState, dgm, dgm_masks
+from sparcl_jax.sparse.dgm import DGMSpec, DGMState, dgm, dgm_masks
 from sparcl_jax.sparse.drop_grow import drop_and_grow, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError, DataError, SparclError
 from sparcl_jax.flops import (dense_train_flops, forward_macs, layer_macs,

@@ -10,7 +10,7 @@ import pytest
 
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse import sparsity
-from sparcl_jax.sparse.dgm import DGMState, dgm, dgm_masks
+from sparcl_jax.sparse.dgm import DGMSpec, DGMState, dgm, dgm_masks
 
 
 def _params():
@@ -32,6 +32,23 @@ def _grads(seed):
 def test_dgm_validation(kwargs, match):
   with pytest.raises(ConfigError, match=match):
     dgm(**kwargs)
+  with pytest.raises(ConfigError, match=match):
+    DGMSpec(**kwargs)
+
+
+def test_dgm_spec_stores_what_its_transform_uses():
+  spec = DGMSpec(np.float32(0.75), refresh_interval=np.int64(4))
+  assert (type(spec.gradient_sparsity), type(spec.refresh_interval)) == (
+      float, int)
+  # The spec's transform is dgm of the same arguments, step for step.
+  params = _params()
+  a, b = spec.transform(), dgm(0.75, refresh_interval=4)
+  sa, sb = a.init(params), b.init(params)
+  for k in range(5):
+    ua, sa = a.update(_grads(k), sa, params)
+    ub, sb = b.update(_grads(k), sb, params)
+    for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+      np.testing.assert_array_equal(x, y)
 
 
 def test_dgm_refresh_exact_share_and_reuse():

@@ -15,7 +15,7 @@ import pytest
 
 from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.sparse import selection
-from sparcl_jax.sparse.dgm import dgm, dgm_masks
+from sparcl_jax.sparse.dgm import DGMSpec, dgm, dgm_masks
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.tdm import tdm, tdm_masks
 from sparcl_jax.training import optimizers, steps
@@ -88,7 +88,7 @@ def test_tdm_flags_change_nothing_on_steps_without_events():
   params = _leaf_params(0)
   tx = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5,
            schedule=MaskSchedule(update_interval=1, epochs_per_task=4),
-           gradient_masking=dgm(0.7, refresh_interval=3))
+           dgm=DGMSpec(0.7, refresh_interval=3))
   state = tx.init(params)
   grads = _leaf_params(1)
   # Step 0 is an event (drop-and-grow and DGM refresh): the default path.

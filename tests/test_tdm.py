@@ -10,7 +10,7 @@ import pytest
 
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse import sparsity
-from sparcl_jax.sparse.dgm import dgm, dgm_masks
+from sparcl_jax.sparse.dgm import DGMSpec, dgm, dgm_masks
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks
 
@@ -279,7 +279,58 @@ def test_static_schedule_never_updates():
 
 def _tdm_with_dgm(learning_rate=0.1):
   return tdm(optax.sgd(learning_rate), sparsity=0.5, steps_per_epoch=1,
-             gradient_masking=dgm(0.8))
+             dgm=DGMSpec(0.8))
+
+
+def test_tdm_dgm_is_its_transform_run_as_gradient_masking():
+  # dgm=DGMSpec(...) runs spec.transform() where gradient_masking= would:
+  # the same updates, bit for bit, over a drop-and-grow and DGM refreshes.
+  params = _params()
+  only_hidden = lambda path, leaf: path == 'hidden_0/kernel'
+  spec = DGMSpec(0.8, refresh_interval=2, sparse_filter=only_hidden)
+  a = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5, steps_per_epoch=3,
+          dgm=spec)
+  b = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5, steps_per_epoch=3,
+          gradient_masking=dgm(0.8, refresh_interval=2,
+                               sparse_filter=only_hidden))
+  pa, pb = params, params
+  sa, sb = a.init(pa), b.init(pb)
+  for k in range(7):
+    ua, sa = a.update(_grads(k), sa, pa)
+    ub, sb = b.update(_grads(k), sb, pb)
+    pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+  assert jax.tree.structure((pa, sa)) == jax.tree.structure((pb, sb))
+  for x, y in zip(jax.tree.leaves((pa, sa)), jax.tree.leaves((pb, sb))):
+    np.testing.assert_array_equal(x, y)
+  assert int(dgm_masks(sa)['hidden_0']['kernel'].sum()) == 200
+
+
+def test_tdm_takes_tdm_sparse_leaves_only_through_dgm_spec():
+  # Two kernels the default filter selects; tdm's sparsities make only
+  # hidden_0 sparse. A DGMSpec without a filter masks tdm's sparse leaf; a
+  # dgm transform given as gradient_masking= runs as it is, on its own
+  # (the default) filter's leaves.
+  params = {'hidden_0': {'kernel': jnp.ones((10, 10))},
+            'hidden_1': {'kernel': jnp.ones((10, 10))}}
+  sp = {'hidden_0': {'kernel': 0.5}, 'hidden_1': {'kernel': None}}
+  spec_masks = dgm_masks(tdm(optax.sgd(0.1), sparsities=sp,
+                             dgm=DGMSpec(0.8)).init(params))
+  assert spec_masks['hidden_1']['kernel'] is None
+  assert spec_masks['hidden_0']['kernel'] is not None
+  as_given = dgm_masks(tdm(optax.sgd(0.1), sparsities=sp,
+                           gradient_masking=dgm(0.8)).init(params))
+  assert as_given['hidden_1']['kernel'] is not None
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(dgm=dgm(0.8)), r'tdm dgm= takes a DGMSpec .*got a '
+                         r'GradientTransformationExtraArgs'),
+    (dict(dgm=DGMSpec(0.8), gradient_masking=optax.identity()),
+     'tdm takes dgm= or gradient_masking=, not both'),
+])
+def test_tdm_dgm_argument_misuse(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    tdm(optax.sgd(0.1), sparsity=0.5, **kwargs)
 
 
 _LABELS = {'hidden_0': {'kernel': 'sparse', 'bias': 'dense'},

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from sparcl_jax.sparse import sparsity
-from sparcl_jax.sparse.dgm import dgm, dgm_masks
+from sparcl_jax.sparse.dgm import DGMSpec, dgm_masks
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
@@ -39,7 +39,7 @@ def _make_tx():
   return optax.chain(
       optax.clip_by_global_norm(5.0),
       tdm(optax.sgd(0.1), sparsity=SPARSITY, schedule=SCHED, seed=1,
-          gradient_masking=dgm(0.7, refresh_interval=2)))
+          dgm=DGMSpec(0.7, refresh_interval=2)))
 
 
 def _init_plain_params():
@@ -170,7 +170,7 @@ def test_readme_masking_pattern_under_nnx_optimizer():
                   wrt=nnx.Param)
   tx = sc.tdm(optax.sgd(0.1), sparsity=0.75, steps_per_epoch=1,
               sparse_filter=sc.filter_from_regex(r'(conv|fc)/kernel$'),
-              gradient_masking=sc.dgm(0.9))
+              dgm=sc.DGMSpec(0.9))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   out_kernel = np.asarray(model.out.kernel[...])
   # The README's pattern, as it comes: an nnx.State of nnx.Param masked by

@@ -13,8 +13,8 @@ from typing import Any, Callable, Optional
 import jax
 import optax
 
-from sparcl_jax.sparse.dgm import dgm
 from sparcl_jax.sparse import sparsity as sparsity_lib
+from sparcl_jax.sparse.dgm import DGMSpec
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.training import losses
 
@@ -196,8 +196,27 @@ def sparse_filter(config) -> sparsity_lib.SparseFilter:
   return sparsity_lib.default_sparse_filter
 
 
-def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
+def dgm_spec(config) -> DGMSpec:
   """SparCL's dynamic gradient masking as the run's flags configure it.
+
+  Args:
+    config: the run configuration.
+
+  Returns:
+    The ``DGMSpec`` that ``tdm(..., dgm=...)`` takes.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> spec = dgm_spec(RunConfig(gradient_sparsity=0.8, dgm_refresh=30))
+    >>> spec.gradient_sparsity, spec.refresh_interval
+    (0.8, 30)
+  """
+  return DGMSpec(config.gradient_sparsity, config.dgm_refresh,
+                 sparse_filter=sparse_filter(config))
+
+
+def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
+  """The DGM transform of :func:`dgm_spec`, for chaining on its own.
 
   Args:
     config: the run configuration.
@@ -209,8 +228,7 @@ def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
     >>> from sparcl_jax.training.config import RunConfig
     >>> tx = gradient_masking(RunConfig(gradient_sparsity=0.8))
   """
-  return dgm(config.gradient_sparsity, config.dgm_refresh,
-                     sparse_filter=sparse_filter(config))
+  return dgm_spec(config).transform()
 
 
 def mask_schedule(config, static: bool = False) -> MaskSchedule:

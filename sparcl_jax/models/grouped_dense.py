@@ -7,7 +7,8 @@ group]`` (and ``bias``), trained by any optimizer as an ordinary pytree; the
 kept rows live outside the parameters (the Linen collection ``'sparsity'``,
 NNX :class:`KeptRows` variables): ``rows`` ``[groups, k]`` (the indices the
 product gathers) and ``kept`` ``[groups, fan_in]`` (their membership), and
-change only by drop-and-grow (:func:`sparcl_jax.sparse.grouped_tdm`).
+change only by drop-and-grow
+(:func:`sparcl_jax.sparse.grouped_tdm.grouped_tdm`).
 
 Example:
   >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)

@@ -9,7 +9,8 @@ whatever the ties.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+import dataclasses
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,39 +43,66 @@ class DGMState(NamedTuple):
   masks: PyTree
 
 
-class DGMSpec(NamedTuple):
-  """What a ``dgm`` transform was built with (read by ``tdm``).
+@dataclasses.dataclass(frozen=True)
+class DGMSpec:
+  """Dynamic gradient masking as ``tdm`` runs it: ``tdm(..., dgm=DGMSpec())``.
+
+  ``tdm`` builds the ``dgm`` transform from it, masking tdm's own sparse
+  leaves when ``sparse_filter`` is None, and from ``init`` on raises when the
+  gradient sparsity could not act (see ``dgm``). Standing alone, ``dgm`` is
+  the transform; this is what tdm needs to know to run and check one.
 
   Attributes:
-    gradient_sparsity: share of gradient entries zeroed.
-    refresh_interval: steps between refreshes.
-    sparse_filter: the filter it was given, None when not given.
-    with_filter: builds the same ``dgm`` with another filter.
-  """
+    gradient_sparsity: share of a leaf's gradient entries zeroed, in
+      ``[0, 1)`` (stored as a float).
+    refresh_interval: steps between refreshes of the gradient mask, >= 1
+      (stored as an int).
+    sparse_filter: which leaves get a gradient mask; None: the leaves tdm
+      keeps sparse.
 
-  gradient_sparsity: float
-  refresh_interval: int
-  sparse_filter: Optional[SparseFilter]
-  with_filter: Callable[[SparseFilter],
-                        optax.GradientTransformationExtraArgs]
-
-
-def dgm_spec(tx: Any) -> Optional[DGMSpec]:
-  """The ``DGMSpec`` of a transform ``dgm`` built, else None.
-
-  Args:
-    tx: any optax transformation.
-
-  Returns:
-    Its ``DGMSpec``, or None when ``tx`` is not a ``dgm`` transform.
+  Raises:
+    ConfigError: on a value out of range.
 
   Example:
-    >>> dgm_spec(dgm(0.8)).gradient_sparsity
-    0.8
-    >>> dgm_spec(optax.sgd(0.1)) is None
-    True
+    >>> spec = DGMSpec(0.9, refresh_interval=10)
+    >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
+    >>> tx = sc.tdm(optax.sgd(0.1), sparsity=0.5, dgm=spec)
+    >>> int(sc.dgm_masks(tx.init(params))['hidden_0']['kernel'].sum())
+    100
   """
-  return getattr(getattr(tx, 'init', None), 'dgm_spec', None)
+
+  gradient_sparsity: float = 0.8
+  refresh_interval: int = 30
+  sparse_filter: Optional[SparseFilter] = None
+
+  def __post_init__(self):
+    if not 0.0 <= float(self.gradient_sparsity) < 1.0:
+      raise ConfigError(f'gradient_sparsity must be in [0, 1), got '
+                        f'{self.gradient_sparsity}.')
+    if int(self.refresh_interval) < 1:
+      raise ConfigError(
+          f'refresh_interval must be >= 1, got {self.refresh_interval}.')
+    # Stored as the transform uses them, so that a spec and the dgm built
+    # from it report the same numbers.
+    object.__setattr__(self, 'gradient_sparsity',
+                       float(self.gradient_sparsity))
+    object.__setattr__(self, 'refresh_interval', int(self.refresh_interval))
+
+  def transform(self) -> optax.GradientTransformationExtraArgs:
+    """The ``dgm`` transform of this spec.
+
+    Returns:
+      ``dgm(gradient_sparsity, refresh_interval, sparse_filter)``.
+
+    Example:
+      >>> g = {'hidden_0': {'kernel': jnp.arange(10.).reshape(2, 5)}}
+      >>> tx = DGMSpec(0.8).transform()
+      >>> u, _ = tx.update(g, tx.init(g), g)
+      >>> int((u['hidden_0']['kernel'] != 0).sum())
+      2
+    """
+    return dgm(self.gradient_sparsity, self.refresh_interval,
+               sparse_filter=self.sparse_filter)
 
 
 def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
@@ -107,18 +135,20 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   ``gradient_sparsity`` exceeds ``s`` (exactly: in a layer where it keeps
   fewer entries than the weight mask keeps at its largest, a share
   ``1 - (s - extra_growth)`` at a task start). ``tdm`` raises when given a
-  ``dgm`` that could act on none of its leaves.
+  ``DGMSpec`` that could act on none of its leaves.
 
-  Nested in ``tdm`` (``tdm(..., gradient_masking=dgm(0.9))``) a ``dgm``
-  built without ``sparse_filter`` takes tdm's sparse leaves; used on its
-  own it takes ``default_sparse_filter``'s. Either way, ``init`` raises if
-  the filter selects no leaf of the params.
+  Inside ``tdm`` DGM is given as ``tdm(..., dgm=DGMSpec(0.9))``: tdm
+  builds this transform from the spec, with tdm's sparse leaves when the
+  spec names none, and checks that it can act. Used on its own (or as any
+  ``gradient_masking=`` transform) a ``dgm`` without ``sparse_filter`` takes
+  ``default_sparse_filter``'s leaves. Either way, ``init`` raises if the
+  filter selects no leaf of the params.
 
   Args:
     gradient_sparsity: share of gradient entries zeroed, in ``[0, 1)``.
     refresh_interval: steps between refreshes of the gradient mask.
-    sparse_filter: which leaves get a gradient mask; None: tdm's sparse
-      leaves when nested in ``tdm``, else ``default_sparse_filter``.
+    sparse_filter: which leaves get a gradient mask; None:
+      ``default_sparse_filter``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -136,15 +166,10 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     Array([[-0., -0., -0., -0., -0.],
            [-0., -0., -0., -8., -9.]], dtype=float32)
   """
-  if not 0.0 <= float(gradient_sparsity) < 1.0:
-    raise ConfigError(
-        f'gradient_sparsity must be in [0, 1), got {gradient_sparsity}.')
-  if int(refresh_interval) < 1:
-    raise ConfigError(
-        f'refresh_interval must be >= 1, got {refresh_interval}.')
-  gs = float(gradient_sparsity)
-  interval = int(refresh_interval)
-  given_filter = sparse_filter
+  # The spec validates the hyper-parameters, with the same messages.
+  spec = DGMSpec(gradient_sparsity, refresh_interval, sparse_filter)
+  gs = spec.gradient_sparsity
+  interval = spec.refresh_interval
   if sparse_filter is None:
     sparse_filter = default_sparse_filter
 
@@ -187,17 +212,12 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         masks, updates, is_leaf=is_none)
     return out, DGMState(count=state.count + 1, masks=masks)
 
-  # tdm reads the spec: a dgm nested in it without a filter of its own takes
-  # tdm's sparse leaves, and one whose sparsity cannot act raises.
-  init_fn.dgm_spec = DGMSpec(
-      gs, interval, given_filter,
-      lambda f: dgm(gradient_sparsity, refresh_interval, sparse_filter=f))
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
                    spec: DGMSpec) -> None:
-  """Raises if a dgm nested in tdm could mask nothing.
+  """Raises if the dgm tdm runs from ``spec`` could mask nothing.
 
   It could not where, in every leaf it masks, it keeps no fewer gradient
   entries than the weight mask ever keeps there: the gradient is already
@@ -207,7 +227,7 @@ def check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
     params: the params tdm trains.
     sp: tdm's sparsities pytree (None at dense leaves).
     schedule: tdm's schedule.
-    spec: the nested dgm's ``DGMSpec``.
+    spec: the ``DGMSpec`` given to tdm.
 
   Raises:
     ConfigError: when the dgm can act in no leaf.
@@ -228,12 +248,12 @@ def check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
     return  # dgm's own init raises on an empty selection.
   top = max(shares)
   raise ConfigError(
-      f'tdm: gradient_masking=dgm({spec.gradient_sparsity:g}) cannot act: it '
+      f'tdm: dgm=DGMSpec({spec.gradient_sparsity:g}) cannot act: it '
       f'keeps {1 - spec.gradient_sparsity:.4g} of a layer\'s whole gradient, '
       f'no fewer entries than the weight mask keeps in any layer it masks '
       f'(at most {top:.4g} of a layer) and the gradient is zero outside '
       f'that mask already; use a gradient_sparsity above {1 - top:.4g} or '
-      f'leave gradient_masking out.')
+      f'leave dgm out.')
 
 
 def dgm_masks(state: Any) -> PyTree:
@@ -269,4 +289,4 @@ def dgm_masks(state: Any) -> PyTree:
   return found[0][1].masks
 
 
-__all__ = ['DGMState', 'dgm', 'dgm_masks']
+__all__ = ['DGMSpec', 'DGMState', 'check_dgm_acts', 'dgm', 'dgm_masks']

@@ -1,6 +1,6 @@
 """Task-aware dynamic masking with group-balanced structure (``grouped_tdm``).
 
-The structured twin of :func:`sparcl_jax.sparse.tdm`, for models built from
+The structured twin of :func:`sparcl_jax.sparse.tdm.tdm`, for models built from
 group-balanced sparse layers (:class:`~sparcl_jax.GroupedSparseDense`,
 :class:`~sparcl_jax.GroupedSparseLinear`): the parameters hold only the kept
 weights (``values`` ``[groups, k, group]``), and which input rows each block
@@ -157,7 +157,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
   """TDM for group-balanced sparse layers: drop-and-grow of whole rows.
 
   ``update`` takes the extra args ``epoch`` (within the task) and
-  ``step_in_epoch`` like :func:`sparcl_jax.sparse.tdm`, and the same static
+  ``step_in_epoch`` like :func:`sparcl_jax.sparse.tdm.tdm`, and the same static
   ``mask_events`` / ``record_grads`` promises. At ``step_in_epoch == 0`` of
   a task's first epoch and of the schedule's middle updates, every block of
   every grouped layer swaps rows (see the module doc). A grown slot's
@@ -173,7 +173,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     schedule: when to swap and how many rows.
     importance_lambda: weight of ``|g_last|`` in the drop score.
     gradient_masking: optional transform applied to the gradient before
-      ``inner`` (e.g. :func:`sparcl_jax.sparse.dgm` selecting the ``values``
+      ``inner`` (e.g. :func:`sparcl_jax.sparse.dgm.dgm` selecting the ``values``
       leaves); it gets ``weight_mask`` with ``None`` leaves (all stored
       weights are kept).
     steps_per_epoch: fallback when ``epoch``/``step_in_epoch`` are missing.

@@ -22,6 +22,7 @@ default, any registered rule by name, or any function of the same shape.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple, Optional, Union
 
@@ -34,7 +35,7 @@ from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import find_states, is_none, masked_to_none
 from sparcl_jax.sparse import rules
-from sparcl_jax.sparse.dgm import check_dgm_acts, dgm_spec
+from sparcl_jax.sparse.dgm import DGMSpec, check_dgm_acts
 from sparcl_jax.sparse.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.sparse.masks import bit_select, magnitude_mask
 from sparcl_jax.sparse.schedule import (NO_UPDATE, MaskSchedule,
@@ -166,6 +167,7 @@ def tdm(inner: optax.GradientTransformation, *,
         drop_score: Union[str, rules.ScoreFn, None] = None,
         grow_score: Union[str, rules.ScoreFn, None] = None,
         gradient_masking: Optional[optax.GradientTransformation] = None,
+        dgm: Optional[DGMSpec] = None,
         steps_per_epoch: Optional[int] = None,
         seed: int = 0) -> optax.GradientTransformationExtraArgs:
   """Task-aware dynamic masking around an inner optimizer.
@@ -176,7 +178,7 @@ def tdm(inner: optax.GradientTransformation, *,
   lowest ``drop_score`` go (by default SparCL's importance
   ``|W| + importance_lambda * |g_last|``, ``|W|`` before any gradient was
   seen), and the zero positions with the highest ``grow_score`` grow (by
-  default at random). It then masks the gradient, applies
+  default at random). It then masks the gradient, applies DGM (``dgm``) or
   ``gradient_masking`` (given the extra arg ``weight_mask``), records the
   result as ``g_last``, runs ``inner`` (also given ``weight_mask``) and
   returns updates after which every masked weight is exactly zero. Other
@@ -188,10 +190,10 @@ def tdm(inner: optax.GradientTransformation, *,
 
   Two optional static (Python bool) extra args let a caller that knows its
   schedule skip work: ``mask_events=False`` promises that no mask changes at
-  this step (no drop-and-grow is due and ``gradient_masking`` is not due to
-  refresh), so the update runs without a conditional and fuses into one pass
-  over the weights; ``record_grads=False`` leaves ``g_last`` as it was,
-  which is exact when a later step records before the next drop-and-grow
+  this step (no drop-and-grow is due and DGM or ``gradient_masking`` is not
+  due to refresh), so the update runs without a conditional and fuses into
+  one pass over the weights; ``record_grads=False`` leaves ``g_last`` as it
+  was, which is exact when a later step records before the next drop-and-grow
   (e.g. the last step of every epoch). Both default to True, which is
   always exact.
 
@@ -214,12 +216,12 @@ def tdm(inner: optax.GradientTransformation, *,
   selects no leaf of the params (the default one knows only
   ``'hidden_*/kernel'`` and ResNet names: pass
   ``sparse_filter=filter_from_regex(...)`` for other models), a
-  ``sparsities`` pytree without a sparse leaf, and a ``gradient_masking=
-  dgm(g)`` that cannot act because ``g`` is no higher than the weight
-  sparsity (DGM keeps a share of the *whole* gradient; it acts only in a
-  layer where it keeps fewer entries than the weight mask, which keeps
-  ``1 - (s - extra_growth)`` at a task start). A ``dgm`` given here without
-  a ``sparse_filter`` of its own masks tdm's sparse leaves.
+  ``sparsities`` pytree without a sparse leaf, and a ``dgm=DGMSpec(g)``
+  that cannot act because ``g`` is no higher than the weight sparsity (DGM
+  keeps a share of the *whole* gradient; it acts only in a layer where it
+  keeps fewer entries than the weight mask, which keeps
+  ``1 - (s - extra_growth)`` at a task start). A ``DGMSpec`` without a
+  ``sparse_filter`` of its own masks tdm's sparse leaves.
 
   Under ``nnx.Optimizer(model, tdm(...), wrt=nnx.Param)``, masks read with
   ``tdm_masks(optimizer.opt_state)`` apply to ``nnx.state(model,
@@ -247,8 +249,10 @@ def tdm(inner: optax.GradientTransformation, *,
       ``rules.grow_score_names()`` or such a function (higher = grown
       first).
     gradient_masking: optional transform applied to the masked gradient
-      before ``inner``, e.g. ``dgm(0.8)`` (which then masks tdm's sparse
-      leaves unless given a ``sparse_filter``).
+      before ``inner``, run as it is given. Not with ``dgm``.
+    dgm: SparCL's dynamic gradient masking, e.g. ``DGMSpec(0.8)``: tdm
+      runs ``dgm`` as ``gradient_masking``, on tdm's sparse leaves unless
+      the spec has a ``sparse_filter``, and checks that it can act.
     steps_per_epoch: fallback for missing ``epoch``/``step_in_epoch``.
     seed: seed of the transform's PRNG key.
 
@@ -257,7 +261,7 @@ def tdm(inner: optax.GradientTransformation, *,
 
   Raises:
     ConfigError: on invalid hyper-parameters; from ``init``, on an empty
-      selection or a ``gradient_masking`` that cannot act (above).
+      selection or a ``dgm`` that cannot act (above).
 
   Example:
     >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
@@ -281,16 +285,23 @@ def tdm(inner: optax.GradientTransformation, *,
   if not isinstance(schedule, MaskSchedule):
     raise ConfigError('tdm schedule must be a MaskSchedule.')
 
-  spec = dgm_spec(gradient_masking)
-  if spec is not None and spec.sparse_filter is None:
-    # A dgm nested without a filter of its own masks tdm's sparse leaves.
-    if sparsities is None:
-      inherited = sparse_filter
-    else:
-      sparse_paths = frozenset(sparsities_by_path(masked_to_none(sparsities)))
-      inherited = lambda path, leaf: path in sparse_paths
-    gradient_masking = spec.with_filter(inherited)
-    spec = dgm_spec(gradient_masking)
+  if dgm is not None:
+    if not isinstance(dgm, DGMSpec):
+      raise ConfigError(
+          f'tdm dgm= takes a DGMSpec (e.g. dgm=DGMSpec(0.8)), got a '
+          f'{type(dgm).__name__}; a transform goes in gradient_masking=.')
+    if gradient_masking is not None:
+      raise ConfigError('tdm takes dgm= or gradient_masking=, not both.')
+    if dgm.sparse_filter is None:
+      # DGM given no leaves of its own masks tdm's sparse leaves.
+      if sparsities is None:
+        inherited = sparse_filter
+      else:
+        sparse_paths = frozenset(
+            sparsities_by_path(masked_to_none(sparsities)))
+        inherited = lambda path, leaf: path in sparse_paths
+      dgm = dataclasses.replace(dgm, sparse_filter=inherited)
+    gradient_masking = dgm.transform()
   inner = optax.with_extra_args_support(inner)
   masking = optax.with_extra_args_support(
       gradient_masking if gradient_masking is not None else optax.identity())
@@ -304,8 +315,8 @@ def tdm(inner: optax.GradientTransformation, *,
       raise ConfigError('tdm: sparsities= marks no leaf sparse (None at '
                         'every leaf), so nothing would be sparse.')
     masking_state = masking.init(params)
-    if spec is not None:
-      check_dgm_acts(params, sp, schedule, spec)
+    if dgm is not None:
+      check_dgm_acts(params, sp, schedule, dgm)
     masks = magnitude_mask(params, sp)
     last_grads = jax.tree.map(
         lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
