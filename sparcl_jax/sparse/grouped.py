@@ -329,26 +329,6 @@ def drop_and_grow_rows(values: jax.Array, rows: jax.Array,
   return values, rows
 
 
-def block_scores(dense_scores: jax.Array, group: int) -> jax.Array:
-  """Per-row scores of every block: a dense ``[fan_in, fan_out]`` score
-  summed over each block's output units, as ``[groups, fan_in]``.
-
-  Args:
-    dense_scores: ``[fan_in, fan_out]``.
-    group: output units per block.
-
-  Returns:
-    ``[groups, fan_in]``.
-
-  Example:
-    >>> block_scores(jnp.arange(4.).reshape(2, 2), 2)
-    Array([[1., 5.]], dtype=float32)
-  """
-  fan_in, fan_out = dense_scores.shape
-  groups = check_group(fan_out, group)
-  return dense_scores.reshape(fan_in, groups, group).sum(-1).T
-
-
 def kept_block_scores(values: jax.Array,
                       grads: Optional[jax.Array] = None,
                       importance_lambda: float = 0.0) -> jax.Array:
