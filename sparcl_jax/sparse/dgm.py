@@ -64,11 +64,14 @@ class DGMSpec:
     ConfigError: on a value out of range.
 
   Example:
-    >>> spec = DGMSpec(0.9, refresh_interval=10)
     >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
-    >>> tx = sc.tdm(optax.sgd(0.1), sparsity=0.5, dgm=spec)
-    >>> int(sc.dgm_masks(tx.init(params))['hidden_0']['kernel'].sum())
-    100
+    >>> g = {'hidden_0': {'kernel': jnp.arange(100.).reshape(10, 10)}}
+    >>> tx = sc.tdm(optax.sgd(0.1), sparsity=0.5,
+    ...             dgm=DGMSpec(0.9, refresh_interval=10))
+    >>> _, state = tx.update(g, tx.init(params), params, epoch=0,
+    ...                      step_in_epoch=0)
+    >>> int(sc.dgm_masks(state)['hidden_0']['kernel'].sum())  # 10% of 100
+    10
   """
 
   gradient_sparsity: float = 0.8
