@@ -22,7 +22,7 @@ from sparcl_jax.benchmarks.chunks import model_and_params, model_macs
 from sparcl_jax.benchmarks.harness import (StepBench, first_call,
                                            time_interleaved)
 from sparcl_jax.data.types import Scenario
-from sparcl_jax.training import losses
+from sparcl_jax import losses
 from sparcl_jax.training import steps
 from sparcl_jax.training.config import RunConfig
 

@@ -25,7 +25,7 @@ beyond an explicit list of :class:`LayerSpec` entries, one module per job:
 
 from sparcl_jax.clnp.activity import activity_sums, l1_penalty, unit_activity
 from sparcl_jax.clnp.commit import apply_cut, commit_task
-from sparcl_jax.clnp.diagnostics import capacity_report
+from sparcl_jax.clnp.diagnostics import capacity_plot_data, capacity_report
 from sparcl_jax.clnp.partition import (NoFreeUnitsError, Partition,
                                        compute_partition, init_used,
                                        single_head_gate)

@@ -59,3 +59,29 @@ def capacity_report(used_history: Sequence[UsedUnits],
                    "available": int(before.sum()), "reused": reused}
     tasks.append(row)
   return {"units": units, "tasks": tasks}
+
+
+def capacity_plot_data(used_history: Sequence[Mapping[str, np.ndarray]]
+                       ) -> dict[str, Any]:
+  """Used share of every hidden layer after each committed task.
+
+  Args:
+    used_history: ``used`` dicts after each task, in order.
+
+  Returns:
+    ``{'tasks': [1..T], 'units': {layer: width}, 'used_fraction': {layer:
+    [fraction after task 1, ...]}}``.
+
+  Example:
+    >>> capacity_plot_data([{'hidden_0': np.array([True, False])}])
+    {'tasks': [1], 'units': {'hidden_0': 2}, 'used_fraction': {'hidden_0': [0.5]}}
+  """
+  if not used_history:
+    return {"tasks": [], "units": {}, "used_fraction": {}}
+  names = list(used_history[0])
+  return {
+      "tasks": list(range(1, len(used_history) + 1)),
+      "units": {n: int(np.size(used_history[0][n])) for n in names},
+      "used_fraction": {n: [float(np.mean(u[n])) for u in used_history]
+                        for n in names},
+  }

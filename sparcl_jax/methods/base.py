@@ -8,22 +8,98 @@ particular to it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import optax
 
+from sparcl_jax import losses
 from sparcl_jax.sparse import sparsity as sparsity_lib
 from sparcl_jax.sparse.dgm import DGMSpec
 from sparcl_jax.sparse.schedule import MaskSchedule
-from sparcl_jax.training import losses
 
 PyTree = Any
-# Families, each trained by its own runner: rehearsal/sparse methods
-# (``training.loop``) and the task-incremental methods of the CLNP
-# comparison (``training.task_level``).
+# Families: rehearsal/sparse methods and the task-incremental methods of the
+# CLNP comparison. One loop trains both; a family decides how the seeds of a
+# run share it (vmapped, or one after another) and which hooks it has.
 REHEARSAL = "rehearsal"
 TASK_LEVEL = "task_level"
+
+
+class StepBatch(NamedTuple):
+  """One train step's batch, as the method sees it after the update.
+
+  Attributes:
+    x_raw: the gathered inputs before augmentation and normalisation.
+    y: their labels.
+    task: each example's task.
+    positions: their positions in the epoch's example arrays.
+    logits: the model's stream logits before the update.
+  """
+
+  x_raw: jax.Array
+  y: jax.Array
+  task: jax.Array
+  positions: jax.Array
+  logits: jax.Array
+
+
+class StepHooks:
+  """What a method adds to the one train step (``training.steps``).
+
+  The defaults are plain fine-tuning: the stream cross-entropy over every
+  output, no further term, nothing carried between steps.
+
+  Attributes:
+    keeps_stream_gradient: the step takes the stream loss's gradient apart
+      from the term's (two backward passes), for ``after_update``.
+
+  Example:
+    >>> hooks = StepHooks()
+    >>> hooks.init_state(None), hooks.reported_loss(1.0, 3.0)
+    (None, 3.0)
+  """
+
+  keeps_stream_gradient = False
+
+  def init_state(self, params: PyTree) -> Any:
+    """What the method carries from step to step (``TrainState.method_state``)."""
+    del params
+    return None
+
+  def stream_class_mask(self, facts) -> Optional[jax.Array]:
+    """Classes the stream loss covers (None: every output)."""
+    del facts
+    return None
+
+  def draw(self, method_state, keys, facts, prepare, constrain) -> Any:
+    """What the loss term needs beyond the batch (replay batches), drawn
+    outside the gradient. ``keys`` are the step's eight keys; ``prepare(key,
+    x)`` augments and normalises; ``constrain(tree)`` shards a batch."""
+    del method_state, keys, facts, prepare, constrain
+    return None
+
+  def loss_keys(self, key: jax.Array):
+    """The keys of the loss's forward passes, the stream's first."""
+    return (key,)
+
+  def loss_term(self, forward, params, batch_stats, opt_state, method_state,
+                drawn, keys, facts):
+    """``(term, batch_stats)``: the term added to the stream loss."""
+    del forward, params, opt_state, method_state, drawn, keys, facts
+    return jnp.zeros((), jnp.float32), batch_stats
+
+  def reported_loss(self, stream, total):
+    """The loss a step reports, of the stream loss and the total."""
+    del stream
+    return total
+
+  def after_update(self, method_state, keys, batch: StepBatch, stream_grads,
+                   old_params, new_params) -> Any:
+    """The method's state after a step's update."""
+    del keys, batch, stream_grads, old_params, new_params
+    return method_state
 
 
 class Method:
@@ -89,7 +165,7 @@ class Method:
     """Classes the stream loss is taken over (None: every output).
 
     Args:
-      spec: the run's ``steps.MethodSpec``.
+      spec: the run's ``rehearsal_hooks.MethodSpec``.
       task_mask: [outputs] bool, the current task's classes.
       seen_mask: [outputs] bool, the classes of every task so far.
 
@@ -104,7 +180,7 @@ class Method:
     """The replay loss of one step, added to the stream loss.
 
     Args:
-      spec: the run's ``steps.MethodSpec`` (``alpha``, ``beta``...).
+      spec: the run's ``rehearsal_hooks.MethodSpec`` (``alpha``, ``beta``...).
       forward: ``forward(params, batch_stats, x, rng, train) -> (logits,
         batch_stats)``.
       params: model parameters.

@@ -26,7 +26,6 @@ from sparcl_jax import clnp as clnp_lib
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.methods import register
 from sparcl_jax.methods.task_level import TaskLevelMethod
-from sparcl_jax.training.capacity_plot import capacity_plot_data
 
 PyTree = Any
 # Candidate activity quantiles of the graceful-forgetting search.
@@ -105,7 +104,7 @@ class Clnp(TaskLevelMethod):
     return gate_shared_head(params, np.asarray(gate))
 
   def results(self, extras):
-    plot = capacity_plot_data(extras["used_history"])
+    plot = clnp_lib.capacity_plot_data(extras["used_history"])
     return {"clnp": {"units": plot["units"],
                      "tasks": extras["diagnostics"]},
             "capacity_plot_data": plot}
@@ -234,7 +233,8 @@ def _prune_and_commit(runner, state, extras: dict, task: int):
     part = _finetune_partition(params, specs, used, kept, task, partition)
     opt = clnp_lib.set_partition(runner.finetune_tx.init(start), part)
     tuned = runner.train_epochs(
-        state._replace(params=start, opt_state=opt, reg=None, rng=tune_rng),
+        state._replace(params=start, opt_state=opt, method_state=None,
+                       rng=tune_rng),
         task,
                                 config.finetune_epochs, tag="finetune",
                                 train_fn=runner.finetune_fn)

@@ -8,7 +8,7 @@ Example:
 
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import Method, cross_entropy_over
-from sparcl_jax.training import losses
+from sparcl_jax import losses
 
 
 @register

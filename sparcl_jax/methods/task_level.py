@@ -2,7 +2,7 @@
 
 They train task by task with the loss over the current task's outputs only,
 a fresh optimizer state per task, and no buffer;
-``sparcl_jax.training.clnp_runner`` runs them and calls the hooks below at
+``sparcl_jax.training.families`` calls the hooks below at
 each task's start and end. Per-run data a method keeps between tasks (CLNP's
 used units, single-task's networks) lives in an ``extras`` dict the runner
 checkpoints. CLNP, which uses the same hooks, is in ``methods/clnp.py``.
@@ -27,9 +27,67 @@ import jax.numpy as jnp
 
 from sparcl_jax import regularizers
 from sparcl_jax.methods import register
-from sparcl_jax.methods.base import TASK_LEVEL, Method
+from sparcl_jax.methods.base import TASK_LEVEL, Method, StepHooks
 
 PyTree = Any
+
+
+class PenaltyHooks(StepHooks):
+  """Step hooks of a task-level method: the stream loss over the current
+  task's outputs, the method's penalty added (``Method.penalty``), only
+  the stream loss reported; SI's path integral after each update.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> hooks = make_hooks(RunConfig(method="si", si_c=0.1))
+    >>> hooks.keeps_stream_gradient
+    True
+  """
+
+  def __init__(self, method: "TaskLevelMethod", config):
+    self.method = method
+    self.penalty = method.penalty(config)
+    self.keeps_stream_gradient = method.accumulates_task_gradient
+
+  def init_state(self, params):
+    return self.method.init_reg(params)
+
+  def stream_class_mask(self, facts):
+    return facts.task_class_mask
+
+  def loss_term(self, forward, params, batch_stats, opt_state, method_state,
+                drawn, keys, facts):
+    del forward, drawn, keys, facts
+    return self.penalty(params, opt_state, method_state), batch_stats
+
+  def reported_loss(self, stream, total):
+    del total
+    return stream
+
+  def after_update(self, method_state, keys, batch, stream_grads, old_params,
+                   new_params):
+    if not self.keeps_stream_gradient:
+      return method_state
+    # SI's path integral takes the task gradient alone.
+    return regularizers.si_accumulate(method_state, stream_grads, old_params,
+                                      new_params)
+
+
+def make_hooks(config) -> PenaltyHooks:
+  """The step hooks a configuration's task-level method trains with.
+
+  Args:
+    config: the run configuration.
+
+  Returns:
+    Its :class:`PenaltyHooks`.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> make_hooks(RunConfig(method="ewc")).method.name
+    'ewc'
+  """
+  return PenaltyHooks(config.method_object, config)
 
 
 class TaskLevelMethod(Method):
@@ -166,8 +224,8 @@ class Ewc(TaskLevelMethod):
     # compared across settings.
     runner.log({"event": "fisher", "task": task,
                 "mean": fisher_mean(fisher)})
-    return state._replace(reg=regularizers.ewc_consolidate(
-        state.reg, state.params, fisher, merged=True))
+    return state._replace(method_state=regularizers.ewc_consolidate(
+        state.method_state, state.params, fisher, merged=True))
 
 
 @register
@@ -188,8 +246,8 @@ class Si(TaskLevelMethod):
   def end_task(self, runner, state, extras, task):
     if task + 1 == runner.scenario.num_tasks:
       return state
-    return state._replace(reg=regularizers.si_consolidate(
-        state.reg, state.params, runner.config.si_xi))
+    return state._replace(method_state=regularizers.si_consolidate(
+        state.method_state, state.params, runner.config.si_xi))
 
 
 @register

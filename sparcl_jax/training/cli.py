@@ -250,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     config = parse_config(argv)
     # Imported late: --help and flag errors need none of the training code.
-    from sparcl_jax.training import checkpoint, loop, outputs, sharding  # pylint: disable=import-outside-toplevel
+    from sparcl_jax.training import checkpoint, loop, outputs, run_state, sharding  # pylint: disable=import-outside-toplevel
     sharding.initialize_distributed(config.coordinator_address,
                                     config.num_processes, config.process_id)
     primary = _start_jax(sharding)
@@ -264,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     writers.append(ckpt)
     # The data first: a missing or broken --data_dir changes no file.
     start_time = time.perf_counter()
-    scenario = loop.build_scenario(config)
+    scenario = run_state.build_scenario(config)
     ckpt.data = resume_checks.data_fingerprint(scenario, config.data_dir)
     if ckpt.exists():
       # Checked before anything in the work directory is rewritten.
@@ -285,6 +285,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         writers.append(_Lazy(lambda: tensorboard.TensorBoardLog(
             rundir, ckpt.restored_meta and ckpt.restored_meta["steps_done"])))
     log_fn = _fan_out([log] + writers[2:])
+    if primary and not config.quiet:
+      from sparcl_jax.training import progress  # pylint: disable=import-outside-toplevel
+      log_fn = _fan_out([log_fn, progress.ProgressLines(
+          scenario.num_tasks, config.epochs, first_seed=config.seed)])
     with checkpoint.stop_on_signals(ckpt):
       results = loop.run(config, scenario=scenario, log_fn=log_fn,
                          checkpoints=ckpt, start_time=start_time)

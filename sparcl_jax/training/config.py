@@ -269,6 +269,9 @@ class RunConfig:
   progress: bool = dataclasses.field(
       default=True, metadata={"help": "Show a progress bar per task when "
                                       "output is a terminal."})
+  quiet: bool = dataclasses.field(
+      default=False, metadata={"help": "Print no progress line per epoch and "
+                                       "per task (the bars stay)."})
   num_devices: int = dataclasses.field(
       default=1, metadata={"help": "Devices for data-parallel training: the "
                                    "batch is sharded over a 'data' mesh axis "

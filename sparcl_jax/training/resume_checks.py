@@ -18,7 +18,7 @@ from sparcl_jax.training import config as config_lib
 
 # Flags that may differ between a run and its resumption: they change where
 # files go or what is shown, not what is computed.
-RESUME_FREE_FLAGS = ("workdir", "overwrite", "progress", "tensorboard",
+RESUME_FREE_FLAGS = ("workdir", "overwrite", "progress", "quiet", "tensorboard",
                      "checkpoint_every_steps", "coordinator_address",
                      "num_processes", "process_id", "data_dir")
 

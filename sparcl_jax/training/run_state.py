@@ -1,11 +1,9 @@
-"""A rehearsal-family run's state before its first step, and its report.
+"""A run's state before its first step, and its report.
 
-The pieces :mod:`sparcl_jax.training.loop` and the multi-seed runner
-(:mod:`sparcl_jax.training.seed_vmap`) share: the scenario and loss a config
-names, the model it names, the
-initial train state from one seed (weights, optimizer state with the
-initial masks, empty buffer), the per-layer MACs and sparsities the FLOPs
-count uses, and the results keys read off the final state.
+The scenario and model a config names, the initial train state of a
+rehearsal-family seed (weights, optimizer state with the initial masks),
+the per-layer MACs and sparsities the FLOPs count uses, and the results
+keys read off the final state.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import numpy as np
 
 from sparcl_jax import flops as flops_lib
 from sparcl_jax.sparse import masks as masks_lib
-from sparcl_jax import rehearsal
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
@@ -31,7 +28,7 @@ from sparcl_jax.models import registry
 from sparcl_jax.sparse.sparsity import keep_count
 from sparcl_jax.sparse.tdm import tdm_masks
 from sparcl_jax.training import accounting
-from sparcl_jax.training import losses
+from sparcl_jax import losses
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import steps
 from sparcl_jax.training.config import RunConfig
@@ -141,19 +138,6 @@ def load_datasets(config: RunConfig):
   return dataset, cifar100
 
 
-def method_spec(config: RunConfig) -> steps.MethodSpec:
-  """Static loss description of ``config.method``."""
-  method = config.method_object
-  return steps.MethodSpec(
-      replay=method.replay,
-      alpha=config.alpha,
-      beta=config.beta,
-      replay_batch_size=config.replay_batch_size,
-      current_task_logit_mask=config.current_task_logit_mask,
-      replay_first_task=config.replay_first_task,
-      track_forgetting=method.tracks_forgetting(config))
-
-
 def make_run_model(config: RunConfig, scenario: Scenario):
   """The Flax model ``config`` names, sized for ``scenario``.
 
@@ -201,8 +185,8 @@ def initial_state(config: RunConfig, scenario: Scenario, model,
 
   Returns:
     ``(state, tx, kept_rows)``: the :class:`~steps.TrainState` (fresh
-    weights, optimizer state with the initial masks, empty buffer, no DDR
-    state), the optimizer and a grouped model's kept rows (else None).
+    weights, optimizer state with the initial masks, no method state yet),
+    the optimizer and a grouped model's kept rows (else None).
 
   Example:
     >>> state, tx, _ = initial_state(config, scenario, model, spec,
@@ -222,12 +206,8 @@ def initial_state(config: RunConfig, scenario: Scenario, model,
     params = masks_lib.apply_mask(params, start_masks)
     if config.sparse_init == "kept_fan_in":
       params = masks_lib.scale_to_kept_fan_in(params, start_masks)
-  buffer = None
-  if config.method_object.replay:
-    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
-                                   scenario.num_outputs)
-  return (steps.TrainState(params, batch_stats, opt_state, buffer, None, rng),
-          tx, kept_rows)
+  return (steps.TrainState(params, batch_stats, opt_state, None, rng), tx,
+          kept_rows)
 
 
 def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,

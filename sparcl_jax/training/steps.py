@@ -1,9 +1,14 @@
-"""Jitted train and evaluation steps, built once per scenario and method.
+"""The one train step of every method, its fused chunks, and evaluation.
 
 Every step reads its batch from device-resident uint8 images by index, so a
 run transfers data to the device once and no Python runs per step: a whole
 chunk of steps is one ``lax.scan`` call. Shapes never depend on the task or
 epoch, which keeps a run at one compilation per function.
+
+What differs between methods is in their :class:`~sparcl_jax.methods.base.
+StepHooks`: the classes the stream loss covers, the term added to it (a
+replay loss, a penalty) and what follows the update (a buffer insertion,
+DDR's statistics, SI's path integral).
 """
 
 from __future__ import annotations
@@ -14,13 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparcl_jax import methods
-from sparcl_jax.methods.base import cross_entropy_over
+from sparcl_jax import losses
 from sparcl_jax.control_flow import run_if
-from sparcl_jax.sparse.grouped_tdm import sparsity_variables
-from sparcl_jax.rehearsal import buffer_ready
 from sparcl_jax.data import pipeline
-from sparcl_jax.training import losses
+from sparcl_jax.sparse.grouped_tdm import sparsity_variables
+from sparcl_jax.methods.base import StepBatch, StepHooks
 from sparcl_jax.training import sharding as sharding_lib
 
 PyTree = Any
@@ -32,17 +35,17 @@ class TrainState(NamedTuple):
   Attributes:
     params: model parameters.
     batch_stats: batch-norm statistics ({} for models without them).
-    opt_state: optimizer state (holds SparCL's masks when TDM/DGM are on).
-    buffer: the rehearsal buffer, or None.
-    ddr: dynamic-data-removal statistics of the current task, or None.
+    opt_state: optimizer state (SparCL's masks, CLNP's partition).
+    method_state: what the method carries (its ``StepHooks.init_state``):
+      the rehearsal buffer and DDR statistics, EWC's or SI's regulariser
+      state, or None.
     rng: PRNG key, split every step.
   """
 
   params: PyTree
   batch_stats: PyTree
   opt_state: PyTree
-  buffer: Any
-  ddr: Any
+  method_state: Any
   rng: jax.Array
 
 
@@ -56,34 +59,34 @@ class InputSpec(NamedTuple):
   std: tuple[float, ...]
 
 
-class MethodSpec(NamedTuple):
-  """Static description of a method's loss.
+class StepFacts(NamedTuple):
+  """Per-call facts of a training chunk (all traced, so no recompiles)."""
 
-  Attributes:
-    replay: '' (no buffer), or the name of the registered method whose
-      replay loss the run uses ('er', 'der', 'derpp', 'er_ace'...; see
-      :mod:`sparcl_jax.methods`).
-    alpha: weight of the logit-matching replay term.
-    beta: weight of the label replay term (DER++).
-    replay_batch_size: examples drawn from the buffer per replay term.
-    current_task_logit_mask: mask logits outside the current task's classes in
-      the stream loss.
-    replay_first_task: replay while training the first task too.
-    track_forgetting: record per-example correctness for DDR.
+  task_id: jax.Array
+  epoch: jax.Array
+  first_step: jax.Array
+  num_steps: jax.Array
+  task_class_mask: jax.Array
+  seen_class_mask: jax.Array
+
+
+def prepare_inputs(rng: Optional[jax.Array], x: jax.Array,
+                   spec: InputSpec) -> jax.Array:
+  """Train-time augmentation (when ``rng`` is given) then normalisation.
+
+  Args:
+    rng: augmentation key, or None (evaluation).
+    x: float32 [B, H, W, C] in [0, 1].
+    spec: the run's input facts.
+
+  Returns:
+    The model's inputs.
+
+  Example:
+    >>> spec = InputSpec((1, 1, 1), False, False, (0.5,), (0.5,))
+    >>> prepare_inputs(None, jnp.ones((1, 1, 1, 1)), spec).ravel()
+    Array([1.], dtype=float32)
   """
-
-  replay: str = ""
-  alpha: float = 0.0
-  beta: float = 0.0
-  replay_batch_size: int = 0
-  current_task_logit_mask: bool = False
-  replay_first_task: bool = False
-  track_forgetting: bool = False
-
-
-def _prepare(rng: Optional[jax.Array], x: jax.Array, spec: InputSpec
-             ) -> jax.Array:
-  """Train-time augmentation (when rng is given) then normalisation."""
   if rng is not None and spec.augment:
     x = pipeline.augment_batch(rng, x)
   return pipeline.normalize(x, spec.mean, spec.std)
@@ -125,17 +128,6 @@ def make_forward(model, collections: Optional[dict] = None) -> Callable:
     return model.apply(variables, x, train=train, rngs=rngs), batch_stats
 
   return forward
-
-
-class StepFacts(NamedTuple):
-  """Per-call facts of a training chunk (all traced, so no recompiles)."""
-
-  task_id: jax.Array
-  epoch: jax.Array
-  first_step: jax.Array
-  num_steps: jax.Array
-  task_class_mask: jax.Array
-  seen_class_mask: Optional[jax.Array] = None
 
 
 class MaskEvents(NamedTuple):
@@ -192,104 +184,26 @@ def _update_variants(tx: optax.GradientTransformationExtraArgs,
           variant(mask_events=False), variant()]
 
 
-def _replay_rule(method: MethodSpec) -> methods.Method:
-  """The method object whose loss hooks a run's steps call."""
-  return methods.get(method.replay) if method.replay else methods.Method()
-
-
-def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
-                   batch_stats: PyTree, x_stream: jax.Array,
-                   y_stream: jax.Array, replay_batches, do_replay: jax.Array,
-                   rng: jax.Array, task_class_mask: jax.Array,
-                   seen_class_mask: Optional[jax.Array] = None):
-  """The training loss of a rehearsal-family method on one step.
-
-  The stream term is the cross-entropy of the stream batch over the classes
-  the method's ``stream_class_mask`` hook chooses (every output, or the
-  current task's with ``method.current_task_logit_mask``; ER-ACE always the
-  current task's). When ``do_replay``, the method's ``replay_term`` is
-  added: ER the cross-entropy of the first replay batch; DER ``alpha``
-  times the mean squared error between the first replay batch's logits and
-  its stored logits; DER++ that plus ``beta`` times the cross-entropy of the
-  second replay batch; ER-ACE the cross-entropy of the first replay batch
-  over the classes seen so far. Batch-norm statistics pass through the
-  stream, then the replay forward passes.
-
-  Args:
-    method: the run's static description (``replay`` names the registered
-      method whose loss hooks are used; ``alpha``, ``beta``,
-      ``current_task_logit_mask``).
-    forward: ``forward(params, batch_stats, x, rng, train) -> (logits,
-      batch_stats)`` (see :func:`make_forward`).
-    params: model parameters.
-    batch_stats: batch-norm statistics ({} without batch norm).
-    x_stream: stream inputs.
-    y_stream: stream labels.
-    replay_batches: ``((x1, y1, z1), (x2, y2))`` from the buffer (``z1`` the
-      stored logits), or None without replay.
-    do_replay: bool scalar: add the replay term.
-    rng: PRNG key (dropout).
-    task_class_mask: [num_outputs] bool, the current task's classes.
-    seen_class_mask: [num_outputs] bool, the classes of every task so far
-      (None: every output).
-
-  Returns:
-    ``(loss, (stream_logits, batch_stats))``; the logits are unmasked.
-
-  Example:
-    >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
-    >>> loss, _ = rehearsal_loss(MethodSpec(), forward, jnp.zeros((2, 3)),
-    ...                          {}, jnp.ones((1, 2)), jnp.array([0]), None,
-    ...                          jnp.array(False), jax.random.key(0),
-    ...                          jnp.ones(3, bool))
-    >>> round(float(loss), 4)  # log(3): uniform over 3 classes
-    1.0986
-  """
-  rule = _replay_rule(method)
-  if seen_class_mask is None:
-    seen_class_mask = jnp.ones_like(task_class_mask)
-  k_stream, k_r1, k_r2 = jax.random.split(rng, 3)
-  logits, batch_stats = forward(params, batch_stats, x_stream, k_stream, True)
-  loss = cross_entropy_over(
-      logits, y_stream,
-      rule.stream_class_mask(method, task_class_mask, seen_class_mask))
-  if not method.replay:
-    return loss, (logits, batch_stats)
-
-  def replay_terms(batch_stats):
-    return rule.replay_term(method, forward, params, batch_stats,
-                            replay_batches, (k_r1, k_r2), seen_class_mask)
-
-  def no_replay(batch_stats):
-    return jnp.zeros((), jnp.float32), batch_stats
-
-  term, batch_stats = jax.lax.cond(do_replay, replay_terms, no_replay,
-                                   batch_stats)
-  return loss + term, (logits, batch_stats)
-
-
 def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
-                    method: MethodSpec, inputs: InputSpec, buffer_ops=None,
-                    ddr_ops=None, batch_sharding=None) -> Callable:
-  """Builds the reference train step of the rehearsal family (not jitted).
+                    hooks: StepHooks, inputs: InputSpec,
+                    batch_sharding=None) -> Callable:
+  """Builds the reference train step of every method (not jitted).
 
-  The step, top to bottom: split the PRNG key; gather the stream batch at
-  ``positions`` and augment it; draw two replay batches from the buffer;
-  take the method's loss and its gradient (:func:`rehearsal_loss`); let the
-  optimizer update the parameters; offer the stream batch to the buffer;
-  record which examples the model got right (DDR). :func:`make_train_chunk`
-  fuses many of these steps into one call and swaps in a cheaper, exact
-  optimizer update on steps where no mask can change.
+  The step, top to bottom: split the PRNG key into eight; gather the batch
+  at ``positions`` and augment it; let the method draw what its loss term
+  needs (replay batches); take the gradient of the stream cross-entropy
+  plus the method's term (one backward pass, or two when the method keeps
+  the stream gradient apart, as SI does); let the optimizer update the
+  parameters; let the method follow the update (buffer, DDR, path
+  integral). :func:`make_train_chunk` fuses many of these steps into one
+  call and swaps in a cheaper, exact optimizer update on steps where no
+  mask can change.
 
   Args:
     model: Flax module.
     tx: optimizer; receives ``epoch`` and ``step_in_epoch`` as extra args.
-    method: static loss description.
+    hooks: the method's step hooks (``Method.step_hooks``).
     inputs: static input description.
-    buffer_ops: object with ``reservoir_add`` and ``buffer_sample`` (the
-      rehearsal buffer functions), needed when ``method.replay``.
-    ddr_ops: object with ``ddr_update``, needed when
-      ``method.track_forgetting``.
     batch_sharding: for data-parallel runs, the sharding that splits a batch
       over the mesh; None: one device.
 
@@ -299,111 +213,113 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
     example_task)``, ``positions`` the batch's positions into the example
     arrays. ``update(grads, epoch, step_in_epoch)`` returns a function
     ``(params, opt_state) -> (params, opt_state)``; None calls ``tx.update``
-    as built.
+    as built. The loss is what ``hooks.reported_loss`` makes of the stream
+    loss and the term.
 
   Example:
-    >>> step = make_train_step(model, tx, MethodSpec(), spec)
-    ... # doctest: +SKIP
+    >>> step = make_train_step(model, tx, hooks, spec)  # doctest: +SKIP
   """
   plain_update = _update_variants(tx, MaskEvents())[2]
+  prepare = lambda rng, x: prepare_inputs(rng, x, inputs)
 
-  def grad_fn(opt_state, *args):
+  def losses_fn(params, batch_stats, x, y, keys, state, drawn, facts):
     # Grouped sparse layers read their kept rows, which the optimizer owns.
-    forward = make_forward(model, sparsity_variables(opt_state))
+    forward = make_forward(model, sparsity_variables(state.opt_state))
+    logits, batch_stats = forward(params, batch_stats, x, keys[0], True)
+    mask = hooks.stream_class_mask(facts)
+    stream = losses.cross_entropy(
+        logits if mask is None else losses.mask_logits(logits, mask), y)
+    term, batch_stats = hooks.loss_term(
+        forward, params, batch_stats, state.opt_state, state.method_state,
+        drawn, keys[1:], facts)
+    return stream, term, logits, batch_stats
 
-    def loss_fn(params, batch_stats, x, y, replay_batches, do_replay, rng,
-                facts):
-      return rehearsal_loss(method, forward, params, batch_stats, x, y,
-                            replay_batches, do_replay, rng,
-                            facts.task_class_mask, facts.seen_class_mask)
+  def total_loss(params, *args):
+    stream, term, logits, batch_stats = losses_fn(params, *args)
+    return stream + term, (hooks.reported_loss(stream, stream + term),
+                           logits, batch_stats)
 
-    return jax.value_and_grad(loss_fn, has_aux=True)(*args)
+  def stream_loss(params, *args):
+    stream, _, logits, batch_stats = losses_fn(params, *args)
+    return stream, (stream, logits, batch_stats)
+
+  def term_only(params, *args):
+    return hooks.loss_term(None, params, *args)[0]
 
   def step(state: TrainState, data, positions, facts: StepFacts,
            step_in_epoch, update=None):
     device_data, ex_index, ex_task = data
-    rng, k_aug, k_loss, k_buf1, k_buf2, k_buf_add, k_raug1, k_raug2 = (
-        jax.random.split(state.rng, 8))
+    keys = jax.random.split(state.rng, 8)
     index, task = sharding_lib.constrain_batch(
         (ex_index[positions], ex_task[positions]), batch_sharding)
     x_raw, y = sharding_lib.constrain_batch(
         pipeline.gather_batch(device_data, index, task, "train",
                               inputs.permuted), batch_sharding)
-    x = _prepare(k_aug, x_raw, inputs)
-
-    replay_batches, do_replay = None, jnp.asarray(False)
-    if method.replay:
-      n = method.replay_batch_size
-      bx1, by1, bz1, _ = sharding_lib.constrain_batch(
-          buffer_ops.buffer_sample(state.buffer, k_buf1, n), batch_sharding)
-      bx2, by2, _, _ = sharding_lib.constrain_batch(
-          buffer_ops.buffer_sample(state.buffer, k_buf2, n), batch_sharding)
-      replay_batches = ((_prepare(k_raug1, bx1, inputs), by1, bz1),
-                        (_prepare(k_raug2, bx2, inputs), by2))
-      do_replay = buffer_ready(state.buffer, n)
-      if not method.replay_first_task:
-        do_replay = jnp.logical_and(do_replay, facts.task_id > 0)
-
-    (loss, (logits, batch_stats)), grads = grad_fn(
-        state.opt_state, state.params, state.batch_stats, x, y, replay_batches, do_replay,
-        k_loss, facts)
+    x = prepare(keys[1], x_raw)
+    drawn = hooks.draw(
+        state.method_state, keys, facts, prepare,
+        lambda tree: sharding_lib.constrain_batch(tree, batch_sharding))
+    loss_keys = hooks.loss_keys(keys[2])
+    args = (state.batch_stats, x, y, loss_keys, state, drawn, facts)
+    task_grads = None
+    if hooks.keeps_stream_gradient:
+      (_, (loss, logits, batch_stats)), task_grads = jax.value_and_grad(
+          stream_loss, has_aux=True)(state.params, *args)
+      term_grads = jax.grad(term_only)(
+          state.params, state.batch_stats, state.opt_state,
+          state.method_state, drawn, loss_keys[1:], facts)
+      grads = jax.tree.map(jnp.add, task_grads, term_grads)
+    else:
+      (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(
+          total_loss, has_aux=True)(state.params, *args)
     params, opt_state = (update or plain_update)(
         grads, facts.epoch, step_in_epoch)((state.params, state.opt_state))
-
-    buffer = state.buffer
-    if method.replay:
-      buffer = buffer_ops.reservoir_add(buffer, k_buf_add, x_raw, y, logits,
-                                        task)
-    ddr = state.ddr
-    if method.track_forgetting:
-      correct = jnp.argmax(logits, axis=-1) == y
-      ddr = ddr_ops.ddr_update(ddr, positions, correct,
-                               jnp.ones_like(correct))
-    return TrainState(params, batch_stats, opt_state, buffer, ddr, rng), loss
+    method_state = hooks.after_update(
+        state.method_state, keys,
+        StepBatch(x_raw, y, task, positions, logits), task_grads,
+        state.params, params)
+    return TrainState(params, batch_stats, opt_state, method_state,
+                      keys[0]), loss
 
   return step
 
 
 def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
-                     method: MethodSpec, inputs: InputSpec, batch_size: int,
-                     steps_per_call: int, buffer_ops=None, ddr_ops=None,
-                     batch_sharding=None,
-                     mask_events: Optional[MaskEvents] = None) -> Callable:
-  """Builds the jitted function that runs ``steps_per_call`` train steps.
+                     hooks: StepHooks, inputs: InputSpec, batch_size: int,
+                     steps_per_call: int, batch_sharding=None,
+                     mask_events: Optional[MaskEvents] = None,
+                     jit: bool = True) -> Callable:
+  """Builds the function that runs ``steps_per_call`` train steps.
 
   Args:
     model: Flax module.
     tx: optimizer; receives ``epoch`` and ``step_in_epoch`` as extra args
       (SparCL's transforms schedule mask updates on them).
-    method: static loss description.
+    hooks: the method's step hooks.
     inputs: static input description.
     batch_size: stream batch size.
     steps_per_call: steps fused in one call; steps past ``num_steps`` are
       skipped, so one compiled function serves every epoch length.
-    buffer_ops: module-like object with ``reservoir_add`` and
-      ``buffer_sample`` (the rehearsal buffer functions), needed when
-      ``method.replay``.
-    ddr_ops: object with ``ddr_update`` for forgetting statistics, needed when
-      ``method.track_forgetting``.
     batch_sharding: for data-parallel runs, the sharding that splits a
       batch over the mesh (``sharding.batch_sharded``); each step's indices
       and gathered images are constrained to it. None: one device.
     mask_events: for TDM/DGM optimizers, when their masks may change (see
-      :class:`MaskEvents`, ``optimizers.mask_events``); each step then picks
-      the cheapest exact variant of the update with a ``lax.switch``. None:
-      ``tx.update`` is called as is on every step.
+      :class:`MaskEvents`, ``optimizers.mask_events``); each step then runs
+      the cheapest exact variant of the update. None: ``tx.update`` is
+      called as is on every step.
+    jit: return the function jitted (False: for ``jax.vmap`` over seeds,
+      jitted by the caller).
 
   Returns:
     ``chunk(state, data, order, facts) -> (state, summed_loss)`` where
-    ``data`` is ``(device_data, example_index, example_task)`` and ``order`` holds positions into the
-    example arrays in this epoch's order.
+    ``data`` is ``(device_data, example_index, example_task)`` and
+    ``order`` holds positions into the example arrays in this epoch's order.
 
   Example:
-    >>> chunk = make_train_chunk(model, tx, MethodSpec(), spec, 32, 100)
+    >>> chunk = make_train_chunk(model, tx, hooks, spec, 32, 100)
     ... # doctest: +SKIP
   """
-  train_step = make_train_step(model, tx, method, inputs, buffer_ops,
-                               ddr_ops, batch_sharding)
+  train_step = make_train_step(model, tx, hooks, inputs, batch_sharding)
   if mask_events is not None:
     update_variants = _update_variants(tx, mask_events)
 
@@ -424,26 +340,28 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
 
     return apply
 
-  def one_step(state: TrainState, data, order, facts: StepFacts, step):
-    positions = jax.lax.dynamic_slice(order, (step * batch_size,),
+  def one_step(state: TrainState, data, order, facts: StepFacts, k):
+    positions = jax.lax.dynamic_slice(order, (k * batch_size,),
                                       (batch_size,))
     update = None
     if mask_events is not None:
       update = lambda g, e, s: fast_update(g, e, s, facts.num_steps)
-    return train_step(state, data, positions, facts, facts.first_step + step,
+    return train_step(state, data, positions, facts, facts.first_step + k,
                       update)
 
   def chunk(state: TrainState, data, order, facts: StepFacts):
+    # The chunk's `order` is relative to the chunk's first step.
+    order = jax.lax.dynamic_slice(
+        jnp.pad(order, (0, steps_per_call * batch_size)),
+        (facts.first_step * batch_size,), (steps_per_call * batch_size,))
 
     def body(carry, k):
       state, loss_sum = carry
-      step = facts.first_step + k
-
-      def run(carry):
-        return one_step(carry[0], data, order, facts, k)
-
-      state, loss = run_if(step < facts.num_steps, run,
-                            (state, jnp.zeros((), jnp.float32)))
+      # A 0-or-1-trip loop rather than a cond: masks and partitions pass
+      # through every step and a cond would copy them.
+      state, loss = run_if(facts.first_step + k < facts.num_steps,
+                           lambda c: one_step(c[0], data, order, facts, k),
+                           (state, jnp.zeros((), jnp.float32)))
       return (state, loss_sum + loss), None
 
     (state, loss_sum), _ = jax.lax.scan(
@@ -451,43 +369,19 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
         jnp.arange(steps_per_call))
     return state, loss_sum
 
-  # The chunk's `order` is relative to the chunk's first step.
-  def chunk_entry(state, data, order, facts):
-    order = jax.lax.dynamic_slice(
-        jnp.pad(order, (0, steps_per_call * batch_size)),
-        (facts.first_step * batch_size,), (steps_per_call * batch_size,))
-    return chunk(state, data, order, facts)
-
-  return jax.jit(chunk_entry)
-
-
-def make_epoch_order() -> Callable:
-  """Returns :func:`sparcl_jax.data.pipeline.epoch_order`, jitted.
-
-  ``order(rng, usable) -> (positions, count)``: the usable slots of
-  ``usable`` first, in random order, and how many there are.
-
-  Returns:
-    The jitted function.
-
-  Example:
-    >>> positions, count = make_epoch_order()(jax.random.key(0),
-    ...                                       jnp.array([True, False, True]))
-    >>> int(count)
-    2
-  """
-  return jax.jit(pipeline.epoch_order)
+  return jax.jit(chunk) if jit else chunk
 
 
 def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
-                  max_examples: int) -> Callable:
-  """Builds the jitted evaluation of one task's test (or validation) set.
+                  max_examples: int, jit: bool = True) -> Callable:
+  """Builds the evaluation of one task's test (or validation) set.
 
   Args:
     model: Flax module.
     inputs: static input description.
     eval_batch_size: examples per evaluation batch.
     max_examples: padded length of every task's index array.
+    jit: return it jitted (False: for ``jax.vmap`` over seeds).
 
   Returns:
     ``evaluate(params, batch_stats, device_data, split, index, count,
@@ -512,7 +406,7 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
       valid = b * eval_batch_size + jnp.arange(eval_batch_size) < count
       x, y = pipeline.gather_batch(device_data, rows, task_id, split,
                                    inputs.permuted)
-      x = _prepare(None, x, inputs)
+      x = prepare_inputs(None, x, inputs)
       logits, _ = forward(params, batch_stats, x, None, False)
       class_il = jnp.argmax(losses.mask_logits(logits, seen_mask), -1) == y
       task_il = jnp.argmax(losses.mask_logits(logits, task_mask), -1) == y
@@ -524,4 +418,4 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
     totals, _ = jax.lax.scan(body, (zero, zero), jnp.arange(num_batches))
     return totals
 
-  return jax.jit(evaluate, static_argnums=(3,))
+  return jax.jit(evaluate, static_argnums=(3,)) if jit else evaluate

@@ -1,41 +1,199 @@
-"""Several seeds in one run (``--num_seeds``): dispatch, fallback, results.
+"""Several seeds in one run (``--num_seeds``): the seed axis and the results.
 
-:func:`run` trains seeds ``--seed`` .. ``--seed+N-1``. When every seed's
-run has the same shapes and runs on one device (rehearsal-family methods
-with unstructured masks, the usual case), the seeds train as one jitted
-program vmapped over a leading seed axis
-(:func:`sparcl_jax.training.seed_vmap.run`). Otherwise (the task-level
-methods CLNP, EWC, SI and single-task; ``--mask_structure=grouped``;
-``--num_devices`` other than one device; seeds whose padded task sizes
-differ, as ``--shuffle_classes`` over unbalanced classes gives) they run one
-after another in this process. Either way the results hold ``per_seed``
+A run of seeds ``--seed`` .. ``--seed+N-1`` trains through one
+:class:`~sparcl_jax.training.trainer.Trainer`. When every seed's run has
+the same shapes and runs on one device (rehearsal-family methods with
+unstructured masks, the usual case) the seeds share one jitted program
+vmapped over a leading seed axis; otherwise (:func:`sequential_reason`: the
+task-level methods CLNP, EWC, SI and single-task; ``--mask_structure=
+grouped``; several devices; seeds whose padded task sizes differ) the same
+loop runs them one after another. Either way the results hold ``per_seed``
 (each seed's results as its single-seed run writes them), ``final`` (their
 mean), ``final_std`` (their standard deviation) and the mean of every other
-number (``acc_matrix`` too, so the plots show the mean).
+number (:func:`combine`).
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax import methods
+from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
+from sparcl_jax.training import checkpoint as checkpoint_lib
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import run_state
-from sparcl_jax.training import seed_vmap
 from sparcl_jax.training import sharding as sharding_lib
 from sparcl_jax.training import tasks
-from sparcl_jax.training import timing
 from sparcl_jax.training.config import RunConfig
 
 LogFn = Callable[[dict], None]
 
+def stack(trees: Sequence[Any]) -> Any:
+  """Stacks same-structured pytrees along a new leading (seed) axis.
+
+  Args:
+    trees: the per-seed pytrees.
+
+  Returns:
+    One pytree whose leaves have a leading axis of ``len(trees)``.
+
+  Example:
+    >>> stack([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}])["w"].shape
+    (2, 2)
+  """
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+  """Seed ``index``'s slice of a stacked pytree.
+
+  Example:
+    >>> unstack({"w": jnp.arange(4).reshape(2, 2)}, 1)["w"]
+    Array([2, 3], dtype=int32)
+  """
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def shared_or_stacked(values: Sequence[Any]):
+  """``(value, axis)``: the first value and ``None`` when all are equal,
+  else the stacked values and 0 (a vmap ``in_axes`` entry).
+
+  Example:
+    >>> shared_or_stacked([np.int32(3), np.int32(3)])
+    (Array(3, dtype=int32), None)
+  """
+  host = [np.asarray(v) for v in values]
+  if all(np.array_equal(h, host[0]) for h in host[1:]):
+    return jnp.asarray(host[0]), None
+  return jnp.asarray(np.stack(host)), 0
+
+
+def device_data(scenarios: Sequence[Scenario]):
+  """Every seed's data on the device: shared arrays once, the rest stacked.
+
+  Args:
+    scenarios: every seed's scenario (equal shapes).
+
+  Returns:
+    ``(data, axes)``: a :class:`~sparcl_jax.data.pipeline.DeviceData` and
+    the matching vmap ``in_axes`` (None for a shared field, 0 for a
+    stacked one).
+
+  Example:
+    >>> data, axes = device_data([scenario, scenario])  # doctest: +SKIP
+    >>> axes.train_images is None  # doctest: +SKIP
+    True
+  """
+  first = scenarios[0]
+
+  def same(scenario):
+    pools = ("train_images", "train_labels", "test_images", "test_labels")
+    return (all(getattr(scenario, n) is getattr(first, n) or np.array_equal(
+        getattr(scenario, n), getattr(first, n)) for n in pools) and
+            all(np.array_equal(np.asarray(a.permutation),
+                               np.asarray(b.permutation)) and
+                a.label_offset == b.label_offset
+                for a, b in zip(scenario.tasks, first.tasks)))
+
+  if all(same(s) for s in scenarios[1:]):
+    data = pipeline.to_device(first)
+    return data, jax.tree.map(lambda _: None, data)
+  each = [pipeline.to_device(s) for s in scenarios]
+  fields = [shared_or_stacked(values) for values in zip(*each)]
+  return (pipeline.DeviceData(*(f[0] for f in fields)),
+          pipeline.DeviceData(*(f[1] for f in fields)))
+
+
+def seed_log(log: LogFn, seed: int) -> LogFn:
+  """``log`` with ``seed`` added to every record.
+
+  Args:
+    log: the run's log function.
+    seed: the seed whose records it receives.
+
+  Returns:
+    The wrapped log function.
+
+  Example:
+    >>> seed_log(print, 3)({"event": "eval"})
+    {'event': 'eval', 'seed': 3}
+  """
+  return lambda record: log(dict(record, seed=seed))
+
+
+def check_stop(checkpoints, where: str) -> None:
+  """Ends a multi-seed run on a stop request (it has no checkpoint to save).
+
+  Args:
+    checkpoints: the run's checkpointer, or None.
+    where: the position, for the message.
+
+  Raises:
+    RunInterrupted: a stop was requested.
+
+  Example:
+    >>> check_stop(None, "in task 1 of 5")  # no checkpointer: never stops
+  """
+  if checkpoints is None or not checkpoints.stop_requested:
+    return
+  signum = checkpoints.stop_signal or signal.SIGINT
+  raise checkpoint_lib.RunInterrupted(
+      f"stopped by {signal.Signals(signum).name} {where}: a --num_seeds run "
+      "keeps no checkpoints, so a rerun starts over.", signum)
+
+
+def seed_data(data, axes, seed: int):
+  """One seed's view of :func:`device_data`'s arrays.
+
+  Args:
+    data: the run's device data (``device_data``'s first value).
+    axes: its vmap axes (None: shared by every seed).
+    seed: the seed's index in the run.
+
+  Returns:
+    The :class:`~sparcl_jax.data.pipeline.DeviceData` of that seed.
+
+  Example:
+    >>> data, axes = device_data([scenario, scenario])  # doctest: +SKIP
+    >>> seed_data(data, axes, 1).train_images is data.train_images  # doctest: +SKIP
+    True
+  """
+  return pipeline.DeviceData(*(d if a is None else d[seed]
+                               for d, a in zip(data, axes)))
+
+
 # Timing keys that add up over seeds run one after another.
-_ADDED = ("compile_time_s", "compiles", "train_time_s", "eval_time_s",
-          "train_steps")
+ADDED_KEYS = ("compile_time_s", "compiles", "train_time_s", "eval_time_s",
+              "train_steps")
+
+
+def sequential_run_keys(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """The timing keys of seeds that ran one after another: their sums.
+
+  Args:
+    per_seed: each seed's results.
+
+  Returns:
+    ``ADDED_KEYS`` summed over seeds, and ``ms_per_step`` of the sums.
+
+  Example:
+    >>> one = {"compile_time_s": 1.0, "compiles": 2, "train_time_s": 3.0,
+    ...        "eval_time_s": 1.0, "train_steps": 100}
+    >>> sequential_run_keys([one, one])["ms_per_step"]
+    40.0
+  """
+  keys = {key: sum(r[key] for r in per_seed) for key in ADDED_KEYS}
+  keys["ms_per_step"] = (
+      1e3 * (keys["train_time_s"] + keys["eval_time_s"]) /
+      keys["train_steps"] if keys["train_steps"] else 0.0)
+  return keys
 
 
 def seed_configs(config: RunConfig) -> list[RunConfig]:
@@ -114,53 +272,6 @@ def sequential_reason(config: RunConfig,
   if any(shapes(s) != shapes(scenarios[0]) for s in scenarios[1:]):
     return "seeds whose tasks pad to different sizes"
   return ""
-
-
-def run(config: RunConfig, scenario: Optional[Scenario], log: LogFn,
-        start: float, checkpoints: Optional[Any],
-        run_one: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-  """Trains every seed of ``config`` and combines their results.
-
-  Args:
-    config: a validated configuration with ``num_seeds`` > 1.
-    scenario: the first seed's scenario, or None to build it.
-    log: receives every seed's log records, each with its ``seed``.
-    start: ``time.perf_counter()`` at the run's start.
-    checkpoints: only asked whether a stop was requested: a multi-seed run
-      saves no checkpoints.
-    run_one: ``loop.run``, which trains one seed's config (``run_one(config,
-      scenario, log)``) when the seeds run one after another; passed in
-      because ``loop.run`` is also what calls this function.
-
-  Returns:
-    The combined results (see :func:`combine`).
-
-  Raises:
-    RunInterrupted: a stop was requested (nothing is saved).
-
-  Example:
-    >>> results = run(config, None, print, 0.0, None, loop.run)  # doctest: +SKIP
-  """
-  configs = seed_configs(config)
-  with timing.CompileTimer() as compiles:
-    scenarios = build_scenarios(config, scenario)
-    reason = sequential_reason(config, scenarios)
-    if not reason:
-      per_seed, run_keys = seed_vmap.run(config, configs, scenarios, log,
-                                         start, checkpoints, compiles)
-      return combine(config, per_seed, run_keys, start, vmapped=True)
-  print(f"--num_seeds={config.num_seeds}: {reason} runs the seeds one after "
-        "another.", flush=True)
-  per_seed = []
-  for seed_config, seed_scenario in zip(configs, scenarios):
-    seed_vmap.check_stop(checkpoints, f"before seed {seed_config.seed}")
-    per_seed.append(run_one(seed_config, seed_scenario,
-                            seed_vmap.seed_log(log, seed_config.seed)))
-  run_keys = {key: sum(r[key] for r in per_seed) for key in _ADDED}
-  run_keys["ms_per_step"] = (
-      1e3 * (run_keys["train_time_s"] + run_keys["eval_time_s"]) /
-      run_keys["train_steps"] if run_keys["train_steps"] else 0.0)
-  return combine(config, per_seed, run_keys, start, vmapped=False)
 
 
 def mean_tree(values: Sequence[Any]) -> Any:
