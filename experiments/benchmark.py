@@ -18,7 +18,7 @@ Measures, in one process so that ratios share the machine's state:
 
 * the conv models (ResNet-18 nf 20, the Zenke CNN) through the library's
   steps against a bare jitted step of an independently written twin
-  (``sparcl_jax/benchmarks/convnets.py``), and ``train.py`` itself with
+  (``benchmarks/convnets.py``), and ``train.py`` itself with
   ResNet-18 on Split MNIST against that bare step (``--train_py``).
 
 Inputs are random data of the real shapes (28x28x1 for the MLP, 32x32x3 for
@@ -39,8 +39,9 @@ random data of its shape).
   ``--num_seeds=1`` and ``--num_seeds=10``, alternating, and reports the
   ratio of their wall times.
 
-The measuring lives in :mod:`sparcl_jax.benchmarks`; this script is its
-command line.
+The measuring lives in the checkout's top-level :mod:`benchmarks` package
+(not installed with the library); this script is its command line and runs
+from any current folder.
 
 Usage:
   python experiments/benchmark.py --quick            # minutes on 2 CPU cores
@@ -61,13 +62,21 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from sparcl_jax.benchmarks import conv
-from sparcl_jax.benchmarks import report
-from sparcl_jax.benchmarks import runs
-from sparcl_jax.benchmarks import seeds
-from sparcl_jax.benchmarks import structured
-from sparcl_jax.benchmarks import suite
-from sparcl_jax.benchmarks.machine import environment
+# The harness is a package of the checkout, not of the installed library: put
+# the checkout (this script's folder's parent) first on the path so that
+# ``benchmarks`` and this checkout's ``sparcl_jax`` import from any folder.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _CHECKOUT)
+
+# pylint: disable=wrong-import-position
+from benchmarks import conv
+from benchmarks import report
+from benchmarks import runs
+from benchmarks import seeds
+from benchmarks import structured
+from benchmarks import suite
+from benchmarks.machine import environment
+# pylint: enable=wrong-import-position
 
 __all__ = ["main"]
 

@@ -11,7 +11,7 @@ from sparcl_jax.training import loop, steps
 @pytest.fixture(scope="module")
 def digits_two_tasks():
   """The first two tasks (4 classes) of Split Digits: runs take seconds."""
-  dataset = sources.load_digits(0)
+  dataset = sources.load_dataset("digits", "embedded", None)
   scenario = scenarios.split_scenario(dataset, 2)
   return dataclasses.replace(scenario, tasks=scenario.tasks[:2],
                              num_outputs=4)
@@ -40,7 +40,7 @@ def _run_capturing(config, scenario, monkeypatch, events_override=None):
 
     return call
 
-  monkeypatch.setattr(loop.steps, "make_train_chunk", spy)
+  monkeypatch.setattr(steps, "make_train_chunk", spy)
   results = loop.run(config, scenario=scenario)
   monkeypatch.undo()
   return results, seen

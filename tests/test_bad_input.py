@@ -59,13 +59,15 @@ _NO_TRAINING = ("--dataset=mnist", "--data_source=files",
     ("--lr=1e400", "--lr=inf is not a finite number; give a finite value."),
     ("--alpha=nan", "--alpha=nan is not a finite number"),
     ("--beta=inf", "--beta=inf is not a finite number"),
-    ("--importance_lambda=inf", "--importance_lambda=inf is not a finite "
-     "number"),
-    ("--importance_lambda=-1", "--importance_lambda must be non-negative"),
+    # SparCL's own flag, checked where SparCL reads it.
+    ("--method=sparcl_derpp --importance_lambda=inf",
+     "--importance_lambda=inf is not a finite number"),
+    ("--method=sparcl_derpp --importance_lambda=-1",
+     "--importance_lambda must be non-negative"),
 ])
 def test_numbers_refused_at_validation(capsys, tmp_path, flag, message):
   status, err = _main(capsys, f"--workdir={tmp_path / 'run'}", *_NO_TRAINING,
-                      flag)
+                      *flag.split())
   _one_line_exit_2(status, err, message)
   assert not (tmp_path / "run").exists()
 

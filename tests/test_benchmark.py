@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparcl_jax.benchmarks import convnets
-from sparcl_jax.benchmarks.harness import (summarize, time_interleaved,
-                                           whole_epoch)
-from sparcl_jax.benchmarks.inputs import make_config, random_scenario
-from sparcl_jax.benchmarks.machine import environment, memory_report
-from sparcl_jax.benchmarks.reference import build_bare_step, matmul_call
-from sparcl_jax.benchmarks.variants import benchmark_steps
+from benchmarks import convnets
+from benchmarks.harness import (summarize, time_interleaved,
+                                whole_epoch)
+from benchmarks.inputs import make_config, random_scenario
+from benchmarks.machine import environment, memory_report
+from benchmarks.reference import build_bare_step, matmul_call
+from benchmarks.variants import benchmark_steps
 from sparcl_jax.models.cnn import ZenkeCNN
 from sparcl_jax.models.resnet import ResNet18
 
@@ -137,8 +137,8 @@ def test_bare_step_trains_and_counts_derpp_examples():
 
 
 def test_structured_steps_time_every_variant_against_dense():
-  from sparcl_jax.benchmarks.report import format_structured_steps
-  from sparcl_jax.benchmarks.structured import structured_steps
+  from benchmarks.report import format_structured_steps
+  from benchmarks.structured import structured_steps
   out = structured_steps(batch_sizes=(8,), sparsities=(0.75,),
                          repeats=2, hidden_sizes="40,40", steps_per_call=4,
                          mask_group=10, steps_per_epoch=6,
@@ -166,7 +166,7 @@ def test_structured_steps_time_every_variant_against_dense():
 
 
 def test_structured_chunk_trains_only_the_kept_weights():
-  from sparcl_jax.benchmarks.chunks import build_train_chunk
+  from benchmarks.chunks import build_train_chunk
   from sparcl_jax.sparse.grouped_tdm import sparsity_variables
   cfg = make_config("sparcl_derpp", hidden_sizes="40,40", batch_size=8,
                     minibatch_size=8, buffer_size=16, steps_per_call=2,
@@ -181,8 +181,8 @@ def test_structured_chunk_trains_only_the_kept_weights():
 
 
 def test_structured_train_times_reads_what_train_py_writes(tmp_path):
-  from sparcl_jax.benchmarks.report import format_structured_train_times
-  from sparcl_jax.benchmarks.structured import structured_train_times
+  from benchmarks.report import format_structured_train_times
+  from benchmarks.structured import structured_train_times
   common = ["--dataset=digits", "--data_source=digits", "--num_tasks=2",
             "--hidden_sizes=40,40", "--epochs=1", "--batch_size=16",
             "--steps_per_call=8", "--buffer_size=50", "--lr=0.03",

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from sparcl_jax.data import scenarios, sources
-from sparcl_jax.training import checkpoint, clnp_runner, loop
+from sparcl_jax.training import checkpoint, loop, trainer
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 _SCENARIO = scenarios.permuted_scenario(_DIGITS, 3, seed=0, val_fraction=0.2)
 
 
@@ -31,8 +31,8 @@ def _config(workdir, method: str) -> RunConfig:
 
 def _run(config, checkpoints=None):
   records = []
-  results = clnp_runner.run(config, _SCENARIO, records.append,
-                            time.perf_counter(), checkpoints)
+  results = loop.run(config, scenario=_SCENARIO, log_fn=records.append,
+                     start_time=time.perf_counter(), checkpoints=checkpoints)
   return results, records
 
 
@@ -82,7 +82,7 @@ def test_stop_during_the_pruning_search_is_honoured_at_the_task_end(
   results_a, _ = _run(_config(tmp_path / "a", "clnp"))
   config = _config(tmp_path / "b", "clnp")
   ckpt = checkpoint.Checkpointer(config.workdir)
-  original = clnp_runner._Runner.activity
+  original = trainer.Trainer.activity
   calls = []
 
   def stop_in_second_search(self, params, task, layers):
@@ -91,7 +91,7 @@ def test_stop_during_the_pruning_search_is_honoured_at_the_task_end(
       ckpt.request_stop(signal.SIGTERM)
     return original(self, params, task, layers)
 
-  monkeypatch.setattr(clnp_runner._Runner, "activity", stop_in_second_search)
+  monkeypatch.setattr(trainer.Trainer, "activity", stop_in_second_search)
   with pytest.raises(checkpoint.RunInterrupted,
                      match="the end of task 2 of 3"):
     loop.run(config, log_fn=lambda r: None, checkpoints=ckpt)

@@ -15,17 +15,23 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import sparcl_jax as sc
+from sparcl_jax import clnp as clnp_lib
+from sparcl_jax import losses
 from sparcl_jax import regularizers
 from sparcl_jax.data import pipeline, scenarios, sources
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.methods import clnp as clnp_method
+from sparcl_jax.methods import task_level
 from sparcl_jax.models import registry
-from sparcl_jax.training import cli, clnp_runner, loop, losses
+from sparcl_jax.training import capacity_plot, cli, families, loop, measures
+from sparcl_jax.training import steps, tasks
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 
 
 def _scenario(num_tasks: int, val_fraction: float = 0.2):
@@ -46,8 +52,8 @@ def _config(tmp_path, **changes) -> RunConfig:
 
 def _run(config, scenario):
   records = []
-  results = clnp_runner.run(config, scenario, records.append,
-                            time.perf_counter())
+  results = loop.run(config, scenario=scenario, log_fn=records.append,
+                     start_time=time.perf_counter())
   return results, records
 
 
@@ -97,7 +103,7 @@ def test_clnp_multi_head_zero_forgetting_and_diagnostics(tmp_path):
   assert events.count("eval") == 3
   # results.json must be strict JSON (no NaN or Infinity).
   json.dumps(results, allow_nan=False)
-  path = clnp_runner.plot_capacity(str(tmp_path), results)
+  path = capacity_plot.plot_capacity(str(tmp_path), results)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -143,7 +149,7 @@ def test_bisect_search_fine_tunes_at_most_seven_candidates_per_task(
 def test_cosine_schedule_restarts_each_task_and_decays_to_zero():
   config = RunConfig(workdir="/tmp/unused", method="clnp", optimizer="sgd",
                      lr=0.5, lr_schedule="cosine")
-  tx = clnp_runner._base_optimizer(config, 4)  # pylint: disable=protected-access
+  tx = families.make_task_optimizer(config, 4)
   params = {"w": jnp.zeros(())}
   grads = {"w": jnp.ones(())}
   for _ in range(2):  # two tasks: a fresh state restarts the schedule
@@ -212,11 +218,11 @@ def test_device_fisher_matches_library_estimate():
                               head_sizes=(10, 10))
   params = registry.init_model(model, jax.random.key(1),
                                (1, 8, 8, 1))["params"]
-  spec = loop.input_spec(scenario)
+  spec = tasks.input_spec(scenario)
   data = pipeline.to_device(scenario)
   rows = np.asarray(scenario.tasks[1].train_indices[:7])
   mask = jnp.arange(20) >= 10
-  fisher = clnp_runner.make_fisher(model, spec, chunk=3)(
+  fisher = measures.make_fisher(model, spec, chunk=3)(
       params, data, jnp.asarray(np.pad(rows, (0, 5))), jnp.int32(7),
       jnp.int32(1), mask)
 
@@ -237,78 +243,102 @@ def test_device_fisher_matches_library_estimate():
 def test_setup_errors_are_config_errors(tmp_path):
   scenario = _scenario(2, val_fraction=0.0)
   with pytest.raises(ConfigError, match="--val_fraction > 0"):
-    clnp_runner.run(_config(tmp_path, num_tasks=2, val_fraction=0.0),
-                    scenario, print, 0.0)
+    loop.run(_config(tmp_path, num_tasks=2, val_fraction=0.0),
+             scenario=scenario, log_fn=print, start_time=0.0)
   with pytest.raises(ConfigError, match="zenke_cnn"):
-    clnp_runner.run(_config(tmp_path, num_tasks=2, model="resnet18",
-                            val_fraction=0.0, method="ewc"),
-                    scenario, print, 0.0)
+    loop.run(_config(tmp_path, num_tasks=2, model="resnet18",
+                     val_fraction=0.0, method="ewc"),
+             scenario=scenario, log_fn=print, start_time=0.0)
   bare = registry.make_model("mlp", 10, hidden_sizes=())
   params = registry.init_model(bare, jax.random.key(0), (1, 8, 8, 1))
   with pytest.raises(ConfigError, match="no ReLU units|none"):
-    clnp_runner.layer_specs("mlp", params["params"])
+    clnp_method.layer_specs("mlp", params["params"])
   with pytest.raises(ConfigError, match="plot_capacity"):
-    clnp_runner.plot_capacity(str(tmp_path), {"acc_matrix": {}})
+    capacity_plot.plot_capacity(str(tmp_path), {"acc_matrix": {}})
 
 
 def test_gate_shared_head_zeroes_gated_rows():
   params = {"hidden_0": {"kernel": jnp.ones((2, 3))},
             "head": {"kernel": jnp.arange(6.0).reshape(3, 2),
                      "bias": jnp.ones(2)}}
-  gated = clnp_runner.gate_shared_head(params, np.array([1.0, 0.0, 1.0]))
+  gated = clnp_method.gate_shared_head(params, np.array([1.0, 0.0, 1.0]))
   np.testing.assert_array_equal(gated["head"]["kernel"],
                                 [[0.0, 1.0], [0.0, 0.0], [4.0, 5.0]])
   assert gated["head"]["bias"] is params["head"]["bias"]
   assert gated["hidden_0"] is params["hidden_0"]
 
 
-@pytest.mark.parametrize("method", ["clnp", "ewc", "si"])
-def test_fused_train_function_equals_the_reference_step_in_a_loop(
-    tmp_path, method):
-  # Twelve steps in two calls of the scanned train function (one backward
-  # pass for loss and penalty) against twelve calls of the reference step
-  # (two gradients, then added), with a penalty that is not zero.
-  from sparcl_jax.training import task_level_steps, tasks  # pylint: disable=import-outside-toplevel
+def _penalised_start(tmp_path, method, tx, partition=True):
+  """A task-1 start of ``method`` whose penalty is not zero.
+
+  Returns ``(scenario, config, model, spec, hooks, state, data, order,
+  facts)``: CLNP with a partition whose used units are every third one,
+  EWC and SI with a consolidated state whose anchor is not the parameters.
+  ``partition``: set CLNP's partition in ``tx``'s state (CLNP's optimizer).
+  """
   scenario = _scenario(2)
   config = _config(tmp_path, method=method, ewc_lambda=50.0, si_c=0.5)
   model = registry.make_model("mlp", scenario.num_outputs,
                               hidden_sizes=config.hidden_widths, head="multi",
                               head_sizes=[10, 10])
   spec = tasks.input_spec(scenario)
-  tx = clnp_runner.make_optimizer(config, 40)
+  hooks = task_level.make_hooks(config)
   params = registry.init_model(model, jax.random.key(0),
                                (1,) + spec.image_shape)["params"]
   opt_state = tx.init(params)
-  reg = config.method_object.init_reg(params)
-  if method == "clnp":
-    specs = clnp_runner.layer_specs("mlp", params)
+  reg = hooks.init_state(params)
+  shifted = jax.tree.map(lambda p: p + 0.05, params)
+  if method == "clnp" and partition:
+    specs = clnp_method.layer_specs("mlp", params)
     used = {k: np.arange(v.size) % 3 == 0 for k, v in
             sc.init_used(params, specs).items()}
     opt_state = sc.set_partition(opt_state, sc.compute_partition(
         params, specs, used, task=1))
   elif method == "ewc":
     fisher = jax.tree.map(lambda p: jnp.abs(p) + 0.1, params)
-    shifted = jax.tree.map(lambda p: p + 0.05, params)
     reg = regularizers.ewc_consolidate(reg, shifted, fisher, merged=True)
-  state = clnp_runner.RunState(params, opt_state, reg, jax.random.key(3))
+  elif method == "si":
+    # A path integral of -0.05 * 0.05 per weight, consolidated at the
+    # shifted weights: every importance positive, the anchor not params.
+    fake_grads = jax.tree.map(lambda p: jnp.full_like(p, -1.0), params)
+    reg = regularizers.si_accumulate(reg, fake_grads, params, shifted)
+    reg = regularizers.si_consolidate(reg, shifted, config.si_xi)
+  state = steps.TrainState(params, {}, opt_state, reg, jax.random.key(3))
   arrays = tasks.TaskArrays(scenario, joint=False)
-  ex_index, _, usable = arrays.train(1)
-  data = (pipeline.to_device(scenario), jnp.asarray(ex_index))
+  ex_index, ex_task, usable = arrays.train(1)
+  data = (pipeline.to_device(scenario), jnp.asarray(ex_index),
+          jnp.asarray(ex_task))
   order, _ = jax.jit(pipeline.epoch_order)(jax.random.key(4),
                                            jnp.asarray(usable))
-  facts = clnp_runner.ChunkFacts(jnp.int32(1), jnp.int32(0), jnp.int32(12),
-                                 jnp.asarray(tasks.class_masks(scenario)[1]))
+  masks = tasks.class_masks(scenario)
+  facts = steps.StepFacts(jnp.int32(1), jnp.int32(0), jnp.int32(0),
+                          jnp.int32(12), jnp.asarray(masks[1]),
+                          jnp.asarray(masks[:2].any(axis=0)))
+  return scenario, config, model, spec, hooks, state, data, order, facts
 
-  train = task_level_steps.make_train_function(model, tx, config, spec, 32, 6)
+
+@pytest.mark.parametrize("method", ["clnp", "ewc", "si"])
+def test_train_chunk_equals_the_reference_step_in_a_loop(tmp_path, method):
+  # Twelve steps in two calls of the scanned train chunk against twelve
+  # calls of the reference step, with a penalty that is not zero (SI's
+  # steps take two gradients, the others one).
+  config = _config(tmp_path, method=method, ewc_lambda=50.0, si_c=0.5)
+  tx = families.make_task_optimizer(config, 40)
+  _, _, model, spec, hooks, state, data, order, facts = _penalised_start(
+      tmp_path, method, tx)
+  assert hooks.keeps_stream_gradient == (method == "si")
+
+  chunk = steps.make_train_chunk(model, tx, hooks, spec, 32, 6)
   fused, fused_loss = state, 0.0
   for first in (0, 6):
-    fused, loss = train(fused, data, order,
+    fused, loss = chunk(fused, data, order,
                         facts._replace(first_step=jnp.int32(first)))
     fused_loss += float(loss)
-  step = jax.jit(task_level_steps.make_train_step(model, tx, config, spec))
+  step = jax.jit(steps.make_train_step(model, tx, hooks, spec))
   plain, plain_loss = state, 0.0
   for k in range(12):
-    plain, loss = step(plain, data, order[32 * k:32 * (k + 1)], facts)
+    plain, loss = step(plain, data, order[32 * k:32 * (k + 1)], facts,
+                       jnp.int32(k))
     plain_loss += float(loss)
 
   assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
@@ -316,3 +346,82 @@ def test_fused_train_function_equals_the_reference_step_in_a_loop(
     if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
       a, b = jax.random.key_data(a), jax.random.key_data(b)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _recording_sgd(lr: float):
+  """SGD whose state is the last gradient it was given."""
+
+  def init(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update(grads, state, params=None):
+    del state, params
+    return jax.tree.map(lambda g: -lr * g, grads), grads
+
+  return optax.with_extra_args_support(
+      optax.GradientTransformation(init, update))
+
+
+@pytest.mark.parametrize("method", ["clnp", "ewc", "si"])
+def test_step_gradient_is_the_stream_gradient_plus_the_penalty_gradient(
+    tmp_path, method):
+  # What the removed `fused=` comparison pinned: one backward pass of the
+  # stream loss plus the penalty (CLNP, EWC), or SI's two passes added, give
+  # the gradient of the task-masked cross-entropy plus that of the penalty;
+  # SI's path integral takes the stream gradient alone; the step reports the
+  # stream loss without the penalty.
+  tx = _recording_sgd(0.1)
+  _, config, model, spec, hooks, state, data, order, facts = (
+      _penalised_start(tmp_path, method, tx, partition=False))
+  assert not spec.augment  # the batch below is the step's own
+  positions = order[:32]
+  new, loss = jax.jit(steps.make_train_step(model, tx, hooks, spec))(
+      state, data, positions, facts, jnp.int32(0))
+
+  device_data, ex_index, ex_task = data
+  x, y = pipeline.gather_batch(device_data, ex_index[positions],
+                               ex_task[positions], "train", spec.permuted)
+  x = steps.prepare_inputs(None, x, spec)
+
+  def stream_loss(p):
+    logits = model.apply({"params": p}, x)
+    return losses.cross_entropy(
+        losses.mask_logits(logits, facts.task_class_mask), y)
+
+  def penalty(p):
+    if method == "clnp":
+      return config.l1 * clnp_lib.l1_penalty(p, None)
+    if method == "ewc":
+      return regularizers.ewc_penalty(p, state.method_state,
+                                      config.ewc_lambda)
+    return regularizers.si_penalty(p, state.method_state, config.si_c)
+
+  assert float(penalty(state.params)) > 0.0
+  stream, stream_grads = jax.value_and_grad(stream_loss)(state.params)
+  penalty_grads = jax.grad(penalty)(state.params)
+  assert float(loss) == pytest.approx(float(stream), rel=1e-6)
+  got = new.opt_state  # the gradient the optimizer received
+  want = jax.tree.map(jnp.add, stream_grads, penalty_grads)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-7)
+  assert any(float(jnp.abs(p).max()) > 1e-3
+             for p in jax.tree.leaves(penalty_grads))
+  if method == "si":
+    path = regularizers.si_accumulate(state.method_state, stream_grads,
+                                      state.params, new.params)
+    for a, b in zip(jax.tree.leaves(new.method_state.omega),
+                    jax.tree.leaves(path.omega)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                 atol=1e-9)
+    # ... and not the total gradient's.
+    total_path = regularizers.si_accumulate(state.method_state, want,
+                                            state.params, new.params)
+    assert not all(np.allclose(a, b, rtol=1e-3) for a, b in zip(
+        jax.tree.leaves(new.method_state.omega),
+        jax.tree.leaves(total_path.omega)))
+  else:
+    # Nothing else is carried: the regulariser state is untouched.
+    for a, b in zip(jax.tree.leaves(new.method_state),
+                    jax.tree.leaves(state.method_state)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from sparcl_jax.benchmarks import harness, runs
+from benchmarks import harness, runs
 
 
 def test_five_tasks_compile_no_more_than_two():

@@ -9,12 +9,12 @@ import pytest
 from jax import lax
 
 import sparcl_jax as sc
-from sparcl_jax import rehearsal
 from sparcl_jax.data import pipeline, scenarios
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.models.cnn import ZenkeCNN
 from sparcl_jax.models.resnet import ResNet18
-from sparcl_jax.training import loop, optimizers, steps
+from sparcl_jax.methods import rehearsal_hooks
+from sparcl_jax.training import optimizers, steps, tasks
 from sparcl_jax.training.config import RunConfig, validate
 
 # (spatial size, kernel size, stride, padding, kernel dilation) per case;
@@ -164,7 +164,7 @@ def test_train_chunk_gives_the_parameters_of_jax_gradients(model_name,
       model=model_name, nf=4, method=method, batch_size=4, minibatch_size=4,
       buffer_size=8, lr=0.05, replay_first_task=True, steps_per_call=3,
       progress=False))
-  spec = loop.input_spec(scenario)
+  spec = tasks.input_spec(scenario)
   tx = optimizers.make_optimizer(config)
   params_after = []
   for conv in (sc.conv_with_canonical_gradients, lax.conv_general_dilated):
@@ -174,19 +174,20 @@ def test_train_chunk_gives_the_parameters_of_jax_gradients(model_name,
       model = ZenkeCNN(num_outputs=4, conv_general_dilated=conv)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     params = variables["params"]
-    method_spec = loop.method_spec(config)
+    hooks = rehearsal_hooks.make_hooks(config)
     buffer = None
-    if method_spec.replay:
+    if hooks.spec.replay:
       buffer = sc.buffer_init(8, spec.image_shape, 4)
     state = steps.TrainState(params, variables.get("batch_stats", {}),
-                             tx.init(params), buffer, None,
+                             tx.init(params),
+                             rehearsal_hooks.ReplayState(buffer, None),
                              jax.random.key(1))
-    chunk = steps.make_train_chunk(model, tx, method_spec, spec, 4, 3,
-                                   buffer_ops=rehearsal)
+    chunk = steps.make_train_chunk(model, tx, hooks, spec, 4, 3)
     index = jnp.asarray(scenario.tasks[0].train_indices, jnp.int32)
     data = (pipeline.to_device(scenario), index, jnp.zeros_like(index))
+    task_mask = jnp.array([1, 1, 0, 0], bool)
     facts = steps.StepFacts(jnp.int32(0), jnp.int32(0), jnp.int32(0),
-                            jnp.int32(3), jnp.array([1, 1, 0, 0], bool))
+                            jnp.int32(3), task_mask, task_mask)
     state, loss = chunk(state, data, jnp.arange(16, dtype=jnp.int32), facts)
     assert np.isfinite(float(loss))
     params_after.append(state.params)

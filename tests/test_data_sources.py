@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gzip
 import io
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sparcl_jax.data import sources
+from sparcl_jax.data import datasets, readers, sources
+from sparcl_jax.data.datasets.digits import load_digits
 from sparcl_jax.errors import DataError
 
 
@@ -167,8 +169,8 @@ def test_unreadable_file_says_check_permissions(tmp_path, monkeypatch, gz):
   def denied(path, *args, **kwargs):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
-  monkeypatch.setattr(sources, "open", denied, raising=False)
-  monkeypatch.setattr(sources.gzip, "open", denied)
+  monkeypatch.setattr(readers, "open", denied, raising=False)
+  monkeypatch.setattr(readers.gzip, "open", denied)
   path = tmp_path / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
   with pytest.raises(DataError) as info:
     sources.load_files("mnist", str(tmp_path))
@@ -356,8 +358,8 @@ def test_tiny_imagenet_missing_folder(tmp_path):
 
 def test_digits_split_is_stratified_and_seeded():
   a = sources.load_dataset("digits", "embedded", None, seed=0)
-  b = sources.load_digits(0)
-  c = sources.load_digits(1)
+  b = load_digits(0)
+  c = load_digits(1)
   d = sources.load_dataset("digits", "digits", None, seed=1)
   np.testing.assert_array_equal(c.test_labels, d.test_labels)
   assert len(a.train_labels) + len(a.test_labels) == 1797
@@ -419,3 +421,33 @@ def test_unknown_dataset_or_source(tmp_path, name, source, match):
 def test_files_source_needs_data_dir():
   with pytest.raises(DataError, match="--data_dir is required"):
     sources.load_dataset("cifar10", "files", None)
+
+
+# ---------------------------------------------------------------------------
+# The registry
+
+
+def test_every_dataset_is_one_module_and_drives_the_flag_choices():
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  from sparcl_jax.training import config  # pylint: disable=g-import-not-at-top
+  modules = {m.name for m in pkgutil.iter_modules(datasets.__path__)}
+  assert modules == set(datasets.names())
+  assert config.DATASETS == datasets.names()
+  assert config.DATA_SOURCES == sources.SOURCES
+  for name in datasets.names():
+    spec = datasets.get(name)
+    assert len(spec.image_shape) == 3 and spec.num_classes >= 2
+    assert len(spec.mean) == len(spec.std) in (1, spec.image_shape[-1])
+    assert spec.embedded or spec.files
+
+
+def test_registry_refuses_a_taken_name_or_preset():
+  mnist = datasets.get("mnist")
+  with pytest.raises(ValueError, match="'mnist' is empty or taken"):
+    datasets.register(mnist)
+  with pytest.raises(ValueError,
+                     match=r"preset names \['permuted_mnist', 'split_mnist'\]"):
+    datasets.register(dataclasses.replace(mnist, name="mnist_copy"))
+  assert "mnist_copy" not in datasets.names()
+  with pytest.raises(DataError, match="valid names: mnist, fashion_mnist"):
+    datasets.get("mnist_copy")

@@ -175,8 +175,9 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
   from sparcl_jax import ddr as ddr_lib
   from sparcl_jax import rehearsal
   from sparcl_jax.data import pipeline
+  from sparcl_jax.methods import rehearsal_hooks
   from sparcl_jax.models import registry
-  from sparcl_jax.training import loop, tasks
+  from sparcl_jax.training import tasks
   scenario = digits_two_tasks
   config = validate(RunConfig(
       workdir="/unused", dataset="digits", data_source="digits",
@@ -185,7 +186,7 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
       mask_update_interval=1, dgm_refresh=4,
       sparse_layers="hidden_.*/kernel"))
   model = registry.make_model("mlp", scenario.num_outputs, hidden_sizes=(32,))
-  spec, method = loop.input_spec(scenario), loop.method_spec(config)
+  spec, hooks = tasks.input_spec(scenario), rehearsal_hooks.make_hooks(config)
   tx = optimizers.make_optimizer(config)
   params = registry.init_model(model, jax.random.key(0),
                                (1,) + spec.image_shape)["params"]
@@ -195,11 +196,14 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
   ex_index, ex_task, usable = arrays.train(0)
   data = (pipeline.to_device(scenario), jnp.asarray(ex_index),
           jnp.asarray(ex_task))
-  order, _ = steps.make_epoch_order()(jax.random.key(1), jnp.asarray(usable))
+  order, _ = jax.jit(pipeline.epoch_order)(jax.random.key(1),
+                                           jnp.asarray(usable))
   start = steps.TrainState(
       params, {}, opt_state,
-      rehearsal.buffer_init(50, spec.image_shape, scenario.num_outputs),
-      ddr_lib.ddr_init(arrays.train_len)._replace(kept=jnp.asarray(usable)),
+      rehearsal_hooks.ReplayState(
+          rehearsal.buffer_init(50, spec.image_shape, scenario.num_outputs),
+          ddr_lib.ddr_init(arrays.train_len)._replace(
+              kept=jnp.asarray(usable))),
       jax.random.key(2))
   masks = tasks.class_masks(scenario)
   facts = steps.StepFacts(jnp.int32(0), jnp.int32(0), jnp.int32(0),
@@ -208,16 +212,15 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
   events = optimizers.mask_events(config)
   assert events == steps.MaskEvents(4, True)
 
-  chunk = steps.make_train_chunk(model, tx, method, spec, 16, 5, rehearsal,
-                                 ddr_lib, mask_events=events)
+  chunk = steps.make_train_chunk(model, tx, hooks, spec, 16, 5,
+                                 mask_events=events)
   fused, fused_loss = start, 0.0
   for first in (0, 5):
     fused, loss = chunk(fused, data, order,
                         facts._replace(first_step=jnp.int32(first)))
     fused_loss += float(loss)
 
-  reference_step = jax.jit(steps.make_train_step(model, tx, method, spec,
-                                                 rehearsal, ddr_lib))
+  reference_step = jax.jit(steps.make_train_step(model, tx, hooks, spec))
   plain, plain_loss = start, 0.0
   for k in range(10):
     plain, loss = reference_step(plain, data, order[16 * k:16 * (k + 1)],
@@ -226,8 +229,10 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
 
   assert fused_loss == pytest.approx(plain_loss, rel=1e-6)
   for x, y in zip(jax.tree.leaves((fused.params, fused.opt_state,
-                                   fused.buffer, fused.ddr)),
+                                   fused.method_state.buffer,
+                                   fused.method_state.ddr)),
                   jax.tree.leaves((plain.params, plain.opt_state,
-                                   plain.buffer, plain.ddr))):
+                                   plain.method_state.buffer,
+                                   plain.method_state.ddr))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert int(plain.buffer.num_seen) == 160
+  assert int(plain.method_state.buffer.num_seen) == 160

@@ -26,7 +26,7 @@ import pytest
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.training import checkpoint
 from sparcl_jax.training import cli
-from sparcl_jax.training import loop
+from sparcl_jax.training import steps
 from sparcl_jax.training import outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,7 +153,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, capsys,
 
 def test_nan_weights_stop_the_run_and_keep_the_last_good_checkpoint(
     tmp_path, capsys, monkeypatch):
-  original = loop.steps.make_train_chunk
+  original = steps.make_train_chunk
 
   def poisoned_chunks(*args, **kwargs):
     chunk = original(*args, **kwargs)
@@ -167,7 +167,7 @@ def test_nan_weights_stop_the_run_and_keep_the_last_good_checkpoint(
 
     return call
 
-  monkeypatch.setattr(loop.steps, "make_train_chunk", poisoned_chunks)
+  monkeypatch.setattr(steps, "make_train_chunk", poisoned_chunks)
   status, out = _main(capsys, f"--workdir={tmp_path}", "--epochs=1",
                       "--steps_per_call=10", "--checkpoint_every_steps=10")
   assert status == 1
@@ -188,7 +188,7 @@ def test_nan_weights_stop_the_run_and_keep_the_last_good_checkpoint(
 
 
 def test_nan_loss_names_task_and_step(tmp_path, capsys, monkeypatch):
-  original = loop.steps.make_train_chunk
+  original = steps.make_train_chunk
 
   def nan_loss(*args, **kwargs):
     chunk = original(*args, **kwargs)
@@ -201,7 +201,7 @@ def test_nan_loss_names_task_and_step(tmp_path, capsys, monkeypatch):
 
     return call
 
-  monkeypatch.setattr(loop.steps, "make_train_chunk", nan_loss)
+  monkeypatch.setattr(steps, "make_train_chunk", nan_loss)
   status, out = _main(capsys, f"--workdir={tmp_path}", "--epochs=1",
                       "--steps_per_call=10")
   assert status == 1

@@ -232,7 +232,7 @@ def _digits_args(*extra):
 
 
 def test_grouped_run_compiles_once_and_counts_exact_flops(tmp_path):
-  from sparcl_jax.benchmarks import runs
+  from benchmarks import runs
   config = config_lib.validate(config_lib.from_dict(dict(
       workdir=str(tmp_path), dataset="digits", data_source="digits",
       method="sparcl_derpp", hidden_sizes="40,40", mask_structure="grouped",

@@ -7,8 +7,11 @@ import pytest
 
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.heads import OutputHead
-from sparcl_jax.models.registry import (MODELS, collect_activations,
-                                        init_model, make_model)
+from sparcl_jax.sparse import sparsity
+from sparcl_jax.clnp import cnn_layer_specs, mlp_layer_specs
+from sparcl_jax.models import registry
+from sparcl_jax.models.registry import (collect_activations, init_model,
+                                        make_model, names)
 
 
 def _shapes(tree):
@@ -99,12 +102,12 @@ def test_init_model_needs_a_batch_axis():
 
 
 def test_registry_rejects_bad_configs_with_one_line():
-  assert MODELS == ("mlp", "resnet18", "zenke_cnn")
+  assert names()[:3] == ("mlp", "resnet18", "zenke_cnn")
   with pytest.raises(ConfigError) as err:
     make_model("vgg", 10)
   msg = str(err.value)
   assert "\n" not in msg
-  assert all(name in msg for name in MODELS)
+  assert all(name in msg for name in names())
   with pytest.raises(ConfigError, match="head_sizes"):
     make_model("mlp", 10, head="multi")
   with pytest.raises(ConfigError, match="sum to"):
@@ -227,3 +230,47 @@ def test_zenke_cnn_width_multiplier_scales_hidden_layers():
   # 32 -> 30 -> 15 -> 13 -> 6: 6 * 6 * 128 inputs to dense_0.
   assert p["dense_0"]["kernel"] == (6 * 6 * 128, 1024)
   assert p["head"]["head_1"]["kernel"] == (1024, 6)
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("mlp", dict(hidden_sizes=(6, 5)), (1, 3, 3, 1)),
+    ("mlp", dict(hidden_sizes=(6, 4), group=2, sparsity=0.5), (1, 8)),
+    ("resnet18", dict(nf=4), (1, 8, 8, 3)),
+    ("resnet18", dict(nf=4, head="multi", head_sizes=(2, 3)), (1, 8, 8, 3)),
+    ("zenke_cnn", dict(), (1, 12, 12, 3)),
+])
+def test_declared_sparse_layers_are_sparcls_default_rule(name, kwargs, shape):
+  # Each model now declares its sparse layers; on the built-in models the
+  # declaration must select exactly what the one shared rule selected.
+  num_outputs = 5 if kwargs.get("head") == "multi" else 4
+  model = make_model(name, num_outputs, **kwargs)
+  params = jax.eval_shape(
+      lambda: init_model(model, jax.random.key(0), shape))["params"]
+  declared = registry.get(name).sparse_filter
+  chosen = set()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    text = "/".join(k.key for k in path)
+    assert declared(text, leaf) == sparsity.default_sparse_filter(text, leaf)
+    if declared(text, leaf):
+      chosen.add(text)
+  expected = {"mlp": 0 if kwargs.get("group") else 2, "resnet18": 16,
+              "zenke_cnn": 0}[name]
+  assert len(chosen) == expected
+
+
+def test_models_declare_clnp_specs_and_batch_norm():
+  assert registry.get("mlp").clnp_layer_specs is mlp_layer_specs
+  assert registry.get("zenke_cnn").clnp_layer_specs is cnn_layer_specs
+  assert registry.get("resnet18").clnp_layer_specs is None
+  assert [n for n in names() if registry.get(n).batch_norm] == ["resnet18"]
+  assert [n for n in names() if registry.get(n).grouped] == ["mlp"]
+  with pytest.raises(ConfigError, match="exist for the mlp model only, not "
+                     "'zenke_cnn'"):
+    make_model("zenke_cnn", 10, group=2)
+  with pytest.raises(ValueError, match="'mlp' is empty or taken"):
+    registry.register(registry.get("mlp"))
+
+
+def test_model_choices_come_from_the_registry():
+  from sparcl_jax.training import config  # pylint: disable=g-import-not-at-top
+  assert config.MODELS == names()

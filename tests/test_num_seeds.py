@@ -12,8 +12,8 @@ import types
 import numpy as np
 import pytest
 
-from sparcl_jax.benchmarks import seeds as seeds_benchmark
-from sparcl_jax.training import checkpoint, cli, loop
+from benchmarks import seeds as seeds_benchmark
+from sparcl_jax.training import checkpoint, cli, loop, run_state
 from sparcl_jax.training.config import RunConfig, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_one_vmapped_seed_matches_its_single_seed_run():
   kept = [entry["data_kept_per_epoch"] for entry in both["per_seed"]]
   assert kept[0] != kept[1]
   single = _single(5, **changes)
-  scenario = loop.build_scenario(validate(RunConfig(
+  scenario = run_state.build_scenario(validate(RunConfig(
       workdir="/unused", num_tasks=2, seed=5)))
   test_sizes = [len(task.test_indices) for task in scenario.tasks]
   assert _predictions_apart(both["per_seed"][1], single, test_sizes) <= 2

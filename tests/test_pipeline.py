@@ -150,15 +150,3 @@ def test_normalize_by_hand():
   y = pipeline.normalize(x, (0.5, 0.5, 0.25), (0.25, 0.5, 0.5))
   np.testing.assert_allclose(y[0, 0, 0], [0.0, 1.0, -0.5])
   assert y.dtype == jnp.float32
-
-
-def test_epoch_batches():
-  idx = jnp.arange(100, 110, dtype=jnp.int32)
-  b = pipeline.epoch_batches(jax.random.key(0), idx, 4)
-  assert b.shape == (2, 4) and b.dtype == jnp.int32
-  flat = np.asarray(b).ravel()
-  assert len(set(flat.tolist())) == 8 and set(flat) <= set(range(100, 110))
-  np.testing.assert_array_equal(
-      b, pipeline.epoch_batches(jax.random.key(0), idx, 4))
-  assert not np.array_equal(
-      b, pipeline.epoch_batches(jax.random.key(1), idx, 4))

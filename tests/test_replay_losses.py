@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from sparcl_jax.training import cli
-from sparcl_jax.training.steps import MethodSpec, rehearsal_loss
+from sparcl_jax.methods.rehearsal_hooks import MethodSpec, rehearsal_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "experiments", "configs", "quickstart.cfg")

@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from sparcl_jax.data import scenarios
+from sparcl_jax.data import datasets, scenarios
+from sparcl_jax.data import sources
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.errors import ConfigError, DataError
 
@@ -212,20 +213,29 @@ def test_cifar10_100_rejects_other_data():
 # presets
 
 
-def test_make_split_and_permuted_digits():
-  s = scenarios.make_scenario("split_digits", seed=0)
+def _build(kind, dataset, num_tasks=None, **kwargs):
+  """A scenario as train.py builds one (``run_state.build_scenario``): the
+  dataset cut with the preset task count of its kind unless given."""
+  if num_tasks is None:
+    num_tasks = scenarios.default_num_tasks(kind, dataset.name)
+  return scenarios.build_scenario(kind, dataset, num_tasks, **kwargs)
+
+
+def test_build_split_and_permuted_digits():
+  digits = sources.load_dataset("digits", "digits", None, seed=0)
+  s = _build("split", digits, seed=0)
   assert s.name == "split_digits" and s.num_tasks == 5
   assert s.num_outputs == 10 and not s.augment
   assert s.mean == (0.0,) and s.std == (1.0,)
   assert s.image_shape == (8, 8, 1)
-  two = scenarios.make_scenario("split_digits", seed=0, num_tasks=2)
+  two = _build("split", digits, 2, seed=0)
   assert [len(t.classes) for t in two.tasks] == [5, 5]
-  p = scenarios.make_scenario("permuted_digits", seed=0, val_fraction=0.1)
+  p = _build("permuted", digits, seed=0, val_fraction=0.1)
   assert p.num_tasks == 5 and p.num_outputs == 50
   assert len(p.tasks[0].val_indices) == round(0.1 * len(p.train_labels))
 
 
-def test_make_split_mnist_from_idx_files(tmp_path):
+def test_build_split_mnist_from_idx_files(tmp_path):
   labels = np.arange(30, dtype=np.uint8) % 10
   images = np.zeros((30, 28, 28), np.uint8)
   for base, array in (("train-images-idx3-ubyte", images),
@@ -236,19 +246,22 @@ def test_make_split_mnist_from_idx_files(tmp_path):
     header = np.array([magic, *array.shape], dtype=">u4").tobytes()
     with gzip.open(os.path.join(tmp_path, base + ".gz"), "wb") as f:
       f.write(header + array.tobytes())
-  s = scenarios.make_scenario("split_mnist", str(tmp_path), "files", seed=0)
+  mnist = sources.load_dataset("mnist", "files", str(tmp_path), seed=0)
+  s = _build("split", mnist, seed=0)
   assert s.num_tasks == 5 and s.num_outputs == 10
   np.testing.assert_array_equal(s.tasks[4].train_indices,
                                 [8, 9, 18, 19, 28, 29])
   np.testing.assert_array_equal(s.tasks[4].test_indices, [8, 9])
 
 
-def test_make_cifar_presets_through_tfds_mock(tmp_path):
+def test_build_cifar_scenarios_through_tfds_mock(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=4,
                               policy=tfds.testing.MockPolicy.USE_CODE):
-    s = scenarios.make_scenario("split_cifar10", str(tmp_path), "tfds")
-    z = scenarios.make_scenario("cifar10_100", str(tmp_path), "tfds")
+    cifar10 = sources.load_dataset("cifar10", "tfds", str(tmp_path))
+    cifar100 = sources.load_dataset("cifar100", "tfds", str(tmp_path))
+  s = _build("split", cifar10)
+  z = _build("cifar10_100", cifar10, cifar100=cifar100)
   assert s.augment and s.std == (0.2470, 0.2435, 0.2615)
   assert s.num_tasks == 5 and s.image_shape == (32, 32, 3)
   assert z.num_tasks == 6 and z.num_outputs == 60
@@ -256,34 +269,44 @@ def test_make_cifar_presets_through_tfds_mock(tmp_path):
   np.testing.assert_array_equal(z.tasks[0].train_indices, np.arange(4))
 
 
-@pytest.mark.parametrize("name,num_tasks,match", [
-    ("split_mnist", 3, "must divide the 10 classes"),
-    ("split_cifar100", 7, "must divide the 100 classes"),
-    ("split_tinyimagenet", 3, "must divide the 200 classes"),
-    ("cifar10_100", 12, "must be in 2..11"),
-    ("permuted_mnist", 0, "must be >= 1"),
+@pytest.mark.parametrize("kind,num_classes,num_tasks,match", [
+    ("split", 10, 3, "must divide the 10 classes"),
+    ("split", 100, 7, "must divide the 100 classes"),
+    ("split", 200, 3, "must divide the 200 classes"),
+    ("cifar10_100", 10, 12, "must be in 2..11"),
+    ("permuted", 10, 0, "must be >= 1"),
 ])
-def test_make_scenario_checks_num_tasks_before_loading(tmp_path, name,
-                                                       num_tasks, match):
-  # The empty data_dir would raise DataError if data were loaded first.
+def test_build_scenario_checks_num_tasks(kind, num_classes, num_tasks, match):
+  dataset = _dataset(num_classes=num_classes, per_class=1, test_per_class=1)
   with pytest.raises(ConfigError, match=match):
-    scenarios.make_scenario(name, str(tmp_path), "files", num_tasks=num_tasks)
+    scenarios.build_scenario(kind, dataset, num_tasks,
+                             cifar100=_cifar_like(100, 1, "cifar100"))
 
 
-def test_make_scenario_unknown_name_lists_valid_names():
-  with pytest.raises(ConfigError, match="valid names: split_mnist, "):
-    scenarios.make_scenario("split_imagenet21k")
-  assert len(scenarios.SCENARIOS) == 11
-  assert "split_cifar100_20" in scenarios.SCENARIOS
-  # train.py's default task counts come from the same table.
-  assert "permuted_fashion_mnist" in scenarios.SCENARIOS
+def test_build_scenario_unknown_kind_lists_valid_kinds():
+  with pytest.raises(ConfigError, match="use split, permuted or cifar10_100"):
+    scenarios.build_scenario("rotated", _dataset(), 2)
+
+
+def test_default_num_tasks_come_from_the_preset_table():
+  # The table is the registered datasets' presets: these eleven are built
+  # in, and a dataset added as one file adds its own.
+  assert scenarios.SCENARIOS == tuple(datasets.presets())
+  assert {"split_mnist", "permuted_mnist", "split_fashion_mnist",
+          "permuted_fashion_mnist", "split_cifar10", "cifar10_100",
+          "split_cifar100", "split_cifar100_20", "split_tinyimagenet",
+          "split_digits", "permuted_digits"} <= set(scenarios.SCENARIOS)
+  # train.py's default task counts: the first preset of a (kind, dataset).
   assert scenarios.default_num_tasks("permuted", "fashion_mnist") == 10
   assert scenarios.default_num_tasks("split", "cifar100") == 10
+  assert scenarios.default_num_tasks("cifar10_100", "cifar10") == 6
+  # Pairs without a preset get 5.
+  assert scenarios.default_num_tasks("split", "svhn_cropped") == 5
 
 
-def test_make_scenario_missing_data_is_data_error(tmp_path):
+def test_missing_cifar100_files_are_a_data_error_naming_the_archive(tmp_path):
   with pytest.raises(DataError, match="cifar-100-python.tar.gz"):
-    scenarios.make_scenario("split_cifar100_20", str(tmp_path), "files")
+    sources.load_dataset("cifar100", "files", str(tmp_path))
 
 
 def test_input_defaults():

@@ -25,6 +25,7 @@ _PROBE = r"""
 import json, sys
 import jax
 from sparcl_jax.training import cli, config as config_lib, loop, sharding
+from sparcl_jax.training import run_state
 
 seen = []
 original = sharding.constrain_batch
@@ -43,7 +44,7 @@ sharding.constrain_batch = spy
 base = cli.parse_config(["train.py", "--flagfile=" + sys.argv[1],
                          "--workdir=" + sys.argv[2], "--epochs=1",
                          "--num_tasks=2"])
-scenario = loop.build_scenario(base)
+scenario = run_state.build_scenario(base)
 out = {"devices": jax.device_count(), "seen": seen}
 for n in (1, 4):
   results = loop.run(config_lib.replace(base, num_devices=n),

@@ -15,6 +15,7 @@ from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.grouped_dense import (GroupedSparseDense,
                                              GroupedSparseLinear)
 from sparcl_jax.sparse.tdm import tdm_masks
+from sparcl_jax.training import cli
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.data import pipeline
 from sparcl_jax.training import run_state
@@ -145,9 +146,16 @@ def test_grouped_run_passes_the_choice_to_its_layers():
 
 
 def test_sparse_init_needs_sparse_layers():
+  # SparCL without TDM reads the flag and has no sparse layer to start.
   with pytest.raises(ConfigError, match="trains no sparse layers"):
     config_lib.validate(config_lib.from_dict(dict(
-        workdir="/tmp/x", method="derpp", sparse_init="kept_fan_in")))
+        workdir="/tmp/x", method="sparcl_derpp", tdm=False,
+        sparse_init="kept_fan_in")))
+  # A dense method does not read it: the command line drops it.
+  config, ignored = cli.parse_args(["train.py", "--workdir=/tmp/x",
+                                    "--method=derpp",
+                                    "--sparse_init=kept_fan_in"])
+  assert ignored == ("sparse_init",) and config.sparse_init == "dense"
   with pytest.raises(ConfigError, match="sparse_init"):
     config_lib.validate(config_lib.from_dict(dict(
         workdir="/tmp/x", method="sparcl_derpp", sparse_init="wide")))

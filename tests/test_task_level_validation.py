@@ -14,10 +14,10 @@ import numpy as np
 
 from sparcl_jax.data import scenarios, sources
 from sparcl_jax.methods import task_level
-from sparcl_jax.training import clnp_runner
+from sparcl_jax.training import loop
 from sparcl_jax.training.config import RunConfig, validate
 
-_DIGITS = sources.load_digits(0)
+_DIGITS = sources.load_dataset("digits", "embedded", None)
 
 
 def _config(tmp_path, val_fraction: float) -> RunConfig:
@@ -30,7 +30,8 @@ def _config(tmp_path, val_fraction: float) -> RunConfig:
 
 
 def _run(config, scenario, log_fn=lambda record: None):
-  return clnp_runner.run(config, scenario, log_fn, time.perf_counter())
+  return loop.run(config, scenario=scenario, log_fn=log_fn,
+                  start_time=time.perf_counter())
 
 
 def test_val_final_is_the_last_row_when_val_and_test_are_the_same_examples(

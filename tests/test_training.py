@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sparcl_jax import losses
 from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.sparse.tdm import tdm_masks
-from sparcl_jax.training import accounting, losses, loop
+from sparcl_jax.training import accounting, loop
 from sparcl_jax.training.config import RunConfig, validate
 
 

@@ -56,8 +56,9 @@ def to_device(
     The :class:`DeviceData`.
 
   Example:
-    >>> from sparcl_jax.data import scenarios, sources
-    >>> scenario = scenarios.split_scenario(sources.load_digits(0), 2)
+    >>> from sparcl_jax.data import scenarios
+    >>> from sparcl_jax.data.datasets.digits import load_digits
+    >>> scenario = scenarios.split_scenario(load_digits(0), 2)
     >>> data = to_device(scenario)
     >>> data.train_images.dtype, data.permutations.shape
     (dtype('uint8'), (5, 64))
@@ -233,8 +234,7 @@ def epoch_order(rng: jax.Array, usable: jax.Array
   """A random epoch order over example slots, usable slots first.
 
   The one epoch order of the library: the training loops (through
-  ``steps.make_epoch_order``), DDR's ``ddr_order`` and :func:`epoch_batches`
-  all draw theirs here. The shape never depends on how many slots are
+  ``steps.make_epoch_order``) and DDR's ``ddr_order`` draw theirs here. The shape never depends on how many slots are
   usable, so one compilation serves every epoch.
 
   Args:
@@ -257,25 +257,3 @@ def epoch_order(rng: jax.Array, usable: jax.Array
   # Unusable slots sort after every usable one (uniform keys are < 1).
   keys = jnp.where(usable, keys, 2.0)
   return jnp.argsort(keys).astype(jnp.int32), usable.sum().astype(jnp.int32)
-
-
-def epoch_batches(rng: jax.Array, indices: jax.Array,
-                  batch_size: int) -> jax.Array:
-  """Shuffles indices and cuts them into full batches (the rest is dropped).
-
-  Args:
-    rng: a PRNG key.
-    indices: int32 [N] example indices (e.g. a task's train indices).
-    batch_size: static batch size.
-
-  Returns:
-    int32 [N // batch_size, batch_size].
-
-  Example:
-    >>> epoch_batches(jax.random.key(0), jnp.arange(10), 4).shape
-    (2, 4)
-  """
-  num_batches = indices.shape[0] // batch_size
-  positions, _ = epoch_order(rng, jnp.ones(indices.shape, bool))
-  shuffled = indices[positions]
-  return shuffled[:num_batches * batch_size].reshape(num_batches, batch_size)

@@ -18,27 +18,15 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from sparcl_jax.data import sources
+from sparcl_jax.data import datasets
 from sparcl_jax.data.types import Dataset, Scenario, Task
 from sparcl_jax.errors import ConfigError, DataError
 
-# The library's one table of scenarios: name: (kind, dataset, number of
-# classes, default number of tasks). The first entry of a (kind, dataset)
-# pair gives the default task count of ``train.py``'s --scenario/--dataset.
-_PRESETS = {
-    "split_mnist": ("split", "mnist", 10, 5),
-    "permuted_mnist": ("permuted", "mnist", 10, 10),
-    "split_fashion_mnist": ("split", "fashion_mnist", 10, 5),
-    "permuted_fashion_mnist": ("permuted", "fashion_mnist", 10, 10),
-    "split_cifar10": ("split", "cifar10", 10, 5),
-    "split_cifar100": ("split", "cifar100", 100, 10),
-    "split_cifar100_20": ("split", "cifar100", 100, 20),
-    "split_tinyimagenet": ("split", "tiny_imagenet", 200, 10),
-    "cifar10_100": ("cifar10_100", "cifar10", 60, 6),
-    "split_digits": ("split", "digits", 10, 5),
-    "permuted_digits": ("permuted", "digits", 10, 5),
-}
-
+# The scenario presets the registered datasets declare: name: (kind,
+# dataset, number of classes, default number of tasks). The first entry of a
+# (kind, dataset) pair gives the default task count of ``train.py``'s
+# --scenario/--dataset.
+_PRESETS = datasets.presets()
 SCENARIOS = tuple(_PRESETS)
 # The usual number of tasks per (kind, dataset): the first preset's.
 DEFAULT_NUM_TASKS: dict[tuple[str, str], int] = {}
@@ -89,6 +77,7 @@ def build_scenario(kind: str, dataset: Dataset, num_tasks: int,
     ConfigError: ``num_tasks`` is impossible for the kind and dataset.
 
   Example:
+    >>> from sparcl_jax.data import sources
     >>> digits = sources.load_dataset("digits", "digits", None)
     >>> build_scenario("split", digits, 5).num_tasks
     5
@@ -111,13 +100,6 @@ def build_scenario(kind: str, dataset: Dataset, num_tasks: int,
                     "or cifar10_100.")
 
 
-# Per-channel statistics of the training images after scaling to [0, 1].
-_INPUT_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "tiny_imagenet": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
-}
-
 # Distinct stream ids so that class order, validation split and permutations
 # never share random numbers, whatever the seed.
 _CLASS_ORDER_STREAM, _VAL_STREAM, _PERMUTATION_STREAM = 1, 2, 3
@@ -129,9 +111,10 @@ def input_defaults(
     dataset_name: str) -> tuple[bool, tuple[float, ...], tuple[float, ...]]:
   """Returns the default (augment, mean, std) of a dataset's inputs.
 
-  CIFAR-10, CIFAR-100 and Tiny-ImageNet get crop+flip augmentation and their
-  usual per-channel statistics; everything else (MNIST, digits, unknown tfds
-  datasets) is left in [0, 1] without augmentation.
+  What the dataset's registered entry declares (CIFAR-10, CIFAR-100 and
+  Tiny-ImageNet: crop+flip augmentation and their usual per-channel
+  statistics; MNIST and digits: [0, 1] without augmentation); datasets not
+  registered (other tfds names) are left in [0, 1] without augmentation.
 
   Args:
     dataset_name: canonical dataset name, e.g. ``"cifar10"``.
@@ -143,10 +126,10 @@ def input_defaults(
     >>> input_defaults("mnist")
     (False, (0.0,), (1.0,))
   """
-  if dataset_name in _INPUT_STATS:
-    mean, std = _INPUT_STATS[dataset_name]
-    return True, mean, std
-  return False, (0.0,), (1.0,)
+  spec = datasets.find(dataset_name)
+  if spec is None:
+    return False, (0.0,), (1.0,)
+  return spec.augment, spec.mean, spec.std
 
 
 def split_scenario(dataset: Dataset,
@@ -184,7 +167,8 @@ def split_scenario(dataset: Dataset,
     ConfigError: impossible ``classes_per_task``, ``val_fraction`` or seed.
 
   Example:
-    >>> s = split_scenario(sources.load_digits(0), 2)
+    >>> from sparcl_jax.data.datasets.digits import load_digits
+    >>> s = split_scenario(load_digits(0), 2)
     >>> [t.classes.tolist() for t in s.tasks][:2]
     [[0, 1], [2, 3]]
   """
@@ -244,7 +228,8 @@ def permuted_scenario(dataset: Dataset,
     ConfigError: ``num_tasks`` < 1, or bad ``val_fraction`` or seed.
 
   Example:
-    >>> s = permuted_scenario(sources.load_digits(0), 3)
+    >>> from sparcl_jax.data.datasets.digits import load_digits
+    >>> s = permuted_scenario(load_digits(0), 3)
     >>> s.num_outputs, s.tasks[2].label_offset
     (30, 20)
   """
@@ -340,58 +325,6 @@ def cifar10_100_scenario(cifar10: Dataset,
                              val_fraction)
   return _scenario(name, "cifar10", train_images, train_labels, test_images,
                    test_labels, tasks, sum(sizes), None, None, None)
-
-
-def make_scenario(name: str,
-                  data_dir: Optional[str] = None,
-                  source: str = "files",
-                  seed: int = 0,
-                  val_fraction: float = 0.0,
-                  num_tasks: Optional[int] = None) -> Scenario:
-  """Loads the data of a named benchmark and builds its scenario.
-
-  Presets (default number of tasks x classes per task): split_mnist,
-  split_fashion_mnist, split_cifar10, split_digits (5x2); split_cifar100
-  (10x10); split_cifar100_20 (20x5); split_tinyimagenet (10x20);
-  permuted_mnist, permuted_fashion_mnist (10 tasks); permuted_digits (5 tasks, for tiny tests);
-  cifar10_100 (6 tasks: CIFAR-10, then 5x10 CIFAR-100 classes). Classes keep
-  their natural order; permuted presets use disjoint label spaces.
-
-  Args:
-    name: one of ``SCENARIOS``.
-    data_dir: where the data lives (see :func:`sources.load_dataset`).
-    source: ``"files"``, ``"tfds"`` or ``"embedded"`` (``"digits"``).
-    seed: seed of the digits split, permutations and validation split.
-    val_fraction: share of each task's training examples held out.
-    num_tasks: override of the number of tasks; for split presets it must
-      divide the number of classes, for cifar10_100 it is 2..11.
-
-  Returns:
-    The :class:`Scenario`.
-
-  Raises:
-    ConfigError: unknown name, or impossible ``num_tasks``/``val_fraction``.
-    DataError: the data cannot be loaded.
-
-  Example:
-    >>> s = make_scenario("split_digits", seed=0)
-    >>> s.num_tasks, s.num_outputs
-    (5, 10)
-  """
-  if name not in _PRESETS:
-    raise ConfigError(f"unknown scenario {name!r}; valid names: "
-                      f"{', '.join(SCENARIOS)}")
-  kind, dataset_name, num_classes, default_tasks = _PRESETS[name]
-  tasks = default_tasks if num_tasks is None else int(num_tasks)
-  _check_common(seed, val_fraction)
-  # Before loading, which may take minutes.
-  _check_num_tasks(kind, tasks, num_classes, name)
-  dataset = sources.load_dataset(dataset_name, source, data_dir, seed)
-  cifar100 = None
-  if kind == "cifar10_100":
-    cifar100 = sources.load_dataset("cifar100", source, data_dir, seed)
-  return build_scenario(kind, dataset, tasks, seed, val_fraction,
-                        cifar100=cifar100, name=name)
 
 
 def _check_num_tasks(kind: str, num_tasks: int, num_classes: int,

@@ -3,8 +3,9 @@
 Each method is an object (a subclass of :class:`Method`) that tells the
 training loop what is particular to it: its replay loss, how its optimizer
 is built, whether it keeps a buffer, what it does at a task's end, what it
-adds to the FLOPs count. ``--method=NAME`` looks the name up here; no other
-code compares method names.
+adds to the FLOPs count, and which flags it reads (its ``settings`` class,
+:mod:`sparcl_jax.methods.settings`). ``--method=NAME`` looks the name up here;
+no other code compares method names.
 
 Every module of this package is imported when the package is, so a new
 method is one new file whose class carries the :func:`register` decorator.

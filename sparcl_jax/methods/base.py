@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from sparcl_jax import losses
+from sparcl_jax.methods import settings as settings_lib
+from sparcl_jax.models import registry
 from sparcl_jax.sparse import sparsity as sparsity_lib
 from sparcl_jax.sparse.dgm import DGMSpec
 from sparcl_jax.sparse.schedule import MaskSchedule
@@ -73,6 +75,12 @@ class StepHooks:
     del facts
     return None
 
+  def gather_task(self, facts, example_task: jax.Array) -> jax.Array:
+    """The task a stream batch is gathered as (its permutation and label
+    offset): each example's own, as replay and the joint bound mix tasks."""
+    del facts
+    return example_task
+
   def draw(self, method_state, keys, facts, prepare, constrain) -> Any:
     """What the loss term needs beyond the batch (replay batches), drawn
     outside the gradient. ``keys`` are the step's eight keys; ``prepare(key,
@@ -118,6 +126,10 @@ class Method:
       passes of the replay batch.
     joint: retrain from scratch on the union of the tasks so far at every
       task (the upper bound of the comparisons).
+    settings: the frozen dataclass of the method's hyper-parameters
+      (:mod:`sparcl_jax.methods.settings`): its fields are the flags the
+      method reads. The default is the stream loss's, which the default
+      ``stream_class_mask`` reads.
 
   Example:
     >>> class FineTuning(Method):
@@ -131,6 +143,7 @@ class Method:
   order: int = 100
   replay_batches: int = 0
   joint: bool = False
+  settings: type = settings_lib.StreamSettings
 
   def __repr__(self) -> str:
     return f"<method {self.name}>"
@@ -254,7 +267,7 @@ def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
 
 
 def sparse_filter(config) -> sparsity_lib.SparseFilter:
-  """Which parameters are sparse: ``--sparse_layers`` or the default rule.
+  """Which parameters are sparse: ``--sparse_layers`` or the model's own.
 
   Args:
     config: the run configuration.
@@ -269,7 +282,7 @@ def sparse_filter(config) -> sparsity_lib.SparseFilter:
   """
   if config.sparse_layers:
     return sparsity_lib.filter_from_regex(config.sparse_layers)
-  return sparsity_lib.default_sparse_filter
+  return registry.get(config.model).sparse_filter
 
 
 def dgm_spec(config) -> DGMSpec:

@@ -25,7 +25,9 @@ import numpy as np
 from sparcl_jax import clnp as clnp_lib
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.methods import register
+from sparcl_jax.methods.settings import ClnpSettings
 from sparcl_jax.methods.task_level import TaskLevelMethod
+from sparcl_jax.models import registry
 
 PyTree = Any
 # Candidate activity quantiles of the graceful-forgetting search.
@@ -39,6 +41,7 @@ class Clnp(TaskLevelMethod):
 
   name = "clnp"
   order = 30
+  settings = ClnpSettings
 
   def check(self, config, scenario) -> None:
     if min(len(t.val_indices) for t in scenario.tasks) == 0:
@@ -112,10 +115,11 @@ class Clnp(TaskLevelMethod):
 
 def layer_specs(model_name: str,
                 params: PyTree) -> tuple[clnp_lib.LayerSpec, ...]:
-  """CLNP layer specs of a project model, or a ConfigError.
+  """CLNP layer specs of a registered model, or a ConfigError.
 
   Args:
-    model_name: ``'mlp'`` or ``'zenke_cnn'``.
+    model_name: a registered model that declares its CLNP layer specs
+      (``'mlp'``, ``'zenke_cnn'``...).
     params: the model's params.
 
   Returns:
@@ -125,16 +129,19 @@ def layer_specs(model_name: str,
     ConfigError: the model has no ReLU units CLNP can measure.
 
   Example:
-    >>> specs = layer_specs('mlp', variables['params'])  # doctest: +SKIP
+    >>> from sparcl_jax.models.mlp import MLP
+    >>> variables = MLP((4,), 2).init(jax.random.key(0), jnp.zeros((1, 3)))
+    >>> [s.name for s in layer_specs('mlp', variables['params'])]
+    ['hidden_0', 'head']
   """
-  if model_name == "mlp":
-    specs = clnp_lib.mlp_layer_specs(params)
-  elif model_name == "zenke_cnn":
-    specs = clnp_lib.cnn_layer_specs(params)
-  else:
-    raise ConfigError(f"--method=clnp needs --model=mlp or zenke_cnn, whose "
-                      f"ReLU units it can measure; {model_name!r} is not "
-                      "supported.")
+  specs_of = registry.get(model_name).clnp_layer_specs
+  if specs_of is None:
+    measurable = [n for n in registry.names()
+                  if registry.get(n).clnp_layer_specs is not None]
+    raise ConfigError(f"--method=clnp needs --model={' or '.join(measurable)}"
+                      f", whose ReLU units it can measure; {model_name!r} is "
+                      "not supported.")
+  specs = specs_of(params)
   if not any(s.role == "hidden" for s in specs):
     raise ConfigError("--method=clnp needs a model with ReLU units to "
                       "measure; this one has none (give --hidden_sizes).")

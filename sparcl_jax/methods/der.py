@@ -9,6 +9,7 @@ Example:
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import Method, cross_entropy_over
 from sparcl_jax import losses
+from sparcl_jax.methods.settings import DerppSettings, DerSettings
 
 
 @register
@@ -19,6 +20,7 @@ class DarkExperienceReplay(Method):
   name = "der"
   order = 11
   replay_batches = 1
+  settings = DerSettings
 
   def replay_term(self, spec, forward, params, batch_stats, batches, keys,
                   seen_mask):
@@ -36,6 +38,7 @@ class DarkExperienceReplayPlusPlus(DarkExperienceReplay):
   name = "derpp"
   order = 12
   replay_batches = 2
+  settings = DerppSettings
 
   def replay_term(self, spec, forward, params, batch_stats, batches, keys,
                   seen_mask):

@@ -8,6 +8,7 @@ Example:
 
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import Method, cross_entropy_over
+from sparcl_jax.methods.settings import ErSettings
 
 
 @register
@@ -21,6 +22,7 @@ class ExperienceReplay(Method):
   name = "er"
   order = 10
   replay_batches = 1
+  settings = ErSettings
 
   def replay_term(self, spec, forward, params, batch_stats, batches, keys,
                   seen_mask):

@@ -20,6 +20,7 @@ Example:
 
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import Method, cross_entropy_over
+from sparcl_jax.methods.settings import ReplaySettings
 
 
 @register
@@ -30,6 +31,9 @@ class ErAce(Method):
   name = "er_ace"
   order = 13
   replay_batches = 1
+  # Its stream loss is over the current task's classes whatever
+  # --current_task_logit_mask says.
+  settings = ReplaySettings
 
   def stream_class_mask(self, spec, task_mask, seen_mask):
     del spec, seen_mask

@@ -32,6 +32,7 @@ from sparcl_jax.methods.base import (base_optimizer, dgm_spec, mask_schedule,
                                      sparse_filter)
 from sparcl_jax.methods.der import DarkExperienceReplayPlusPlus
 from sparcl_jax.methods.er import ExperienceReplay
+from sparcl_jax.methods import settings as settings_lib
 
 
 class _MaskedWeights:
@@ -140,6 +141,7 @@ class SparclEr(_SparCL, ExperienceReplay):
 
   name = "sparcl_er"
   order = 20
+  settings = settings_lib.SparclErSettings
 
 
 @register
@@ -148,6 +150,7 @@ class SparclDerpp(_SparCL, DarkExperienceReplayPlusPlus):
 
   name = "sparcl_derpp"
   order = 21
+  settings = settings_lib.SparclDerppSettings
 
 
 @register
@@ -157,6 +160,7 @@ class SnipDerpp(_MaskedWeights, DarkExperienceReplayPlusPlus):
   name = "snip_derpp"
   order = 22
   static_masks = True
+  settings = settings_lib.SnipDerppSettings
 
   def initial_masks(self, config, params, first_batch_grads):
     sparsities = uniform_sparsities(params, sparse_filter(config),
@@ -171,6 +175,7 @@ class RiglDerpp(_MaskedWeights, DarkExperienceReplayPlusPlus):
   name = "rigl_derpp"
   order = 23
   growth = "gradient"
+  settings = settings_lib.RiglDerppSettings
 
   def drop_lambda(self, config) -> float:
     del config

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from sparcl_jax import regularizers
 from sparcl_jax.methods import register
 from sparcl_jax.methods.base import TASK_LEVEL, Method, StepHooks
+from sparcl_jax.methods import settings as settings_lib
 
 PyTree = Any
 
@@ -54,6 +55,12 @@ class PenaltyHooks(StepHooks):
 
   def stream_class_mask(self, facts):
     return facts.task_class_mask
+
+  def gather_task(self, facts, example_task):
+    # One task per run of steps: one permutation row serves the batch (a
+    # take, not a take_along_axis with a [batch, pixels] index).
+    del example_task
+    return facts.task_id
 
   def loss_term(self, forward, params, batch_stats, opt_state, method_state,
                 drawn, keys, facts):
@@ -101,6 +108,7 @@ class TaskLevelMethod(Method):
 
   family = TASK_LEVEL
   accumulates_task_gradient = False
+  settings = settings_lib.TaskLevelSettings
 
   def check(self, config, scenario) -> None:
     """Raises ConfigError when the scenario cannot run this method."""
@@ -202,6 +210,7 @@ class Ewc(TaskLevelMethod):
 
   name = "ewc"
   order = 31
+  settings = settings_lib.EwcSettings
   # 1000 keeps the estimate cheap and stable.
   fisher_examples = 1000
 
@@ -235,6 +244,7 @@ class Si(TaskLevelMethod):
 
   name = "si"
   order = 32
+  settings = settings_lib.SiSettings
   accumulates_task_gradient = True
 
   def penalty(self, config):

@@ -11,8 +11,11 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 
+from sparcl_jax.clnp.specs import cnn_layer_specs
+from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
+from sparcl_jax.models.registry import ModelArgs, ModelSpec, register
 
 
 class ZenkeCNN(nn.Module):
@@ -81,3 +84,19 @@ class ZenkeCNN(nn.Module):
     h = nn.Dropout(0.5, deterministic=not train)(h)
     return OutputHead(self.head, self.num_outputs, self.head_sizes,
                       name="head")(h)
+
+
+def _build(args: ModelArgs) -> ZenkeCNN:
+  if args.width_multiplier < 1:
+    raise ConfigError(
+        f"width_multiplier must be >= 1, got {args.width_multiplier}.")
+  return ZenkeCNN(args.num_outputs, args.head, args.head_sizes,
+                  int(args.width_multiplier), args.conv)
+
+
+register(ModelSpec(
+    name="zenke_cnn", build=_build,
+    # SparCL's rule (hidden_* kernels, ResNet block convs) names none of its
+    # layers: sparse runs choose them with --sparse_layers.
+    sparse_filter=lambda path, leaf: False,
+    clnp_layer_specs=cnn_layer_specs, order=20))

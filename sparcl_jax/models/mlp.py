@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 
+from sparcl_jax.clnp.specs import mlp_layer_specs
+from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse.grouped import check_group
 from sparcl_jax.models.grouped_dense import GroupedSparseDense
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
+from sparcl_jax.models.registry import ModelArgs, ModelSpec, register
 
 
 class MLP(nn.Module):
@@ -77,3 +81,40 @@ class MLP(nn.Module):
       self.sow("intermediates", name + ACT_SUFFIX, h)
     return OutputHead(self.head, self.num_outputs, self.head_sizes,
                       name="head")(h)
+
+
+def _build(args: ModelArgs) -> MLP:
+  hidden = tuple(int(h) for h in args.hidden_sizes)
+  if any(h < 1 for h in hidden):
+    raise ConfigError(f"hidden_sizes must be positive, got {hidden}.")
+  if args.group:
+    for width in hidden:
+      check_group(width, args.group)
+  return MLP(hidden, args.num_outputs, args.head, args.head_sizes,
+             args.group, args.sparsity, args.kept_fan_in_init)
+
+
+def sparse_layers(path: str, leaf: Any) -> bool:
+  """The MLP's sparse layers: the 2-D kernels of its hidden layers.
+
+  Args:
+    path: ``'/'``-joined parameter path.
+    leaf: the parameter (only its rank is read).
+
+  Returns:
+    Whether SparCL keeps the leaf sparse; the head stays dense.
+
+  Example:
+    >>> import numpy as np
+    >>> sparse_layers("hidden_1/kernel", np.zeros((4, 3)))
+    True
+    >>> sparse_layers("head/kernel", np.zeros((3, 2)))
+    False
+  """
+  parts = path.split("/")
+  return (len(getattr(leaf, "shape", ())) == 2 and len(parts) >= 2 and
+          parts[-1] == "kernel" and parts[-2].startswith("hidden_"))
+
+
+register(ModelSpec(name="mlp", build=_build, sparse_filter=sparse_layers,
+                   clnp_layer_specs=mlp_layer_specs, grouped=True, order=0))

@@ -1,28 +1,173 @@
-"""Models looked up by name, plus helpers to initialise them and read
-their sown activations."""
+"""Models, registered by name, plus helpers to initialise them and read
+their sown activations.
+
+Each model module of this package registers one :class:`ModelSpec`: how to
+build the module from the run's settings, which of its layers SparCL keeps
+sparse, its CLNP layer specs (if CLNP can measure its units) and whether it
+has batch norm. ``--model=NAME`` is looked up here; no other code compares
+model names. Every module of this package is imported with this one, so a
+new model is one new file that calls :func:`register`.
+
+Example:
+  >>> get("resnet18").batch_norm
+  True
+  >>> get("mlp").sparse_filter("hidden_0/kernel", jnp.zeros((4, 3)))
+  True
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import dataclasses
+import importlib
+import os
+import pkgutil
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from sparcl_jax.errors import ConfigError
-from sparcl_jax.sparse.grouped import check_group
 from jax import lax
 
-from sparcl_jax.models.cnn import ZenkeCNN
+from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.models.heads import ACT_SUFFIX, validate_head
-from sparcl_jax.models.mlp import MLP
-from sparcl_jax.models.resnet import ResNet18
 
-MODELS = ("mlp", "resnet18", "zenke_cnn")
+PyTree = Any
 # How conv layers take their gradients (see models/conv.py).
 CONV_GRADIENTS = {"canonical": conv_with_canonical_gradients,
                   "jax": lax.conv_general_dilated}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelArgs:
+  """The run's model settings, as every model's ``build`` receives them.
+
+  Each model reads the fields it has a use for and checks them.
+
+  Attributes:
+    num_outputs: number of logits (all classes of all tasks).
+    head: ``'shared'`` or ``'multi'`` (already checked).
+    head_sizes: classes per task for ``head='multi'``, else None.
+    conv: the convolution primitive (a value of ``CONV_GRADIENTS``).
+    hidden_sizes: hidden widths (``'mlp'``).
+    nf: base width (``'resnet18'``).
+    width_multiplier: width scale (``'zenke_cnn'``).
+    group: 0, or the output-block size of grouped sparse layers.
+    sparsity: weight sparsity of grouped sparse layers.
+    kept_fan_in_init: how grouped sparse layers draw their kept weights.
+
+  Example:
+    >>> ModelArgs(10).head
+    'shared'
+  """
+
+  num_outputs: int
+  head: str = "shared"
+  head_sizes: Optional[tuple[int, ...]] = None
+  conv: Callable = conv_with_canonical_gradients
+  hidden_sizes: tuple[int, ...] = (100, 100)
+  nf: int = 64
+  width_multiplier: int = 1
+  group: int = 0
+  sparsity: float = 0.0
+  kept_fan_in_init: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What the library knows about one model.
+
+  Attributes:
+    name: the ``--model`` name.
+    build: ``build(ModelArgs) -> nn.Module``; raises ConfigError (one line)
+      for settings the model cannot take.
+    sparse_filter: ``(path, leaf) -> bool``: the layers SparCL keeps sparse
+      unless ``--sparse_layers`` says otherwise.
+    clnp_layer_specs: ``params -> tuple[LayerSpec, ...]`` for the CLNP
+      family, or None when CLNP cannot measure its units.
+    batch_norm: whether it keeps batch-norm statistics (the task-level
+      runs, CLNP's family, take models without).
+    grouped: whether ``ModelArgs.group`` gives it grouped sparse layers.
+    order: position in listings (then the name).
+
+  Example:
+    >>> spec = ModelSpec("toy", build=lambda args: None,
+    ...                  sparse_filter=lambda path, leaf: False)
+    >>> spec.batch_norm, spec.clnp_layer_specs
+    (False, None)
+  """
+
+  name: str
+  build: Callable[[ModelArgs], nn.Module]
+  sparse_filter: Callable[[str, Any], bool]
+  clnp_layer_specs: Optional[Callable[[PyTree], tuple]] = None
+  batch_norm: bool = False
+  grouped: bool = False
+  order: int = 100
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+  """Registers a model under ``spec.name``.
+
+  Args:
+    spec: the entry, with a new name.
+
+  Returns:
+    ``spec`` unchanged.
+
+  Raises:
+    ValueError: the name is empty or taken.
+
+  Example:
+    >>> _ = register(ModelSpec("toy_example", lambda args: None,
+    ...                        lambda path, leaf: False))
+    >>> get("toy_example").grouped
+    False
+    >>> _ = _REGISTRY.pop("toy_example")
+  """
+  if not spec.name or spec.name in _REGISTRY:
+    raise ValueError(f"model name {spec.name!r} is empty or taken")
+  _REGISTRY[spec.name] = spec
+  return spec
+
+
+def get(name: str) -> ModelSpec:
+  """Returns the registered model called ``name``.
+
+  Args:
+    name: a model name, as given to ``--model``.
+
+  Returns:
+    Its :class:`ModelSpec`.
+
+  Raises:
+    ConfigError: no model has that name (the message lists them).
+
+  Example:
+    >>> get("zenke_cnn").clnp_layer_specs is not None
+    True
+  """
+  if name not in _REGISTRY:
+    raise ConfigError(
+        f"Unknown model {name!r}; valid models: {', '.join(names())}.")
+  return _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+  """Names of the registered models, by ``order`` then name.
+
+  Returns:
+    The names.
+
+  Example:
+    >>> names()[:3]
+    ('mlp', 'resnet18', 'zenke_cnn')
+  """
+  return tuple(s.name for s in sorted(_REGISTRY.values(),
+                                      key=lambda s: (s.order, s.name)))
 
 
 def make_model(name: str, num_outputs: int, *,
@@ -33,10 +178,10 @@ def make_model(name: str, num_outputs: int, *,
                conv_gradients: str = "canonical",
                group: int = 0, sparsity: float = 0.0,
                kept_fan_in_init: bool = True) -> nn.Module:
-  """Builds a model by name after checking its hyper-parameters.
+  """Builds a registered model by name after checking its settings.
 
   Args:
-    name: one of ``MODELS``.
+    name: one of :func:`names`.
     num_outputs: number of logits (all classes of all tasks).
     hidden_sizes: hidden widths of ``'mlp'``.
     nf: base width of ``'resnet18'``.
@@ -44,9 +189,9 @@ def make_model(name: str, num_outputs: int, *,
     head_sizes: classes per task, required for ``head='multi'``.
     width_multiplier: width scale of ``'zenke_cnn'``.
     conv_gradients: a key of ``CONV_GRADIENTS``, for the conv models.
-    group: for ``'mlp'``: 0 for dense hidden layers, else group-balanced
-      sparse ones with blocks of ``group`` output units (must divide every
-      hidden width).
+    group: 0 for dense layers, else group-balanced sparse ones with blocks
+      of ``group`` output units (models declared ``grouped`` only; for
+      ``'mlp'`` it must divide every hidden width).
     sparsity: weight sparsity of the grouped hidden layers.
     kept_fan_in_init: the grouped layers draw their kept weights at the
       kept fan-in (else cut from a dense kernel); see
@@ -55,38 +200,26 @@ def make_model(name: str, num_outputs: int, *,
   Returns:
     An unbound Flax Linen module.
 
+  Raises:
+    ConfigError: an unknown name or setting (one line).
+
   Example:
     >>> model = make_model('resnet18', 10, nf=20)
   """
-  if name not in MODELS:
-    raise ConfigError(
-        f"Unknown model {name!r}; valid models: {', '.join(MODELS)}.")
+  spec = get(name)
   if conv_gradients not in CONV_GRADIENTS:
     raise ConfigError(f"Unknown conv_gradients {conv_gradients!r}; valid: "
                       f"{', '.join(CONV_GRADIENTS)}.")
-  conv = CONV_GRADIENTS[conv_gradients]
   validate_head(head, num_outputs, head_sizes)
-  sizes = None if head_sizes is None else tuple(int(s) for s in head_sizes)
-  if name == "mlp":
-    hidden = tuple(int(h) for h in hidden_sizes)
-    if any(h < 1 for h in hidden):
-      raise ConfigError(f"hidden_sizes must be positive, got {hidden}.")
-    if group:
-      for width in hidden:
-        check_group(width, group)
-    return MLP(hidden, num_outputs, head, sizes, int(group), float(sparsity),
-               bool(kept_fan_in_init))
-  if group:
-    raise ConfigError(f"grouped sparse layers exist for the mlp model only, "
-                      f"not {name!r}; use the unstructured masks.")
-  if name == "resnet18":
-    if nf < 1:
-      raise ConfigError(f"nf must be >= 1, got {nf}.")
-    return ResNet18(int(nf), num_outputs, head, sizes, conv)
-  if width_multiplier < 1:
-    raise ConfigError(
-        f"width_multiplier must be >= 1, got {width_multiplier}.")
-  return ZenkeCNN(num_outputs, head, sizes, int(width_multiplier), conv)
+  if group and not spec.grouped:
+    grouped = ", ".join(n for n in names() if get(n).grouped)
+    raise ConfigError(f"grouped sparse layers exist for the {grouped} model "
+                      f"only, not {name!r}; use the unstructured masks.")
+  return spec.build(ModelArgs(
+      num_outputs, head,
+      None if head_sizes is None else tuple(int(s) for s in head_sizes),
+      CONV_GRADIENTS[conv_gradients], tuple(hidden_sizes), nf,
+      width_multiplier, int(group), float(sparsity), bool(kept_fan_in_init)))
 
 
 def init_model(model: nn.Module, rng: jax.Array,
@@ -152,3 +285,10 @@ def collect_activations(
 
   visit((), intermediates)
   return out
+
+
+# Every model module registers itself on import; importing them here makes
+# the registry complete whichever module was imported first.
+for _module in pkgutil.iter_modules([os.path.dirname(__file__)]):
+  if _module.name != "registry":
+    importlib.import_module(f"sparcl_jax.models.{_module.name}")

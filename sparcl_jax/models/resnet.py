@@ -9,14 +9,16 @@ the train step is as fast inside the library's loops as alone on a CPU.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
+from sparcl_jax.models.registry import ModelArgs, ModelSpec, register
 
 # PyTorch's BatchNorm momentum 0.1 weights the new batch; Flax's weights the
 # running average, hence 0.9. (Flax keeps the biased batch variance in the
@@ -156,3 +158,39 @@ class ResNet18(nn.Module):
     h = jnp.mean(h, axis=(1, 2))
     return OutputHead(self.head, self.num_outputs, self.head_sizes,
                       name="head")(h)
+
+
+def _build(args: ModelArgs) -> ResNet18:
+  if args.nf < 1:
+    raise ConfigError(f"nf must be >= 1, got {args.nf}.")
+  return ResNet18(int(args.nf), args.num_outputs, args.head, args.head_sizes,
+                  args.conv)
+
+
+def sparse_layers(path: str, leaf: Any) -> bool:
+  """ResNet-18's sparse layers: the two 3x3 convs inside residual blocks.
+
+  As in SparCL, the stem conv, the shortcut convs, norms and the head stay
+  dense.
+
+  Args:
+    path: ``'/'``-joined parameter path.
+    leaf: the parameter (only its rank is read).
+
+  Returns:
+    Whether SparCL keeps the leaf sparse.
+
+  Example:
+    >>> sparse_layers("layer1_0/conv1/kernel", jnp.zeros((3, 3, 4, 4)))
+    True
+    >>> sparse_layers("layer2_0/shortcut_conv/kernel", jnp.zeros((1, 1, 4, 8)))
+    False
+  """
+  if len(getattr(leaf, "shape", ())) != 4 or "shortcut" in path:
+    return False
+  in_block = any(p.startswith("layer") for p in path.split("/")[:-2])
+  return in_block and path.endswith(("conv1/kernel", "conv2/kernel"))
+
+
+register(ModelSpec(name="resnet18", build=_build, sparse_filter=sparse_layers,
+                   batch_norm=True, order=10))

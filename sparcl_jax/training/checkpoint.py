@@ -24,6 +24,8 @@ to resume one on other data. When the newest checkpoint cannot be read,
 :meth:`Checkpointer.restore` falls back to the newest intact one, says so in
 one line, and moves the corrupt one aside (``checkpoints/<n>.corrupt``).
 
+How each leaf is stored (a host copy, gathered across processes) and placed
+back like the fresh tree's leaf: :mod:`sparcl_jax.training.checkpoint_leaves`.
 :func:`stop_on_signals` turns SIGINT/SIGTERM into ``stop_requested``.
 """
 
@@ -38,11 +40,14 @@ import sys
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from sparcl_jax.errors import SparclError
 from sparcl_jax.training import orbax_noise
+from sparcl_jax.training.checkpoint_leaves import (describe_leaves,
+                                                   empty_host_like,
+                                                   first_difference,
+                                                   flatten_with_paths,
+                                                   place_like, to_host)
 from sparcl_jax.training.resume_checks import CheckpointError, fresh_hint
 
 CHECKPOINTS = "checkpoints"
@@ -58,71 +63,6 @@ class RunInterrupted(SparclError):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.signum = signum
-
-
-def _is_key(leaf: Any) -> bool:
-  return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(
-      leaf.dtype, jax.dtypes.prng_key)
-
-
-def _flatten(tree: Any) -> tuple[list[str], list[Any], Any]:
-  """Paths, leaves and treedef of ``tree`` (None leaves count as empty)."""
-  with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  paths = [jax.tree_util.keystr(path) for path, _ in with_paths]
-  return paths, [leaf for _, leaf in with_paths], treedef
-
-
-def _storable(leaf: Any) -> jax.Array:
-  """PRNG keys as their raw uint32 data; everything else as a jax array."""
-  if _is_key(leaf):
-    return jax.random.key_data(leaf)
-  return leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
-
-
-def _describe(paths: Sequence[str], leaves: Sequence[Any]) -> list[list]:
-  out = []
-  for path, leaf in zip(paths, leaves):
-    kind = str(jax.random.key_impl(leaf)) if _is_key(leaf) else ""
-    stored = _storable(leaf)
-    out.append([path, list(stored.shape), str(stored.dtype), kind])
-  return out
-
-
-def _to_host(leaf: Any) -> np.ndarray:
-  """A leaf's value as a host array, the form every checkpoint stores.
-
-  Host arrays are written by process 0 alone in a multi-process run (orbax
-  writes device arrays from every process that holds a shard) and restore
-  under any placement, so a run may resume on other devices.
-  """
-  stored = _storable(leaf)
-  if stored.is_fully_addressable:
-    return np.asarray(stored)
-  if stored.is_fully_replicated:
-    return np.asarray(stored.addressable_data(0))
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return multihost_utils.process_allgather(stored, tiled=True)
-
-
-def _abstract(leaf: Any) -> np.ndarray:
-  """An empty host array of the shape and dtype ``leaf`` is stored as."""
-  stored = _storable(leaf)
-  return np.empty(stored.shape, stored.dtype)
-
-
-def _place(host: np.ndarray, like: Any) -> Any:
-  """A restored host array, placed and typed like ``like``'s leaf."""
-  stored = _storable(like)
-  if not stored.is_fully_addressable:
-    value = jax.make_array_from_callback(host.shape, stored.sharding,
-                                         lambda index: host[index])
-  elif stored.committed:
-    value = jax.device_put(host, stored.sharding)
-  else:
-    value = jnp.asarray(host)
-  if _is_key(like):
-    value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(like))
-  return value
 
 
 class Checkpointer:
@@ -233,10 +173,10 @@ class Checkpointer:
     """
     ocp = self._orbax()
     manager = self._get_manager()
-    paths, leaves, _ = _flatten(tree)
-    arrays = {f"leaf_{i:05d}": _to_host(leaf)
+    paths, leaves, _ = flatten_with_paths(tree)
+    arrays = {f"leaf_{i:05d}": to_host(leaf)
               for i, leaf in enumerate(leaves)}
-    full_meta = {"format": FORMAT, "leaves": _describe(paths, leaves),
+    full_meta = {"format": FORMAT, "leaves": describe_leaves(paths, leaves),
                  "meta": meta}
     step = (manager.latest_step() or 0) + 1
     full = None
@@ -316,20 +256,20 @@ class Checkpointer:
       where = os.path.join(self.directory, str(step))
       described = saved["leaves"]
       target = like(saved["meta"]) if callable(like) else like
-      paths, leaves, treedef = _flatten(target)
-      expected = _describe(paths, leaves)
+      paths, leaves, treedef = flatten_with_paths(target)
+      expected = describe_leaves(paths, leaves)
       if saved.get("format") != FORMAT or described != expected:
         raise CheckpointError(
             f"checkpoint {where} does not fit this run "
-            f"({_first_difference(described, expected)}); it was written by "
+            f"({first_difference(described, expected)}); it was written by "
             f"another configuration or version; "
             f"{fresh_hint(self.directory)}.")
-      abstract = {f"leaf_{i:05d}": _abstract(leaf)
+      abstract = {f"leaf_{i:05d}": empty_host_like(leaf)
                   for i, leaf in enumerate(leaves)}
       try:
         arrays = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))["state"]
-        restored = [_place(arrays[f"leaf_{i:05d}"], leaf)
+        restored = [place_like(arrays[f"leaf_{i:05d}"], leaf)
                     for i, leaf in enumerate(leaves)]
         break
       except Exception as err:  # pylint: disable=broad-except
@@ -485,17 +425,6 @@ def _short(err: BaseException, limit: int = 200) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _first_difference(saved: list, expected: list) -> str:
-  if len(saved) != len(expected):
-    return (f"it holds {len(saved)} arrays, this run has "
-            f"{len(expected)}")
-  for (path, shape, dtype, kind), want in zip(saved, expected):
-    if [path, shape, dtype, kind] != want:
-      return (f"array {path or '<root>'} is {dtype}{shape} there, "
-              f"{want[2]}{want[1]} here")
-  return "its format version differs"
-
-
 @contextlib.contextmanager
 def stop_on_signals(checkpointer: Checkpointer,
                     signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
@@ -538,19 +467,3 @@ def stop_on_signals(checkpointer: Checkpointer,
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
-
-
-def host_floats(values: Sequence[Any]) -> list[float]:
-  """Device scalars as exact Python floats (JSON keeps them bit-identical).
-
-  Args:
-    values: scalars (device arrays, numpy or Python numbers).
-
-  Returns:
-    Python floats.
-
-  Example:
-    >>> host_floats([np.float32(0.1)])[0] == float(np.float32(0.1))
-    True
-  """
-  return [float(np.asarray(v)) for v in values]

@@ -20,7 +20,9 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from sparcl_jax import methods
 from sparcl_jax.errors import ConfigError, SparclError
+from sparcl_jax.methods import settings as settings_lib
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import resume_checks
 from sparcl_jax.training.config import RunConfig
@@ -32,8 +34,16 @@ EXIT_DIVERGED = 1
 EXIT_PEER_LOST = 1
 
 
-def make_flag_values() -> flags.FlagValues:
+def make_flag_values(method: Optional[str] = None) -> flags.FlagValues:
   """Defines one absl flag per :class:`RunConfig` field on a new registry.
+
+  Each flag is filed under a heading of ``--help``: the flags of every
+  method under one, each method's own under the settings class that
+  declares them (:func:`flag_group`).
+
+  Args:
+    method: a registered method's name to define only the flags that apply
+      to it (``--help_method``); None for every flag.
 
   Returns:
     A fresh ``FlagValues`` (a new one per call, so tests can parse often).
@@ -42,21 +52,57 @@ def make_flag_values() -> flags.FlagValues:
     >>> fv = make_flag_values()
     >>> _ = fv(["train.py", "--lr=0.1"]); fv.lr
     0.1
+    >>> "buffer_size" in make_flag_values("clnp")
+    False
   """
   fv = flags.FlagValues()
   defaults = RunConfig()
+  names = None
+  if method is not None:
+    names = set(config_lib.applying(RunConfig(method=method)))
   for field in config_lib.config_fields():
+    if names is not None and field.name not in names:
+      continue
     default = getattr(defaults, field.name)
     helptext = config_lib.field_help(field)
+    # The group stands where absl puts a flag's module: get_help lists the
+    # flags under it.
+    group = dict(flag_values=fv, module_name=flag_group(field.name))
     if field.type in ("bool", bool):
-      flags.DEFINE_boolean(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_boolean(field.name, default, helptext, **group)
     elif field.type in ("int", int):
-      flags.DEFINE_integer(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_integer(field.name, default, helptext, **group)
     elif field.type in ("float", float):
-      flags.DEFINE_float(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_float(field.name, default, helptext, **group)
     else:
-      flags.DEFINE_string(field.name, default, helptext, flag_values=fv)
+      flags.DEFINE_string(field.name, default, helptext, **group)
   return fv
+
+
+def flag_group(name: str) -> str:
+  """The ``--help`` heading of a flag: every method's, or the methods' that
+  read it (named by the settings class declaring it).
+
+  Args:
+    name: a :class:`RunConfig` field.
+
+  Returns:
+    The heading.
+
+  Example:
+    >>> flag_group("lr")
+    'All methods'
+    >>> flag_group("beta")
+    'DerppSettings, read by --method=derpp, sparcl_derpp, snip_derpp, rigl_derpp'
+  """
+  if name in config_lib.common_names():
+    # Capitalised to come first: absl lists the groups in sorted order.
+    return "All methods"
+  owner = next(cls for cls in RunConfig.__mro__[1:]
+               if name in settings_lib.declared_names(cls))
+  readers = [m for m in methods.names()
+             if issubclass(methods.get(m).settings, owner)]
+  return f"{owner.__name__}, read by --method={', '.join(readers)}"
 
 
 def _one_line(message: str) -> str:
@@ -65,6 +111,9 @@ def _one_line(message: str) -> str:
 
 def parse_config(argv: Sequence[str]) -> RunConfig:
   """Parses command-line arguments (flagfiles included) into a config.
+
+  Flags that do not apply to the chosen method are dropped (see
+  :func:`parse_args`, which also names them).
 
   Args:
     argv: ``sys.argv``-style list; ``argv[0]`` is the program name.
@@ -80,6 +129,32 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
     >>> parse_config(["train.py", "--workdir=/tmp/r"]).method
     'derpp'
   """
+  return parse_args(argv)[0]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[RunConfig, tuple[str, ...]]:
+  """The validated config, and the flags given that its method ignores.
+
+  A flag set on the command line or in a flagfile that the method does not
+  read is put back at its default, so the run, its checks and its saved
+  ``config`` are those of a run without it.
+
+  Args:
+    argv: ``sys.argv``-style list; ``argv[0]`` is the program name.
+
+  Returns:
+    ``(config, ignored)``: ``ignored`` names the dropped flags, in
+    :class:`RunConfig`'s order.
+
+  Raises:
+    ConfigError: as :func:`parse_config`.
+
+  Example:
+    >>> config, ignored = parse_args(["train.py", "--workdir=/tmp/r",
+    ...                               "--method=clnp", "--buffer_size=500"])
+    >>> ignored, config.buffer_size
+    (('buffer_size',), 200)
+  """
   fv = make_flag_values()
   try:
     rest = fv(list(argv))
@@ -93,7 +168,22 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
     raise ConfigError(f"unexpected argument(s) {' '.join(rest[1:])!r}; flags "
                       "look like --name=value.")
   values = {f.name: fv[f.name].value for f in config_lib.config_fields()}
-  return config_lib.validate(RunConfig(**values))
+  config = RunConfig(**values)
+  ignored = config_lib.not_applying(
+      config, [name for name in values if fv[name].present])
+  return config_lib.validate(config_lib.without(config, ignored)), ignored
+
+
+def ignored_warning(method: str, names: Sequence[str]) -> str:
+  """The one warning line naming the flags a method ignores.
+
+  Example:
+    >>> ignored_warning("clnp", ["buffer_size", "alpha"])
+    'warning: --buffer_size, --alpha do not apply to --method=clnp; ignored.'
+  """
+  verb = "does" if len(names) == 1 else "do"
+  listed = ", ".join(f"--{name}" for name in names)
+  return f"warning: {listed} {verb} not apply to --method={method}; ignored."
 
 
 def _flagfile_names(args: Sequence[str]) -> list[str]:
@@ -219,10 +309,14 @@ def _lost_peer(err: BaseException) -> Optional[str]:
   return None if module is None else module.lost_peer(err)
 
 
-def _help_text() -> str:
-  fv = make_flag_values()
+def _help_text(method: Optional[str] = None) -> str:
+  """``--help``: every flag, under its group; or one method's flags."""
+  fv = make_flag_values(method)
+  which = (f"the flags of --method={method}" if method else
+           "every flag, grouped by the methods that read it; "
+           "--help_method=NAME lists one method's")
   return ("usage: python experiments/train.py --flagfile=CONFIG.cfg "
-          "[--flag=value ...]\n\n" + fv.get_help())
+          f"[--flag=value ...]\n\n{which}:\n" + fv.get_help())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -244,11 +338,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
     print(_help_text())
     return 0
+  for arg in argv[1:]:
+    if arg.startswith("--help_method="):
+      name = arg[len("--help_method="):]
+      if name not in methods.names():
+        print(f"{prog}: error: --help_method={name!r} is not known; choose "
+              f"one of: {', '.join(methods.names())}.", file=sys.stderr)
+        return EXIT_USAGE
+      print(_help_text(name))
+      return 0
   writers = []
   workdir = None
   finished = peer_lost = False
   try:
-    config = parse_config(argv)
+    config, ignored = parse_args(argv)
     # Imported late: --help and flag errors need none of the training code.
     from sparcl_jax.training import checkpoint, loop, outputs, run_state, sharding  # pylint: disable=import-outside-toplevel
     sharding.initialize_distributed(config.coordinator_address,
@@ -289,6 +392,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       from sparcl_jax.training import progress  # pylint: disable=import-outside-toplevel
       log_fn = _fan_out([log_fn, progress.ProgressLines(
           scenario.num_tasks, config.epochs, first_seed=config.seed)])
+    if ignored:
+      # Here, once the run's set-up has passed its checks: a refused run
+      # stays one line on stderr.
+      print(f"{prog}: {ignored_warning(config.method, ignored)}",
+            file=sys.stderr)
     with checkpoint.stop_on_signals(ckpt):
       results = loop.run(config, scenario=scenario, log_fn=log_fn,
                          checkpoints=ckpt, start_time=start_time)
@@ -361,15 +469,16 @@ class _Lazy:
 def _write_outputs(outputs, rundir: str, config: RunConfig,
                    results: dict) -> None:
   """results.json and the plots."""
+  from sparcl_jax.training import plots  # pylint: disable=import-outside-toplevel
   outputs.write_results(rundir, results)
   title = f"{config.method} on {results['scenario']['name']}"
-  outputs.plot_acc_matrix(rundir, results["acc_matrix"]["class_il"],
-                          results["acc_matrix"]["task_il"], title)
+  plots.plot_acc_matrix(rundir, results["acc_matrix"]["class_il"],
+                        results["acc_matrix"]["task_il"], title)
   if "masks" in results.get("sparsity", {}):
-    outputs.plot_sparsity(rundir, results["sparsity"]["masks"]["layers"],
-                          title)
+    plots.plot_sparsity(rundir, results["sparsity"]["masks"]["layers"],
+                        title)
   if "data_kept_per_epoch" in results:
-    outputs.plot_data_kept(rundir, results["data_kept_per_epoch"], title)
+    plots.plot_data_kept(rundir, results["data_kept_per_epoch"], title)
   if "capacity_plot_data" in results:
     from sparcl_jax.training import capacity_plot  # pylint: disable=import-outside-toplevel
     capacity_plot.plot_capacity(rundir, results)

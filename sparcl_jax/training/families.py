@@ -30,6 +30,7 @@ from sparcl_jax import rehearsal
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.methods import rehearsal_hooks
 from sparcl_jax.methods import task_level
+from sparcl_jax.models import registry
 from sparcl_jax.training import run_state
 from sparcl_jax.training.steps import TrainState
 
@@ -173,10 +174,12 @@ class TaskLevelFamily(RehearsalFamily):
 
   def check(self, trainer) -> None:
     config = trainer.config
-    if config.model not in ("mlp", "zenke_cnn"):
-      raise ConfigError(f"--method={config.method} runs --model=mlp or "
-                        f"zenke_cnn (models without batch norm), not "
-                        f"{config.model!r}.")
+    if registry.get(config.model).batch_norm:
+      without = [n for n in registry.names()
+                 if not registry.get(n).batch_norm]
+      raise ConfigError(f"--method={config.method} runs --model="
+                        f"{' or '.join(without)} (models without batch "
+                        f"norm), not {config.model!r}.")
     for scenario in trainer.scenarios:
       min_task = min(len(t.train_indices) for t in scenario.tasks)
       if config.batch_size > min_task:

@@ -87,7 +87,9 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
       scenarios = [scenario or run_state.build_scenario(config)]
     else:
       scenarios = seed_axis.build_scenarios(config, scenario)
-    if checkpoints is not None and checkpoints.data is None:
+    # Only a single seed's run saves checkpoints.
+    if (config.num_seeds == 1 and checkpoints is not None and
+        checkpoints.data is None):
       checkpoints.data = resume_checks.data_fingerprint(scenarios[0],
                                                          config.data_dir)
     reason = seed_axis.sequential_reason(config, scenarios)

@@ -2,12 +2,12 @@
 
 Layout: ``config`` (the resolved flags, itself a flagfile), ``results.json``,
 ``metrics.jsonl`` (one JSON object per epoch and per evaluation),
-``checkpoints/``, ``tensorboard/`` and the plots (``acc_matrix.png``...).
-Files are written to a temporary name and renamed, so an interrupted write
-never leaves half a results file; they get the modes of the user's umask
-(0644 under the usual 022), as plainly created files do. A work directory
-whose path leaves no room below the system's path limit for the run's own
-files is refused up front.
+``checkpoints/``, ``tensorboard/`` and the plots (``acc_matrix.png``...,
+drawn by :mod:`sparcl_jax.training.plots`). Files are written to a temporary
+name and renamed, so an interrupted write never leaves half a results file;
+they get the modes of the user's umask (0644 under the usual 022), as
+plainly created files do. A work directory whose path leaves no room below
+the system's path limit for the run's own files is refused up front.
 
 Safety of a work directory (:func:`prepare_workdir`):
 
@@ -41,7 +41,7 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -50,7 +50,6 @@ from sparcl_jax.errors import ConfigError
 RESULTS = "results.json"
 CONFIG = "config"
 METRICS_LOG = "metrics.jsonl"
-HEATMAP = "acc_matrix.png"
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 STAGING = ".overwrite"
@@ -58,7 +57,8 @@ REPLACED = ".replaced"
 MANIFEST = ".manifest"
 # Every name a run may write in its work directory: what an --overwrite run
 # replaces (names it does not write itself are removed).
-RUN_OUTPUTS = (RESULTS, CONFIG, METRICS_LOG, CHECKPOINTS, HEATMAP,
+# The plots are drawn by the plots and capacity_plot modules.
+RUN_OUTPUTS = (RESULTS, CONFIG, METRICS_LOG, CHECKPOINTS, "acc_matrix.png",
                "sparsity.png", "data_kept.png", "capacity.png", "tensorboard")
 
 
@@ -387,45 +387,6 @@ class MetricsLog:
       f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def plot_acc_matrix(workdir: str, class_il: Sequence[Sequence[float]],
-                    task_il: Sequence[Sequence[float]], title: str) -> str:
-  """Saves side-by-side heat maps of the Class-IL and Task-IL matrices.
-
-  Args:
-    workdir: directory for ``acc_matrix.png``.
-    class_il: R[i][j] in percent.
-    task_il: R[i][j] in percent.
-    title: figure title.
-
-  Returns:
-    The PNG's path.
-
-  Example:
-    >>> plot_acc_matrix("/tmp", [[90.0]], [[99.0]], "demo")  # doctest: +SKIP
-  """
-  plt = _pyplot()
-  mats = [np.asarray(class_il), np.asarray(task_il)]
-  n = mats[0].shape[0]
-  fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * n, 2 + 0.6 * n))
-  for ax, mat, name in zip(axes, mats, ("Class-IL", "Task-IL")):
-    ax.imshow(mat, vmin=0, vmax=100, cmap="viridis")
-    ax.set_title(name)
-    ax.set_xlabel("evaluated task j")
-    ax.set_ylabel("after training task i")
-    ax.set_xticks(range(n), [str(k + 1) for k in range(n)])
-    ax.set_yticks(range(n), [str(k + 1) for k in range(n)])
-    for i in range(n):
-      for j in range(n):
-        ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center",
-                color="white" if mat[i, j] < 60 else "black", fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
-  path = os.path.join(workdir, HEATMAP)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
 def summary_table(results: dict[str, Any]) -> str:
   """A plain-text table of a run's accuracies and summary metrics.
 
@@ -465,74 +426,3 @@ def summary_table(results: dict[str, Any]) -> str:
                f"{final['bwt_task_il']:.2f}")
   lines.append(f"wall time {results['wall_time_s']:.1f} s")
   return "\n".join(lines)
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
-def plot_sparsity(workdir: str, layers: dict[str, dict[str, Any]],
-                  title: str) -> str:
-  """Saves a bar chart of the final sparsity of every sparse layer.
-
-  Args:
-    workdir: directory for ``sparsity.png``.
-    layers: ``{path: {"sparsity": float, ...}}`` as in ``results.json``'s
-      ``sparsity.masks.layers``.
-    title: figure title.
-
-  Returns:
-    The PNG's path.
-
-  Example:
-    >>> plot_sparsity("/tmp", {"hidden_0/kernel": {"sparsity": 0.75}},
-    ...               "demo")  # doctest: +SKIP
-  """
-  plt = _pyplot()
-  names = list(layers)
-  values = [layers[n]["sparsity"] for n in names]
-  fig, ax = plt.subplots(figsize=(6, 1.5 + 0.3 * len(names)))
-  ax.barh(range(len(names)), values)
-  ax.set_yticks(range(len(names)), names, fontsize=7)
-  ax.set_xlim(0, 1)
-  ax.invert_yaxis()
-  ax.set_xlabel("sparsity (share of zero weights)")
-  ax.set_title(title)
-  fig.tight_layout()
-  path = os.path.join(workdir, "sparsity.png")
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
-def plot_data_kept(workdir: str, kept_per_epoch: Sequence[Sequence[int]],
-                   title: str) -> str:
-  """Saves the number of training examples used in every epoch of every task.
-
-  Args:
-    workdir: directory for ``data_kept.png``.
-    kept_per_epoch: ``[task][epoch]`` example counts (DDR shrinks them).
-    title: figure title.
-
-  Returns:
-    The PNG's path.
-
-  Example:
-    >>> plot_data_kept("/tmp", [[100, 90], [100, 90]], "demo")  # doctest: +SKIP
-  """
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 3))
-  for task, counts in enumerate(kept_per_epoch):
-    ax.plot(range(1, len(counts) + 1), counts, marker="o", label=f"task {task + 1}")
-  ax.set_xlabel("epoch in task")
-  ax.set_ylabel("training examples kept")
-  ax.set_title(title)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(workdir, "data_kept.png")
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path

@@ -40,7 +40,8 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
 
   Args:
     saved: the flags stored in the checkpoint.
-    current: this run's flags.
+    current: this run's flags (those that apply to its method,
+      ``config.to_dict``).
     directory: the checkpoint directory (for the message).
     free: flags allowed to differ.
     defaults: values of flags that did not exist when the checkpoint was
@@ -54,9 +55,12 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
     >>> check_config({"lr": 0.1}, {"lr": 0.1}, "/tmp/r/checkpoints")
   """
   if defaults is None:
-    defaults = config_lib.to_dict(config_lib.RunConfig())
+    defaults = {f.name: f.default for f in config_lib.config_fields()}
   saved = {**{n: defaults[n] for n in current if n in defaults}, **saved}
-  names = sorted((set(saved) | set(current)) - set(free))
+  # The flags that apply to this run (its method among them): a checkpoint
+  # of an older version also holds other methods' flags, which change
+  # nothing here.
+  names = sorted(set(current) - set(free))
   differ = [n for n in names if saved.get(n) != current.get(n)]
   if differ:
     shown = ", ".join(f"--{n}={saved.get(n)!r} there, {current.get(n)!r} here"

@@ -253,7 +253,8 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
     index, task = sharding_lib.constrain_batch(
         (ex_index[positions], ex_task[positions]), batch_sharding)
     x_raw, y = sharding_lib.constrain_batch(
-        pipeline.gather_batch(device_data, index, task, "train",
+        pipeline.gather_batch(device_data, index,
+                              hooks.gather_task(facts, task), "train",
                               inputs.permuted), batch_sharding)
     x = prepare(keys[1], x_raw)
     drawn = hooks.draw(

@@ -2,7 +2,7 @@
 
 ResNet-18 and the Zenke CNN run through the library's steps as ``train.py``
 runs them and, beside them, through a bare step of an independently written
-twin (:mod:`~sparcl_jax.benchmarks.convnets`), so the tables say what the
+twin (:mod:`~benchmarks.convnets`), so the tables say what the
 library's loops cost on top of the hardware's speed.
 """
 
@@ -12,10 +12,10 @@ import time
 
 import jax
 
-from sparcl_jax.benchmarks.chunks import build_train_chunk
-from sparcl_jax.benchmarks.harness import say, whole_epoch
-from sparcl_jax.benchmarks.inputs import make_config, random_scenario
-from sparcl_jax.benchmarks.variants import benchmark_steps
+from benchmarks.chunks import build_train_chunk
+from benchmarks.harness import say, whole_epoch
+from benchmarks.inputs import make_config, random_scenario
+from benchmarks.variants import benchmark_steps
 
 RESNET_METHODS = ("bare_sgd", "sgd", "sgd_jax_conv_gradients", "bare_derpp",
                   "derpp", "sparcl_derpp")
@@ -28,7 +28,7 @@ def conv_steps(quick: bool, matmul_n: int, repeats: int = 0) -> dict:
   Every library step runs as ``train.py`` runs it (``make_train_chunk`` or
   the task-level runner's train function, chunks of ``steps_per_call``
   steps, augmentation on, gathering from device-resident uint8 images); each
-  bare step is :func:`~sparcl_jax.benchmarks.reference.build_bare_step` on
+  bare step is :func:`~benchmarks.reference.build_bare_step` on
   the same batch shapes. ``sgd_jax_conv_gradients`` is the fine-tuning step
   with JAX's own conv gradients (``--conv_gradients=jax``), the library's
   step before ``conv_with_canonical_gradients``. DER++ and SparCL-DER++ are
@@ -43,7 +43,7 @@ def conv_steps(quick: bool, matmul_n: int, repeats: int = 0) -> dict:
 
   Returns:
     ``{'resnet18_nf20': {...}, 'zenke_cnn': {...}}`` as
-    :func:`~sparcl_jax.benchmarks.variants.benchmark_steps` returns, with
+    :func:`~benchmarks.variants.benchmark_steps` returns, with
     ``ratio_to_bare`` on the library steps and ``input_shape``.
 
   Example:

@@ -1,7 +1,7 @@
 """The library's train chunks, set up the way its runners set them up.
 
 This is the one benchmark module that assembles the training package's
-pieces by hand (``loop.run`` and the task-level runner do it inside a whole
+pieces by hand (``loop.run`` does it inside a whole
 run), so that a single chunk of steps can be called and timed repeatedly at
 a chosen task and epoch.
 """
@@ -18,17 +18,17 @@ from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib
 from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax import rehearsal
-from sparcl_jax.benchmarks.harness import StepBench, first_call
+from benchmarks.harness import StepBench, first_call
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.models import registry
 from sparcl_jax.sparse.tdm import tdm_masks
-from sparcl_jax.training import clnp_runner
-from sparcl_jax.training import loop
+from sparcl_jax.methods import rehearsal_hooks
+from sparcl_jax.methods import task_level
+from sparcl_jax.training import families
 from sparcl_jax.training import optimizers
 from sparcl_jax.training import run_state
 from sparcl_jax.training import steps
-from sparcl_jax.training import task_level_steps
 from sparcl_jax.training import tasks
 from sparcl_jax.training.config import RunConfig
 
@@ -53,7 +53,7 @@ def model_and_variables(config: RunConfig, scenario: Scenario
     norm and ``'sparsity'`` for a grouped model.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> _, variables = model_and_variables(
     ...     make_config('sparcl_derpp', hidden_sizes='8', sparsity=0.5,
     ...                 mask_structure='grouped', mask_group=4),
@@ -91,7 +91,7 @@ def model_and_params(config: RunConfig, scenario: Scenario
     batch norm.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> _, params, stats = model_and_params(
     ...     make_config('sgd', hidden_sizes='8'), random_scenario((4, 4, 1), 8))
     >>> len(jax.tree.leaves(params)), stats
@@ -118,7 +118,7 @@ def model_macs(model, params: PyTree, batch_stats: PyTree,
     MACs per example.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> data = random_scenario((4, 4, 1), 8)
     >>> model_macs(*model_and_params(make_config('sgd', hidden_sizes='8'),
     ...                              data), data)  # 16 * 8 + 8 * 10
@@ -150,7 +150,7 @@ def dense_model_macs(config: RunConfig, scenario: Scenario, model,
     Dense forward MACs per example.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> data = random_scenario((4, 4, 1), 8)
     >>> cfg = make_config('sparcl_derpp', hidden_sizes='8', sparsity=0.5,
     ...                   mask_structure='grouped', mask_group=4)
@@ -158,18 +158,20 @@ def dense_model_macs(config: RunConfig, scenario: Scenario, model,
     >>> dense_model_macs(cfg, data, model, v['params'], {}, v['sparsity'])
     208
   """
-  return flops_lib.forward_macs(loop.run_layer_macs(
+  return flops_lib.forward_macs(run_state.run_layer_macs(
       config, scenario, model, params, batch_stats, kept_rows,
       tasks.input_spec(scenario)))
 
 
 def _task_setup(scenario: Scenario, task_id: int):
-  """Padded index arrays and the class mask of one task, as the runners do."""
+  """Padded index arrays and the class masks of one task (its own, and
+  every task's so far), as the loop builds them."""
   arrays = tasks.TaskArrays(scenario, False)
   index, owner, usable = arrays.train(task_id)
-  task_mask = jnp.asarray(np.isin(np.arange(scenario.num_outputs),
-                                  scenario.tasks[task_id].classes))
-  return arrays, index, owner, usable, task_mask
+  class_masks = tasks.class_masks(scenario)
+  task_mask = jnp.asarray(class_masks[task_id])
+  seen_mask = jnp.asarray(class_masks[:task_id + 1].any(0))
+  return arrays, index, owner, usable, task_mask, seen_mask
 
 
 def build_train_chunk(config: RunConfig, scenario: Scenario,
@@ -196,10 +198,10 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
     epoch: epoch within the task.
 
   Returns:
-    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The :class:`~benchmarks.harness.StepBench`.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> bench = build_train_chunk(
     ...     make_config('derpp', hidden_sizes='8', batch_size=8,
     ...                 minibatch_size=8, buffer_size=16, steps_per_call=2),
@@ -215,18 +217,19 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
   # so there is no mask to apply.
   kept_rows = variables.get("sparsity") if config.grouped else None
   spec = tasks.input_spec(scenario)
-  method = loop.method_spec(config)
+  hooks = rehearsal_hooks.make_hooks(config)
   k = config.steps_per_call
   b = config.batch_size
   tx = optimizers.make_optimizer(config, kept_rows=kept_rows)
   opt_state = tx.init(params)
   if config.is_sparse and not config.grouped:
     params = masks_lib.apply_mask(params, tdm_masks(opt_state))
-  arrays, index, owner, usable, task_mask = _task_setup(scenario, task_id)
+  arrays, index, owner, usable, task_mask, seen_mask = _task_setup(
+      scenario, task_id)
   if int(usable.sum()) < steps_per_epoch * b:
     raise ValueError("scenario too small for steps_per_epoch")
   buffer = None
-  if method.replay:
+  if hooks.spec.replay:
     buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
                                    scenario.num_outputs)
     # A full buffer, as after the first task.
@@ -237,20 +240,22 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
     buffer = buffer._replace(
         inputs=x0, labels=y0, num_seen=jnp.int32(config.buffer_size * 10))
   ddr = None
-  if method.track_forgetting:
+  if hooks.spec.track_forgetting:
     ddr = ddr_lib.ddr_init(arrays.train_len)._replace(
         kept=jnp.asarray(usable))
-  state = steps.TrainState(params, batch_stats, opt_state, buffer, ddr,
+  state = steps.TrainState(params, batch_stats, opt_state,
+                           rehearsal_hooks.ReplayState(buffer, ddr),
                            jax.random.key(3))
-  chunk = steps.make_train_chunk(model, tx, method, spec, b, k,
-                                 buffer_ops=rehearsal, ddr_ops=ddr_lib,
+  chunk = steps.make_train_chunk(model, tx, hooks, spec, b, k,
                                  mask_events=optimizers.mask_events(config))
   data = (pipeline.to_device(scenario), jnp.asarray(index),
           jnp.asarray(owner))
-  order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))
+  order, _ = jax.jit(pipeline.epoch_order)(jax.random.key(4),
+                                           jnp.asarray(usable))
   facts = [steps.StepFacts(jnp.int32(task_id), jnp.int32(epoch),
                            jnp.int32(s), jnp.int32(steps_per_epoch),
-                           task_mask) for s in range(0, steps_per_epoch, k)]
+                           task_mask, seen_mask)
+           for s in range(0, steps_per_epoch, k)]
   call = lambda rep: chunk(state, data, order, facts[rep % len(facts)])
   compile_s, compiles = first_call(lambda: call(0))
   examples = b + (config.method_object.replay_batches *
@@ -278,7 +283,7 @@ def build_clnp_chunk(config: RunConfig, scenario: Scenario,
     task_id: task trained.
 
   Returns:
-    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The :class:`~benchmarks.harness.StepBench`.
 
   Example:
     >>> bench = build_clnp_chunk(make_config('clnp'), scenario, 60)
@@ -286,24 +291,28 @@ def build_clnp_chunk(config: RunConfig, scenario: Scenario,
   """
   model, params, _ = model_and_params(config, scenario)
   spec = tasks.input_spec(scenario)
-  tx = clnp_runner.make_optimizer(config, config.epochs * steps_per_epoch)
+  tx = families.make_task_optimizer(config,
+                                    config.epochs * steps_per_epoch)
   k = config.steps_per_call
   b = config.batch_size
-  train = task_level_steps.make_train_function(model, tx, config, spec, b, k)
-  _, index, _, usable, task_mask = _task_setup(scenario, task_id)
-  state = task_level_steps.RunState(params, tx.init(params), None,
-                                    jax.random.key(3))
-  data = (pipeline.to_device(scenario), jnp.asarray(index))
-  order, _ = steps.make_epoch_order()(jax.random.key(4), jnp.asarray(usable))
-  facts = [task_level_steps.ChunkFacts(jnp.int32(task_id), jnp.int32(s),
-                                       jnp.int32(steps_per_epoch), task_mask)
+  hooks = task_level.make_hooks(config)
+  train = steps.make_train_chunk(model, tx, hooks, spec, b, k)
+  _, index, owner, usable, task_mask, seen_mask = _task_setup(scenario,
+                                                              task_id)
+  state = steps.TrainState(params, {}, tx.init(params),
+                           hooks.init_state(params), jax.random.key(3))
+  data = (pipeline.to_device(scenario), jnp.asarray(index),
+          jnp.asarray(owner))
+  order, _ = jax.jit(pipeline.epoch_order)(jax.random.key(4),
+                                           jnp.asarray(usable))
+  facts = [steps.StepFacts(jnp.int32(task_id), jnp.int32(0), jnp.int32(s),
+                           jnp.int32(steps_per_epoch), task_mask, seen_mask)
            for s in range(0, steps_per_epoch, k)]
   call = lambda rep: train(state, data, order, facts[rep % len(facts)])
   compile_s, compiles = first_call(lambda: call(0))
   return StepBench(call, k, b, model_macs(model, params, {}, scenario),
                    compile_s, compiles,
-                   f"task_level_steps.make_train_function "
-                   f"({config.method})")
+                   f"steps.make_train_chunk ({config.method})")
 
 
 class EpochChunk(NamedTuple):
@@ -315,6 +324,7 @@ class EpochChunk(NamedTuple):
     data: its device data.
     usable: the task's usable positions (device), for the epoch order.
     task_mask: the task's class mask.
+    seen_mask: the class mask of every task so far.
     steps_per_call: steps fused in one call.
     num_steps: steps of one full epoch.
   """
@@ -324,6 +334,7 @@ class EpochChunk(NamedTuple):
   data: tuple
   usable: jax.Array
   task_mask: jax.Array
+  seen_mask: jax.Array
   steps_per_call: int
   num_steps: int
 
@@ -341,7 +352,7 @@ def epoch_chunk(config: RunConfig, scenario: Scenario,
     The :class:`EpochChunk`.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> parts = epoch_chunk(make_config('sgd', hidden_sizes='8',
     ...                                 batch_size=8, minibatch_size=8),
     ...                     random_scenario((4, 4, 1), 32), 1)
@@ -351,14 +362,16 @@ def epoch_chunk(config: RunConfig, scenario: Scenario,
   model, params, batch_stats = model_and_params(config, scenario)
   tx = optimizers.make_optimizer(config)
   b = config.batch_size
-  _, index, owner, usable, task_mask = _task_setup(scenario, task_id)
+  _, index, owner, usable, task_mask, seen_mask = _task_setup(scenario,
+                                                              task_id)
   num_steps = int(usable.sum()) // b
   k = min(config.steps_per_call, num_steps)
-  chunk = steps.make_train_chunk(model, tx, loop.method_spec(config),
+  hooks = rehearsal_hooks.make_hooks(config)
+  chunk = steps.make_train_chunk(model, tx, hooks,
                                  tasks.input_spec(scenario), b, k)
   data = (pipeline.to_device(scenario), jnp.asarray(index),
           jnp.asarray(owner))
-  state = steps.TrainState(params, batch_stats, tx.init(params), None, None,
-                           jax.random.key(0))
-  return EpochChunk(chunk, state, data, jnp.asarray(usable), task_mask, k,
-                    num_steps)
+  state = steps.TrainState(params, batch_stats, tx.init(params),
+                           hooks.init_state(params), jax.random.key(0))
+  return EpochChunk(chunk, state, data, jnp.asarray(usable), task_mask,
+                    seen_mask, k, num_steps)

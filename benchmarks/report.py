@@ -11,7 +11,7 @@ def format_table(results: dict) -> str:
   """The human-readable summary printed after a full or ``--quick`` run.
 
   Args:
-    results: the dict of :func:`~sparcl_jax.benchmarks.suite.run_benchmark`.
+    results: the dict of :func:`~benchmarks.suite.run_benchmark`.
 
   Returns:
     The table as text.
@@ -74,7 +74,7 @@ def format_conv_table(conv: dict) -> list[str]:
   """Lines of the conv-model table: each step against its bare step.
 
   Args:
-    conv: the dict of :func:`~sparcl_jax.benchmarks.conv.conv_steps`.
+    conv: the dict of :func:`~benchmarks.conv.conv_steps`.
 
   Returns:
     The lines (empty without conv results).
@@ -112,7 +112,7 @@ def paired_ratio_lines(variants: dict, indent: str) -> list[str]:
 
   Args:
     variants: one model's results of
-      :func:`~sparcl_jax.benchmarks.variants.benchmark_steps`.
+      :func:`~benchmarks.variants.benchmark_steps`.
     indent: prefix of each line.
 
   Returns:
@@ -127,7 +127,7 @@ def paired_ratio_lines(variants: dict, indent: str) -> list[str]:
 
 
 def format_conv_epochs(epochs: dict) -> str:
-  """The line of :func:`~sparcl_jax.benchmarks.conv.conv_epochs`' results.
+  """The line of :func:`~benchmarks.conv.conv_epochs`' results.
 
   Args:
     epochs: its dict.
@@ -147,7 +147,7 @@ def format_conv_epochs(epochs: dict) -> str:
 
 
 def format_train_py(r: dict) -> str:
-  """The line of :func:`~sparcl_jax.benchmarks.runs.train_py_against_bare`.
+  """The line of :func:`~benchmarks.runs.train_py_against_bare`.
 
   Args:
     r: its dict.
@@ -184,7 +184,7 @@ def format_structured_steps(results: dict) -> str:
 
   Args:
     results: the dict of
-      :func:`~sparcl_jax.benchmarks.structured.structured_steps`.
+      :func:`~benchmarks.structured.structured_steps`.
 
   Returns:
     The table as text: per batch size and variant, the median ms per step,
@@ -231,7 +231,7 @@ def format_structured_train_times(results: dict) -> str:
 
   Args:
     results: the dict of
-      :func:`~sparcl_jax.benchmarks.structured.structured_train_times`.
+      :func:`~benchmarks.structured.structured_train_times`.
 
   Returns:
     The table as text: per run, training time (compilation and evaluation

@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparcl_jax.benchmarks import chunks
-from sparcl_jax.benchmarks.harness import (CompileCounter, say, summarize,
-                                           time_interleaved)
-from sparcl_jax.benchmarks.inputs import (digits_scenario, make_config,
-                                          random_scenario)
-from sparcl_jax.benchmarks.reference import build_bare_step, build_plain_step
+from benchmarks import chunks
+from benchmarks.harness import (CompileCounter, say, summarize,
+                                time_interleaved)
+from benchmarks.inputs import (digits_scenario, make_config,
+                               random_scenario)
+from benchmarks.reference import build_bare_step, build_plain_step
+from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.training import config as config_lib
@@ -54,7 +55,7 @@ def epoch_throughput(config: RunConfig, scenario: Scenario,
   """
   parts = chunks.epoch_chunk(config, scenario, 1)
   b, k, num_steps = config.batch_size, parts.steps_per_call, parts.num_steps
-  epoch_order = steps.make_epoch_order()
+  epoch_order = jax.jit(pipeline.epoch_order)
 
   def one_epoch(rep):
     state = parts.state
@@ -62,7 +63,7 @@ def epoch_throughput(config: RunConfig, scenario: Scenario,
     n = int(count) // b
     for first in range(0, n, k):
       facts = steps.StepFacts(jnp.int32(1), jnp.int32(0), jnp.int32(first),
-                              jnp.int32(n), parts.task_mask)
+                              jnp.int32(n), parts.task_mask, parts.seen_mask)
       state, _ = parts.chunk(state, parts.data, order, facts)
     return state.params
 
@@ -193,7 +194,7 @@ def train_py_against_bare(data_dir: str, workdir: str,
   --nf=20 --method=sgd --batch_size=32`` (one epoch per task, 5 tasks) and
   reads its per-step time from ``results.json`` (``ms_per_step``: training
   and evaluation per train step, compilation excluded). The bare jitted step
-  of :mod:`~sparcl_jax.benchmarks.convnets`' ResNet-18 on 28x28x1 batches
+  of :mod:`~benchmarks.convnets`' ResNet-18 on 28x28x1 batches
   of 32 is timed in the same process just before and just after the run.
 
   Args:

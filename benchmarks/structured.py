@@ -20,10 +20,10 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-from sparcl_jax.benchmarks import chunks
-from sparcl_jax.benchmarks.harness import (say, summarize, time_interleaved,
-                                           whole_epoch)
-from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+from benchmarks import chunks
+from benchmarks.harness import (say, summarize, time_interleaved,
+                                whole_epoch)
+from benchmarks.inputs import make_config, random_scenario
 
 # Training examples of one Split MNIST task (60000 over 5 tasks): the default
 # simulated epoch is as long as a real one, so SparCL's once-per-epoch
@@ -76,12 +76,12 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
   """Per-step time of dense, unstructured and structured DER++ chunks.
 
   For each batch size, every variant is the library's train chunk
-  (:func:`~sparcl_jax.benchmarks.chunks.build_train_chunk`) of task
+  (:func:`~benchmarks.chunks.build_train_chunk`) of task
   ``task_id`` at epoch ``epoch`` (replay on, a full buffer), on random data
   of ``image_shape``: dense DER++, then structured SparCL-DER++ (grouped,
   blocks of ``mask_group`` outputs) and unstructured SparCL-DER++ at each
   sparsity, with the SparCL schedule of
-  :func:`~sparcl_jax.benchmarks.inputs.make_config`. Each timed sample is
+  :func:`~benchmarks.inputs.make_config`. Each timed sample is
   one whole simulated epoch (every chunk, as ``train.py`` calls them), so
   the drop-and-grow at its start and the DGM refreshes weigh in every
   sample; the variants of one batch size are timed round-robin in this
@@ -184,6 +184,9 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
 def repo_root() -> str:
   """The checkout holding ``experiments/`` (train.py and its configs).
 
+  The harness is a top-level package of the checkout, run from it and never
+  installed, so the checkout is the parent of this file's folder.
+
   Returns:
     Its absolute path.
 
@@ -191,8 +194,7 @@ def repo_root() -> str:
     >>> os.path.isfile(os.path.join(repo_root(), 'experiments', 'train.py'))
     True
   """
-  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return os.path.dirname(package)
+  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_runs(data_dir: str) -> list[tuple[str, list[str]]]:

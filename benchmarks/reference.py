@@ -4,7 +4,7 @@
 * a bare optax SGD step of the library's model (no gather, augmentation or
   continual-learning machinery): the cost of the step itself;
 * a bare jitted step of an independently written conv net
-  (:mod:`~sparcl_jax.benchmarks.convnets`): the speed of the hardware on
+  (:mod:`~benchmarks.convnets`): the speed of the hardware on
   the same architecture, with nothing of the library in it.
 """
 
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax.benchmarks import convnets
-from sparcl_jax.benchmarks.chunks import model_and_params, model_macs
-from sparcl_jax.benchmarks.harness import (StepBench, first_call,
-                                           time_interleaved)
+from benchmarks import convnets
+from benchmarks.chunks import model_and_params, model_macs
+from benchmarks.harness import (StepBench, first_call,
+                                time_interleaved)
 from sparcl_jax.data.types import Scenario
 from sparcl_jax import losses
 from sparcl_jax.training import steps
@@ -88,10 +88,10 @@ def build_plain_step(config: RunConfig, scenario: Scenario,
     num_steps: steps per call.
 
   Returns:
-    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The :class:`~benchmarks.harness.StepBench`.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> bench = build_plain_step(make_config('sgd', hidden_sizes='8'),
     ...                          random_scenario((4, 4, 1), 8), 3)
     >>> bench.steps, bench.macs_per_example  # 16 * 8 + 8 * 10
@@ -141,7 +141,7 @@ def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
                     num_steps: int) -> StepBench:
   """A bare jitted step of an independently written conv net.
 
-  The model comes from :mod:`~sparcl_jax.benchmarks.convnets` (plain JAX,
+  The model comes from :mod:`~benchmarks.convnets` (plain JAX,
   no Flax, none of the library's code); each train step is one ``jax.jit``
   call from Python on pre-made normalised device batches, so XLA sees every
   convolution at the top level and Python dispatch runs ahead
@@ -159,7 +159,7 @@ def build_bare_step(kind: str, config: RunConfig, scenario: Scenario,
     num_steps: steps per call.
 
   Returns:
-    The :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The :class:`~benchmarks.harness.StepBench`.
 
   Example:
     >>> bench = build_bare_step('sgd', make_config('sgd', model='resnet18'),

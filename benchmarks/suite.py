@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from sparcl_jax.benchmarks import conv
-from sparcl_jax.benchmarks import mlp
-from sparcl_jax.benchmarks import runs
-from sparcl_jax.benchmarks.harness import say
-from sparcl_jax.benchmarks.inputs import make_config, random_scenario
-from sparcl_jax.benchmarks.machine import environment, memory_report
-from sparcl_jax.benchmarks.reference import matmul_flops_per_s
+from benchmarks import conv
+from benchmarks import mlp
+from benchmarks import runs
+from benchmarks.harness import say
+from benchmarks.inputs import make_config, random_scenario
+from benchmarks.machine import environment, memory_report
+from benchmarks.reference import matmul_flops_per_s
 
 
 def run_benchmark(quick: bool, savings: bool = False,

@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from sparcl_jax.benchmarks import chunks
-from sparcl_jax.benchmarks.harness import say, time_interleaved
-from sparcl_jax.benchmarks.inputs import make_config, random_scenario
-from sparcl_jax.benchmarks.variants import STEP_METHODS, benchmark_steps
+from benchmarks import chunks
+from benchmarks.harness import say, time_interleaved
+from benchmarks.inputs import make_config, random_scenario
+from benchmarks.variants import STEP_METHODS, benchmark_steps
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training.config import RunConfig
@@ -38,7 +38,7 @@ def mlp_steps(data: Scenario, quick: bool, peak_flops: float,
 
   Returns:
     ``{'mlp_784_2000_2000': ..., 'mlp_784_2000_2000_batch256': ...}``, each
-    as :func:`~sparcl_jax.benchmarks.variants.benchmark_steps` returns.
+    as :func:`~benchmarks.variants.benchmark_steps` returns.
 
   Example:
     >>> mlp_steps(mlp_data(True), True, 1e11, 1024)  # doctest: +SKIP

@@ -67,7 +67,8 @@ def digits_scenario(num_tasks: int) -> Scenario:
     2
   """
   from sparcl_jax.data import sources  # pylint: disable=import-outside-toplevel
-  return scenarios.split_scenario(sources.load_digits(0), 10 // num_tasks)
+  digits = sources.load_dataset("digits", "embedded", None)
+  return scenarios.split_scenario(digits, 10 // num_tasks)
 
 
 def make_config(method: str, model: str = "mlp", **changes) -> RunConfig:

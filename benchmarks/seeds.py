@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sparcl_jax.benchmarks.harness import say
+from benchmarks.harness import say
 
 # The run's own time keys (results.json) reported beside the wall time.
 _KEYS = ("wall_time_s", "train_time_s", "eval_time_s", "compile_time_s")

@@ -12,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from sparcl_jax.benchmarks import chunks
-from sparcl_jax.benchmarks import reference
-from sparcl_jax.benchmarks.harness import (StepBench, summarize,
-                                           time_interleaved, whole_epoch)
+from benchmarks import chunks
+from benchmarks import reference
+from benchmarks.harness import (StepBench, summarize,
+                                time_interleaved, whole_epoch)
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training.config import RunConfig
@@ -51,10 +51,10 @@ def build_step(name: str, config: RunConfig, scenario: Scenario,
     steps_per_epoch: steps of the simulated epoch.
 
   Returns:
-    The compiled :class:`~sparcl_jax.benchmarks.harness.StepBench`.
+    The compiled :class:`~benchmarks.harness.StepBench`.
 
   Example:
-    >>> from sparcl_jax.benchmarks.inputs import make_config, random_scenario
+    >>> from benchmarks.inputs import make_config, random_scenario
     >>> build_step('plain', make_config('sgd', hidden_sizes='8',
     ...                                 steps_per_call=2),
     ...            random_scenario((4, 4, 1), 8), 2).steps
@@ -90,7 +90,7 @@ def benchmark_steps(config: RunConfig, scenario: Scenario,
     config: model, batch and SparCL settings (method is overridden).
     scenario: the data.
     steps_per_epoch: steps of the simulated epoch (see
-      :func:`~sparcl_jax.benchmarks.chunks.build_train_chunk`); each timed
+      :func:`~benchmarks.chunks.build_train_chunk`); each timed
       sample of an ``EPOCH_METHODS`` variant runs a whole epoch of it, of the
       others one chunk.
     repeats: timed samples per variant (interleaved).
