@@ -16,13 +16,13 @@ import numpy as np
 
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax import rehearsal
 from benchmarks.harness import StepBench, first_call
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.models import registry
-from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.sparse.tdm import tdm_masks
 from sparcl_jax.methods import rehearsal_hooks
 from sparcl_jax.methods import task_level
 from sparcl_jax.training import families
@@ -186,7 +186,7 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
   is amortised as in a real epoch of ``steps_per_epoch`` steps.
 
   A grouped config (``--mask_structure=grouped``) runs the grouped model,
-  its kept rows owned by :func:`sparcl_jax.grouped_tdm.grouped_tdm`, as
+  its kept rows owned by :func:`sparcl_jax.sparse.grouped_tdm.grouped_tdm`, as
   ``loop.run`` does; its ``macs_per_example`` are the dense model's.
 
   Args:

@@ -74,7 +74,7 @@ def main():
   # are the masks' exact kept shares.
   tx = sc.tdm(optax.sgd(0.1), sparsity=0.75,
               sparse_filter=sc.filter_from_regex(r"(conv|fc)/kernel"),
-              gradient_masking=sc.dgm(0.8))
+              dgm=sc.DGMSpec(0.8))
   state = tx.init(params)
   masks = sc.tdm_masks(state)
   weight_sparsity = {path: 1.0 - float(mask.mean())

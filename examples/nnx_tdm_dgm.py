@@ -1,8 +1,8 @@
 """Recipe: SparCL's TDM and DGM in your own Flax NNX model and nnx.Optimizer.
 
 A user's NNX CNN (layers named ``conv``, ``fc`` and ``out``) trained on two
-tasks of small synthetic images with ``sc.tdm`` wrapping SGD and ``sc.dgm``
-nested in it, through an ``nnx.Optimizer``. The default sparse filter knows
+tasks of small synthetic images with ``sc.tdm`` wrapping SGD and DGM run
+inside it (``dgm=sc.DGMSpec(...)``), through an ``nnx.Optimizer``. The default sparse filter knows
 only the library's own layer names (it would select nothing here, and
 ``tdm`` would say so); the recipe names its layers with
 ``sc.filter_from_regex``. It asserts, after every step:
@@ -76,7 +76,7 @@ def main():
   model = UsersCNN(nnx.Rngs(0))
   tx = sc.tdm(optax.sgd(0.05), sparsity=SPARSITY, schedule=SCHEDULE,
               sparse_filter=sc.filter_from_regex(r"(conv|fc)/kernel$"),
-              gradient_masking=sc.dgm(0.9, refresh_interval=2))
+              dgm=sc.DGMSpec(0.9, refresh_interval=2))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   # A sparse first forward pass: the initial masks applied to the model.
   nnx.update(model, sc.apply_mask(nnx.state(model, nnx.Param),

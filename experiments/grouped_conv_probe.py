@@ -27,8 +27,9 @@ linear loss would let XLA skip it). Forms:
 * ``im2col_grouped``: finer structure, rows over the ``9 * C`` (tap, channel)
   features: the 9 shifted copies of the input are concatenated into patches
   ``[B, H, W, 9 * C]`` and multiplied by
-  :func:`sparcl_jax.grouped.grouped_matmul` with ``k = round(share * 9 C)``
-  kept features per block, values ``[groups, k, group]``.
+  :func:`sparcl_jax.sparse.grouped.grouped_matmul` with
+  ``k = round(share * 9 C)`` kept features per block, values
+  ``[groups, k, group]``.
 
 The kept structure (``rows``) is passed as a jit argument, as in training,
 where drop-and-grow changes it between steps. Before timing, each form's
@@ -55,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sparcl_jax import grouped
+from sparcl_jax.sparse import grouped
 
 SHAPES = ((32, 16, 16, 80), (32, 8, 8, 160), (32, 32, 32, 20))  # B, H, W, C
 SHARES = (0.25, 0.10, 0.05)

@@ -13,7 +13,7 @@ and 256) on XLA's CPU, interleaved, in four forms of its two hidden layers:
   as ``[groups, k, group]`` (the optimizer sees that pytree instead), as
   ``sc.GroupedSparseDense`` stores them.
 
-The grouped products are :func:`sparcl_jax.grouped.grouped_matmul`.
+The grouped products are :func:`sparcl_jax.sparse.grouped.grouped_matmul`.
 
 Usage: python experiments/grouped_sparsity_probe.py [--repeats 30]
 Prints ms per step (median of interleaved samples) and the ratio to dense.
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax import grouped
+from sparcl_jax.sparse import grouped
 
 WIDTHS = (784, 2000, 2000)
 

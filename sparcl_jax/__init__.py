@@ -2,8 +2,8 @@
 
 The public API is flat: ``import sparcl_jax as sc`` then ``sc.tdm``,
 ``sc.dgm``, ``sc.ddr_update``, ``sc.clnp_partition``, ``sc.reservoir_add``...
-Modules stay importable for the rest (``sparcl_jax.training``,
-``sparcl_jax.data``, ``sparcl_jax.models``).
+Modules stay importable for the rest (``sparcl_jax.sparse``,
+``sparcl_jax.training``, ``sparcl_jax.data``, ``sparcl_jax.models``).
 """
 
 from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
@@ -17,25 +17,26 @@ from sparcl_jax.clnp import (ClnpPartitionState, LayerSpec, NoFreeUnitsError,
                              single_head_gate, unit_activity)
 from sparcl_jax.ddr import (DDRSchedule, DDRState, ddr_init, ddr_order,
                             ddr_remove, ddr_reset, ddr_scores, ddr_update)
-from sparcl_jax.dgm import DGMState, dgm, dgm_masks
-from sparcl_jax.drop_grow import drop_and_grow_by_scores
+from sparcl_jax.sparse.dgm import DGMSpec, DGMState, dgm, dgm_masks
+from sparcl_jax.sparse.drop_grow import drop_and_grow, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError, DataError, SparclError
 from sparcl_jax.flops import (dense_train_flops, forward_macs, layer_macs,
                               train_flops)
-from sparcl_jax.mask_rules import (ScoreInputs, drop_score_names,
-                                   grow_score_names, register_drop_score,
-                                   register_grow_score)
-from sparcl_jax.grouped import (drop_and_grow_rows, grouped_matmul,
-                                initial_values, kept_membership,
-                                magnitude_rows, random_rows, row_mask)
-from sparcl_jax.grouped_tdm import (GroupedTDMState, dense_view,
-                                    grouped_layers, grouped_tdm,
-                                    sparsity_variables, tdm_rows)
-from sparcl_jax.masks import (apply_mask, bit_select, default_sparse_filter,
-                              drop_and_grow, erk_sparsities, filter_from_regex,
-                              magnitude_mask, scale_to_kept_fan_in,
-                              snip_mask, summarize_sparsity,
-                              uniform_sparsities)
+from sparcl_jax.sparse.rules import (ScoreInputs, drop_score_names,
+                                     grow_score_names, register_drop_score,
+                                     register_grow_score)
+from sparcl_jax.sparse.grouped import (drop_and_grow_rows, grouped_matmul,
+                                       initial_values, kept_membership,
+                                       magnitude_rows, random_rows, row_mask)
+from sparcl_jax.sparse.grouped_tdm import (GroupedTDMState, dense_view,
+                                           grouped_layers, grouped_tdm,
+                                           sparsity_variables, tdm_rows)
+from sparcl_jax.sparse.masks import (apply_mask, bit_select, magnitude_mask,
+                                     scale_to_kept_fan_in, snip_mask,
+                                     summarize_sparsity)
+from sparcl_jax.sparse.sparsity import (default_sparse_filter, erk_sparsities,
+                                        filter_from_regex, keep_count,
+                                        require_selection, uniform_sparsities)
 from sparcl_jax.metrics import (average_accuracy, average_forgetting,
                                 backward_transfer, forward_transfer, summarize)
 from sparcl_jax.models.conv import conv_with_canonical_gradients
@@ -48,10 +49,8 @@ from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
                                      si_penalty, squared_gradient_sum)
 from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,
                                   buffer_ready, buffer_sample, reservoir_add)
-from sparcl_jax.sparsity import keep_count
-from sparcl_jax.sparsity import require_selection
-from sparcl_jax.masking_check import check_masking
-from sparcl_jax.tdm import (MaskSchedule, TDMState, tdm,
-                            tdm_masks)
+from sparcl_jax.sparse.masking_check import check_masking
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks
 
 __version__ = "0.1.0"

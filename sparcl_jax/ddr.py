@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparcl_jax import masks as masks_lib
 from sparcl_jax.data import pipeline
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse.selection import rank_mask
 
 NEVER_LEARNED_SCORE = int(np.iinfo(np.int32).max)
 
@@ -214,7 +214,7 @@ def ddr_remove(state: DDRState, rng: jax.Array,
   candidate = state.kept & state.ever_correct
   count = jnp.minimum(jnp.asarray(remove_count, jnp.int32),
                       candidate.sum().astype(jnp.int32))
-  removed = masks_lib.rank_mask(
+  removed = rank_mask(
       [jnp.logical_not(candidate), ddr_scores(state),
        jax.random.bits(rng, candidate.shape, jnp.uint32)], count)
   return ddr_reset(state._replace(kept=state.kept & ~removed))

@@ -23,8 +23,8 @@ import jax
 import jax.extend as jex
 import numpy as np
 
-from sparcl_jax import masks as masks_lib
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.paths import path_to_str
 
 PyTree = Any
 
@@ -146,7 +146,7 @@ def layer_macs(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any,
     raise ConfigError(f'layer_macs: batch_size must be >= 1, got '
                       f'{batch_size}.')
   closed = jax.make_jaxpr(apply_fn)(params, *inputs)
-  paths = [masks_lib.path_to_str(kp) for kp, _ in
+  paths = [path_to_str(kp) for kp, _ in
            jax.tree_util.tree_flatten_with_path(params)[0]]
   # make_jaxpr flattens (params, *inputs) in order: params come first.
   param_vars = closed.jaxpr.invars[:len(paths)]

@@ -167,7 +167,7 @@ def test_structured_steps_time_every_variant_against_dense():
 
 def test_structured_chunk_trains_only_the_kept_weights():
   from benchmarks.chunks import build_train_chunk
-  from sparcl_jax.grouped_tdm import sparsity_variables
+  from sparcl_jax.sparse.grouped_tdm import sparsity_variables
   cfg = make_config("sparcl_derpp", hidden_sizes="40,40", batch_size=8,
                     minibatch_size=8, buffer_size=16, steps_per_call=2,
                     sparsity=0.75, mask_structure="grouped", mask_group=10)

@@ -1,4 +1,4 @@
-"""Tests for sparcl_jax.dgm (dynamic gradient masking)."""
+"""Tests for sparcl_jax.sparse.dgm (dynamic gradient masking)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import DGMState, dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse import sparsity
+from sparcl_jax.sparse.dgm import DGMSpec, DGMState, dgm, dgm_masks
 
 
 def _params():
@@ -32,6 +32,23 @@ def _grads(seed):
 def test_dgm_validation(kwargs, match):
   with pytest.raises(ConfigError, match=match):
     dgm(**kwargs)
+  with pytest.raises(ConfigError, match=match):
+    DGMSpec(**kwargs)
+
+
+def test_dgm_spec_stores_what_its_transform_uses():
+  spec = DGMSpec(np.float32(0.75), refresh_interval=np.int64(4))
+  assert (type(spec.gradient_sparsity), type(spec.refresh_interval)) == (
+      float, int)
+  # The spec's transform is dgm of the same arguments, step for step.
+  params = _params()
+  a, b = spec.transform(), dgm(0.75, refresh_interval=4)
+  sa, sb = a.init(params), b.init(params)
+  for k in range(5):
+    ua, sa = a.update(_grads(k), sa, params)
+    ub, sb = b.update(_grads(k), sb, params)
+    for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)):
+      np.testing.assert_array_equal(x, y)
 
 
 def test_dgm_refresh_exact_share_and_reuse():
@@ -53,7 +70,7 @@ def test_dgm_refresh_exact_share_and_reuse():
     gk = np.asarray(g['hidden_0']['kernel'])
     if k % 3 == 0:
       # Exactly round(0.2 * 300) = 60 entries kept: the largest |g * wm|.
-      assert mask.sum() == masks_lib.keep_count(300, 0.8) == 60
+      assert mask.sum() == sparsity.keep_count(300, 0.8) == 60
       assert np.all(mask <= wm)
       masked_abs = np.abs(np.where(wm, gk, 0))
       assert masked_abs[mask].min() >= masked_abs[~mask].max()
@@ -121,7 +138,7 @@ def test_dgm_as_one_group_of_multi_transform():
   grads = _grads(0)
   updates, state = tx.update(grads, state, params)
   kept = np.asarray(dgm_masks(state)['hidden_0']['kernel'])
-  assert kept.sum() == masks_lib.keep_count(300, 0.9) == 30
+  assert kept.sum() == sparsity.keep_count(300, 0.9) == 30
   g = np.abs(np.asarray(grads['hidden_0']['kernel']))
   assert g[kept].min() >= g[~kept].max()
   np.testing.assert_array_equal(

@@ -1,6 +1,6 @@
 """The fast paths give exactly the results of the plain ones.
 
-Covers the radix selection of ``masks.rank_mask`` (against a full
+Covers the radix selection of ``selection.rank_mask`` (against a full
 ``lax.sort``), TDM/DGM's ``mask_events``/``record_grads`` extra args, and
 the train chunk that picks update variants per step (against calling the
 optimizer as built on every step).
@@ -13,9 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, dgm_masks
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse import selection
+from sparcl_jax.sparse.dgm import DGMSpec, dgm, dgm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 from sparcl_jax.training import optimizers, steps
 from sparcl_jax.training.config import RunConfig, validate
 
@@ -23,7 +25,7 @@ from sparcl_jax.training.config import RunConfig, validate
 def _sorted_selection(sort_keys, count):
   """Reference: the first ``count`` positions of a stable multi-key sort."""
   n = sort_keys[0].size
-  operands = [masks_lib._ordinal(k).reshape(-1) for k in sort_keys]  # pylint: disable=protected-access
+  operands = [selection._ordinal(k).reshape(-1) for k in sort_keys]  # pylint: disable=protected-access
   operands.append(jnp.arange(n, dtype=jnp.int32))
   order = jax.lax.sort(operands, num_keys=len(operands))[-1]
   chosen = np.zeros(n, bool)
@@ -42,14 +44,14 @@ def _awkward_floats(rng, shape):
   return values
 
 
-# (130, 300) spans two whole histogram blocks of masks._BLOCK positions and
+# (130, 300) spans two whole histogram blocks of selection._BLOCK positions and
 # a partial one, so the blocked loop and its tail are both checked.
 @pytest.mark.parametrize("shape", [(13, 17), (130, 300)])
 @pytest.mark.parametrize("structure", ["float", "bool_float_bits", "int"])
 def test_rank_mask_equals_a_full_sort(structure, shape):
   rng = np.random.default_rng(7)
   n = shape[0] * shape[1]
-  assert shape == (13, 17) or n > 2 * masks_lib._BLOCK  # pylint: disable=protected-access
+  assert shape == (13, 17) or n > 2 * selection._BLOCK  # pylint: disable=protected-access
   if structure == "float":
     keys = [jnp.asarray(_awkward_floats(rng, shape))]
   elif structure == "bool_float_bits":
@@ -59,7 +61,7 @@ def test_rank_mask_equals_a_full_sort(structure, shape):
   else:
     keys = [jnp.asarray(rng.integers(-70000, 90000, size=shape), jnp.int32)]
   for count in (0, 1, 2, 57, 110, n // 2, n - 1, n, n + 3, -2):
-    got = np.asarray(masks_lib.rank_mask(keys, jnp.int32(count)))
+    got = np.asarray(selection.rank_mask(keys, jnp.int32(count)))
     assert got.sum() == min(max(count, 0), n)
     np.testing.assert_array_equal(got, _sorted_selection(keys, count))
 
@@ -71,7 +73,7 @@ def test_rank_mask_resolves_ties_in_the_last_digit_by_index():
   base = np.float32(1.0).view(np.uint32)
   bits = (base + np.array([5, 3, 3, 3, 9, 0, 3, 7], np.uint32)).view(
       np.float32)
-  got = masks_lib.rank_mask([jnp.asarray(bits)], 3)
+  got = selection.rank_mask([jnp.asarray(bits)], 3)
   np.testing.assert_array_equal(
       np.asarray(got), [False, True, True, False, False, True, False, False])
 
@@ -86,7 +88,7 @@ def test_tdm_flags_change_nothing_on_steps_without_events():
   params = _leaf_params(0)
   tx = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5,
            schedule=MaskSchedule(update_interval=1, epochs_per_task=4),
-           gradient_masking=dgm(0.7, refresh_interval=3))
+           dgm=DGMSpec(0.7, refresh_interval=3))
   state = tx.init(params)
   grads = _leaf_params(1)
   # Step 0 is an event (drop-and-grow and DGM refresh): the default path.

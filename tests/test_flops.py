@@ -11,9 +11,9 @@ import pytest
 
 import sparcl_jax as sc
 from sparcl_jax import flops
-from sparcl_jax import masks as masks_lib
-from sparcl_jax import sparsity
+from sparcl_jax import paths
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse import sparsity
 
 
 class _Block(nn.Module):
@@ -89,12 +89,12 @@ def test_resnet18_forward_macs_match_hand_count():
 def test_resnet18_masked_layers_hold_984_permille_of_weights():
   _, variables, _ = _resnet_shapes()
   params = variables['params']
-  sp = masks_lib.uniform_sparsities(params, masks_lib.default_sparse_filter,
+  sp = sparsity.uniform_sparsities(params, sparsity.default_sparse_filter,
                                     0.75)
-  by_path = masks_lib.sparsities_by_path(sp)
+  by_path = sparsity.sparsities_by_path(sp)
   assert len(by_path) == 16
   sizes = {p: int(np.prod(l.shape))
-           for p, l in masks_lib.flatten_with_paths(params)}
+           for p, l in paths.flatten_with_paths(params)}
   kernels = sum(n for p, n in sizes.items() if p.endswith('kernel'))
   # The spec's 98.4% counts conv and linear weights (kernels) only.
   share = sum(sizes[p] for p in by_path) / kernels

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from sparcl_jax import grouped
+from sparcl_jax.sparse import grouped
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.grouped_dense import (GroupedSparseDense,
                                              GroupedSparseLinear, KeptRows)

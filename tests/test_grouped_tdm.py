@@ -10,14 +10,14 @@ import optax
 import pytest
 
 from sparcl_jax import flops
-from sparcl_jax import grouped
+from sparcl_jax.sparse import grouped
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.grouped_tdm import (dense_view, grouped_layers, grouped_tdm,
+from sparcl_jax.sparse.grouped_tdm import (dense_view, grouped_layers, grouped_tdm,
                                     sparsity_variables, swap_counts, tdm_rows)
 from sparcl_jax.methods.sparse import grouped_gradient_sparsity
 from sparcl_jax.models.grouped_dense import GroupedSparseDense
 from sparcl_jax.models.mlp import MLP
-from sparcl_jax.tdm import MaskSchedule
+from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import optimizers

@@ -1,4 +1,4 @@
-"""Tests for sparcl_jax.mask_rules and tdm's drop_score/grow_score."""
+"""Tests for sparcl_jax.sparse.rules and tdm's drop_score/grow_score."""
 
 from __future__ import annotations
 
@@ -12,54 +12,55 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import mask_rules
-from sparcl_jax.drop_grow import drop_and_grow_by_scores
+from sparcl_jax.sparse import rules
+from sparcl_jax.sparse.drop_grow import drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.mask_rules.gradient_growth import gradient_growth
-from sparcl_jax.mask_rules.importance import importance_drop
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse.rules.gradient_growth import gradient_growth
+from sparcl_jax.sparse.rules.importance import importance_drop
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
 SCHED = MaskSchedule(update_interval=2, epochs_per_task=6)
 
 
 def test_every_module_of_the_package_is_imported_with_it():
-  for module in pkgutil.iter_modules(mask_rules.__path__):
-    assert f'sparcl_jax.mask_rules.{module.name}' in sys.modules
+  for module in pkgutil.iter_modules(rules.__path__):
+    assert f'sparcl_jax.sparse.rules.{module.name}' in sys.modules
 
 
 def test_shipped_rules_are_registered_by_name():
-  assert {'importance', 'magnitude'} <= set(mask_rules.drop_score_names())
-  assert {'random', 'gradient'} <= set(mask_rules.grow_score_names())
-  assert mask_rules.drop_score('importance') is importance_drop
-  assert mask_rules.grow_score('gradient') is gradient_growth
-  assert list(mask_rules.grow_score_names()) == sorted(
-      mask_rules.grow_score_names())
+  assert {'importance', 'magnitude'} <= set(rules.drop_score_names())
+  assert {'random', 'gradient'} <= set(rules.grow_score_names())
+  assert rules.drop_score('importance') is importance_drop
+  assert rules.grow_score('gradient') is gradient_growth
+  assert list(rules.grow_score_names()) == sorted(
+      rules.grow_score_names())
 
 
 def test_unknown_names_raise_a_one_line_config_error_listing_known_ones():
   with pytest.raises(ConfigError) as info:
-    mask_rules.grow_score('magic')
+    rules.grow_score('magic')
   message = str(info.value)
   assert '\n' not in message and "'magic'" in message
-  assert all(name in message for name in mask_rules.grow_score_names())
+  assert all(name in message for name in rules.grow_score_names())
   with pytest.raises(ConfigError, match='importance'):
-    mask_rules.drop_score('magic')
+    rules.drop_score('magic')
 
 
 def test_registering_a_taken_name_fails_and_a_new_one_is_found():
   with pytest.raises(ValueError, match='already registered'):
-    mask_rules.register_grow_score('gradient')(lambda inputs: None)
+    rules.register_grow_score('gradient')(lambda inputs: None)
 
-  @mask_rules.register_drop_score('test_only_random_drop')
+  @rules.register_drop_score('test_only_random_drop')
   def random_drop(inputs):
     del inputs
     return None
 
   try:
-    assert mask_rules.drop_score('test_only_random_drop') is random_drop
-    assert 'test_only_random_drop' in mask_rules.drop_score_names()
+    assert rules.drop_score('test_only_random_drop') is random_drop
+    assert 'test_only_random_drop' in rules.drop_score_names()
   finally:
-    del mask_rules._RULES['drop']['test_only_random_drop']  # pylint: disable=protected-access
+    del rules._RULES['drop']['test_only_random_drop']  # pylint: disable=protected-access
 
 
 def _inputs(**changes):
@@ -72,7 +73,7 @@ def _inputs(**changes):
                 has_grads=jnp.bool_(True),
                 masks={'w': w != 0, 'b': None}, rng=jax.random.key(0))
   fields.update(changes)
-  return mask_rules.ScoreInputs(**fields)
+  return rules.ScoreInputs(**fields)
 
 
 def test_shipped_score_functions_by_hand():
@@ -84,11 +85,11 @@ def test_shipped_score_functions_by_hand():
   np.testing.assert_array_equal(no_grads['w'], [0.5, 4., 1., 0., 0., 0.])
   assert importance_drop(inputs)['b'] is None
   np.testing.assert_array_equal(
-      mask_rules.drop_score('magnitude')(inputs)['w'],
+      rules.drop_score('magnitude')(inputs)['w'],
       [0.5, 4., 1., 0., 0., 0.])
   np.testing.assert_array_equal(gradient_growth(inputs)['w'],
                                 [9., 9., 9., 0.5, 7., 2.])
-  assert mask_rules.grow_score('random')(inputs) is None
+  assert rules.grow_score('random')(inputs) is None
 
 
 def test_engine_ranks_drop_and_grow_scores_highest_first():
@@ -156,7 +157,7 @@ def test_tdm_growth_keyword_equals_grow_score_by_name_and_function(growth):
   by_growth = _run(base(growth=growth, importance_lambda=0.3))
   by_name = _run(base(grow_score=growth, importance_lambda=0.3))
   by_fn = _run(base(
-      grow_score=mask_rules.grow_score(growth),
+      grow_score=rules.grow_score(growth),
       drop_score=functools.partial(importance_drop, importance_lambda=0.3)))
   _assert_same_run(by_growth, by_name)
   _assert_same_run(by_growth, by_fn)

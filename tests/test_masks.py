@@ -1,4 +1,5 @@
-"""Tests for sparcl_jax.masks."""
+"""Tests for sparcl_jax.sparse.masks and the modules under it (sparsity,
+selection, drop_grow)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from flax.core import FrozenDict
 
-from sparcl_jax import masks
 from sparcl_jax.errors import ConfigError
+from sparcl_jax.sparse import drop_grow, masks, selection, sparsity
 
 
 def _params(seed=0):
@@ -39,34 +40,34 @@ def _params(seed=0):
     ('head_0/kernel', (8, 2), False),
 ])
 def test_default_sparse_filter(path, shape, expected):
-  assert masks.default_sparse_filter(path, jnp.zeros(shape)) is expected
+  assert sparsity.default_sparse_filter(path, jnp.zeros(shape)) is expected
 
 
 def test_filter_from_regex():
-  f = masks.filter_from_regex(r'dense_\d+/kernel$')
+  f = sparsity.filter_from_regex(r'dense_\d+/kernel$')
   assert f('dense_12/kernel', jnp.zeros((2, 2)))
   assert not f('dense_12/bias', jnp.zeros((2, 2)))
   # 1-D leaves are never sparse by default even if the path matches.
-  assert not masks.filter_from_regex('bias')('a/bias', jnp.zeros((3,)))
+  assert not sparsity.filter_from_regex('bias')('a/bias', jnp.zeros((3,)))
   with pytest.raises(ConfigError, match='regex'):
-    masks.filter_from_regex('(')
+    sparsity.filter_from_regex('(')
 
 
 def test_keep_count():
-  assert masks.keep_count(1000, 0.75) == 250
-  assert masks.keep_count(1000, 0.76) == 240
-  assert masks.keep_count(1000, 0.74) == 260
-  assert masks.keep_count(10, 0.0) == 10
-  assert masks.keep_count(7, 1.0) == 0
+  assert sparsity.keep_count(1000, 0.75) == 250
+  assert sparsity.keep_count(1000, 0.76) == 240
+  assert sparsity.keep_count(1000, 0.74) == 260
+  assert sparsity.keep_count(10, 0.0) == 10
+  assert sparsity.keep_count(7, 1.0) == 0
 
 
 def test_uniform_sparsities_structure_and_validation():
-  sp = masks.uniform_sparsities(_params(), masks.default_sparse_filter, 0.9)
+  sp = sparsity.uniform_sparsities(_params(), sparsity.default_sparse_filter, 0.9)
   assert sp == {'hidden_0': {'kernel': 0.9, 'bias': None},
                 'hidden_1': {'kernel': 0.9}, 'head': {'kernel': None}}
   for bad in (1.0, -0.1):
     with pytest.raises(ConfigError, match=r'\[0, 1\)'):
-      masks.uniform_sparsities(_params(), masks.default_sparse_filter, bad)
+      sparsity.uniform_sparsities(_params(), sparsity.default_sparse_filter, bad)
 
 
 def test_erk_hand_computed_with_dense_clipping():
@@ -75,11 +76,11 @@ def test_erk_hand_computed_with_dense_clipping():
   # Raw densities 128/4096 and 68/256. At s=0.5 the scale would give the
   # small layer density 2.96 > 1, so it becomes dense and the big layer keeps
   # (2176 - 256) / 4096 = 0.46875.
-  sp = masks.erk_sparsities(p, masks.default_sparse_filter, 0.5)
+  sp = sparsity.erk_sparsities(p, sparsity.default_sparse_filter, 0.5)
   assert sp['hidden_1']['kernel'] == 0.0
   assert sp['hidden_0']['kernel'] == pytest.approx(0.53125, abs=1e-12)
   # At s=0.9 no clipping: density ratio equals raw-density ratio.
-  sp = masks.erk_sparsities(p, masks.default_sparse_filter, 0.9)
+  sp = sparsity.erk_sparsities(p, sparsity.default_sparse_filter, 0.9)
   d0, d1 = 1 - sp['hidden_0']['kernel'], 1 - sp['hidden_1']['kernel']
   assert d1 / d0 == pytest.approx((68 / 256) / (128 / 4096))
   assert (d0 * 4096 + d1 * 256) / 4352 == pytest.approx(0.1)
@@ -87,19 +88,19 @@ def test_erk_hand_computed_with_dense_clipping():
 
 def test_magnitude_mask_exact_and_largest():
   p = _params()
-  sp = masks.uniform_sparsities(p, masks.default_sparse_filter, 0.73)
+  sp = sparsity.uniform_sparsities(p, sparsity.default_sparse_filter, 0.73)
   m = masks.magnitude_mask(p, sp)
   assert m['head']['kernel'] is None and m['hidden_0']['bias'] is None
   for name, n in (('hidden_0', 1000), ('hidden_1', 400)):
     mk = np.asarray(m[name]['kernel'])
-    assert mk.dtype == bool and mk.sum() == masks.keep_count(n, 0.73)
+    assert mk.dtype == bool and mk.sum() == sparsity.keep_count(n, 0.73)
     w = np.abs(np.asarray(p[name]['kernel']))
     assert w[mk].min() > w[~mk].max()
 
 
 def test_magnitude_mask_on_frozendict():
   p = FrozenDict(_params())
-  sp = masks.uniform_sparsities(p, masks.default_sparse_filter, 0.5)
+  sp = sparsity.uniform_sparsities(p, sparsity.default_sparse_filter, 0.5)
   m = masks.magnitude_mask(p, sp)
   assert int(m['hidden_1']['kernel'].sum()) == 200
   out = masks.apply_mask(p, m)
@@ -150,7 +151,7 @@ def test_apply_mask_across_kinds_of_params_and_masks():
       expected)
   assert masks.summarize_sparsity(opt_masks)['nnz'] == 2
   # Masks built from an nnx.State are an nnx.State too, and apply to it.
-  sp = masks.uniform_sparsities(state, masks.filter_from_regex('kernel$'), 0.5)
+  sp = sparsity.uniform_sparsities(state, sparsity.filter_from_regex('kernel$'), 0.5)
   built = masks.magnitude_mask(state, sp)
   assert isinstance(built, nnx.State)
   out = masks.apply_mask(state, built)
@@ -180,7 +181,7 @@ def _drop_grow_case():
 
 def test_drop_and_grow_random_exact_counts_under_jit():
   p, sc, m = _drop_grow_case()
-  fn = jax.jit(lambda rng, prune, grow: masks.drop_and_grow(
+  fn = jax.jit(lambda rng, prune, grow: drop_grow.drop_and_grow(
       rng, p, sc, m, prune, grow))
   mask0 = np.asarray(m['w'])
   scores = np.asarray(sc['w'])
@@ -209,8 +210,8 @@ def test_drop_and_grow_random_exact_counts_under_jit():
 
 def test_drop_and_grow_random_growth_depends_on_rng():
   p, sc, m = _drop_grow_case()
-  _, a = masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.4)
-  _, b = masks.drop_and_grow(jax.random.key(5), p, sc, m, 0.5, 0.4)
+  _, a = drop_grow.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.4)
+  _, b = drop_grow.drop_and_grow(jax.random.key(5), p, sc, m, 0.5, 0.4)
   assert int(a['w'].sum()) == int(b['w'].sum()) == 120
   assert not np.array_equal(np.asarray(a['w']), np.asarray(b['w']))
 
@@ -218,7 +219,7 @@ def test_drop_and_grow_random_growth_depends_on_rng():
 def test_drop_and_grow_gradient_growth_picks_largest_gradients():
   p, sc, m = _drop_grow_case()
   g = np.random.default_rng(9).normal(size=(10, 20)).astype(np.float32)
-  _, nm = masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.45,
+  _, nm = drop_grow.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.45,
                               growth='gradient', grow_scores={'w': g})
   nm = np.asarray(nm['w'])
   mask0 = np.asarray(m['w'])
@@ -232,22 +233,22 @@ def test_drop_and_grow_gradient_growth_picks_largest_gradients():
 def test_drop_and_grow_validation():
   p, sc, m = _drop_grow_case()
   with pytest.raises(ConfigError, match='grow_sparsity'):
-    masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.6)
+    drop_grow.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.6)
   with pytest.raises(ConfigError, match='growth'):
-    masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.5, growth='x')
+    drop_grow.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.5, growth='x')
   with pytest.raises(ConfigError, match='grow_scores'):
-    masks.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.5,
+    drop_grow.drop_and_grow(jax.random.key(0), p, sc, m, 0.5, 0.5,
                         growth='gradient')
 
 
 def test_topk_mask_random_ties_exact():
   scores = jnp.ones((50,))
-  a = masks.topk_mask(scores, 7, jax.random.key(0))
-  b = masks.topk_mask(scores, 7, jax.random.key(1))
+  a = selection.topk_mask(scores, 7, jax.random.key(0))
+  b = selection.topk_mask(scores, 7, jax.random.key(1))
   assert int(a.sum()) == int(b.sum()) == 7
   assert not np.array_equal(np.asarray(a), np.asarray(b))
   # Without a key, ties go to the lower index.
-  assert np.flatnonzero(masks.topk_mask(scores, 3)).tolist() == [0, 1, 2]
+  assert np.flatnonzero(selection.topk_mask(scores, 3)).tolist() == [0, 1, 2]
 
 
 def test_summarize_sparsity_params_and_masks():
@@ -257,7 +258,7 @@ def test_summarize_sparsity_params_and_masks():
   assert s['size'] == 6 and s['nnz'] == 3 and s['sparsity'] == 0.5
   assert s['layers']['hidden_0/kernel'] == {'size': 4, 'nnz': 1,
                                             'sparsity': 0.75}
-  s = masks.summarize_sparsity(p, masks.default_sparse_filter)
+  s = masks.summarize_sparsity(p, sparsity.default_sparse_filter)
   assert list(s['layers']) == ['hidden_0/kernel'] and s['sparsity'] == 0.75
   m = {'hidden_0': {'kernel': jnp.array([True, False, False, False]),
                     'bias': None}}
@@ -265,8 +266,8 @@ def test_summarize_sparsity_params_and_masks():
 
 
 def test_sparsities_by_path():
-  sp = masks.uniform_sparsities(_params(), masks.default_sparse_filter, 0.5)
-  assert masks.sparsities_by_path(sp) == {'hidden_0/kernel': 0.5,
+  sp = sparsity.uniform_sparsities(_params(), sparsity.default_sparse_filter, 0.5)
+  assert sparsity.sparsities_by_path(sp) == {'hidden_0/kernel': 0.5,
                                           'hidden_1/kernel': 0.5}
 
 

@@ -51,7 +51,7 @@ def test_nested_dgm_inherits_tdm_filter():
   regex = sc.filter_from_regex(r'(conv|fc)/kernel$')
   # (Its counts after updates: test_tdm's update through all four wrappers.)
   tx = sc.tdm(optax.sgd(0.1), sparsity=0.5, sparse_filter=regex,
-              gradient_masking=sc.dgm(0.8))
+              dgm=sc.DGMSpec(0.8))
   state = tx.init(params)
   # The regex makes the model sparse where the default filter raised.
   summary = sc.summarize_sparsity(sc.tdm_masks(state))
@@ -63,12 +63,12 @@ def test_nested_dgm_inherits_tdm_filter():
   # Given sparsities=, the nested dgm masks the leaves they make sparse.
   sp = jax.tree.map(lambda _: None, params)
   sp['fc']['kernel'] = 0.5
-  tx = sc.tdm(optax.sgd(0.1), sparsities=sp, gradient_masking=sc.dgm(0.8))
+  tx = sc.tdm(optax.sgd(0.1), sparsities=sp, dgm=sc.DGMSpec(0.8))
   gmasks = sc.dgm_masks(tx.init(params))
   assert sc.summarize_sparsity(gmasks)['layers'].keys() == {'fc/kernel'}
   # A filter of its own wins.
   tx = sc.tdm(optax.sgd(0.1), sparsity=0.5, sparse_filter=regex,
-              gradient_masking=sc.dgm(
+              dgm=sc.DGMSpec(
                   0.8, sparse_filter=sc.filter_from_regex('fc/kernel$')))
   gmasks = sc.dgm_masks(tx.init(params))
   assert sc.summarize_sparsity(gmasks)['layers'].keys() == {'fc/kernel'}
@@ -78,28 +78,28 @@ def test_gradient_sparsity_that_cannot_act_raises():
   params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
   with pytest.raises(ConfigError) as err:
     sc.tdm(optax.sgd(0.1), sparsity=0.9,
-           gradient_masking=sc.dgm(0.5)).init(params)
+           dgm=sc.DGMSpec(0.5)).init(params)
   assert str(err.value) == (
-      'tdm: gradient_masking=dgm(0.5) cannot act: it keeps 0.5 of a '
+      'tdm: dgm=DGMSpec(0.5) cannot act: it keeps 0.5 of a '
       "layer's whole gradient, no fewer entries than the weight mask keeps "
       'in any layer it masks (at most 0.11 of a layer) and the gradient is '
       'zero outside that mask already; use a gradient_sparsity above 0.89 '
-      'or leave gradient_masking out.')
+      'or leave dgm out.')
   # The boundary is exact: the mask keeps 11 of 100 weights at a task
   # start (s - extra_growth = 0.89), so dgm(0.89) keeps as many and cannot
   # act, dgm(0.9) keeps 10 and can.
   with pytest.raises(ConfigError, match='cannot act'):
     sc.tdm(optax.sgd(0.1), sparsity=0.9,
-           gradient_masking=sc.dgm(0.89)).init(params)
+           dgm=sc.DGMSpec(0.89)).init(params)
   sc.tdm(optax.sgd(0.1), sparsity=0.9,
-         gradient_masking=sc.dgm(0.9)).init(params)
+         dgm=sc.DGMSpec(0.9)).init(params)
   # A static mask keeps 10 throughout: dgm(0.9) then cannot act.
   static = sc.MaskSchedule(static=True)
   with pytest.raises(ConfigError, match='above 0.9 '):
     sc.tdm(optax.sgd(0.1), sparsity=0.9, schedule=static,
-           gradient_masking=sc.dgm(0.9)).init(params)
+           dgm=sc.DGMSpec(0.9)).init(params)
   sc.tdm(optax.sgd(0.1), sparsity=0.9, schedule=static,
-         gradient_masking=sc.dgm(0.91)).init(params)
+         dgm=sc.DGMSpec(0.91)).init(params)
 
 
 def test_check_masking_enforces_the_chain_rule():

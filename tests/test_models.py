@@ -7,7 +7,7 @@ import pytest
 
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.heads import OutputHead
-from sparcl_jax import masks
+from sparcl_jax.sparse import sparsity
 from sparcl_jax.clnp import cnn_layer_specs, mlp_layer_specs
 from sparcl_jax.models import registry
 from sparcl_jax.models.registry import (collect_activations, init_model,
@@ -250,7 +250,7 @@ def test_declared_sparse_layers_are_sparcls_default_rule(name, kwargs, shape):
   chosen = set()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     text = "/".join(k.key for k in path)
-    assert declared(text, leaf) == masks.default_sparse_filter(text, leaf)
+    assert declared(text, leaf) == sparsity.default_sparse_filter(text, leaf)
     if declared(text, leaf):
       chosen.add(text)
   expected = {"mlp": 0 if kwargs.get("group") else 2, "resnet18": 16,

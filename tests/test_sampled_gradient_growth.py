@@ -10,11 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import mask_rules
-from sparcl_jax.drop_grow import drop_and_grow_by_scores
+from sparcl_jax.sparse import rules
+from sparcl_jax.sparse.drop_grow import drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.mask_rules.sampled_gradient import sampled_gradient_growth
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse.rules.sampled_gradient import sampled_gradient_growth
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
 # |g| is distinct at every zero position, so the ranking is known by hand.
 GRADS = jnp.array([0.5, -3.0, 2.0, 0.25, -1.0, 8.0, 8.0, 8.0, 8.0, 8.0])
@@ -22,15 +23,15 @@ MASK = jnp.arange(10) >= 5
 
 
 def _inputs(rng, grads=GRADS, mask=MASK):
-  return mask_rules.ScoreInputs(
+  return rules.ScoreInputs(
       params={'w': jnp.zeros_like(grads)}, grads={'w': grads},
       last_grads=None, has_grads=jnp.bool_(False), masks={'w': mask},
       rng=rng)
 
 
 def test_registered_by_name():
-  assert 'sampled_gradient' in mask_rules.grow_score_names()
-  assert mask_rules.grow_score('sampled_gradient') is sampled_gradient_growth
+  assert 'sampled_gradient' in rules.grow_score_names()
+  assert rules.grow_score('sampled_gradient') is sampled_gradient_growth
 
 
 def test_full_and_empty_subsets_by_hand():

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparcl_jax import grouped
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import grouped
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.grouped_dense import (GroupedSparseDense,
                                              GroupedSparseLinear)
-from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.sparse.tdm import tdm_masks
 from sparcl_jax.training import cli
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.data import pipeline

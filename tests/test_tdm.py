@@ -1,4 +1,4 @@
-"""Tests for sparcl_jax.tdm (task-aware dynamic masking)."""
+"""Tests for sparcl_jax.sparse.tdm (task-aware dynamic masking)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, dgm_masks
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.tdm import MaskSchedule, TDMState, tdm, tdm_masks
+from sparcl_jax.sparse import sparsity
+from sparcl_jax.sparse.dgm import DGMSpec, dgm, dgm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks
 
 
 def _expected_row(epoch):
@@ -131,7 +132,7 @@ def test_tdm_masks_exact_zeros_and_counts_through_schedule():
       if bool(state.has_grads):
         score = score + 0.5 * np.abs(
             np.asarray(state.last_grads['hidden_0']['kernel']))
-      keep = masks_lib.keep_count(n, {0: 0.5, 2: 0.51, 4: 0.5}[epoch])
+      keep = sparsity.keep_count(n, {0: 0.5, 2: 0.51, 4: 0.5}[epoch])
       ranked = np.argsort(-np.where(old, score, -np.inf).ravel())[:keep]
       # The highest-importance active weights survive the drop.
       assert np.all(mask.ravel()[ranked])
@@ -239,12 +240,12 @@ def test_tdm_erk_init_counts_and_gradient_growth():
       np.random.default_rng(1).normal(size=(40, 40)), jnp.float32)},
             'hidden_1': {'kernel': jnp.asarray(
                 np.random.default_rng(2).normal(size=(40, 5)), jnp.float32)}}
-  sp = masks_lib.erk_sparsities(params, masks_lib.default_sparse_filter, 0.8)
+  sp = sparsity.erk_sparsities(params, sparsity.default_sparse_filter, 0.8)
   tx = tdm(optax.sgd(0.1), sparsity=0.8, distribution='erk',
            growth='gradient', schedule=SCHED)
   state = tx.init(params)
   for name, n in (('hidden_0', 1600), ('hidden_1', 200)):
-    assert int(state.masks[name]['kernel'].sum()) == masks_lib.keep_count(
+    assert int(state.masks[name]['kernel'].sum()) == sparsity.keep_count(
         n, sp[name]['kernel'])
   old = np.asarray(state.masks['hidden_0']['kernel'])
   g = {'hidden_0': {'kernel': jnp.asarray(np.random.default_rng(5).normal(
@@ -253,7 +254,7 @@ def test_tdm_erk_init_counts_and_gradient_growth():
       g, s, p, epoch=0, step_in_epoch=0))(g, state, params)
   new = np.asarray(state.masks['hidden_0']['kernel'])
   s0 = sp['hidden_0']['kernel']
-  n_grow = masks_lib.keep_count(1600, s0 - 0.01) - masks_lib.keep_count(
+  n_grow = sparsity.keep_count(1600, s0 - 0.01) - sparsity.keep_count(
       1600, s0)
   assert n_grow > 0 and (new & ~old).sum() == n_grow
   zero_g = np.where(old, -np.inf, np.abs(np.asarray(g['hidden_0']['kernel'])))
@@ -278,7 +279,58 @@ def test_static_schedule_never_updates():
 
 def _tdm_with_dgm(learning_rate=0.1):
   return tdm(optax.sgd(learning_rate), sparsity=0.5, steps_per_epoch=1,
-             gradient_masking=dgm(0.8))
+             dgm=DGMSpec(0.8))
+
+
+def test_tdm_dgm_is_its_transform_run_as_gradient_masking():
+  # dgm=DGMSpec(...) runs spec.transform() where gradient_masking= would:
+  # the same updates, bit for bit, over a drop-and-grow and DGM refreshes.
+  params = _params()
+  only_hidden = lambda path, leaf: path == 'hidden_0/kernel'
+  spec = DGMSpec(0.8, refresh_interval=2, sparse_filter=only_hidden)
+  a = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5, steps_per_epoch=3,
+          dgm=spec)
+  b = tdm(optax.sgd(0.1, momentum=0.9), sparsity=0.5, steps_per_epoch=3,
+          gradient_masking=dgm(0.8, refresh_interval=2,
+                               sparse_filter=only_hidden))
+  pa, pb = params, params
+  sa, sb = a.init(pa), b.init(pb)
+  for k in range(7):
+    ua, sa = a.update(_grads(k), sa, pa)
+    ub, sb = b.update(_grads(k), sb, pb)
+    pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+  assert jax.tree.structure((pa, sa)) == jax.tree.structure((pb, sb))
+  for x, y in zip(jax.tree.leaves((pa, sa)), jax.tree.leaves((pb, sb))):
+    np.testing.assert_array_equal(x, y)
+  assert int(dgm_masks(sa)['hidden_0']['kernel'].sum()) == 200
+
+
+def test_tdm_takes_tdm_sparse_leaves_only_through_dgm_spec():
+  # Two kernels the default filter selects; tdm's sparsities make only
+  # hidden_0 sparse. A DGMSpec without a filter masks tdm's sparse leaf; a
+  # dgm transform given as gradient_masking= runs as it is, on its own
+  # (the default) filter's leaves.
+  params = {'hidden_0': {'kernel': jnp.ones((10, 10))},
+            'hidden_1': {'kernel': jnp.ones((10, 10))}}
+  sp = {'hidden_0': {'kernel': 0.5}, 'hidden_1': {'kernel': None}}
+  spec_masks = dgm_masks(tdm(optax.sgd(0.1), sparsities=sp,
+                             dgm=DGMSpec(0.8)).init(params))
+  assert spec_masks['hidden_1']['kernel'] is None
+  assert spec_masks['hidden_0']['kernel'] is not None
+  as_given = dgm_masks(tdm(optax.sgd(0.1), sparsities=sp,
+                           gradient_masking=dgm(0.8)).init(params))
+  assert as_given['hidden_1']['kernel'] is not None
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(dgm=dgm(0.8)), r'tdm dgm= takes a DGMSpec .*got a '
+                         r'GradientTransformationExtraArgs'),
+    (dict(dgm=DGMSpec(0.8), gradient_masking=optax.identity()),
+     'tdm takes dgm= or gradient_masking=, not both'),
+])
+def test_tdm_dgm_argument_misuse(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    tdm(optax.sgd(0.1), sparsity=0.5, **kwargs)
 
 
 _LABELS = {'hidden_0': {'kernel': 'sparse', 'bias': 'dense'},

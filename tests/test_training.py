@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.tdm import tdm_masks
 from sparcl_jax import losses
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.tdm import tdm_masks
 from sparcl_jax.training import accounting, loop
 from sparcl_jax.training.config import RunConfig, validate
 

@@ -9,18 +9,19 @@ import optax
 import pytest
 from flax import nnx
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, dgm_masks
-from sparcl_jax.tdm import MaskSchedule, tdm, tdm_masks
+from sparcl_jax.sparse import sparsity
+from sparcl_jax.sparse.dgm import DGMSpec, dgm_masks
+from sparcl_jax.sparse.schedule import MaskSchedule
+from sparcl_jax.sparse.tdm import tdm, tdm_masks
 
 SCHED = MaskSchedule(update_interval=2, epochs_per_task=6)
 BATCH, STEPS_PER_EPOCH = 16, 4
 SPARSITY = 0.5
 # Mask size after each scheduled update for a 400-weight layer:
 # task start grows to s - 0.01, later updates return to s.
-TARGET_NNZ = {0: masks_lib.keep_count(400, SPARSITY - 0.01),
-              2: masks_lib.keep_count(400, SPARSITY),
-              4: masks_lib.keep_count(400, SPARSITY)}
+TARGET_NNZ = {0: sparsity.keep_count(400, SPARSITY - 0.01),
+              2: sparsity.keep_count(400, SPARSITY),
+              4: sparsity.keep_count(400, SPARSITY)}
 
 
 def _data():
@@ -38,7 +39,7 @@ def _make_tx():
   return optax.chain(
       optax.clip_by_global_norm(5.0),
       tdm(optax.sgd(0.1), sparsity=SPARSITY, schedule=SCHED, seed=1,
-          gradient_masking=dgm(0.7, refresh_interval=2)))
+          dgm=DGMSpec(0.7, refresh_interval=2)))
 
 
 def _init_plain_params():
@@ -69,8 +70,8 @@ def _check_step(epoch, k, masks, weights, dgm_mask):
     m = np.asarray(masks[name]['kernel'])
     w = np.asarray(weights[name])
     assert np.all(w[~m] == 0.0), (epoch, k, name)
-    assert m.sum() == masks_lib.keep_count(n, SPARSITY) or (
-        epoch < 2 and m.sum() == masks_lib.keep_count(n, SPARSITY - 0.01))
+    assert m.sum() == sparsity.keep_count(n, SPARSITY) or (
+        epoch < 2 and m.sum() == sparsity.keep_count(n, SPARSITY - 0.01))
   m = np.asarray(masks['hidden_1']['kernel'])
   if k == 0 and epoch in TARGET_NNZ:
     assert m.sum() == TARGET_NNZ[epoch], epoch
@@ -169,7 +170,7 @@ def test_readme_masking_pattern_under_nnx_optimizer():
                   wrt=nnx.Param)
   tx = sc.tdm(optax.sgd(0.1), sparsity=0.75, steps_per_epoch=1,
               sparse_filter=sc.filter_from_regex(r'(conv|fc)/kernel$'),
-              gradient_masking=sc.dgm(0.9))
+              dgm=sc.DGMSpec(0.9))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   out_kernel = np.asarray(model.out.kernel[...])
   # The README's pattern, as it comes: an nnx.State of nnx.Param masked by

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.clnp.partition import Partition
 from sparcl_jax.clnp.specs import PyTree
 from sparcl_jax.errors import ConfigError

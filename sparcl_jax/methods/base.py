@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparcl_jax.dgm import dgm
-from sparcl_jax import masks as masks_lib
+from sparcl_jax import losses
 from sparcl_jax.methods import settings as settings_lib
 from sparcl_jax.models import registry
-from sparcl_jax.tdm import MaskSchedule
-from sparcl_jax import losses
+from sparcl_jax.sparse import sparsity as sparsity_lib
+from sparcl_jax.sparse.dgm import DGMSpec
+from sparcl_jax.sparse.schedule import MaskSchedule
 
 PyTree = Any
 # Families: rehearsal/sparse methods and the task-incremental methods of the
@@ -266,7 +266,7 @@ def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
   return optax.sgd(lr)
 
 
-def sparse_filter(config) -> masks_lib.SparseFilter:
+def sparse_filter(config) -> sparsity_lib.SparseFilter:
   """Which parameters are sparse: ``--sparse_layers`` or the model's own.
 
   Args:
@@ -281,12 +281,31 @@ def sparse_filter(config) -> masks_lib.SparseFilter:
     True
   """
   if config.sparse_layers:
-    return masks_lib.filter_from_regex(config.sparse_layers)
+    return sparsity_lib.filter_from_regex(config.sparse_layers)
   return registry.get(config.model).sparse_filter
 
 
-def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
+def dgm_spec(config) -> DGMSpec:
   """SparCL's dynamic gradient masking as the run's flags configure it.
+
+  Args:
+    config: the run configuration.
+
+  Returns:
+    The ``DGMSpec`` that ``tdm(..., dgm=...)`` takes.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> spec = dgm_spec(RunConfig(gradient_sparsity=0.8, dgm_refresh=30))
+    >>> spec.gradient_sparsity, spec.refresh_interval
+    (0.8, 30)
+  """
+  return DGMSpec(config.gradient_sparsity, config.dgm_refresh,
+                 sparse_filter=sparse_filter(config))
+
+
+def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
+  """The DGM transform of :func:`dgm_spec`, for chaining on its own.
 
   Args:
     config: the run configuration.
@@ -298,8 +317,7 @@ def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
     >>> from sparcl_jax.training.config import RunConfig
     >>> tx = gradient_masking(RunConfig(gradient_sparsity=0.8))
   """
-  return dgm(config.gradient_sparsity, config.dgm_refresh,
-                     sparse_filter=sparse_filter(config))
+  return dgm_spec(config).transform()
 
 
 def mask_schedule(config, static: bool = False) -> MaskSchedule:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from sparcl_jax import mask_rules
+from sparcl_jax.sparse import rules as mask_rules
 from sparcl_jax.errors import ConfigError
 
 
@@ -311,7 +311,7 @@ class DropGrowSettings(MaskSettings):
   mask_swap_fraction: float = flag(0.01, "Share of connections swapped at "
                                          "the middle updates.")
   mask_growth: str = flag(
-      "", "The grow rule, by name (a file of sparcl_jax/mask_rules: random, "
+      "", "The grow rule, by name (a file of sparcl_jax/sparse/rules: random, "
           "gradient, ...); empty: the method's own (random for SparCL, "
           "gradient for RigL).")
 

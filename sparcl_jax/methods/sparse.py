@@ -1,6 +1,6 @@
 """Sparse training methods over a rehearsal loss: SparCL, SNIP and RigL.
 
-All three keep their masks in :func:`sparcl_jax.tdm` around the base
+All three keep their masks in :func:`sparcl_jax.sparse.tdm.tdm` around the base
 optimizer; they differ in how masks start and change:
 
 * SparCL (Wang et al., NeurIPS 2022): task-aware dynamic masking (drop by
@@ -21,14 +21,15 @@ Example:
   True
 """
 
-from sparcl_jax import masks as masks_lib
-from sparcl_jax.dgm import dgm, most_kept
-from sparcl_jax.grouped_tdm import grouped_tdm
-from sparcl_jax.sparsity import keep_count
-from sparcl_jax.tdm import tdm
+from sparcl_jax.sparse import masks as masks_lib
+from sparcl_jax.sparse.dgm import dgm
+from sparcl_jax.sparse.grouped_tdm import grouped_tdm
+from sparcl_jax.sparse.schedule import most_kept
+from sparcl_jax.sparse.sparsity import keep_count, uniform_sparsities
+from sparcl_jax.sparse.tdm import tdm
 from sparcl_jax.methods import register
-from sparcl_jax.methods.base import (base_optimizer, gradient_masking,
-                                     mask_schedule, sparse_filter)
+from sparcl_jax.methods.base import (base_optimizer, dgm_spec, mask_schedule,
+                                     sparse_filter)
 from sparcl_jax.methods.der import DarkExperienceReplayPlusPlus
 from sparcl_jax.methods.er import ExperienceReplay
 from sparcl_jax.methods import settings as settings_lib
@@ -63,8 +64,7 @@ class _MaskedWeights:
         distribution=config.sparsity_distribution,
         importance_lambda=self.drop_lambda(config),
         grow_score=config.mask_growth or self.growth,
-        gradient_masking=(gradient_masking(config)
-                          if self.uses_dgm(config) else None),
+        dgm=dgm_spec(config) if self.uses_dgm(config) else None,
         seed=config.seed)
 
   def _grouped_optimizer(self, config, kept_rows):
@@ -163,8 +163,8 @@ class SnipDerpp(_MaskedWeights, DarkExperienceReplayPlusPlus):
   settings = settings_lib.SnipDerppSettings
 
   def initial_masks(self, config, params, first_batch_grads):
-    sparsities = masks_lib.uniform_sparsities(params, sparse_filter(config),
-                                              config.sparsity)
+    sparsities = uniform_sparsities(params, sparse_filter(config),
+                                    config.sparsity)
     return masks_lib.snip_mask(params, first_batch_grads(), sparsities)
 
 

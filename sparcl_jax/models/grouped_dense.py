@@ -2,12 +2,13 @@
 
 Drop-in replacements of ``nn.Dense`` / ``nnx.Linear`` whose kernel keeps, in
 every block of ``group`` consecutive output units, the same number of input
-rows (see :mod:`sparcl_jax.grouped`): parameters ``values`` ``[groups, k,
+rows (see :mod:`sparcl_jax.sparse.grouped`): parameters ``values`` ``[groups, k,
 group]`` (and ``bias``), trained by any optimizer as an ordinary pytree; the
 kept rows live outside the parameters (the Linen collection ``'sparsity'``,
 NNX :class:`KeptRows` variables): ``rows`` ``[groups, k]`` (the indices the
 product gathers) and ``kept`` ``[groups, fan_in]`` (their membership), and
-change only by drop-and-grow (:func:`sparcl_jax.grouped_tdm`).
+change only by drop-and-grow
+(:func:`sparcl_jax.sparse.grouped_tdm.grouped_tdm`).
 
 Example:
   >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparcl_jax import grouped
+from sparcl_jax.sparse import grouped
 
 Initializer = Callable[..., Any]
 
@@ -49,7 +50,7 @@ class GroupedSparseDense(nn.Module):
       inputs would (``kernel_init`` at the kept fan-in, so a unit's output
       starts with a dense layer's variance); False cuts them from a dense
       ``[fan_in, features]`` kernel, as masking a dense layer does (see
-      :func:`sparcl_jax.grouped.initial_values`).
+      :func:`sparcl_jax.sparse.grouped.initial_values`).
   """
 
   features: int

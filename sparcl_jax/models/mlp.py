@@ -9,7 +9,7 @@ import jax
 
 from sparcl_jax.clnp.specs import mlp_layer_specs
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.grouped import check_group
+from sparcl_jax.sparse.grouped import check_group
 from sparcl_jax.models.grouped_dense import GroupedSparseDense
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
 from sparcl_jax.models.registry import ModelArgs, ModelSpec, register

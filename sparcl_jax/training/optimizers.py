@@ -33,14 +33,14 @@ def make_optimizer(config: RunConfig, kept_rows=None
     config: run configuration.
     kept_rows: the model's ``'sparsity'`` collection, needed with
       ``--mask_structure=grouped`` (the optimizer is then
-      :func:`sparcl_jax.grouped_tdm`, which owns it).
+      :func:`sparcl_jax.sparse.grouped_tdm.grouped_tdm`, which owns it).
 
   Returns:
     An optax transformation whose ``update`` accepts the extra args
     ``epoch`` and ``step_in_epoch``. For sparse methods it is
-    :func:`sparcl_jax.tdm` around the base optimizer (with DGM inside when
-    enabled); SparCL with ``--notdm`` but ``--dgm`` chains DGM before the base
-    optimizer on the dense model.
+    :func:`sparcl_jax.sparse.tdm.tdm` around the base optimizer (with DGM
+    inside when enabled); SparCL with ``--notdm`` but ``--dgm`` chains DGM
+    before the base optimizer on the dense model.
 
   Example:
     >>> tx = make_optimizer(RunConfig(method="sparcl_derpp", epochs=10))

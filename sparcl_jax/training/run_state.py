@@ -15,16 +15,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax import flops as flops_lib
-from sparcl_jax import masks as masks_lib
+from sparcl_jax.sparse import masks as masks_lib
 from sparcl_jax.data import pipeline
 from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.grouped_tdm import dense_view, grouped_layers, tdm_rows
+from sparcl_jax.paths import flatten_with_paths
+from sparcl_jax.sparse.grouped_tdm import dense_view, grouped_layers, tdm_rows
 from sparcl_jax.methods.sparse import grouped_gradient_sparsity
 from sparcl_jax.models import registry
-from sparcl_jax.tdm import tdm_masks
+from sparcl_jax.sparse.sparsity import keep_count
+from sparcl_jax.sparse.tdm import tdm_masks
 from sparcl_jax.training import accounting
 from sparcl_jax import losses
 from sparcl_jax.training import optimizers
@@ -306,17 +308,17 @@ def dgm_sparsities(config: RunConfig, params, kept_rows
   if config.grouped:
     share = grouped_gradient_sparsity(config)
     sparsities = {}
-    for path, leaf in masks_lib.flatten_with_paths(params):
+    for path, leaf in flatten_with_paths(params):
       if path.endswith("/values"):
         fan_in = grouped_layers(kept_rows)[path[:-len("/values")]]
         dense_size = fan_in * leaf.shape[0] * leaf.shape[2]
-        kept = masks_lib.keep_count(leaf.size, share)
+        kept = keep_count(leaf.size, share)
         sparsities[path[:-len("values")] + "kernel"] = 1.0 - kept / dense_size
     return sparsities
   selected = masks_lib.masks_from_filter(params,
                                          optimizers.sparse_filter(config))
   return {path: config.gradient_sparsity for path, _ in
-          masks_lib.flatten_with_paths(selected)}
+          flatten_with_paths(selected)}
 
 
 def _sparsity_report(config: RunConfig, state: steps.TrainState) -> dict:

@@ -22,7 +22,7 @@ import optax
 from sparcl_jax import losses
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.data import pipeline
-from sparcl_jax.grouped_tdm import sparsity_variables
+from sparcl_jax.sparse.grouped_tdm import sparsity_variables
 from sparcl_jax.methods.base import StepBatch, StepHooks
 from sparcl_jax.training import sharding as sharding_lib
 

@@ -30,7 +30,7 @@ from sparcl_jax import ddr as ddr_lib
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.grouped_tdm import sparsity_variables
+from sparcl_jax.sparse.grouped_tdm import sparsity_variables
 from sparcl_jax.models import registry
 from sparcl_jax.training import accounting
 from sparcl_jax.training import measures

@@ -10,15 +10,13 @@ every dense leaf. ``None`` keeps dense leaves free (no all-ones copies) and
 tells every consumer, statically, which leaves are sparse.
 
 This module builds masks (magnitude, SNIP, all-ones), applies them and
-reports on them. Its neighbours hold the rest, and their names stay
-importable from here: ``sparcl_jax.sparsity`` (sparse filters, sparsities,
-kept counts), ``sparcl_jax.selection`` (exact top-k) and
-``sparcl_jax.drop_grow`` (drop-and-grow updates).
+reports on them. Its neighbours hold the rest: ``sparse.sparsity`` (sparse
+filters, sparsities, kept counts), ``sparse.selection`` (exact top-k) and
+``sparse.drop_grow`` (drop-and-grow updates, built on ``apply_mask``).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Optional
 
 import jax
@@ -26,31 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax.errors import ConfigError
-
-# Re-exported: these names were defined here before the split, and callers
-# (tests included) still reach them as `masks.<name>`.
-# pylint: disable=unused-import
-from sparcl_jax.paths import (flatten_with_paths, is_none, key_to_str,
-                              map_with_paths, path_to_str)
-from sparcl_jax.selection import _BLOCK, _ordinal, rank_mask, topk_mask
-from sparcl_jax.sparsity import (PyTree, SparseFilter, Sparsity,
-                                 default_sparse_filter, erk_sparsities,
-                                 filter_from_regex, keep_count,
-                                 keep_count_traceable, sparsities_by_path,
-                                 uniform_sparsities)
-# pylint: enable=unused-import
-
-# sparcl_jax.drop_grow builds on apply_mask, so its names are re-exported on
-# first access (PEP 562) instead of by an import that would be circular.
-_DROP_GROW_NAMES = ('GROWTH_MODES', 'drop_and_grow', 'drop_and_grow_counts',
-                    'drop_and_grow_masks')
-
-
-def __getattr__(name: str) -> Any:
-  """Resolves the drop-and-grow names re-exported from sparcl_jax.drop_grow."""
-  if name in _DROP_GROW_NAMES:
-    return getattr(importlib.import_module('sparcl_jax.drop_grow'), name)
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+from sparcl_jax.paths import flatten_with_paths, is_none, map_with_paths
+from sparcl_jax.sparse.selection import topk_mask
+from sparcl_jax.sparse.sparsity import (PyTree, SparseFilter,
+                                        keep_count_traceable)
 
 
 def magnitude_mask(params: PyTree, sparsities: PyTree) -> PyTree:
@@ -250,7 +227,7 @@ def masks_from_filter(params: PyTree, sparse_filter: SparseFilter) -> PyTree:
 
   Example:
     >>> masks_from_filter({'hidden_0': {'kernel': jnp.ones((2, 2))}},
-    ...                   default_sparse_filter)['hidden_0']['kernel'].all()
+    ...                   sc.default_sparse_filter)['hidden_0']['kernel'].all()
     Array(True, dtype=bool)
   """
   return map_with_paths(
@@ -295,9 +272,6 @@ def summarize_sparsity(tree: PyTree,
 
 
 __all__ = [
-    'apply_mask', 'bit_select', 'default_sparse_filter', 'drop_and_grow',
-    'drop_and_grow_counts', 'erk_sparsities', 'filter_from_regex',
-    'flatten_with_paths', 'keep_count', 'magnitude_mask', 'masks_from_filter',
-    'path_to_str', 'rank_mask', 'snip_mask', 'sparsities_by_path',
-    'summarize_sparsity', 'topk_mask', 'uniform_sparsities',
+    'apply_mask', 'bit_select', 'magnitude_mask', 'masks_from_filter',
+    'scale_to_kept_fan_in', 'snip_mask', 'summarize_sparsity',
 ]

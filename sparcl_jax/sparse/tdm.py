@@ -6,16 +6,17 @@ sees pruned weights) and the final update must be masked *after* it (so that
 ``optax.apply_updates`` leaves pruned weights at exactly zero, including the
 ones just dropped). A single chain link can do only one of the two.
 
-The schedule follows the official SparCL code: a drop-and-grow mask update at
-the start of every ``update_interval``-th epoch of a task, with 1% extra
-capacity at the task start, ~1% swapped connections in the middle, and a
-fixed mask for the last interval. Importance is ``|W| + lambda * |g_last|``
+The schedule (``sparcl_jax.sparse.schedule``) follows the official SparCL
+code: a drop-and-grow mask update at the start of every
+``update_interval``-th epoch of a task, with 1% extra capacity at the task
+start, ~1% swapped connections in the middle, and a fixed mask for the last
+interval. Importance is ``|W| + lambda * |g_last|``
 with ``g_last`` the (DGM-masked) gradient of the last mini-batch seen; the
 state is carried across tasks, so the first update of a task uses the previous
 task's last gradient, which is what makes the mask task-aware.
 
 Which weights drop and which grow are score functions
-(``sparcl_jax.mask_rules``): SparCL's importance and random growth by
+(``sparcl_jax.sparse.rules``): SparCL's importance and random growth by
 default, any registered rule by name, or any function of the same shape.
 """
 
@@ -30,178 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax import mask_rules
 from sparcl_jax.control_flow import run_if
-from sparcl_jax.dgm import check_dgm_acts, dgm_spec
-from sparcl_jax.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import bit_select, magnitude_mask
-from sparcl_jax.paths import (find_states, is_none,
-                              masked_to_none)
-from sparcl_jax.sparsity import (SparseFilter, default_sparse_filter,
-                                 erk_sparsities, keep_count,
-                                 require_selection, sparsities_by_path,
-                                 uniform_sparsities)
+from sparcl_jax.paths import find_states, is_none, masked_to_none
+from sparcl_jax.sparse import rules
+from sparcl_jax.sparse.dgm import DGMSpec, check_dgm_acts
+from sparcl_jax.sparse.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
+from sparcl_jax.sparse.masks import bit_select, magnitude_mask
+from sparcl_jax.sparse.schedule import (NO_UPDATE, MaskSchedule,
+                                        schedule_position)
+from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
+                                        erk_sparsities, keep_count,
+                                        require_selection, sparsities_by_path,
+                                        uniform_sparsities)
 
 PyTree = Any
-
-# Phases of the schedule; 0 means no mask update at this epoch.
-_NO_UPDATE, _TASK_START, _SWAP, _FINAL = 0, 1, 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskSchedule:
-  """When TDM updates the masks and to which sparsities.
-
-  Attributes:
-    update_interval: epochs between mask updates (the epoch counter restarts
-      every task).
-    epochs_per_task: epochs per task; the last update happens at epoch
-      ``epochs_per_task - update_interval`` and does not grow.
-    extra_growth: extra density grown at the task start (``s - extra_growth``).
-    swap_fraction: share of connections swapped at the middle updates (prune
-      to ``s + swap_fraction``, grow back to ``s``).
-    static: never update: the initial mask stays for the whole run (e.g. a
-      SNIP mask set into the state).
-
-  Example:
-    >>> MaskSchedule().targets(5, 0.75)
-    (True, 0.76, 0.75)
-  """
-
-  update_interval: int = 5
-  epochs_per_task: int = 50
-  extra_growth: float = 0.01
-  swap_fraction: float = 0.01
-  static: bool = False
-
-  def __post_init__(self):
-    if int(self.update_interval) < 1:
-      raise ConfigError(
-          f'update_interval must be >= 1, got {self.update_interval}.')
-    if int(self.epochs_per_task) < 1:
-      raise ConfigError(
-          f'epochs_per_task must be >= 1, got {self.epochs_per_task}.')
-    for name in ('extra_growth', 'swap_fraction'):
-      value = getattr(self, name)
-      if not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f'{name} must be in [0, 1), got {value}.')
-
-  @property
-  def last_update_epoch(self) -> int:
-    """Epoch of the final (prune-only) update of a task."""
-    return self.epochs_per_task - self.update_interval
-
-  def phase(self, epoch_in_task: Union[int, jax.Array]) -> jax.Array:
-    """Phase of an epoch: 0 none, 1 task start, 2 swap, 3 final.
-
-    Args:
-      epoch_in_task: epoch counter within the task (int or traced int).
-
-    Returns:
-      An int32 scalar.
-
-    Example:
-      >>> int(MaskSchedule().phase(45))
-      3
-    """
-    e = jnp.asarray(epoch_in_task, jnp.int32)
-    if self.static:
-      return jnp.zeros_like(e) + _NO_UPDATE
-    on_grid = (e % self.update_interval == 0) & (e >= 0)
-    return jnp.where(
-        e == 0, _TASK_START,
-        jnp.where(on_grid & (e == self.last_update_epoch), _FINAL,
-                  jnp.where(on_grid & (e < self.last_update_epoch), _SWAP,
-                            _NO_UPDATE))).astype(jnp.int32)
-
-  def phase_sparsities(self, s: float) -> tuple[tuple[float, float], ...]:
-    """``(prune_to, grow_to)`` for phases 0..3, clipped to ``[0, 1]``.
-
-    Args:
-      s: target sparsity of one layer.
-
-    Returns:
-      Four ``(prune_to, grow_to)`` pairs; phase 0 repeats ``(s, s)``.
-
-    Example:
-      >>> MaskSchedule().phase_sparsities(0.5)[1]
-      (0.5, 0.49)
-    """
-    clip = lambda x: float(min(max(x, 0.0), 1.0))
-    return ((clip(s), clip(s)),
-            (clip(s), clip(s - self.extra_growth)),
-            (clip(s + self.swap_fraction), clip(s)),
-            (clip(s), clip(s)))
-
-  def targets(self, epoch_in_task: Union[int, jax.Array],
-              target_sparsity: float) -> tuple[Any, Any, Any]:
-    """The schedule's table: whether to update and to which sparsities.
-
-    Args:
-      epoch_in_task: epoch within the task; a Python int gives Python values,
-        a traced int gives jnp scalars.
-      target_sparsity: the layer's target sparsity ``s``.
-
-    Returns:
-      ``(update, prune_to, grow_to)``; when ``update`` is False the
-      sparsities are ``(s, s)``.
-
-    Example:
-      >>> MaskSchedule().targets(0, 0.75)
-      (True, 0.75, 0.74)
-      >>> MaskSchedule().targets(7, 0.75)
-      (False, 0.75, 0.75)
-    """
-    table = self.phase_sparsities(target_sparsity)
-    if isinstance(epoch_in_task, (int, np.integer)):
-      phase = int(self.phase(int(epoch_in_task)))
-      prune, grow = table[phase]
-      return phase != _NO_UPDATE, round(prune, 10), round(grow, 10)
-    phase = self.phase(epoch_in_task)
-    values = jnp.asarray(table, jnp.float32)[phase]
-    return phase != _NO_UPDATE, values[0], values[1]
-
-
-def schedule_position(count: jax.Array, extra: dict,
-                      steps_per_epoch: Optional[int],
-                      schedule: 'MaskSchedule', name: str
-                      ) -> tuple[jax.Array, jax.Array]:
-  """The epoch within the task and the step within the epoch of an update.
-
-  Pops the extra args ``epoch`` and ``step_in_epoch`` from ``extra``; a
-  missing one is derived from the update counter when ``steps_per_epoch``
-  is known.
-
-  Args:
-    count: the transform's update counter.
-    extra: the update's extra args (modified: the two are removed).
-    steps_per_epoch: the fallback's epoch length, or None.
-    schedule: gives the epochs per task.
-    name: the transform's name, for the error.
-
-  Returns:
-    ``(epoch, step_in_epoch)`` as int32 scalars.
-
-  Raises:
-    ConfigError: an arg is missing and there is no fallback.
-
-  Example:
-    >>> schedule_position(jnp.int32(7), {}, 3, MaskSchedule(), 'tdm')
-    (Array(2, dtype=int32), Array(1, dtype=int32))
-  """
-  epoch = extra.pop('epoch', None)
-  step = extra.pop('step_in_epoch', None)
-  if epoch is None or step is None:
-    if steps_per_epoch is None:
-      raise ConfigError(
-          f'{name} update needs extra args epoch= and step_in_epoch= '
-          f'(or build {name} with steps_per_epoch=).')
-    derived_epoch = (count // steps_per_epoch) % schedule.epochs_per_task
-    derived_step = count % steps_per_epoch
-    epoch = derived_epoch if epoch is None else epoch
-    step = derived_step if step is None else step
-  return jnp.asarray(epoch, jnp.int32), jnp.asarray(step, jnp.int32)
 
 
 class TDMState(NamedTuple):
@@ -273,11 +117,11 @@ def _resolve_sparsities(params: PyTree, sparsity: Optional[float],
   return masked_to_none(erk_sparsities(params, sparse_filter, sparsity))
 
 
-def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
+def _score_rule(kind: str, spec: Any) -> rules.ScoreFn:
   """A rule given by name or as a function."""
   if isinstance(spec, str):
-    return (mask_rules.drop_score if kind == 'drop'
-            else mask_rules.grow_score)(spec)
+    return (rules.drop_score if kind == 'drop'
+            else rules.grow_score)(spec)
   if callable(spec):
     return spec
   raise ConfigError(
@@ -286,7 +130,7 @@ def _score_rule(kind: str, spec: Any) -> mask_rules.ScoreFn:
 
 def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
                    drop_score: Any, grow_score: Any
-                   ) -> tuple[mask_rules.ScoreFn, mask_rules.ScoreFn]:
+                   ) -> tuple[rules.ScoreFn, rules.ScoreFn]:
   """The drop and grow rules of tdm's keywords (the older two included)."""
   if drop_score is not None and importance_lambda is not None:
     raise ConfigError('tdm takes importance_lambda= (of the importance drop '
@@ -297,7 +141,7 @@ def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
     lam = 0.5 if importance_lambda is None else float(importance_lambda)
     if lam < 0:
       raise ConfigError(f'importance_lambda must be >= 0, got {lam}.')
-    drop_fn = functools.partial(mask_rules.drop_score('importance'),
+    drop_fn = functools.partial(rules.drop_score('importance'),
                                 importance_lambda=lam)
   else:
     drop_fn = _score_rule('drop', drop_score)
@@ -306,7 +150,7 @@ def _resolve_rules(importance_lambda: Optional[float], growth: Optional[str],
     if growth not in GROWTH_MODES:
       raise ConfigError(
           f'tdm growth must be one of {GROWTH_MODES}, got {growth!r}.')
-    grow_fn = mask_rules.grow_score(growth)
+    grow_fn = rules.grow_score(growth)
   else:
     grow_fn = _score_rule('grow', grow_score)
   return drop_fn, grow_fn
@@ -320,9 +164,10 @@ def tdm(inner: optax.GradientTransformation, *,
         distribution: str = 'uniform',
         importance_lambda: Optional[float] = None,
         growth: Optional[str] = None,
-        drop_score: Union[str, mask_rules.ScoreFn, None] = None,
-        grow_score: Union[str, mask_rules.ScoreFn, None] = None,
+        drop_score: Union[str, rules.ScoreFn, None] = None,
+        grow_score: Union[str, rules.ScoreFn, None] = None,
         gradient_masking: Optional[optax.GradientTransformation] = None,
+        dgm: Optional[DGMSpec] = None,
         steps_per_epoch: Optional[int] = None,
         seed: int = 0) -> optax.GradientTransformationExtraArgs:
   """Task-aware dynamic masking around an inner optimizer.
@@ -333,7 +178,7 @@ def tdm(inner: optax.GradientTransformation, *,
   lowest ``drop_score`` go (by default SparCL's importance
   ``|W| + importance_lambda * |g_last|``, ``|W|`` before any gradient was
   seen), and the zero positions with the highest ``grow_score`` grow (by
-  default at random). It then masks the gradient, applies
+  default at random). It then masks the gradient, applies DGM (``dgm``) or
   ``gradient_masking`` (given the extra arg ``weight_mask``), records the
   result as ``g_last``, runs ``inner`` (also given ``weight_mask``) and
   returns updates after which every masked weight is exactly zero. Other
@@ -345,10 +190,10 @@ def tdm(inner: optax.GradientTransformation, *,
 
   Two optional static (Python bool) extra args let a caller that knows its
   schedule skip work: ``mask_events=False`` promises that no mask changes at
-  this step (no drop-and-grow is due and ``gradient_masking`` is not due to
-  refresh), so the update runs without a conditional and fuses into one pass
-  over the weights; ``record_grads=False`` leaves ``g_last`` as it was,
-  which is exact when a later step records before the next drop-and-grow
+  this step (no drop-and-grow is due and DGM or ``gradient_masking`` is not
+  due to refresh), so the update runs without a conditional and fuses into
+  one pass over the weights; ``record_grads=False`` leaves ``g_last`` as it
+  was, which is exact when a later step records before the next drop-and-grow
   (e.g. the last step of every epoch). Both default to True, which is
   always exact.
 
@@ -371,12 +216,12 @@ def tdm(inner: optax.GradientTransformation, *,
   selects no leaf of the params (the default one knows only
   ``'hidden_*/kernel'`` and ResNet names: pass
   ``sparse_filter=filter_from_regex(...)`` for other models), a
-  ``sparsities`` pytree without a sparse leaf, and a ``gradient_masking=
-  dgm(g)`` that cannot act because ``g`` is no higher than the weight
-  sparsity (DGM keeps a share of the *whole* gradient; it acts only in a
-  layer where it keeps fewer entries than the weight mask, which keeps
-  ``1 - (s - extra_growth)`` at a task start). A ``dgm`` given here without
-  a ``sparse_filter`` of its own masks tdm's sparse leaves.
+  ``sparsities`` pytree without a sparse leaf, and a ``dgm=DGMSpec(g)``
+  that cannot act because ``g`` is no higher than the weight sparsity (DGM
+  keeps a share of the *whole* gradient; it acts only in a layer where it
+  keeps fewer entries than the weight mask, which keeps
+  ``1 - (s - extra_growth)`` at a task start). A ``DGMSpec`` without a
+  ``sparse_filter`` of its own masks tdm's sparse leaves.
 
   Under ``nnx.Optimizer(model, tdm(...), wrt=nnx.Param)``, masks read with
   ``tdm_masks(optimizer.opt_state)`` apply to ``nnx.state(model,
@@ -398,14 +243,16 @@ def tdm(inner: optax.GradientTransformation, *,
       the zero positions with the largest ``|g|`` of the current, unmasked
       gradient): the grow rules of those names. Not with ``grow_score``.
     drop_score: the drop rule: a name from
-      ``mask_rules.drop_score_names()`` or a function
-      ``(mask_rules.ScoreInputs) -> scores`` (higher = kept).
+      ``rules.drop_score_names()`` or a function
+      ``(rules.ScoreInputs) -> scores`` (higher = kept).
     grow_score: the grow rule: a name from
-      ``mask_rules.grow_score_names()`` or such a function (higher = grown
+      ``rules.grow_score_names()`` or such a function (higher = grown
       first).
     gradient_masking: optional transform applied to the masked gradient
-      before ``inner``, e.g. ``dgm(0.8)`` (which then masks tdm's sparse
-      leaves unless given a ``sparse_filter``).
+      before ``inner``, run as it is given. Not with ``dgm``.
+    dgm: SparCL's dynamic gradient masking, e.g. ``DGMSpec(0.8)``: tdm
+      runs ``dgm`` as ``gradient_masking``, on tdm's sparse leaves unless
+      the spec has a ``sparse_filter``, and checks that it can act.
     steps_per_epoch: fallback for missing ``epoch``/``step_in_epoch``.
     seed: seed of the transform's PRNG key.
 
@@ -414,7 +261,7 @@ def tdm(inner: optax.GradientTransformation, *,
 
   Raises:
     ConfigError: on invalid hyper-parameters; from ``init``, on an empty
-      selection or a ``gradient_masking`` that cannot act (above).
+      selection or a ``dgm`` that cannot act (above).
 
   Example:
     >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
@@ -438,16 +285,23 @@ def tdm(inner: optax.GradientTransformation, *,
   if not isinstance(schedule, MaskSchedule):
     raise ConfigError('tdm schedule must be a MaskSchedule.')
 
-  spec = dgm_spec(gradient_masking)
-  if spec is not None and spec.sparse_filter is None:
-    # A dgm nested without a filter of its own masks tdm's sparse leaves.
-    if sparsities is None:
-      inherited = sparse_filter
-    else:
-      sparse_paths = frozenset(sparsities_by_path(masked_to_none(sparsities)))
-      inherited = lambda path, leaf: path in sparse_paths
-    gradient_masking = spec.with_filter(inherited)
-    spec = dgm_spec(gradient_masking)
+  if dgm is not None:
+    if not isinstance(dgm, DGMSpec):
+      raise ConfigError(
+          f'tdm dgm= takes a DGMSpec (e.g. dgm=DGMSpec(0.8)), got a '
+          f'{type(dgm).__name__}; a transform goes in gradient_masking=.')
+    if gradient_masking is not None:
+      raise ConfigError('tdm takes dgm= or gradient_masking=, not both.')
+    if dgm.sparse_filter is None:
+      # DGM given no leaves of its own masks tdm's sparse leaves.
+      if sparsities is None:
+        inherited = sparse_filter
+      else:
+        sparse_paths = frozenset(
+            sparsities_by_path(masked_to_none(sparsities)))
+        inherited = lambda path, leaf: path in sparse_paths
+      dgm = dataclasses.replace(dgm, sparse_filter=inherited)
+    gradient_masking = dgm.transform()
   inner = optax.with_extra_args_support(inner)
   masking = optax.with_extra_args_support(
       gradient_masking if gradient_masking is not None else optax.identity())
@@ -461,8 +315,8 @@ def tdm(inner: optax.GradientTransformation, *,
       raise ConfigError('tdm: sparsities= marks no leaf sparse (None at '
                         'every leaf), so nothing would be sparse.')
     masking_state = masking.init(params)
-    if spec is not None:
-      check_dgm_acts(params, sp, schedule, spec)
+    if dgm is not None:
+      check_dgm_acts(params, sp, schedule, dgm)
     masks = magnitude_mask(params, sp)
     last_grads = jax.tree.map(
         lambda m, w: None if m is None else jnp.zeros_like(w), masks, params,
@@ -485,7 +339,7 @@ def tdm(inner: optax.GradientTransformation, *,
                              distribution)
     keep_table, total_table = _per_leaf_counts(state.masks, sp, schedule)
     phase = schedule.phase(epoch)
-    do_update = (step == 0) & (phase != _NO_UPDATE)
+    do_update = (step == 0) & (phase != NO_UPDATE)
     rng, update_rng = jax.random.split(state.rng)
 
     def new_masks(carry):
@@ -493,7 +347,7 @@ def tdm(inner: optax.GradientTransformation, *,
       # The rules' key is folded from `update_rng` rather than split from
       # it, so the engine's own draws, and the masks of every existing
       # configuration, do not change.
-      inputs = mask_rules.ScoreInputs(
+      inputs = rules.ScoreInputs(
           params=params, grads=updates, last_grads=state.last_grads,
           has_grads=state.has_grads, masks=masks,
           rng=jax.random.fold_in(update_rng, 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparcl_jax.mask_rules import ScoreInputs, register_grow_score
+from sparcl_jax.sparse.rules import ScoreInputs, register_grow_score
 
 
 @register_grow_score('random')

@@ -1,6 +1,6 @@
 """Task-aware dynamic masking with group-balanced structure (``grouped_tdm``).
 
-The structured twin of :func:`sparcl_jax.tdm`, for models built from
+The structured twin of :func:`sparcl_jax.sparse.tdm.tdm`, for models built from
 group-balanced sparse layers (:class:`~sparcl_jax.GroupedSparseDense`,
 :class:`~sparcl_jax.GroupedSparseLinear`): the parameters hold only the kept
 weights (``values`` ``[groups, k, group]``), and which input rows each block
@@ -35,16 +35,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparcl_jax import grouped
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import (find_states, flatten_to_dict, is_none,
                               map_with_paths)
-from sparcl_jax.tdm import MaskSchedule, schedule_position
+from sparcl_jax.sparse import grouped
+from sparcl_jax.sparse.schedule import (SWAP, TASK_START, MaskSchedule,
+                                        schedule_position)
 
 PyTree = Any
 
-_TASK_START, _SWAP = 1, 2
 # Leaf names inside a layer: the parameters' kept weights, the collection's
 # row indices and row membership.
 VALUES, ROWS, KEPT = 'values', 'rows', 'kept'
@@ -157,7 +157,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
   """TDM for group-balanced sparse layers: drop-and-grow of whole rows.
 
   ``update`` takes the extra args ``epoch`` (within the task) and
-  ``step_in_epoch`` like :func:`sparcl_jax.tdm`, and the same static
+  ``step_in_epoch`` like :func:`sparcl_jax.sparse.tdm.tdm`, and the same static
   ``mask_events`` / ``record_grads`` promises. At ``step_in_epoch == 0`` of
   a task's first epoch and of the schedule's middle updates, every block of
   every grouped layer swaps rows (see the module doc). A grown slot's
@@ -173,7 +173,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     schedule: when to swap and how many rows.
     importance_lambda: weight of ``|g_last|`` in the drop score.
     gradient_masking: optional transform applied to the gradient before
-      ``inner`` (e.g. :func:`sparcl_jax.dgm` selecting the ``values``
+      ``inner`` (e.g. :func:`sparcl_jax.sparse.dgm.dgm` selecting the ``values``
       leaves); it gets ``weight_mask`` with ``None`` leaves (all stored
       weights are kept).
     steps_per_epoch: fallback when ``epoch``/``step_in_epoch`` are missing.
@@ -260,7 +260,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
         return grouped.drop_and_grow_rows(
             jnp.zeros(rows.shape + (1,)), rows, drop, grow, count)[1]
 
-      rows = jax.lax.cond(phase == _TASK_START,
+      rows = jax.lax.cond(phase == TASK_START,
                           lambda: rows_after(at_start),
                           lambda: rows_after(at_swap))
       new[_leaf(layer, ROWS)] = rows
@@ -275,7 +275,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     epoch, step = schedule_position(state.count, extra, steps_per_epoch,
                                     schedule, 'grouped_tdm')
     phase = schedule.phase(epoch)
-    do_swap = (step == 0) & ((phase == _TASK_START) | (phase == _SWAP))
+    do_swap = (step == 0) & ((phase == TASK_START) | (phase == SWAP))
     rng, key = jax.random.split(state.rng)
     unchanged = {layer: jnp.zeros(
         flatten_to_dict(state.collection)[_leaf(layer, ROWS)].shape, bool)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.mask_rules import ScoreInputs, register_grow_score
+from sparcl_jax.sparse.rules import ScoreInputs, register_grow_score
 from sparcl_jax.paths import is_none
 
 

@@ -9,20 +9,24 @@ whatever the ties.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+import dataclasses
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sparcl_jax import masks as masks_lib
 from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.paths import find_states, masked_to_none
-from sparcl_jax.paths import flatten_with_paths
-from sparcl_jax.sparsity import (default_sparse_filter, keep_count,
-                                 require_selection, sparsities_by_path)
+from sparcl_jax.paths import (find_states, flatten_with_paths, is_none,
+                              masked_to_none)
+from sparcl_jax.sparse.masks import bit_select, masks_from_filter
+from sparcl_jax.sparse.schedule import MaskSchedule, most_kept
+from sparcl_jax.sparse.selection import rank_mask
+from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
+                                        keep_count, require_selection,
+                                        sparsities_by_path)
 
 PyTree = Any
 
@@ -39,51 +43,81 @@ class DGMState(NamedTuple):
   masks: PyTree
 
 
-class DGMSpec(NamedTuple):
-  """What a ``dgm`` transform was built with (read by ``tdm``).
+@dataclasses.dataclass(frozen=True)
+class DGMSpec:
+  """Dynamic gradient masking as ``tdm`` runs it: ``tdm(..., dgm=DGMSpec())``.
+
+  ``tdm`` builds the ``dgm`` transform from it, masking tdm's own sparse
+  leaves when ``sparse_filter`` is None, and from ``init`` on raises when the
+  gradient sparsity could not act (see ``dgm``). Standing alone, ``dgm`` is
+  the transform; this is what tdm needs to know to run and check one.
 
   Attributes:
-    gradient_sparsity: share of gradient entries zeroed.
-    refresh_interval: steps between refreshes.
-    sparse_filter: the filter it was given, None when not given.
-    with_filter: builds the same ``dgm`` with another filter.
-  """
+    gradient_sparsity: share of a leaf's gradient entries zeroed, in
+      ``[0, 1)`` (stored as a float).
+    refresh_interval: steps between refreshes of the gradient mask, >= 1
+      (stored as an int).
+    sparse_filter: which leaves get a gradient mask; None: the leaves tdm
+      keeps sparse.
 
-  gradient_sparsity: float
-  refresh_interval: int
-  sparse_filter: Optional[masks_lib.SparseFilter]
-  with_filter: Callable[[masks_lib.SparseFilter],
-                        optax.GradientTransformationExtraArgs]
-
-
-def dgm_spec(tx: Any) -> Optional[DGMSpec]:
-  """The ``DGMSpec`` of a transform ``dgm`` built, else None.
-
-  Args:
-    tx: any optax transformation.
-
-  Returns:
-    Its ``DGMSpec``, or None when ``tx`` is not a ``dgm`` transform.
+  Raises:
+    ConfigError: on a value out of range.
 
   Example:
-    >>> dgm_spec(dgm(0.8)).gradient_sparsity
-    0.8
-    >>> dgm_spec(optax.sgd(0.1)) is None
-    True
+    >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
+    >>> g = {'hidden_0': {'kernel': jnp.arange(100.).reshape(10, 10)}}
+    >>> tx = sc.tdm(optax.sgd(0.1), sparsity=0.5,
+    ...             dgm=DGMSpec(0.9, refresh_interval=10))
+    >>> _, state = tx.update(g, tx.init(params), params, epoch=0,
+    ...                      step_in_epoch=0)
+    >>> int(sc.dgm_masks(state)['hidden_0']['kernel'].sum())  # 10% of 100
+    10
   """
-  return getattr(getattr(tx, 'init', None), 'dgm_spec', None)
+
+  gradient_sparsity: float = 0.8
+  refresh_interval: int = 30
+  sparse_filter: Optional[SparseFilter] = None
+
+  def __post_init__(self):
+    if not 0.0 <= float(self.gradient_sparsity) < 1.0:
+      raise ConfigError(f'gradient_sparsity must be in [0, 1), got '
+                        f'{self.gradient_sparsity}.')
+    if int(self.refresh_interval) < 1:
+      raise ConfigError(
+          f'refresh_interval must be >= 1, got {self.refresh_interval}.')
+    # Stored as the transform uses them, so that a spec and the dgm built
+    # from it report the same numbers.
+    object.__setattr__(self, 'gradient_sparsity',
+                       float(self.gradient_sparsity))
+    object.__setattr__(self, 'refresh_interval', int(self.refresh_interval))
+
+  def transform(self) -> optax.GradientTransformationExtraArgs:
+    """The ``dgm`` transform of this spec.
+
+    Returns:
+      ``dgm(gradient_sparsity, refresh_interval, sparse_filter)``.
+
+    Example:
+      >>> g = {'hidden_0': {'kernel': jnp.arange(10.).reshape(2, 5)}}
+      >>> tx = DGMSpec(0.8).transform()
+      >>> u, _ = tx.update(g, tx.init(g), g)
+      >>> int((u['hidden_0']['kernel'] != 0).sum())
+      2
+    """
+    return dgm(self.gradient_sparsity, self.refresh_interval,
+               sparse_filter=self.sparse_filter)
 
 
 def _weight_mask_leaf(weight_mask: Optional[PyTree], masks: PyTree) -> PyTree:
   """Aligns an optional weight-mask pytree with the gradient masks."""
   if weight_mask is None:
-    return jax.tree.map(lambda m: None, masks, is_leaf=masks_lib.is_none)
+    return jax.tree.map(lambda m: None, masks, is_leaf=is_none)
   return jax.tree.map(lambda m, wm: None if m is None else wm, masks,
-                      weight_mask, is_leaf=masks_lib.is_none)
+                      weight_mask, is_leaf=is_none)
 
 
 def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
-        sparse_filter: Optional[masks_lib.SparseFilter] = None
+        sparse_filter: Optional[SparseFilter] = None
         ) -> optax.GradientTransformationExtraArgs:
   """Dynamic gradient masking.
 
@@ -104,18 +138,20 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   ``gradient_sparsity`` exceeds ``s`` (exactly: in a layer where it keeps
   fewer entries than the weight mask keeps at its largest, a share
   ``1 - (s - extra_growth)`` at a task start). ``tdm`` raises when given a
-  ``dgm`` that could act on none of its leaves.
+  ``DGMSpec`` that could act on none of its leaves.
 
-  Nested in ``tdm`` (``tdm(..., gradient_masking=dgm(0.9))``) a ``dgm``
-  built without ``sparse_filter`` takes tdm's sparse leaves; used on its
-  own it takes ``default_sparse_filter``'s. Either way, ``init`` raises if
-  the filter selects no leaf of the params.
+  Inside ``tdm`` DGM is given as ``tdm(..., dgm=DGMSpec(0.9))``: tdm
+  builds this transform from the spec, with tdm's sparse leaves when the
+  spec names none, and checks that it can act. Used on its own (or as any
+  ``gradient_masking=`` transform) a ``dgm`` without ``sparse_filter`` takes
+  ``default_sparse_filter``'s leaves. Either way, ``init`` raises if the
+  filter selects no leaf of the params.
 
   Args:
     gradient_sparsity: share of gradient entries zeroed, in ``[0, 1)``.
     refresh_interval: steps between refreshes of the gradient mask.
-    sparse_filter: which leaves get a gradient mask; None: tdm's sparse
-      leaves when nested in ``tdm``, else ``default_sparse_filter``.
+    sparse_filter: which leaves get a gradient mask; None:
+      ``default_sparse_filter``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -133,24 +169,19 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     Array([[-0., -0., -0., -0., -0.],
            [-0., -0., -0., -8., -9.]], dtype=float32)
   """
-  if not 0.0 <= float(gradient_sparsity) < 1.0:
-    raise ConfigError(
-        f'gradient_sparsity must be in [0, 1), got {gradient_sparsity}.')
-  if int(refresh_interval) < 1:
-    raise ConfigError(
-        f'refresh_interval must be >= 1, got {refresh_interval}.')
-  gs = float(gradient_sparsity)
-  interval = int(refresh_interval)
-  given_filter = sparse_filter
+  # The spec validates the hyper-parameters, with the same messages.
+  spec = DGMSpec(gradient_sparsity, refresh_interval, sparse_filter)
+  gs = spec.gradient_sparsity
+  interval = spec.refresh_interval
   if sparse_filter is None:
-    sparse_filter = masks_lib.default_sparse_filter
+    sparse_filter = default_sparse_filter
 
   def init_fn(params):
     require_selection(params, sparse_filter, 'dgm',
                       'no gradient would be masked')
     return DGMState(count=jnp.zeros([], jnp.int32),
                     masks=masked_to_none(
-                        masks_lib.masks_from_filter(params, sparse_filter)))
+                        masks_from_filter(params, sparse_filter)))
 
   def refresh(grads, masks, weight_mask):
 
@@ -164,9 +195,9 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         # the masked-out ones tie among themselves as they did; a NaN
         # gradient sorts last either way.
         magnitude = jnp.where(wm, magnitude, jnp.ones_like(magnitude))
-      return masks_lib.rank_mask([magnitude], masks_lib.keep_count(g.size, gs))
+      return rank_mask([magnitude], keep_count(g.size, gs))
 
-    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=masks_lib.is_none)
+    return jax.tree.map(leaf, masks, grads, weight_mask, is_leaf=is_none)
 
   def update_fn(updates, state, params=None, *, weight_mask=None,
                 step_in_epoch=None, mask_events: bool = True, **extra):
@@ -180,47 +211,16 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     else:
       masks = state.masks
     out = jax.tree.map(
-        lambda m, g: g if m is None else masks_lib.bit_select(m, g),
-        masks, updates, is_leaf=masks_lib.is_none)
+        lambda m, g: g if m is None else bit_select(m, g),
+        masks, updates, is_leaf=is_none)
     return out, DGMState(count=state.count + 1, masks=masks)
 
-  # tdm reads the spec: a dgm nested in it without a filter of its own takes
-  # tdm's sparse leaves, and one whose sparsity cannot act raises.
-  init_fn.dgm_spec = DGMSpec(
-      gs, interval, given_filter,
-      lambda f: dgm(gradient_sparsity, refresh_interval, sparse_filter=f))
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def most_kept(size: int, s: float, schedule: Any) -> int:
-  """The most weights a mask keeps at any point of a TDM schedule.
-
-  A dgm nested in tdm acts on a leaf only if it keeps fewer gradient
-  entries than this (``check_dgm_acts``).
-
-  Args:
-    size: the leaf's number of weights.
-    s: the leaf's target sparsity.
-    schedule: tdm's ``MaskSchedule`` (its ``static`` and
-      ``phase_sparsities``).
-
-  Returns:
-    The largest kept count over the schedule's phases (a task start's
-    growth included).
-
-  Example:
-    >>> most_kept(1000, 0.9, sc.MaskSchedule())  # 0.89 at a task start
-    110
-  """
-  if schedule.static:
-    return keep_count(size, s)
-  return max(max(keep_count(size, p), keep_count(size, g))
-             for p, g in schedule.phase_sparsities(s))
-
-
-def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
+def check_dgm_acts(params: PyTree, sp: PyTree, schedule: MaskSchedule,
                    spec: DGMSpec) -> None:
-  """Raises if a dgm nested in tdm could mask nothing.
+  """Raises if the dgm tdm runs from ``spec`` could mask nothing.
 
   It could not where, in every leaf it masks, it keeps no fewer gradient
   entries than the weight mask ever keeps there: the gradient is already
@@ -229,9 +229,8 @@ def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
   Args:
     params: the params tdm trains.
     sp: tdm's sparsities pytree (None at dense leaves).
-    schedule: tdm's ``MaskSchedule`` (its ``static`` and
-      ``phase_sparsities``).
-    spec: the nested dgm's ``DGMSpec``.
+    schedule: tdm's schedule.
+    spec: the ``DGMSpec`` given to tdm.
 
   Raises:
     ConfigError: when the dgm can act in no leaf.
@@ -252,12 +251,12 @@ def check_dgm_acts(params: PyTree, sp: PyTree, schedule: Any,
     return  # dgm's own init raises on an empty selection.
   top = max(shares)
   raise ConfigError(
-      f'tdm: gradient_masking=dgm({spec.gradient_sparsity:g}) cannot act: it '
+      f'tdm: dgm=DGMSpec({spec.gradient_sparsity:g}) cannot act: it '
       f'keeps {1 - spec.gradient_sparsity:.4g} of a layer\'s whole gradient, '
       f'no fewer entries than the weight mask keeps in any layer it masks '
       f'(at most {top:.4g} of a layer) and the gradient is zero outside '
       f'that mask already; use a gradient_sparsity above {1 - top:.4g} or '
-      f'leave gradient_masking out.')
+      f'leave dgm out.')
 
 
 def dgm_masks(state: Any) -> PyTree:
@@ -293,4 +292,4 @@ def dgm_masks(state: Any) -> PyTree:
   return found[0][1].masks
 
 
-__all__ = ['DGMState', 'dgm', 'dgm_masks']
+__all__ = ['DGMSpec', 'DGMState', 'check_dgm_acts', 'dgm', 'dgm_masks']

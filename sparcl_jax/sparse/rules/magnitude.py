@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sparcl_jax.mask_rules import ScoreInputs, register_drop_score
+from sparcl_jax.sparse.rules import ScoreInputs, register_drop_score
 from sparcl_jax.paths import is_none
 
 

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import apply_mask
+from sparcl_jax.sparse.masks import apply_mask
 from sparcl_jax.paths import is_none
-from sparcl_jax.selection import hash_bits, rank_mask
-from sparcl_jax.sparsity import keep_count_traceable
+from sparcl_jax.sparse.selection import hash_bits, rank_mask
+from sparcl_jax.sparse.sparsity import keep_count_traceable
 
 PyTree = Any
 
@@ -80,7 +80,7 @@ def drop_and_grow_by_scores(rng: jax.Array, masks: PyTree,
   are kept. Ties are broken at random; a score pytree that is ``None``, or
   ``None`` at a leaf, expresses no preference, so every choice there is
   uniformly random. This is the engine under ``drop_and_grow_masks`` and
-  TDM's score rules (``sparcl_jax.mask_rules``).
+  TDM's score rules (``sparcl_jax.sparse.rules``).
 
   Args:
     rng: PRNG key.

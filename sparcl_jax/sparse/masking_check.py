@@ -18,9 +18,9 @@ import numpy as np
 import optax
 
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.masks import apply_mask
 from sparcl_jax.paths import find_states, flatten_with_paths
-from sparcl_jax.tdm import TDMState, tdm, tdm_masks  # pylint: disable=unused-import  (tdm: the doctest's)
+from sparcl_jax.sparse.masks import apply_mask
+from sparcl_jax.sparse.tdm import TDMState, tdm_masks
 
 PyTree = Any
 
@@ -73,7 +73,7 @@ def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
     Weight decay chained after ``tdm`` (inside ``inner`` it would pass):
 
     >>> p = {'hidden_0': {'kernel': jnp.ones((8, 8))}}
-    >>> bad = optax.chain(tdm(optax.sgd(0.1), sparsity=0.5),
+    >>> bad = optax.chain(sc.tdm(optax.sgd(0.1), sparsity=0.5),
     ...                   optax.add_decayed_weights(1e-4))
     >>> check_masking(bad, p, steps=1)
     Traceback (most recent call last):
