@@ -1,5 +1,6 @@
-"""The library's shape: no import cycles, modules of one job (none over 600
-lines), and method names compared only inside ``sparcl_jax/methods``."""
+"""The library's shape: no import cycles, modules of one job (none over 500
+lines), no lazy re-exports, and method names compared only inside
+``sparcl_jax/methods``."""
 
 import ast
 import os
@@ -84,12 +85,34 @@ def test_no_import_cycle_in_the_package():
   assert _cycles(_import_graph(_modules())) == []
 
 
-def test_no_module_over_600_lines():
+def test_no_module_over_500_lines():
   lengths = {}
   for name, path in _modules().items():
     with open(path) as f:
       lengths[name] = sum(1 for _ in f)
-  assert {k: v for k, v in lengths.items() if v > 600} == {}
+  assert {k: v for k, v in lengths.items() if v > 500} == {}
+
+
+def test_no_module_reexports_lazily():
+  # A module-level __getattr__ hides where a name lives and what imports it.
+  lazy = []
+  for name, path in _modules().items():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    if any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+           for node in tree.body):
+      lazy.append(name)
+  assert lazy == []
+
+
+def test_lower_layers_never_import_the_run_machinery():
+  # training/ (the loop, CLI, outputs) sits on top: nothing below reads it.
+  graph = _import_graph(_modules())
+  upward = sorted(
+      (name, dep) for name, deps in graph.items() for dep in deps
+      if dep.startswith("sparcl_jax.training") and
+      not name.startswith("sparcl_jax.training"))
+  assert upward == []
 
 
 def _method_name_comparisons() -> list[str]:
