@@ -56,6 +56,7 @@ class StepHooks:
   Attributes:
     keeps_stream_gradient: the step takes the stream loss's gradient apart
       from the term's (two backward passes), for ``after_update``.
+    replay_batch_size: examples a step draws per replay batch (0: none).
 
   Example:
     >>> hooks = StepHooks()
@@ -64,6 +65,12 @@ class StepHooks:
   """
 
   keeps_stream_gradient = False
+  replay_batch_size = 0
+
+  def replays_in_task(self, task: int) -> bool:
+    """Whether the steps of ``task`` may add a replay term (FLOPs count)."""
+    del task
+    return False
 
   def init_state(self, params: PyTree) -> Any:
     """What the method carries from step to step (``TrainState.method_state``)."""

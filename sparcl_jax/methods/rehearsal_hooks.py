@@ -67,6 +67,11 @@ class RehearsalHooks(StepHooks):
   def __init__(self, spec: MethodSpec):
     self.spec = spec
     self.rule = get_method(spec.replay) if spec.replay else Method()
+    self.replay_batch_size = spec.replay_batch_size if spec.replay else 0
+
+  def replays_in_task(self, task: int) -> bool:
+    return bool(self.spec.replay) and (task > 0 or
+                                       self.spec.replay_first_task)
 
   def init_state(self, params: PyTree) -> ReplayState:
     del params

@@ -88,13 +88,10 @@ class Trainer:
     family.check(self)
     self.mesh = None if self.stacked else sharding_lib.make_mesh(
         config.num_devices, self.batch_size)
-    replay_batch = getattr(self.hooks, "spec", None)
-    if (self.mesh is not None and replay_batch is not None and
-        replay_batch.replay and
-        replay_batch.replay_batch_size % self.mesh.size):
-      raise ConfigError(f"the replay mini-batch "
-                        f"({replay_batch.replay_batch_size}) cannot be split "
-                        f"over {self.mesh.size} devices; set "
+    replay_batch = self.hooks.replay_batch_size
+    if self.mesh is not None and replay_batch % self.mesh.size:
+      raise ConfigError(f"the replay mini-batch ({replay_batch}) cannot be "
+                        f"split over {self.mesh.size} devices; set "
                         f"--minibatch_size to a multiple of {self.mesh.size}.")
     if self.stacked:
       self.data, self.data_axes = seed_axis.device_data(scenarios)
@@ -220,11 +217,8 @@ class Trainer:
     usable = [jax.device_put(u) for u in usable]
     seen = self.seed_class_masks[:, :task + 1].any(axis=1)
     task_mask = seen if self.method.joint else self.seed_class_masks[:, task]
-    replay_active = bool(getattr(self.hooks, "spec", None) and
-                         self.hooks.spec.replay and
-                         (task > 0 or self.hooks.spec.replay_first_task))
-    replay_batch = getattr(getattr(self.hooks, "spec", None),
-                           "replay_batch_size", 0)
+    replay_active = self.hooks.replays_in_task(task)
+    replay_batch = self.hooks.replay_batch_size
     replay_terms = self.method.replay_batches
     for epoch in range(resume["epoch"] if resume else 0, epochs):
       if resume is not None:
