@@ -17,7 +17,7 @@ import numpy as np
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import flops as flops_lib
 from sparcl_jax.sparse import masks as masks_lib
-from sparcl_jax import rehearsal
+from sparcl_jax.replay import buffer as replay_buffer
 from benchmarks.harness import StepBench, first_call
 from sparcl_jax.data import pipeline
 from sparcl_jax.data.types import Scenario
@@ -230,7 +230,7 @@ def build_train_chunk(config: RunConfig, scenario: Scenario,
     raise ValueError("scenario too small for steps_per_epoch")
   buffer = None
   if hooks.spec.replay:
-    buffer = rehearsal.buffer_init(config.buffer_size, spec.image_shape,
+    buffer = replay_buffer.buffer_init(config.buffer_size, spec.image_shape,
                                    scenario.num_outputs)
     # A full buffer, as after the first task.
     x0, y0 = pipeline.gather_batch(

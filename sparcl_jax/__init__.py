@@ -47,8 +47,10 @@ from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
                                      merge_fisher_slot,
                                      si_accumulate, si_consolidate, si_init,
                                      si_penalty, squared_gradient_sum)
-from sparcl_jax.rehearsal import (Buffer, buffer_init, buffer_len,
-                                  buffer_ready, buffer_sample, reservoir_add)
+from sparcl_jax.replay.buffer import (Buffer, buffer_init, buffer_len,
+                                     buffer_ready, buffer_sample,
+                                     reservoir_add)
+from sparcl_jax.replay.losses import der_term, derpp_term, er_term
 from sparcl_jax.sparse.masking_check import check_masking
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparcl_jax import rehearsal
+from sparcl_jax.replay import buffer as replay_buffer
 from sparcl_jax.training import checkpoint
 from sparcl_jax.training import divergence
 from sparcl_jax.training import outputs
@@ -21,7 +21,7 @@ from sparcl_jax.training import tensorboard
 def _tree(seed=0):
   return {
       "params": {"w": jnp.arange(6.0).reshape(2, 3) + seed},
-      "buffer": rehearsal.buffer_init(3, (2,), 4),
+      "buffer": replay_buffer.buffer_init(3, (2,), 4),
       "ddr": None,
       "rng": jax.random.split(jax.random.key(seed))[1],
       "count": jnp.int32(7),
@@ -46,7 +46,7 @@ def test_save_restore_is_bit_identical_and_keeps_two(tmp_path):
   assert meta["task"] == 2
   np.testing.assert_array_equal(tree["params"]["w"], want["params"]["w"])
   assert tree["ddr"] is None
-  assert isinstance(tree["buffer"], rehearsal.Buffer)
+  assert isinstance(tree["buffer"], replay_buffer.Buffer)
   assert tree["count"].dtype == jnp.int32 and int(tree["count"]) == 7
   # The key comes back as a key, continuing the same random stream.
   np.testing.assert_array_equal(jax.random.key_data(tree["rng"]),

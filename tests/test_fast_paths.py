@@ -173,7 +173,7 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
   # 5 with the fast update variants against ten calls of the plain
   # reference step, which calls the optimizer as built.
   from sparcl_jax import ddr as ddr_lib
-  from sparcl_jax import rehearsal
+  from sparcl_jax.replay import buffer as replay_buffer
   from sparcl_jax.data import pipeline
   from sparcl_jax.methods import rehearsal_hooks
   from sparcl_jax.models import registry
@@ -201,7 +201,7 @@ def test_fused_fast_chunk_equals_the_reference_step_in_a_loop(
   start = steps.TrainState(
       params, {}, opt_state,
       rehearsal_hooks.ReplayState(
-          rehearsal.buffer_init(50, spec.image_shape, scenario.num_outputs),
+          replay_buffer.buffer_init(50, spec.image_shape, scenario.num_outputs),
           ddr_lib.ddr_init(arrays.train_len)._replace(
               kept=jnp.asarray(usable))),
       jax.random.key(2))

@@ -7,9 +7,9 @@ Example:
 """
 
 from sparcl_jax.methods import register
-from sparcl_jax.methods.base import Method, cross_entropy_over
-from sparcl_jax import losses
+from sparcl_jax.methods.base import Method
 from sparcl_jax.methods.settings import DerppSettings, DerSettings
+from sparcl_jax.replay import losses as replay_losses
 
 
 @register
@@ -26,8 +26,8 @@ class DarkExperienceReplay(Method):
                   seen_mask):
     del seen_mask
     (x1, _, z1), _ = batches
-    logits, batch_stats = forward(params, batch_stats, x1, keys[0], True)
-    return spec.alpha * losses.logit_matching(logits, z1), batch_stats
+    return replay_losses.der_term(forward, params, batch_stats, x1, z1,
+                                  keys[0], spec.alpha)
 
 
 @register
@@ -42,10 +42,7 @@ class DarkExperienceReplayPlusPlus(DarkExperienceReplay):
 
   def replay_term(self, spec, forward, params, batch_stats, batches, keys,
                   seen_mask):
-    term, batch_stats = super().replay_term(spec, forward, params,
-                                            batch_stats, batches, keys,
-                                            seen_mask)
-    _, (x2, y2) = batches
-    logits, batch_stats = forward(params, batch_stats, x2, keys[1], True)
-    return (term + spec.beta * cross_entropy_over(logits, y2, None),
-            batch_stats)
+    del seen_mask
+    (x1, _, z1), (x2, y2) = batches
+    return replay_losses.derpp_term(forward, params, batch_stats, (x1, z1),
+                                    (x2, y2), keys, spec.alpha, spec.beta)

@@ -19,8 +19,9 @@ Example:
 """
 
 from sparcl_jax.methods import register
-from sparcl_jax.methods.base import Method, cross_entropy_over
+from sparcl_jax.methods.base import Method
 from sparcl_jax.methods.settings import ReplaySettings
+from sparcl_jax.replay import losses as replay_losses
 
 
 @register
@@ -43,5 +44,5 @@ class ErAce(Method):
                   seen_mask):
     del spec
     (x1, y1, _), _ = batches
-    logits, batch_stats = forward(params, batch_stats, x1, keys[0], True)
-    return cross_entropy_over(logits, y1, seen_mask), batch_stats
+    return replay_losses.er_term(forward, params, batch_stats, x1, y1,
+                                 keys[0], class_mask=seen_mask)

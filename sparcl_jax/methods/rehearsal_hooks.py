@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sparcl_jax import ddr as ddr_lib
-from sparcl_jax import rehearsal
+from sparcl_jax.replay import buffer as replay_buffer
 from sparcl_jax.methods import get as get_method
 from sparcl_jax.methods.base import Method, StepHooks, cross_entropy_over
 
@@ -85,10 +85,10 @@ class RehearsalHooks(StepHooks):
     if not self.spec.replay:
       return None
     n, buffer = self.spec.replay_batch_size, method_state.buffer
-    bx1, by1, bz1, _ = constrain(rehearsal.buffer_sample(buffer, keys[3], n))
-    bx2, by2, _, _ = constrain(rehearsal.buffer_sample(buffer, keys[4], n))
+    bx1, by1, bz1, _ = constrain(replay_buffer.buffer_sample(buffer, keys[3], n))
+    bx2, by2, _, _ = constrain(replay_buffer.buffer_sample(buffer, keys[4], n))
     batches = ((prepare(keys[6], bx1), by1, bz1), (prepare(keys[7], bx2), by2))
-    do_replay = rehearsal.buffer_ready(buffer, n)
+    do_replay = replay_buffer.buffer_ready(buffer, n)
     if not self.spec.replay_first_task:
       do_replay = jnp.logical_and(do_replay, facts.task_id > 0)
     return batches, do_replay
@@ -117,7 +117,7 @@ class RehearsalHooks(StepHooks):
     del stream_grads, old_params, new_params
     buffer, ddr = method_state
     if self.spec.replay:
-      buffer = rehearsal.reservoir_add(buffer, keys[5], batch.x_raw, batch.y,
+      buffer = replay_buffer.reservoir_add(buffer, keys[5], batch.x_raw, batch.y,
                                        batch.logits, batch.task)
     if self.spec.track_forgetting:
       correct = jnp.argmax(batch.logits, axis=-1) == batch.y

@@ -26,7 +26,7 @@ import optax
 
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax import methods
-from sparcl_jax import rehearsal
+from sparcl_jax.replay import buffer as replay_buffer
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.methods import rehearsal_hooks
 from sparcl_jax.methods import task_level
@@ -54,7 +54,7 @@ class RehearsalFamily:
                                                    trainer.spec, data)
     buffer = None
     if config.method_object.replay:
-      buffer = rehearsal.buffer_init(config.buffer_size,
+      buffer = replay_buffer.buffer_init(config.buffer_size,
                                      trainer.spec.image_shape,
                                      scenario.num_outputs)
     state = state._replace(method_state=rehearsal_hooks.ReplayState(buffer,

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparcl_jax import rehearsal
+from sparcl_jax.replay import buffer as replay_buffer
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.rehearsal import (buffer_init, buffer_len, buffer_sample,
+from sparcl_jax.replay.buffer import (buffer_init, buffer_len, buffer_sample,
                                   buffer_sample_indices, reservoir_add)
 
 
@@ -36,7 +36,7 @@ def _filled(size, count):
   """A buffer whose first `count` slots hold items 0..count-1 (task 2)."""
   x, y, z = _items(0, count)
   pad = size - count
-  return rehearsal.Buffer(
+  return replay_buffer.Buffer(
       inputs=jnp.asarray(np.pad(x, ((0, pad), (0, 0)))),
       labels=jnp.asarray(np.pad(y, (0, pad))),
       logits=jnp.asarray(np.pad(z, ((0, pad), (0, 0)))),
@@ -91,7 +91,7 @@ def test_batched_add_equals_sequential_offers():
   x, y, z = _items(100, batch)
   valid = np.arange(batch) % 7 != 3
   new = reservoir_add(buf, rng, x, y, z, np.ones(batch), valid)
-  slots = np.asarray(jax.jit(rehearsal._reservoir_slots, static_argnums=1)(
+  slots = np.asarray(jax.jit(replay_buffer._reservoir_slots, static_argnums=1)(
       buf.num_seen, size, rng, valid))
   kept = slots[slots < size]
   assert len(kept) > len(set(kept.tolist())), "test needs duplicate slots"
@@ -197,21 +197,21 @@ def test_buffer_ready_gates_replay_on_an_empty_buffer():
   def replay_term(buffer, rng):
     bx, by, _, _ = buffer_sample(buffer, rng, 2)
     term = 1.0 + jnp.abs(bx).sum()  # nonzero even on an empty buffer's zeros
-    return jnp.where(rehearsal.buffer_ready(buffer, 2), term, 0.0), bx, by
+    return jnp.where(replay_buffer.buffer_ready(buffer, 2), term, 0.0), bx, by
 
   key = jax.random.key(0)
   # Empty: the draw is zeros, silently; the gate drops the term.
   term, bx, _ = replay_term(_filled(5, 0), key)
   assert np.asarray(bx).tolist() == [[0, 0], [0, 0]] and float(term) == 0.0
-  assert not bool(rehearsal.buffer_ready(_filled(5, 0)))
+  assert not bool(replay_buffer.buffer_ready(_filled(5, 0)))
   # One item: a draw of 2 would repeat it; not ready for 2, ready for 1.
   term, _, by = replay_term(_filled(5, 1), key)
   assert np.asarray(by).tolist() == [0, 0] and float(term) == 0.0
-  assert bool(rehearsal.buffer_ready(_filled(5, 1), 1))
+  assert bool(replay_buffer.buffer_ready(_filled(5, 1), 1))
   # Two items (0 and 1, inputs [i, -i]): both drawn, 1 + 0 + 0 + 1 + 1.
   term, _, by = replay_term(_filled(5, 2), key)
   assert sorted(np.asarray(by).tolist()) == [0, 1] and float(term) == 3.0
   # The gate is the library's rule: num_seen >= n, traced or static.
-  assert [bool(rehearsal.buffer_ready(_filled(5, c), jnp.int32(2)))
+  assert [bool(replay_buffer.buffer_ready(_filled(5, c), jnp.int32(2)))
           for c in range(4)] == [False, False, True, True]
   assert replay_term._cache_size() == 1
