@@ -85,8 +85,10 @@ class RehearsalHooks(StepHooks):
     if not self.spec.replay:
       return None
     n, buffer = self.spec.replay_batch_size, method_state.buffer
-    bx1, by1, bz1, _ = constrain(replay_buffer.buffer_sample(buffer, keys[3], n))
-    bx2, by2, _, _ = constrain(replay_buffer.buffer_sample(buffer, keys[4], n))
+    bx1, by1, bz1, _ = constrain(
+        replay_buffer.buffer_sample(buffer, keys[3], n))
+    bx2, by2, _, _ = constrain(
+        replay_buffer.buffer_sample(buffer, keys[4], n))
     batches = ((prepare(keys[6], bx1), by1, bz1), (prepare(keys[7], bx2), by2))
     do_replay = replay_buffer.buffer_ready(buffer, n)
     if not self.spec.replay_first_task:
