@@ -119,8 +119,8 @@ class RehearsalHooks(StepHooks):
     del stream_grads, old_params, new_params
     buffer, ddr = method_state
     if self.spec.replay:
-      buffer = replay_buffer.reservoir_add(buffer, keys[5], batch.x_raw, batch.y,
-                                       batch.logits, batch.task)
+      buffer = replay_buffer.reservoir_add(buffer, keys[5], batch.x_raw,
+                                           batch.y, batch.logits, batch.task)
     if self.spec.track_forgetting:
       correct = jnp.argmax(batch.logits, axis=-1) == batch.y
       ddr = ddr_lib.ddr_update(ddr, batch.positions, correct,
