@@ -112,6 +112,22 @@ def test_finished_results_are_never_overwritten(capsys, tmp_path):
   assert results.read_text() == '{"final": "precious"}'
 
 
+def test_a_closed_stdout_costs_a_finished_run_nothing(tmp_path):
+  workdir = tmp_path / "closed"
+  proc = subprocess.Popen(
+      [sys.executable, TRAIN, f"--flagfile={QUICKSTART}",
+       f"--workdir={workdir}", "--epochs=1", "--num_tasks=2",
+       "--notensorboard"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  proc.stdout.close()  # nobody reads: every write to stdout fails
+  err = proc.stderr.read()
+  assert proc.wait(timeout=300) == 0, err[-2000:]
+  assert err.splitlines() == [
+      f"train.py: the summary could not be printed ([Errno 32] Broken "
+      f"pipe); the results are in {workdir / 'results.json'}"]
+  assert json.loads((workdir / "results.json").read_text())["final"]
+
+
 def test_end_to_end_quickstart_run(tmp_path):
   """One short epoch of the quickstart config through the real script."""
   workdir = tmp_path / "quick"
@@ -121,6 +137,11 @@ def test_end_to_end_quickstart_run(tmp_path):
       capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "mean" in proc.stdout
+  # Progress lines reach a pipe too: one per epoch and one per task.
+  progress = [l.split("  ")[0] for l in proc.stdout.splitlines()
+              if l.startswith("task ") and ("epoch" in l or "done" in l)]
+  assert progress == ["task 1/2 epoch 1/1", "task 1/2 done",
+                      "task 2/2 epoch 1/1", "task 2/2 done"]
   results = json.loads((workdir / "results.json").read_text())
   class_il = results["acc_matrix"]["class_il"]
   task_il = results["acc_matrix"]["task_il"]

@@ -81,3 +81,22 @@ def test_progress_lines_show_only_the_first_seed_of_a_run():
     lines({"event": "eval", "task": 0, "class_il": [50.0],
            "task_il": [75.0], "seed": seed})
   assert out.getvalue() == "task 1/1 done  class-IL 50.00  task-IL 75.00\n"
+
+
+def test_progress_lines_that_cannot_be_written_stop_without_an_error(capsys):
+  written = []
+
+  class Full:
+    def write(self, text):
+      written.append(text)
+      raise OSError(28, "No space left on device")
+
+    def flush(self):
+      pass
+
+  lines = ProgressLines(1, 2, stream=Full())
+  for epoch in range(2):
+    lines({"event": "epoch", "task": 0, "epoch": epoch, "loss": 0.5,
+           "examples": 10})
+  assert lines.broken and len(written) == 1  # tried once, then stopped
+  assert capsys.readouterr().err == ""

@@ -438,10 +438,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os._exit(EXIT_PEER_LOST)  # pylint: disable=protected-access
   if not primary:
     return 0
-  print(outputs.summary_table(results))
-  if "stopped_early" in results:
-    print(f"stopped early: {results['stopped_early']}")
-  print(f"results: {os.path.join(workdir.path, outputs.RESULTS)}")
+  results_path = os.path.join(workdir.path, outputs.RESULTS)
+  try:
+    print(outputs.summary_table(results))
+    if "stopped_early" in results:
+      print(f"stopped early: {results['stopped_early']}")
+    print(f"results: {results_path}", flush=True)
+  except OSError as err:
+    # The run is finished and saved: a closed pipe or a full disk behind
+    # stdout must not turn it into a failure.
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+    print(f"{prog}: the summary could not be printed ({err}); the results "
+          f"are in {results_path}", file=sys.stderr)
   return 0
 
 

@@ -53,11 +53,20 @@ class ProgressLines:
     self.stream, self.clock = stream, clock
     self.start = self.last = clock()
     self.epochs_done = 0
+    self.broken = False
 
   def _write(self, line: str) -> None:
+    if self.broken:
+      return
     stream = self.stream or sys.stdout
-    stream.write(line + "\n")
-    stream.flush()
+    try:
+      stream.write(line + "\n")
+      stream.flush()
+    except (OSError, ValueError):
+      # A closed pipe or a full disk behind stdout must not stop training:
+      # the run's results go to its work directory, and train.py says once,
+      # at the end, that stdout could not be written.
+      self.broken = True
 
   def __call__(self, record: dict) -> None:
     if record.get("seed", self.first_seed) != self.first_seed:
