@@ -4,93 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import gzip
-import io
 import os
 import pickle
 import re
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.data_formats import (cifar_batch, idx_bytes, write_cifar_folder,
+                                     write_cifar_tarball, write_idx)
 from sparcl_jax.data import datasets, readers, sources
 from sparcl_jax.data.datasets.digits import load_digits
 from sparcl_jax.errors import DataError
-
-
-# ---------------------------------------------------------------------------
-# Writers of the original formats
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-  magic = 0x0803 if array.ndim == 3 else 0x0801
-  header = np.array([magic, *array.shape], dtype=">u4").tobytes()
-  return header + array.astype(np.uint8).tobytes()
-
-
-def _write_idx(folder, gz: bool, n_train=6, n_test=4, seed=0):
-  rng = np.random.default_rng(seed)
-  arrays = {
-      "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
-      "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
-      "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
-      "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
-  }
-  os.makedirs(folder, exist_ok=True)
-  for base, array in arrays.items():
-    data = _idx_bytes(array)
-    if gz:
-      with gzip.open(os.path.join(folder, base + ".gz"), "wb") as f:
-        f.write(data)
-    else:
-      with open(os.path.join(folder, base), "wb") as f:
-        f.write(data)
-  return arrays
-
-
-def _cifar_batch(n, label_key, seed):
-  rng = np.random.default_rng(seed)
-  num_classes = 10 if label_key == b"labels" else 100
-  batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-           label_key: rng.integers(0, num_classes, n).tolist()}
-  if label_key == b"fine_labels":
-    batch[b"coarse_labels"] = [0] * n
-  return batch
-
-
-def _cifar_members(name):
-  if name == "cifar10":
-    members = {f"data_batch_{i}": _cifar_batch(2, b"labels", i)
-               for i in range(1, 6)}
-    members["test_batch"] = _cifar_batch(3, b"labels", 9)
-    return "cifar-10-batches-py", "cifar-10-python.tar.gz", members
-  members = {"train": _cifar_batch(4, b"fine_labels", 1),
-             "test": _cifar_batch(3, b"fine_labels", 2)}
-  return "cifar-100-python", "cifar-100-python.tar.gz", members
-
-
-def _write_cifar_folder(root, name):
-  folder_name, _, members = _cifar_members(name)
-  folder = os.path.join(root, folder_name)
-  os.makedirs(folder)
-  for member, batch in members.items():
-    with open(os.path.join(folder, member), "wb") as f:
-      pickle.dump(batch, f)
-  return folder, members
-
-
-def _write_cifar_tarball(root, name):
-  folder_name, tarball, members = _cifar_members(name)
-  os.makedirs(root, exist_ok=True)
-  with tarfile.open(os.path.join(root, tarball), "w:gz") as tar:
-    for member, batch in members.items():
-      raw = pickle.dumps(batch)
-      info = tarfile.TarInfo(f"{folder_name}/{member}")
-      info.size = len(raw)
-      tar.addfile(info, io.BytesIO(raw))
-  return members
 
 
 def _hwc(flat_rows: np.ndarray) -> np.ndarray:
@@ -111,7 +37,7 @@ def _hwc(flat_rows: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_are_read_exactly(tmp_path, gz):
-  arrays = _write_idx(tmp_path, gz)
+  arrays = write_idx(tmp_path, gz)
   ds = sources.load_dataset("mnist", "files", str(tmp_path))
   assert ds.name == "mnist" and ds.num_classes == 10
   assert ds.train_images.shape == (6, 28, 28, 1)
@@ -129,7 +55,7 @@ def test_idx_files_are_read_exactly(tmp_path, gz):
 
 
 def test_fashion_mnist_found_in_named_subfolder(tmp_path):
-  arrays = _write_idx(tmp_path / "fashion_mnist", gz=True, seed=3)
+  arrays = write_idx(tmp_path / "fashion_mnist", gz=True, seed=3)
   ds = sources.load_files("fashion_mnist", str(tmp_path))
   assert ds.name == "fashion_mnist"
   np.testing.assert_array_equal(ds.test_labels,
@@ -164,7 +90,7 @@ def test_unreadable_file_says_check_permissions(tmp_path, monkeypatch, gz):
 
   Injected (tests may run as root, whom file modes do not stop).
   """
-  _write_idx(tmp_path, gz=gz)
+  write_idx(tmp_path, gz=gz)
 
   def denied(path, *args, **kwargs):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
@@ -180,14 +106,14 @@ def test_unreadable_file_says_check_permissions(tmp_path, monkeypatch, gz):
 
 
 def test_one_missing_idx_file(tmp_path):
-  _write_idx(tmp_path, gz=True)
+  write_idx(tmp_path, gz=True)
   os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
   with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.*missing"):
     sources.load_files("mnist", str(tmp_path))
 
 
 def test_idx_bad_magic(tmp_path):
-  _write_idx(tmp_path, gz=False)
+  write_idx(tmp_path, gz=False)
   path = tmp_path / "train-labels-idx1-ubyte"
   raw = bytearray(path.read_bytes())
   raw[3] = 0x03  # an image magic number where labels are expected
@@ -197,7 +123,7 @@ def test_idx_bad_magic(tmp_path):
 
 
 def test_idx_truncated(tmp_path):
-  _write_idx(tmp_path, gz=False)
+  write_idx(tmp_path, gz=False)
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(path.read_bytes()[:-5])
   with pytest.raises(DataError, match="header promises 4704"):
@@ -205,15 +131,15 @@ def test_idx_truncated(tmp_path):
 
 
 def test_idx_count_mismatch(tmp_path):
-  _write_idx(tmp_path, gz=False)
+  write_idx(tmp_path, gz=False)
   (tmp_path / "train-labels-idx1-ubyte").write_bytes(
-      _idx_bytes(np.zeros(5, np.uint8)))
+      idx_bytes(np.zeros(5, np.uint8)))
   with pytest.raises(DataError, match="6 images but 5 labels"):
     sources.load_files("mnist", str(tmp_path))
 
 
 def test_idx_corrupt_gzip(tmp_path):
-  _write_idx(tmp_path, gz=True)
+  write_idx(tmp_path, gz=True)
   (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
   with pytest.raises(DataError, match="cannot read"):
     sources.load_files("mnist", str(tmp_path))
@@ -224,7 +150,7 @@ def test_idx_corrupt_gzip(tmp_path):
 
 
 def test_cifar10_tarball(tmp_path):
-  members = _write_cifar_tarball(tmp_path, "cifar10")
+  members = write_cifar_tarball(tmp_path, "cifar10")
   ds = sources.load_dataset("cifar10", "files", str(tmp_path))
   assert ds.train_images.shape == (10, 32, 32, 3)
   assert ds.test_images.shape == (3, 32, 32, 3)
@@ -240,7 +166,7 @@ def test_cifar10_tarball(tmp_path):
 
 
 def test_cifar10_extracted_folder_and_folder_itself(tmp_path):
-  folder, members = _write_cifar_folder(tmp_path, "cifar10")
+  folder, members = write_cifar_folder(tmp_path, "cifar10")
   from_parent = sources.load_files("cifar10", str(tmp_path))
   from_folder = sources.load_files("cifar10", folder)
   np.testing.assert_array_equal(from_parent.test_images,
@@ -252,8 +178,8 @@ def test_cifar10_extracted_folder_and_folder_itself(tmp_path):
 
 
 def test_cifar100_fine_labels_from_tarball_and_folder(tmp_path):
-  members = _write_cifar_tarball(tmp_path / "tar", "cifar100")
-  _write_cifar_folder(tmp_path / "dir", "cifar100")
+  members = write_cifar_tarball(tmp_path / "tar", "cifar100")
+  write_cifar_folder(tmp_path / "dir", "cifar100")
   for sub in ("tar", "dir"):
     ds = sources.load_files("cifar100", str(tmp_path / sub))
     assert ds.num_classes == 100
@@ -271,14 +197,14 @@ def test_cifar_missing_names_directory(tmp_path):
 
 
 def test_cifar_missing_batch_in_folder(tmp_path):
-  folder, _ = _write_cifar_folder(tmp_path, "cifar10")
+  folder, _ = write_cifar_folder(tmp_path, "cifar10")
   os.remove(os.path.join(folder, "data_batch_3"))
   with pytest.raises(DataError, match="data_batch_3 is missing"):
     sources.load_files("cifar10", str(tmp_path))
 
 
 def test_cifar_malformed_batch(tmp_path):
-  folder, _ = _write_cifar_folder(tmp_path, "cifar10")
+  folder, _ = write_cifar_folder(tmp_path, "cifar10")
   with open(os.path.join(folder, "data_batch_2"), "wb") as f:
     pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
   with pytest.raises(DataError, match=r"data_batch_2: expected data \[N, 3072"):
@@ -290,8 +216,8 @@ def test_cifar_malformed_batch(tmp_path):
 
 
 def test_cifar_label_out_of_range(tmp_path):
-  folder, _ = _write_cifar_folder(tmp_path, "cifar10")
-  batch = _cifar_batch(2, b"labels", 0)
+  folder, _ = write_cifar_folder(tmp_path, "cifar10")
+  batch = cifar_batch(2, b"labels", 0)
   batch[b"labels"] = [3, 10]
   with open(os.path.join(folder, "test_batch"), "wb") as f:
     pickle.dump(batch, f)
