@@ -109,8 +109,35 @@ def test_missing_flagfile_has_no_absl_prefix(capsys, tmp_path):
   status, err = _main(capsys, f"--flagfile={missing}",
                       f"--workdir={tmp_path}")
   line = _one_line_exit_2(status, err, str(missing))
-  assert line == (f"train.py: error: Unable to open flagfile: No such file "
-                  f"or directory: '{missing}'; see --help for the flags.")
+  assert line == (f"train.py: error: cannot open flagfile {missing}: No such "
+                  "file or directory.")
+
+
+def test_missing_nested_flagfile_names_its_config(capsys, tmp_path):
+  outer = tmp_path / "outer.cfg"
+  outer.write_text("--lr=0.1\n--flagfile=base.cfg\n")
+  status, err = _main(capsys, f"--flagfile={outer}",
+                      f"--workdir={tmp_path / 'run'}")
+  line = _one_line_exit_2(status, err, "base.cfg")
+  assert line == (f"train.py: error: cannot open flagfile {tmp_path}/base.cfg"
+                  f" (named in {outer}): No such file or directory.")
+
+
+def test_flagfile_that_includes_itself(capsys, tmp_path):
+  (tmp_path / "a.cfg").write_text("--flagfile=b.cfg\n")
+  (tmp_path / "b.cfg").write_text("--lr=0.1\n--flagfile=a.cfg\n")
+  status, err = _main(capsys, f"--flagfile={tmp_path / 'a.cfg'}",
+                      f"--workdir={tmp_path / 'run'}")
+  line = _one_line_exit_2(status, err, "includes itself")
+  assert line == (f"train.py: error: flagfile {tmp_path}/a.cfg includes "
+                  f"itself ({tmp_path}/a.cfg -> {tmp_path}/b.cfg -> "
+                  f"{tmp_path}/a.cfg); remove the loop.")
+
+
+@pytest.mark.parametrize("args", [["--flagfile="], ["--flagfile"]])
+def test_flagfile_without_a_path(capsys, tmp_path, args):
+  status, err = _main(capsys, f"--workdir={tmp_path / 'run'}", *args)
+  _one_line_exit_2(status, err, "--flagfile=CONFIG.cfg")
 
 
 @pytest.mark.parametrize("error,says", [

@@ -172,7 +172,11 @@ def test_end_to_end_quickstart_run(tmp_path):
 @pytest.mark.parametrize("name", sorted(
     f for f in os.listdir(os.path.join(REPO, "experiments", "configs"))
     if f.endswith(".cfg")))
-def test_every_shipped_config_parses_and_validates(name, tmp_path):
+def test_every_shipped_config_parses_and_validates(name, tmp_path,
+                                                  monkeypatch):
+  # From a folder other than the repository: a config's own --flagfile=
+  # lines resolve against the config's folder.
+  monkeypatch.chdir(tmp_path)
   config, ignored = cli.parse_args([
       "train.py", f"--flagfile={os.path.join(REPO, 'experiments', 'configs', name)}",
       f"--workdir={tmp_path}", f"--data_dir={tmp_path}"])
@@ -185,3 +189,25 @@ def test_every_shipped_config_parses_and_validates(name, tmp_path):
     assert (config.num_tasks, config.hidden_sizes, config.epochs,
             config.lr_schedule, config.batch_size) == (
                 10, "2000,2000", 20, "cosine", 256)
+
+
+def test_saved_config_repeats_the_run_from_another_folder(tmp_path,
+                                                          monkeypatch):
+  from sparcl_jax.training import config as config_lib, outputs
+  here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+  here.mkdir()
+  elsewhere.mkdir()
+  monkeypatch.chdir(here)
+  config = cli.parse_config([
+      "train.py", "--flagfile=" + os.path.join(
+          REPO, "experiments", "configs", "split_cifar10_sparcl_derpp.cfg"),
+      "--workdir=run", "--data_dir=~/cifar"])
+  # The nested base config (split_cifar10_derpp.cfg) was read.
+  assert (config.method, config.model, config.nf, config.epochs,
+          config.sparsity) == ("sparcl_derpp", "resnet18", 64, 50, 0.75)
+  assert config.workdir == str(here / "run")
+  assert config.data_dir == os.path.expanduser("~/cifar")
+  outputs.write_config(str(here), config_lib.to_dict(config))
+  monkeypatch.chdir(elsewhere)
+  again = cli.parse_config(["train.py", f"--flagfile={here / 'config'}"])
+  assert again == config

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -24,6 +23,7 @@ from sparcl_jax import methods
 from sparcl_jax.errors import ConfigError, SparclError
 from sparcl_jax.methods import settings as settings_lib
 from sparcl_jax.training import config as config_lib
+from sparcl_jax.training import flagfiles
 from sparcl_jax.training import resume_checks
 from sparcl_jax.training.config import RunConfig
 
@@ -157,17 +157,18 @@ def parse_args(argv: Sequence[str]) -> tuple[RunConfig, tuple[str, ...]]:
   """
   fv = make_flag_values()
   try:
-    rest = fv(list(argv))
+    rest = fv(flagfiles.expand(argv))
   except flags.Error as err:
-    # absl prefixes flagfile errors with "ERROR:: " and an "[Errno N]".
-    message = re.sub(r"^ERROR::\s*|\[Errno \d+\]\s*", "", _one_line(err))
-    raise ConfigError(f"{message}; see --help for the flags.")
-  except UnicodeDecodeError as err:
-    raise ConfigError(_undecodable_flagfile(argv, err)) from None
+    raise ConfigError(f"{_one_line(err)}; see --help for the flags.")
   if len(rest) > 1:
     raise ConfigError(f"unexpected argument(s) {' '.join(rest[1:])!r}; flags "
                       "look like --name=value.")
   values = {f.name: fv[f.name].value for f in config_lib.config_fields()}
+  # Paths as the user meant them from this folder, so that the saved config
+  # repeats the run from any other.
+  for name in ("workdir", "data_dir"):
+    if values[name]:
+      values[name] = os.path.abspath(os.path.expanduser(values[name]))
   config = RunConfig(**values)
   ignored = config_lib.not_applying(
       config, [name for name in values if fv[name].present])
@@ -184,43 +185,6 @@ def ignored_warning(method: str, names: Sequence[str]) -> str:
   verb = "does" if len(names) == 1 else "do"
   listed = ", ".join(f"--{name}" for name in names)
   return f"warning: {listed} {verb} not apply to --method={method}; ignored."
-
-
-def _flagfile_names(args: Sequence[str]) -> list[str]:
-  names = []
-  for arg in args:
-    arg = arg.strip()
-    for prefix in ("--flagfile=", "-flagfile="):
-      if arg.startswith(prefix):
-        names.append(os.path.expanduser(arg[len(prefix):].strip()))
-  return names
-
-
-def _undecodable_flagfile(argv: Sequence[str],
-                          err: UnicodeDecodeError) -> str:
-  """The one line for a flagfile that is not UTF-8 text: which file, where.
-
-  absl's error names neither, so the flagfiles (nested ones included) are
-  read again as bytes to find the first that does not decode.
-  """
-  pending, seen = _flagfile_names(argv[1:]), set()
-  while pending:
-    name = pending.pop(0)
-    if name in seen:
-      continue
-    seen.add(name)
-    try:
-      with open(name, "rb") as f:
-        raw = f.read()
-      text = raw.decode("utf-8")
-    except UnicodeDecodeError as bad:
-      line = raw[:bad.start].count(b"\n") + 1
-      return (f"flagfile {name} is not UTF-8 text (byte "
-              f"{raw[bad.start]:#04x} on line {line}); save it as UTF-8.")
-    except OSError:
-      continue
-    pending.extend(_flagfile_names(text.splitlines()))
-  return f"a flagfile is not UTF-8 text ({_one_line(err)}); save it as UTF-8."
 
 
 def _start_jax(sharding) -> bool:
