@@ -33,12 +33,12 @@ done_runs() { for name; do [ -f "$out/$name/results.json" ] && echo "$out/$name"
 base=$out/split_mnist_derpp_cpu
 [ -f "$base/results.json" ] || { echo "no dense DER++ run in $out: no tables"; exit 0; }
 echo "SparCL-DER++ against DER++:"
-python experiments/table.py $(done_runs split_mnist_derpp_cpu split_mnist_sparcl_derpp \
+python experiments/compare.py $(done_runs split_mnist_derpp_cpu split_mnist_sparcl_derpp \
   split_mnist_snip_derpp split_mnist_rigl_derpp)
 ablation=$(done_runs split_mnist_sparcl_tdm_only split_mnist_sparcl_tdm_dgm split_mnist_sparcl_tdm_ddr \
   split_mnist_sparcl_derpp)
 if [ -n "$ablation" ]; then
   echo
   echo "Ablation:"
-  python experiments/table.py --baseline="$base" $ablation
+  python experiments/compare.py "$base" $ablation  # against dense DER++, the first row
 fi

@@ -137,6 +137,9 @@ class Method:
       (:mod:`sparcl_jax.methods.settings`): its fields are the flags the
       method reads. The default is the stream loss's, which the default
       ``stream_class_mask`` reads.
+    weight_mask_part: the name results.json's ``parts`` gives the method's
+      weight masks when a run masked its weights (SparCL's ``"TDM"``);
+      empty where the masks are the method itself (SNIP, RigL).
 
   Example:
     >>> class FineTuning(Method):
@@ -151,6 +154,7 @@ class Method:
   replay_batches: int = 0
   joint: bool = False
   settings: type = settings_lib.StreamSettings
+  weight_mask_part: str = ""
 
   def __repr__(self) -> str:
     return f"<method {self.name}>"

@@ -111,6 +111,8 @@ def grouped_gradient_sparsity(config) -> float:
 class _SparCL(_MaskedWeights):
   """SparCL's three parts, each behind its flag (--tdm, --dgm, --ddr)."""
 
+  weight_mask_part = "TDM"
+
   def is_sparse(self, config) -> bool:
     return config.tdm
 

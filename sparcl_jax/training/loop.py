@@ -227,9 +227,9 @@ def _train(configs, scenarios, log: LogFn, start: float,
         seed_config, scenario, start, compiles, trainer.train_time,
         trainer.eval_time, records[s].progress.steps_done if stacked else
         trainer.lockstep_steps)
-    results.update(run_state.final_keys(seed_config, seed_state,
-                                        trainer.flops[s],
-                                        trainer.kept_per_epoch[s]))
+    results.update(run_state.final_keys(
+        seed_config, seed_state, trainer.flops[s], trainer.kept_per_epoch[s],
+        [len(t.train_indices) for t in scenario.tasks]))
     results.update(family.results(trainer, seed_state, extras))
     if stopped:
       results["stopped_early"] = stopped

@@ -21,7 +21,8 @@ from sparcl_jax.data import scenarios as scenarios_lib
 from sparcl_jax.data import sources
 from sparcl_jax.data.types import Scenario
 from sparcl_jax.errors import ConfigError
-from sparcl_jax.paths import flatten_with_paths
+from sparcl_jax.paths import find_states, flatten_with_paths
+from sparcl_jax.sparse.dgm import DGMState
 from sparcl_jax.sparse.grouped_tdm import dense_view, grouped_layers, tdm_rows
 from sparcl_jax.methods.sparse import grouped_gradient_sparsity
 from sparcl_jax.models import registry
@@ -57,9 +58,62 @@ def check_sizes(config: RunConfig, scenario: Scenario) -> None:
     raise ConfigError(f"--batch_size={config.batch_size} is larger than the "
                       f"smallest task ({min_task} examples); lower it.")
 
+def parts_run(config: RunConfig, state: steps.TrainState,
+              kept_per_epoch: list[list[int]],
+              task_sizes: list[int]) -> list[str]:
+  """The SparCL parts a run ran, read off what it did, not off its flags.
+
+  ``TDM`` when the weights were masked by a method that names its masks so
+  (``Method.weight_mask_part``); ``DGM`` when the optimizer state holds
+  gradient masks that zero some entry (so not when DGM was dropped, e.g.
+  ``--gradient_sparsity`` not above ``--sparsity``, or a grouped layer's
+  share of 0); ``DDR`` when an epoch kept fewer examples of a task than the
+  task has (so not when no ``--ddr_epochs`` epoch was reached).
+
+  Args:
+    config: the run configuration.
+    state: the final train state (of one seed).
+    kept_per_epoch: examples kept in each epoch of each task.
+    task_sizes: each task's number of training examples.
+
+  Returns:
+    A sublist of ``["TDM", "DGM", "DDR"]``.
+
+  Example:
+    >>> from sparcl_jax.training.config import RunConfig
+    >>> params = {"hidden_0": {"kernel": jnp.ones((4, 4))}}
+    >>> dense = steps.TrainState(params, {}, optax.sgd(0.1).init(params),
+    ...                          None, None)
+    >>> parts_run(RunConfig(method="derpp"), dense, [[10, 10]], [10])
+    []
+    >>> tx = sc.dgm(0.5)  # its masks zero half the gradient once updated
+    >>> grads = {"hidden_0": {"kernel": jnp.arange(16.0).reshape(4, 4)}}
+    >>> _, dgm_state = tx.update(grads, tx.init(params), params)
+    >>> masked = dense._replace(opt_state=dgm_state)
+    >>> parts_run(RunConfig(method="sparcl_derpp", tdm=False), masked,
+    ...           [[10, 8]], [10])
+    ['DGM', 'DDR']
+  """
+  parts = []
+  if (config.method_object.weight_mask_part and
+      _dense_weights_and_masks(config, state)[1] is not None):
+    parts.append(config.method_object.weight_mask_part)
+  gradient_masks = [
+      mask for _, dgm_state in find_states(state.opt_state, DGMState)
+      for mask in jax.tree.leaves(dgm_state.masks)]
+  if any(not bool(jnp.all(mask)) for mask in gradient_masks):
+    parts.append("DGM")
+  if config.method_object.tracks_forgetting(config) and any(
+      kept < size for epochs, size in zip(kept_per_epoch, task_sizes)
+      for kept in epochs):
+    parts.append("DDR")
+  return parts
+
+
 def final_keys(config: RunConfig, state: steps.TrainState,
                counter: accounting.FlopsCounter,
-               kept_per_epoch: list[list[int]]) -> dict[str, Any]:
+               kept_per_epoch: list[list[int]],
+               task_sizes: list[int]) -> dict[str, Any]:
   """The results keys of a rehearsal-family run beyond ``RunRecord``'s.
 
   Args:
@@ -67,15 +121,18 @@ def final_keys(config: RunConfig, state: steps.TrainState,
     state: the final train state (of one seed).
     counter: the run's FLOPs counter.
     kept_per_epoch: examples kept in each epoch of each task.
+    task_sizes: each task's number of training examples.
 
   Returns:
     ``train_flops``, ``dense_train_flops``, ``train_examples``,
-    ``data_kept_per_epoch``, ``sparsity`` and ``weights_zero_fraction``.
+    ``data_kept_per_epoch``, ``parts`` (:func:`parts_run`), ``sparsity``
+    and ``weights_zero_fraction``.
 
   Example:
-    >>> final_keys(config, state, counter, [[100]])  # doctest: +SKIP
+    >>> final_keys(config, state, counter, [[100]], [100])  # doctest: +SKIP
   """
   return {
+      "parts": parts_run(config, state, kept_per_epoch, task_sizes),
       "train_flops": counter.train_flops,
       "dense_train_flops": counter.dense_train_flops,
       "train_examples": counter.examples,

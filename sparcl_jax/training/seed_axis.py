@@ -336,6 +336,9 @@ def combine(config: RunConfig, per_seed: Sequence[dict[str, Any]],
   results = mean_tree(list(per_seed))
   finals = {k: [r["final"][k] for r in per_seed] for k in per_seed[0]["final"]}
   results.update(run_keys)
+  if "parts" in per_seed[0]:  # what any seed ran
+    results["parts"] = [p for p in ("TDM", "DGM", "DDR")
+                        if any(p in r["parts"] for r in per_seed)]
   results.update({
       "final": {k: float(np.mean(v)) for k, v in finals.items()},
       "final_std": {k: float(np.std(v)) for k, v in finals.items()},
