@@ -2,7 +2,8 @@
 
 Tests, the download tests' local mirror, the notebook test and the CPU
 timings of the CIFAR configs all need files that the real readers accept
-(IDX for MNIST-like sets, the pickled python batches of CIFAR-10/100) without
+(IDX for MNIST-like sets, the pickled python batches of CIFAR-10/100, the
+Tiny-ImageNet zip of JPEGs) without
 the real data, which these machines do not have. The content is random; the
 layout, dtypes, member names and sizes are the originals'.
 
@@ -29,6 +30,7 @@ import io
 import os
 import pickle
 import tarfile
+import zipfile
 
 import numpy as np
 
@@ -193,6 +195,64 @@ def write_cifar_tarball(root: str, name: str, train_per_batch: int = 2,
       info.size = len(raw)
       tar.addfile(info, io.BytesIO(raw))
   return members
+
+
+def write_tiny_imagenet_zip(root: str, wnids=("n02", "n01"), train: int = 2,
+                            val: int = 3, seed: int = 0) -> dict[str, object]:
+  """Writes ``tiny-imagenet-200.zip`` under ``root``, laid out as the real one.
+
+  ``tiny-imagenet-200/wnids.txt``, ``train/<wnid>/images/<wnid>_<i>.JPEG``
+  and ``val/images/val_<i>.JPEG`` with ``val/val_annotations.txt``. The
+  images are 64x64 RGB PNGs under the JPEG names (PIL reads them by
+  content), so what a reader decodes is exactly what was written.
+
+  Args:
+    root: folder of the zip (created if missing).
+    wnids: the class ids, in any order (readers sort them).
+    train: training images per class.
+    val: validation images, their classes taken in turn.
+    seed: seed of the random content.
+
+  Returns:
+    ``{"train": {wnid: [images]}, "val": [(image, wnid)]}``, uint8 arrays.
+
+  Example:
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> written = write_tiny_imagenet_zip(root)
+    >>> os.listdir(root), sorted(written["train"])
+    (['tiny-imagenet-200.zip'], ['n01', 'n02'])
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  def image_bytes():
+    array = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return array, buffer.getvalue()
+
+  written = {"train": {}, "val": []}
+  os.makedirs(root, exist_ok=True)
+  base = "tiny-imagenet-200"
+  with zipfile.ZipFile(os.path.join(root, f"{base}.zip"), "w") as archive:
+    archive.writestr(f"{base}/wnids.txt", "\n".join(wnids) + "\n")
+    for wnid in wnids:
+      written["train"][wnid] = []
+      for i in range(train):
+        array, raw = image_bytes()
+        archive.writestr(f"{base}/train/{wnid}/images/{wnid}_{i}.JPEG", raw)
+        written["train"][wnid].append(array)
+    lines = []
+    for i in range(val):
+      wnid = wnids[i % len(wnids)]
+      array, raw = image_bytes()
+      archive.writestr(f"{base}/val/images/val_{i}.JPEG", raw)
+      lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
+      written["val"].append((array, wnid))
+    archive.writestr(f"{base}/val/val_annotations.txt",
+                     "\n".join(lines) + "\n")
+  return written
 
 
 def main(argv=None) -> None:

@@ -97,10 +97,18 @@ def test_unwritable_workdir(capsys, tmp_path):
 
 def test_missing_data_dir_names_directory(capsys, tmp_path):
   missing = tmp_path / "no_mnist_here"
-  status, err = _run_main(capsys, f"--workdir={tmp_path / 'run'}",
-                          "--dataset=mnist", "--data_source=files",
-                          f"--data_dir={missing}")
-  _assert_usage_error(status, err, str(missing))
+  args = (f"--workdir={tmp_path / 'run'}", "--dataset=mnist",
+          "--data_source=files", f"--data_dir={missing}")
+  status, err = _run_main(capsys, *args, "--nodownload")
+  _assert_usage_error(status, err, f"mnist: --data_dir={missing} does not "
+                      "exist")
+  # Downloading, the folder is made for the files, and removed again when
+  # the download fails (conftest.py's mirror refuses connections).
+  status, err = _run_main(capsys, *args)
+  _assert_usage_error(status, err, "mnist: cannot download http://127.0.0.1:",
+                      f"put train-images-idx3-ubyte.gz in {missing / 'mnist'} "
+                      "by hand")
+  assert not missing.exists()
 
 
 def test_finished_results_are_never_overwritten(capsys, tmp_path):

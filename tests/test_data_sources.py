@@ -70,18 +70,21 @@ def test_missing_idx_folder_names_directory(tmp_path):
 
 
 def test_data_dir_missing_or_a_file(tmp_path):
+  # A --data_dir that does not exist is created for a download; with
+  # --nodownload it is an error (tests/test_download.py covers the first).
   missing = tmp_path / "no_such_dir"
   with pytest.raises(DataError) as info:
-    sources.load_files("mnist", str(missing))
+    sources.load_files("mnist", str(missing), download=False)
   assert str(info.value).startswith(
       f"mnist: --data_dir={missing} does not exist; pass the directory")
   a_file = tmp_path / "train-images-idx3-ubyte"
   a_file.write_bytes(b"")
-  with pytest.raises(DataError) as info:
-    sources.load_files("cifar10", str(a_file))
-  assert str(info.value).startswith(
-      f"cifar10: --data_dir={a_file} is a file, not a directory; pass the "
-      "directory that holds the dataset files")
+  for download in (True, False):
+    with pytest.raises(DataError) as info:
+      sources.load_files("cifar10", str(a_file), download=download)
+    assert str(info.value).startswith(
+        f"cifar10: --data_dir={a_file} is a file, not a directory; pass the "
+        "directory that holds the dataset files")
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -274,8 +277,21 @@ def test_tiny_imagenet_missing_annotations(tmp_path):
 
 
 def test_tiny_imagenet_missing_folder(tmp_path):
-  with pytest.raises(DataError, match=re.escape(str(tmp_path))):
-    sources.load_files("tiny_imagenet", str(tmp_path))
+  with pytest.raises(DataError) as info:
+    sources.load_files("tiny_imagenet", str(tmp_path), download=False)
+  mirror = os.environ["SPARCL_JAX_DATA_MIRROR"]  # conftest.py's
+  assert str(info.value) == (
+      "tiny_imagenet: tiny-imagenet-200/ (unzipped tiny-imagenet-200.zip) "
+      f"is not in {tmp_path / 'tiny_imagenet'} and --nodownload forbids "
+      f"downloading; put it there by hand (from {mirror}/tiny_imagenet/"
+      "tiny-imagenet-200.zip) or drop --nodownload")
+
+
+def test_tiny_imagenet_reader_finds_the_download_folder(tmp_path):
+  """Downloads unzip to DATA/tiny_imagenet/tiny-imagenet-200/."""
+  _write_tiny(tmp_path / "tiny_imagenet")
+  ds = sources.load_files("tiny_imagenet", str(tmp_path), download=False)
+  np.testing.assert_array_equal(ds.test_labels, [1, 2, 0, 1])
 
 
 # ---------------------------------------------------------------------------
@@ -344,9 +360,18 @@ def test_unknown_dataset_or_source(tmp_path, name, source, match):
     sources.load_dataset(name, source, str(tmp_path))
 
 
-def test_files_source_needs_data_dir():
-  with pytest.raises(DataError, match="--data_dir is required"):
-    sources.load_dataset("cifar10", "files", None)
+def test_files_source_without_data_dir_reads_the_default_folder(tmp_path,
+                                                              monkeypatch):
+  monkeypatch.setenv("SPARCL_JAX_DATA_DIR", str(tmp_path))
+  with pytest.raises(DataError) as info:
+    sources.load_dataset("cifar10", "files", None, download=False)
+  assert str(info.value).startswith(
+      f"cifar10: cifar-10-python.tar.gz is not in {tmp_path / 'cifar10'} "
+      "and --nodownload forbids downloading; put it there by hand")
+  members = write_cifar_tarball(tmp_path / "cifar10", "cifar10")
+  ds = sources.load_dataset("cifar10", "files", None, download=False)
+  np.testing.assert_array_equal(ds.test_labels,
+                                members["test_batch"][b"labels"])
 
 
 # ---------------------------------------------------------------------------

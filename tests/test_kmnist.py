@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -64,9 +65,12 @@ def test_kmnist_idx_files_are_read_exactly(tmp_path):
   assert [list(t.classes) for t in split.tasks][1] == [2, 3]
 
 
-def test_kmnist_missing_files_name_its_url(tmp_path):
-  with pytest.raises(DataError, match="codh.rois.ac.jp/kmnist"):
-    sources.load_dataset("kmnist", "files", str(tmp_path))
+def test_kmnist_missing_files_name_its_url(tmp_path, monkeypatch):
+  monkeypatch.delenv("SPARCL_JAX_DATA_MIRROR")  # the official location
+  with pytest.raises(DataError, match=re.escape(
+      "by hand (from http://codh.rois.ac.jp/kmnist/dataset/kmnist/) or "
+      "drop --nodownload")):
+    sources.load_dataset("kmnist", "files", str(tmp_path), download=False)
 
 
 def test_train_py_trains_on_kmnist(tmp_path, capsys):

@@ -5,7 +5,9 @@ Three sources are supported:
 * ``"files"``: the original distribution files, read by the reader each
   registered dataset declares (:mod:`sparcl_jax.data.datasets`: IDX for
   MNIST-like sets, the pickled python batches for CIFAR-10/100, the
-  ``tiny-imagenet-200`` folder of JPEGs). Works on air-gapped machines.
+  ``tiny-imagenet-200`` folder of JPEGs). Files the data folder lacks are
+  downloaded and checked first (:mod:`sparcl_jax.data.download`); with
+  ``download=False`` it works on air-gapped machines.
 * ``"tfds"``: any prepared TensorFlow Datasets image-classification dataset.
 * ``"embedded"`` (or ``"digits"``): datasets that need no files
   (scikit-learn's bundled 8x8 digits).
@@ -22,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from sparcl_jax.data import datasets
+from sparcl_jax.data import datasets, download as download_lib
 from sparcl_jax.data.readers import check_data_dir, make_dataset, stack
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.errors import DataError
@@ -33,7 +35,7 @@ EMBEDDED_SOURCES = ("embedded", "digits")
 
 
 def load_dataset(name: str, source: str, data_dir: Optional[str],
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0, download: bool = True) -> Dataset:
   """Loads a dataset by name from the given source.
 
   Embedded datasets (digits) need no files, so they load whatever the
@@ -44,11 +46,14 @@ def load_dataset(name: str, source: str, data_dir: Optional[str],
     name: a registered dataset name (:func:`datasets.names`), or any tfds
       name for tfds.
     source: one of ``SOURCES``.
-    data_dir: folder holding the files (``"files"``), or the tfds data
+    data_dir: folder holding the files (``"files"``, None means the default
+      data folder, :func:`download.data_folder`), or the tfds data
       directory (``"tfds"``, None means tfds' default). Ignored for embedded
       datasets.
     seed: seed of the train/test split of digits (the other datasets come with
       their own split).
+    download: with ``"files"``, download the files the folder lacks (False
+      makes them an error). tfds never downloads.
 
   Returns:
     The loaded :class:`Dataset`.
@@ -74,15 +79,18 @@ def load_dataset(name: str, source: str, data_dir: Optional[str],
                     "(use --data_source=files or --data_source=tfds)")
   if source == "tfds":
     return load_tfds(name, data_dir)
-  return load_files(name, data_dir)
+  return load_files(name, data_dir, download)
 
 
-def load_files(name: str, data_dir: Optional[str]) -> Dataset:
+def load_files(name: str, data_dir: Optional[str],
+               download: bool = True) -> Dataset:
   """Loads a dataset from its original distribution files.
 
   The dataset's entry in :mod:`sparcl_jax.data.datasets` names its files
   and reads them. ``data_dir`` may hold the files directly or in a
-  sub-folder named after the dataset (``data_dir/mnist/...``). Layouts:
+  sub-folder named after the dataset (``data_dir/mnist/...``, where
+  downloads go: files it lacks are first downloaded and checked by
+  :func:`download.fetch`). Layouts:
 
   * mnist, fashion_mnist: the four IDX files ``train-images-idx3-ubyte``,
     ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
@@ -95,13 +103,17 @@ def load_files(name: str, data_dir: Optional[str]) -> Dataset:
 
   Args:
     name: a registered dataset name.
-    data_dir: the folder to look in.
+    data_dir: the folder to look in; None or "" for the default data folder
+      (``$SPARCL_JAX_DATA_DIR``, else ``~/.cache/sparcl_jax``).
+    download: download the files the folder lacks; False makes them an
+      error (``--nodownload``).
 
   Returns:
     The loaded :class:`Dataset` (uint8 NHWC images, int32 labels).
 
   Raises:
-    DataError: unknown name, no data_dir, or missing / malformed files.
+    DataError: unknown name, missing files (with ``download=False``), a
+      failed download, or malformed files.
 
   Example:
     >>> ds = load_files("mnist", "/data")  # doctest: +SKIP
@@ -114,13 +126,11 @@ def load_files(name: str, data_dir: Optional[str]) -> Dataset:
                     f"valid names: {', '.join(datasets.names())}")
   if spec.embedded:
     return spec.reader(spec, None, 0)
-  if not data_dir:
-    raise DataError(f"{name}: --data_dir is required with "
-                    f"--data_source=files (get the files from {spec.url} "
-                    "or use --data_source=tfds)")
-  data_dir = os.path.expanduser(data_dir)
-  check_data_dir(name, data_dir, spec.url)
-  return spec.reader(spec, data_dir, 0)
+  root = download_lib.data_folder(data_dir)
+  if data_dir and (os.path.exists(root) or not download):
+    check_data_dir(name, root, spec.url)
+  download_lib.fetch(spec, root, download=download)
+  return spec.reader(spec, root, 0)
 
 
 def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:

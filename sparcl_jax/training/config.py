@@ -66,11 +66,19 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
   data_source: str = dataclasses.field(
       default="digits", metadata={"help": "Where images come from: files "
                                           "(original distribution files in "
-                                          "--data_dir), tfds, or digits "
+                                          "--data_dir, downloaded if "
+                                          "missing), tfds, or digits "
                                           "(bundled with scikit-learn)."})
   data_dir: str = dataclasses.field(
       default="", metadata={"help": "Directory holding the dataset files "
-                                    "(files) or the tfds data dir (tfds)."})
+                                    "(files; default $SPARCL_JAX_DATA_DIR, "
+                                    "else ~/.cache/sparcl_jax) or the tfds "
+                                    "data dir (tfds)."})
+  download: bool = dataclasses.field(
+      default=True, metadata={"help": "With --data_source=files, download "
+                                      "the files the data folder lacks and "
+                                      "check their md5 (--nodownload: "
+                                      "never use the network)."})
   scenario: str = dataclasses.field(
       default="split", metadata={"help": "split (disjoint classes per task), "
                                          "permuted (pixel permutations) or "
@@ -292,9 +300,6 @@ def validate(config: RunConfig) -> RunConfig:
     raise ConfigError(f"--data_source={config.data_source} only provides "
                       f"--dataset=digits, not {config.dataset!r}; use "
                       "--data_source=files or tfds for it.")
-  if config.data_source == "files" and not config.data_dir:
-    raise ConfigError("--data_source=files needs --data_dir: the directory "
-                      "holding the original dataset files.")
   _at_least("num_tasks", config.num_tasks, 0)
   if config.scenario != "permuted" and config.resolved_num_tasks < 2:
     raise ConfigError(f"--num_tasks={config.num_tasks} must be at least 2 "

@@ -20,7 +20,7 @@ from sparcl_jax.training import config as config_lib
 # files go or what is shown, not what is computed.
 RESUME_FREE_FLAGS = ("workdir", "overwrite", "progress", "quiet", "tensorboard",
                      "checkpoint_every_steps", "coordinator_address",
-                     "num_processes", "process_id", "data_dir")
+                     "num_processes", "process_id", "data_dir", "download")
 
 
 class CheckpointError(ConfigError):

@@ -187,11 +187,12 @@ def load_datasets(config: RunConfig):
   """
   data_dir = config.data_dir or None
   dataset = sources.load_dataset(config.dataset, config.data_source, data_dir,
-                                 seed=config.seed)
+                                 seed=config.seed, download=config.download)
   cifar100 = None
   if config.scenario == "cifar10_100":
     cifar100 = sources.load_dataset("cifar100", config.data_source, data_dir,
-                                    seed=config.seed)
+                                    seed=config.seed,
+                                    download=config.download)
   return dataset, cifar100
 
 

@@ -20,11 +20,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import pkgutil
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterator, Mapping, Optional
 
+from sparcl_jax.data.download import RemoteFile
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.errors import DataError
 
@@ -45,6 +47,9 @@ class DatasetSpec:
     checksums: ``{file: md5 of its uncompressed content}``, or None where
       no sum is known for certain. Uncompressed, so a re-gzipped copy of
       the same data still matches; the reader does not check them.
+    downloads: the files :mod:`sparcl_jax.data.download` fetches when the
+      data folder lacks them, each with its official URL and published md5
+      (of the file as downloaded); empty when it cannot download them.
     mean, std: per-channel statistics runs normalise the [0, 1] inputs with;
       ``(0.0,), (1.0,)`` leaves them in [0, 1].
     augment: whether runs crop and flip its training images by default.
@@ -67,6 +72,7 @@ class DatasetSpec:
   url: str = ""
   files: tuple[str, ...] = ()
   checksums: Optional[Mapping[str, str]] = None
+  downloads: tuple[RemoteFile, ...] = ()
   mean: tuple[float, ...] = (0.0,)
   std: tuple[float, ...] = (1.0,)
   augment: bool = False
@@ -106,6 +112,40 @@ def register(spec: DatasetSpec) -> DatasetSpec:
                      "are taken")
   _REGISTRY[spec.name] = spec
   return spec
+
+
+@contextlib.contextmanager
+def replaced(spec: DatasetSpec) -> Iterator[DatasetSpec]:
+  """Stands ``spec`` in for the registered dataset of its name, for a while.
+
+  For tests and experiments that need a registered dataset with other
+  files, e.g. a local mirror's small files and their checksums
+  (``dataclasses.replace(get("mnist"), downloads=...)``). The original
+  entry is back when the ``with`` block ends, whatever happens in it.
+
+  Args:
+    spec: the stand-in; a dataset of its name must be registered.
+
+  Yields:
+    ``spec``.
+
+  Raises:
+    DataError: no dataset has that name.
+
+  Example:
+    >>> small = dataclasses.replace(get("mnist"), num_classes=3)
+    >>> with replaced(small):
+    ...   get("mnist").num_classes
+    3
+    >>> get("mnist").num_classes
+    10
+  """
+  original = get(spec.name)
+  _REGISTRY[spec.name] = spec
+  try:
+    yield spec
+  finally:
+    _REGISTRY[spec.name] = original
 
 
 def get(name: str) -> DatasetSpec:

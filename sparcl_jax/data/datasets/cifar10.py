@@ -11,6 +11,7 @@ Example:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
+from sparcl_jax.data.download import RemoteFile
 from sparcl_jax.data.readers import cifar_reader
 
 register(DatasetSpec(
@@ -22,6 +23,11 @@ register(DatasetSpec(
     image_shape=(32, 32, 3),
     url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     files=("cifar-10-python.tar.gz",),
+    # The reader takes the tarball itself (or its extracted folder).
+    downloads=(RemoteFile(
+        "cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a", also=("cifar-10-batches-py",)),),
     # Per-channel statistics of the training images scaled to [0, 1].
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2615),

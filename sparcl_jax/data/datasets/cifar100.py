@@ -8,6 +8,7 @@ Example:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
+from sparcl_jax.data.download import RemoteFile
 from sparcl_jax.data.readers import cifar_reader
 
 register(DatasetSpec(
@@ -18,6 +19,10 @@ register(DatasetSpec(
     image_shape=(32, 32, 3),
     url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     files=("cifar-100-python.tar.gz",),
+    downloads=(RemoteFile(
+        "cifar-100-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85", also=("cifar-100-python",)),),
     # Per-channel statistics of the training images scaled to [0, 1].
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),

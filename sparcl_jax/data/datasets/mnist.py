@@ -11,7 +11,18 @@ Example:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
+from sparcl_jax.data.download import RemoteFile
 from sparcl_jax.data.readers import IDX_FILES, read_idx_dataset
+
+# yann.lecun.com, the original home, often refuses downloads; PyTorch's copy
+# holds the same files (the md5s published with torchvision).
+BASE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+GZ_MD5 = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
 
 register(DatasetSpec(
     name="mnist",
@@ -29,6 +40,8 @@ register(DatasetSpec(
         "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
     },
+    downloads=tuple(RemoteFile(f"{f}.gz", f"{BASE}{f}.gz", GZ_MD5[f],
+                               also=(f,)) for f in IDX_FILES),
     presets={"split_mnist": ("split", 5), "permuted_mnist": ("permuted", 10)},
     order=0,
 ))

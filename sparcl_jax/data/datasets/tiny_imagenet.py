@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from sparcl_jax.data.datasets import DatasetSpec, register
+from sparcl_jax.data.download import RemoteFile
 from sparcl_jax.data.readers import (candidate_dirs, make_dataset, stack,
                                      unreadable)
 from sparcl_jax.data.types import Dataset
@@ -26,7 +27,8 @@ from sparcl_jax.errors import DataError
 
 def read_tiny_imagenet(spec: DatasetSpec, data_dir: str,
                        seed: int = 0) -> Dataset:
-  """Reads ``tiny-imagenet-200/`` (in ``data_dir`` or ``data_dir`` itself).
+  """Reads ``tiny-imagenet-200/`` (in ``data_dir``, in its
+  ``tiny_imagenet/`` sub-folder where downloads go, or ``data_dir`` itself).
 
   Args:
     spec: the dataset's entry.
@@ -44,7 +46,8 @@ def read_tiny_imagenet(spec: DatasetSpec, data_dir: str,
   """
   del seed
   name = spec.name
-  root = next((d for d in candidate_dirs(data_dir, "tiny-imagenet-200")
+  root = next((d for d in candidate_dirs(
+      data_dir, "tiny-imagenet-200", os.path.join(name, "tiny-imagenet-200"))
                if os.path.isfile(os.path.join(d, "wnids.txt"))), None)
   if root is None:
     raise DataError(
@@ -110,6 +113,12 @@ SPEC = register(DatasetSpec(
     image_shape=(64, 64, 3),
     url="http://cs231n.stanford.edu/tiny-imagenet-200.zip",
     files=("tiny-imagenet-200",),
+    # Unzipped on download (the zip is then deleted): the reader needs the
+    # folder.
+    downloads=(RemoteFile(
+        "tiny-imagenet-200.zip",
+        "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+        "90528d7ca1a48142e341f4ef8d21d0de", unpacks_to="tiny-imagenet-200"),),
     # Per-channel statistics of the training images scaled to [0, 1].
     mean=(0.4802, 0.4481, 0.3975),
     std=(0.2302, 0.2265, 0.2262),
