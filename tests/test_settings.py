@@ -110,6 +110,39 @@ def test_derpp_after_the_sparcl_flagfile_is_the_dense_run(capsys, tmp_path):
   assert set(flags) == set(saved)
 
 
+def test_dgm_and_ddr_that_would_do_nothing_are_said_at_the_start(capsys,
+                                                                 tmp_path):
+  """--sparsity=0.98 leaves DGM nothing to mask, and the default
+  --ddr_epochs (5,10,15,20) never come in a one-epoch task: one warning line
+  each, and results.json's parts agree."""
+  workdir = tmp_path / "sparcl"
+  status = cli.main(["train.py", "--method=sparcl_derpp", "--sparsity=0.98",
+                     f"--workdir={workdir}", "--minibatch_size=16",
+                     "--buffer_size=50", *TINY])
+  err = capsys.readouterr().err
+  assert status == 0, err
+  assert _lines(err) == [
+      "train.py: warning: --dgm does nothing at --sparsity=0.98: the weight "
+      "mask zeroes more of each gradient than --gradient_sparsity=0.8 would; "
+      "the run trains without DGM.",
+      "train.py: warning: --ddr_epochs=5,10,15,20: epochs 5, 10, 15, 20 come "
+      "after a task's last epoch (--epochs=1 counts 0-0); DDR removes no "
+      "data in this run."]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["parts"] == ["TDM"]
+  config = RunConfig(method="sparcl_derpp", epochs=6, ddr_epochs="2,5")
+  assert methods.get("sparcl_derpp").inert_flags(config) == ()
+  assert methods.get("sparcl_derpp").inert_flags(
+      config_lib.replace(config, epochs=5, mask_structure="grouped",
+                         sparsity=0.9)) == (
+      "--dgm does nothing at --sparsity=0.9: the weight mask zeroes more of "
+      "each gradient than --gradient_sparsity=0.8 would; the run trains "
+      "without DGM.",
+      "--ddr_epochs=2,5: epoch 5 comes after a task's last epoch (--epochs=5 "
+      "counts 0-4); DDR removes no data at it.")
+  assert methods.get("derpp").inert_flags(config) == ()
+
+
 def test_bad_value_refuses_in_one_line_without_the_warning(capsys, tmp_path):
   status = cli.main(["train.py", f"--workdir={tmp_path / 'run'}",
                      "--method=clnp", "--buffer_size=500", "--margin=200",

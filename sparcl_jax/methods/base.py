@@ -184,6 +184,22 @@ class Method:
     del config
     return False
 
+  def inert_flags(self, config) -> tuple[str, ...]:
+    """What the flags switch on that this run will not do, a line each.
+
+    A flag that is set but changes nothing (a part whose settings leave it
+    nothing to do) is said at the start of the run, not discovered in its
+    results.
+
+    Args:
+      config: the run configuration.
+
+    Returns:
+      Warning lines, without the ``warning:`` prefix; none by default.
+    """
+    del config
+    return ()
+
   def stream_class_mask(self, spec, task_mask: jax.Array,
                         seen_mask: jax.Array) -> Optional[jax.Array]:
     """Classes the stream loss is taken over (None: every output).

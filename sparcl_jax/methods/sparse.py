@@ -136,6 +136,36 @@ class _SparCL(_MaskedWeights):
   def tracks_forgetting(self, config) -> bool:
     return config.ddr
 
+  def inert_flags(self, config) -> tuple[str, ...]:
+    """Says when DGM or DDR is on but will do nothing.
+
+    Example:
+      >>> from sparcl_jax.training.config import RunConfig
+      >>> for line in SparclDerpp().inert_flags(RunConfig(
+      ...     method="sparcl_derpp", sparsity=0.98, epochs=8)):
+      ...   print(line)
+      --dgm does nothing at --sparsity=0.98: the weight mask zeroes more of each gradient than --gradient_sparsity=0.8 would; the run trains without DGM.
+      --ddr_epochs=5,10,15,20: epochs 10, 15, 20 come after a task's last epoch (--epochs=8 counts 0-7); DDR removes no data at them.
+    """
+    lines = []
+    grouped_off = config.grouped and grouped_gradient_sparsity(config) == 0
+    if config.dgm and (not self.uses_dgm(config) or grouped_off):
+      lines.append(
+          f"--dgm does nothing at --sparsity={config.sparsity}: the weight "
+          "mask zeroes more of each gradient than --gradient_sparsity="
+          f"{config.gradient_sparsity} would; the run trains without DGM.")
+    epochs = config.ddr_epoch_list
+    late = [e for e in epochs if e >= config.epochs]
+    if config.ddr and late:
+      at = ("in this run" if len(late) == len(epochs) else
+            "at it" if len(late) == 1 else "at them")
+      lines.append(
+          f"--ddr_epochs={config.ddr_epochs}: epoch{'s' * (len(late) > 1)} "
+          f"{', '.join(map(str, late))} come{'s' * (len(late) == 1)} after a "
+          f"task's last epoch (--epochs={config.epochs} counts "
+          f"0-{config.epochs - 1}); DDR removes no data {at}.")
+    return tuple(lines)
+
 
 @register
 class SparclEr(_SparCL, ExperienceReplay):

@@ -361,6 +361,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       # stays one line on stderr.
       print(f"{prog}: {ignored_warning(config.method, ignored)}",
             file=sys.stderr)
+    for line in config.method_object.inert_flags(config):
+      print(f"{prog}: warning: {line}", file=sys.stderr)
     with checkpoint.stop_on_signals(ckpt):
       results = loop.run(config, scenario=scenario, log_fn=log_fn,
                          checkpoints=ckpt, start_time=start_time)
