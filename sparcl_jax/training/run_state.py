@@ -101,7 +101,8 @@ def parts_run(config: RunConfig, state: steps.TrainState,
   gradient_masks = [
       mask for _, dgm_state in find_states(state.opt_state, DGMState)
       for mask in jax.tree.leaves(dgm_state.masks)]
-  if any(not bool(jnp.all(mask)) for mask in gradient_masks):
+  # numpy, not jnp: a jnp reduction here would compile after the last task.
+  if any(not np.asarray(mask).all() for mask in gradient_masks):
     parts.append("DGM")
   if config.method_object.tracks_forgetting(config) and any(
       kept < size for epochs, size in zip(kept_per_epoch, task_sizes)
