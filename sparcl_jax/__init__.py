@@ -28,6 +28,7 @@ from sparcl_jax.sparse.rules import (ScoreInputs, drop_score_names,
 from sparcl_jax.sparse.grouped import (drop_and_grow_rows, grouped_matmul,
                                        initial_values, kept_membership,
                                        magnitude_rows, random_rows, row_mask)
+from sparcl_jax.sparse.grouped_conv import grouped_conv
 from sparcl_jax.sparse.grouped_tdm import (GroupedTDMState, dense_view,
                                            grouped_layers, grouped_tdm,
                                            sparsity_variables, tdm_rows)
@@ -42,6 +43,8 @@ from sparcl_jax.metrics import (average_accuracy, average_forgetting,
 from sparcl_jax.models.conv import conv_with_canonical_gradients
 from sparcl_jax.models.grouped_dense import (GroupedSparseDense,
                                              GroupedSparseLinear, KeptRows)
+from sparcl_jax.models.grouped_conv import (GroupedSparseConv,
+                                            GroupedSparseConvNNX)
 from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
                                      ewc_init, ewc_penalty, fisher_diagonal,
                                      merge_fisher_slot,

@@ -15,6 +15,8 @@ The public names are re-exported flat by ``sparcl_jax`` (``sc.tdm``,
 * ``tdm``: task-aware dynamic masking around an inner optimizer.
 * ``grouped`` and ``grouped_tdm``: structured (kept-rows) sparsity and its
   TDM.
+* ``grouped_conv``: the same structure for convolutions (kept input channels
+  with all their taps).
 * ``masking_check``: checks that a whole optimizer keeps masked weights zero.
 
 Nothing is imported here, so importing one module runs only what it needs.
