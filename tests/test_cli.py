@@ -219,3 +219,31 @@ def test_saved_config_repeats_the_run_from_another_folder(tmp_path,
   monkeypatch.chdir(elsewhere)
   again = cli.parse_config(["train.py", f"--flagfile={here / 'config'}"])
   assert again == config
+
+
+def test_bars_are_drawn_on_a_terminal_or_in_a_kernel_with_widgets(
+    monkeypatch):
+  import importlib.util
+  import io
+  import types
+  from sparcl_jax.training import tasks
+
+  class Terminal(io.StringIO):
+
+    def isatty(self):
+      return True
+
+  monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+  monkeypatch.setattr(sys, "stderr", io.StringIO())
+  assert not tasks.bars_drawable()
+  monkeypatch.setattr(sys, "stderr", Terminal())
+  assert tasks.bars_drawable()
+  monkeypatch.setattr(sys, "stderr", io.StringIO())
+  monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+  find_spec = importlib.util.find_spec
+  widgets = {"ipywidgets": None}
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: widgets.get(name, find_spec(name, *a)))
+  assert not tasks.bars_drawable()  # a kernel without ipywidgets
+  widgets["ipywidgets"] = object()
+  assert tasks.bars_drawable()

@@ -9,6 +9,7 @@ finite.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from typing import Any, Callable
@@ -112,11 +113,33 @@ def class_masks(scenario: Scenario) -> np.ndarray:
   return masks
 
 
+def bars_drawable() -> bool:
+  """Whether a tqdm bar can be drawn where this process writes.
+
+  On a terminal, and in a Jupyter kernel (Colab, JupyterLab) that has
+  ipywidgets, where ``tqdm.auto`` draws a widget; not into a file, a pipe or
+  a cluster's log, where the progress lines say the same once per epoch.
+
+  Returns:
+    True on a terminal or in a kernel with widgets.
+
+  Example:
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stderr(io.StringIO()):  # a file, say
+    ...   print(bars_drawable())
+    False
+  """
+  if sys.stderr.isatty():
+    return True
+  return ("ipykernel" in sys.modules and
+          importlib.util.find_spec("ipywidgets") is not None)
+
+
 def progress_bar(total: int, desc: str, enabled: bool):
-  """A tqdm bar of train steps, shown only on a terminal when ``enabled``."""
+  """A tqdm bar of train steps, drawn when ``enabled`` and :func:`bars_drawable`."""
   from tqdm import auto as tqdm_auto  # pylint: disable=import-outside-toplevel
   return tqdm_auto.tqdm(total=total, desc=desc, unit="step", leave=False,
-                        disable=not (enabled and sys.stderr.isatty()))
+                        disable=not (enabled and bars_drawable()))
 
 
 class Progress:
