@@ -262,6 +262,18 @@ def test_structured_resnet_flags_refuse_in_one_line(changes, message):
     config_lib.validate(config_lib.from_dict(values))
 
 
+def test_cli_refuses_a_group_that_does_not_divide_a_width(tmp_path, capsys):
+  status = cli.main(["train.py", f"--workdir={tmp_path}", "--model=resnet18",
+                     "--nf=20", "--method=sparcl_derpp",
+                     "--mask_structure=grouped", "--mask_group=8",
+                     "--dataset=digits", "--data_source=digits"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 2
+  assert err == ["train.py: error: --mask_group=8 must divide every hidden "
+                 "width: layer1 has 20 outputs; valid sizes: 1, 2, 4, 5, 10, "
+                 "20."]
+
+
 def test_default_group_is_20_at_nf_20_else_a_divisor_of_nf():
   config = config_lib.from_dict(dict(workdir="/tmp/x", model="resnet18",
                                      nf=20, method="sparcl_derpp",

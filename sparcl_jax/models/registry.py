@@ -199,8 +199,9 @@ def make_model(name: str, num_outputs: int, *,
     width_multiplier: width scale of ``'zenke_cnn'``.
     conv_gradients: a key of ``CONV_GRADIENTS``, for the conv models.
     group: 0 for dense layers, else group-balanced sparse ones with blocks
-      of ``group`` output units (models declared ``grouped`` only; for
-      ``'mlp'`` it must divide every hidden width).
+      of ``group`` output units (models declared ``grouped`` only; it must
+      divide the width of every layer it structures: see
+      :func:`group_size`).
     sparsity: weight sparsity of the grouped hidden layers.
     kept_fan_in_init: the grouped layers draw their kept weights at the
       kept fan-in (else cut from a dense kernel); see
