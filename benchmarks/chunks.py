@@ -63,7 +63,7 @@ def model_and_variables(config: RunConfig, scenario: Scenario
   """
   # The grouped layers' arguments only for grouped runs, as loop.run passes
   # them, so every other model is built exactly as before.
-  grouped = (dict(group=config.mask_group, sparsity=config.sparsity)
+  grouped = (dict(group=config.group_size, sparsity=config.sparsity)
              if config.grouped else {})
   model = registry.make_model(
       config.model, scenario.num_outputs, hidden_sizes=config.hidden_widths,

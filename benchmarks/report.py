@@ -209,7 +209,10 @@ def format_structured_steps(results: dict) -> str:
            (4-step epochs in chunks of 4, buffer 16)
   """
   shape = "x".join(str(v) for v in results["image_shape"])
-  lines = [f"DER++ train chunks, MLP hidden {results['hidden_sizes']} on "
+  flags = results.get("model_flags") or {}
+  model = (f"{flags['model']} nf {flags.get('nf', 64)}" if flags.get("model")
+           not in (None, "mlp") else f"MLP hidden {results['hidden_sizes']}")
+  lines = [f"DER++ train chunks, {model} on "
            f"{shape}, task {results['task_id']} epoch {results['epoch']}; "
            f"structured: blocks of {results['mask_group']} outputs; "
            f"{results['repeats']} interleaved epochs per variant",

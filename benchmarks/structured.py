@@ -72,7 +72,8 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                      steps_per_epoch: Optional[int] = None,
                      image_shape: Sequence[int] = (28, 28, 1),
                      buffer_size: int = 200, task_id: int = 1,
-                     epoch: int = 1) -> dict:
+                     epoch: int = 1, model_flags: Optional[dict] = None,
+                     unstructured: bool = True) -> dict:
   """Per-step time of dense, unstructured and structured DER++ chunks.
 
   For each batch size, every variant is the library's train chunk
@@ -104,9 +105,14 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
       (the replay mini-batch is drawn without replacement).
     task_id: the task trained (> 0, so that replay runs).
     epoch: the epoch within the task.
+    model_flags: other flags of every variant, e.g. ``{'model':
+      'resnet18', 'nf': 20}`` for the structured ResNet (its block convs
+      grouped; ``hidden_sizes`` then unused).
+    unstructured: include the unstructured SparCL-DER++ rows.
 
   Returns:
-    ``{'hidden_sizes', 'mask_group', 'task_id', 'epoch', 'repeats',
+    ``{'hidden_sizes', 'mask_group', 'model_flags', 'task_id', 'epoch',
+    'repeats',
     'image_shape', 'batches': {str(batch): {'steps_per_epoch',
     'steps_per_call', 'buffer_size', 'variants': {name: {...}}}}}``; each
     variant has ``structure``, ``sparsity``, ``ms_per_step`` (the harness's
@@ -132,6 +138,7 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
   data = random_scenario(image_shape,
                          max(b * epochs[b] for b in batch_sizes))
   out = {"hidden_sizes": hidden_sizes, "mask_group": mask_group,
+         "model_flags": dict(model_flags or {}),
          "task_id": task_id, "epoch": epoch, "repeats": repeats,
          "image_shape": list(image_shape), "batches": {}}
   for b in batch_sizes:
@@ -139,7 +146,8 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
     k = max(1, min(steps_per_call, spe))
     buffer = max(buffer_size, b)
     common = dict(hidden_sizes=hidden_sizes, batch_size=b, minibatch_size=b,
-                  buffer_size=buffer, steps_per_call=k)
+                  buffer_size=buffer, steps_per_call=k,
+                  **(model_flags or {}))
     configs = {variant_name("dense"): ("dense", None,
                                        make_config("derpp", **common))}
     for s in sparsities:
@@ -147,7 +155,7 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
           "structured", s, make_config("sparcl_derpp", sparsity=s,
                                        mask_structure="grouped",
                                        mask_group=mask_group, **common))
-    for s in sparsities:
+    for s in sparsities if unstructured else ():
       configs[variant_name("unstructured", s)] = (
           "unstructured", s, make_config("sparcl_derpp", sparsity=s,
                                          **common))

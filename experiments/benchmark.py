@@ -50,6 +50,7 @@ Usage:
   python experiments/benchmark.py --conv             # conv tables, 32x32x3
   python experiments/benchmark.py --train_py --data_dir=PATH/TO/mnist
   python experiments/benchmark.py --structured --out=structured.json
+  python experiments/benchmark.py --structured_conv   # ResNet-18 structured
   python experiments/benchmark.py --structured_runs --data_dir=PATH/TO/mnist
   python experiments/benchmark.py --seeds --data_dir=PATH/TO/mnist
 """
@@ -109,6 +110,15 @@ def _sections(args: argparse.Namespace) -> dict:
         batch_sizes=(32,) if args.quick else (32, 256),
         repeats=3 if args.quick else 5)
     print(report.format_structured_steps(results["structured_steps"]))
+  if args.structured_conv:
+    # ResNet-18 nf 20 on Split MNIST's shape, batch 32; short simulated
+    # epochs (a ResNet chunk per variant compiles for tens of seconds).
+    results["structured_conv_steps"] = structured.structured_steps(
+        batch_sizes=(32,), repeats=3 if args.quick else 5,
+        steps_per_call=10, mask_group=20, steps_per_epoch=30,
+        model_flags={"model": "resnet18", "nf": 20},
+        unstructured=not args.quick)
+    print(report.format_structured_steps(results["structured_conv_steps"]))
   if args.structured_runs:
     results["structured_runs"] = structured.structured_train_times(
         args.data_dir, args.workdir or _WORKDIRS["structured_runs"])
@@ -157,6 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "at sparsity 0.75/0.90/0.95 on the MLP "
                            "784-2000-2000, batch 32 and 256 (--quick: 32); "
                            "about 19 minutes on 2 busy CPU cores")
+  parser.add_argument("--structured_conv", action="store_true",
+                      help="only the structured-sparsity step table of "
+                           "ResNet-18 nf 20 (28x28x1, batch 32): dense "
+                           "DER++, structured (and, without --quick, "
+                           "unstructured) SparCL-DER++ at 0.75/0.90/0.95")
   parser.add_argument("--structured_runs", action="store_true",
                       help="only whole Split MNIST runs (--data_dir) of the "
                            "MLP 784-2000-2000 configs, dense, structured and "
@@ -191,6 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.num_seeds < 1 or args.seeds_rounds < 1:
     parser.error("--num_seeds and --seeds_rounds must be at least 1")
   only = (args.conv or args.train_py or args.structured or
+          args.structured_conv or
           args.structured_runs or args.seeds)
   if only:
     results = _sections(args)

@@ -33,6 +33,9 @@ PyTree = Any
 _PASS_THROUGH = frozenset({
     'convert_element_type', 'reshape', 'copy', 'copy_p', 'squeeze',
     'expand_dims', 'transpose', 'reduce_precision', 'optimization_barrier',
+    # A static slice of a parameter (one block of a grouped convolution's
+    # kernel, run as its own convolution on CPU) is charged to the parameter.
+    'slice',
 })
 
 
@@ -86,9 +89,34 @@ def _walk(jaxpr: Any, origin: dict[Any, str], totals: dict[str, int],
     if name in _PASS_THROUGH and srcs and srcs[0] is not None:
       origin[eqn.outvars[0]] = srcs[0]
       continue
+    if name == 'cond':
+      _walk_cond(eqn, srcs, totals, repeat)
+      continue
     for sub, sub_repeat in _sub_jaxprs(eqn):
       inner = {iv: s for iv, s in zip(sub.invars, srcs) if s is not None}
       _walk(sub, inner, totals, repeat * sub_repeat)
+
+
+def _walk_cond(eqn: Any, srcs: list[Optional[str]], totals: dict[str, int],
+               repeat: int) -> None:
+  """Charges the costliest branch of a ``cond`` (its first operand is the
+  branch index).
+
+  A grouped convolution picks its execution per backend
+  (``lax.platform_dependent``, traced as a ``cond`` on the platform): its
+  branches compute the same products, so any one gives its MACs; for other
+  conds the costliest branch is an upper bound.
+  """
+  best: dict[str, int] = {}
+  for branch in eqn.params['branches']:
+    jaxpr = getattr(branch, 'jaxpr', branch)
+    inner = {iv: s for iv, s in zip(jaxpr.invars, srcs[1:]) if s is not None}
+    found: dict[str, int] = {}
+    _walk(jaxpr, inner, found, repeat)
+    if sum(found.values()) > sum(best.values()):
+      best = found
+  for path, macs in best.items():
+    totals[path] = totals.get(path, 0) + macs
 
 
 def _leading_axes(inputs: tuple[Any, ...]) -> set[int]:

@@ -263,9 +263,10 @@ def test_models_declare_clnp_specs_and_batch_norm():
   assert registry.get("zenke_cnn").clnp_layer_specs is cnn_layer_specs
   assert registry.get("resnet18").clnp_layer_specs is None
   assert [n for n in names() if registry.get(n).batch_norm] == ["resnet18"]
-  assert [n for n in names() if registry.get(n).grouped] == ["mlp"]
-  with pytest.raises(ConfigError, match="exist for the mlp model only, not "
-                     "'zenke_cnn'"):
+  assert [n for n in names() if registry.get(n).grouped] == ["mlp",
+                                                              "resnet18"]
+  with pytest.raises(ConfigError, match="exist for the mlp, resnet18 models "
+                     "only, not 'zenke_cnn'"):
     make_model("zenke_cnn", 10, group=2)
   with pytest.raises(ValueError, match="'mlp' is empty or taken"):
     registry.register(registry.get("mlp"))

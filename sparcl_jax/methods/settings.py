@@ -236,12 +236,15 @@ class MaskSettings(Settings):
           "kernels.")
   mask_structure: str = flag(
       "unstructured", "'unstructured' (SparCL's masks over dense layers) or "
-                      "'grouped' (the MLP's hidden layers keep the same "
-                      "input rows count in every block of --mask_group "
-                      "output units and compute with the kept weights "
-                      "only).")
-  mask_group: int = flag(250, "With --mask_structure=grouped: output units "
-                              "per block (must divide every hidden width).")
+                      "'grouped' (the MLP's hidden layers and ResNet-18's "
+                      "block convs keep the same input rows count in every "
+                      "block of --mask_group output units and compute with "
+                      "the kept weights only).")
+  mask_group: int = flag(0, "With --mask_structure=grouped: output units "
+                            "per block (must divide every structured "
+                            "layer's width); 0: the model's default (250 "
+                            "for the MLP, 20 for ResNet-18, else the "
+                            "largest divisor of nf below 20).")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "
@@ -271,8 +274,12 @@ class MaskSettings(Settings):
   def _check_grouped(self, config) -> None:
     """What --mask_structure=grouped supports, each refusal with its fix."""
     refuse = "--mask_structure=grouped "
-    if config.model != "mlp":
-      raise ConfigError(refuse + f"has layers for --model=mlp only, not "
+    from sparcl_jax.models import registry  # pylint: disable=g-import-not-at-top
+    spec = registry.get(config.model)
+    if not spec.grouped:
+      models = ", ".join(f"--model={n}" for n in registry.names()
+                         if registry.get(n).grouped)
+      raise ConfigError(refuse + f"has layers for {models} only, not "
                         f"{config.model!r}; use the unstructured masks.")
     method = config.method_object
     if getattr(method, "static_masks", False):
@@ -286,16 +293,14 @@ class MaskSettings(Settings):
                         "gradient growth needs the dense gradient: drop "
                         "--mask_growth or use the unstructured masks.")
     if self.sparsity_distribution != "uniform" or self.sparse_layers:
-      raise ConfigError(refuse + "makes every MLP hidden layer sparse at "
-                        "--sparsity: drop --sparsity_distribution and "
+      raise ConfigError(refuse + "makes every MLP hidden layer (ResNet-18 "
+                        "block conv) sparse at --sparsity: drop --sparsity_distribution and "
                         "--sparse_layers.")
-    if self.mask_group < 1:
-      raise ConfigError(f"--mask_group={self.mask_group} must be >= 1.")
-    for width in config.hidden_widths:
-      if width % self.mask_group:
-        raise ConfigError(f"--mask_group={self.mask_group} must divide "
-                          f"every hidden width (--hidden_sizes="
-                          f"{config.hidden_sizes}); pick a divisor.")
+    if self.mask_group < 0:
+      raise ConfigError(f"--mask_group={self.mask_group} must be >= 1, or "
+                        "0 for the model's default.")
+    registry.group_size(config.model, self.mask_group, config.nf,
+                        config.hidden_widths)
 
 
 @dataclasses.dataclass(frozen=True)

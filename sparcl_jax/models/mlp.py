@@ -117,4 +117,7 @@ def sparse_layers(path: str, leaf: Any) -> bool:
 
 
 register(ModelSpec(name="mlp", build=_build, sparse_filter=sparse_layers,
-                   clnp_layer_specs=mlp_layer_specs, grouped=True, order=0))
+                   clnp_layer_specs=mlp_layer_specs, grouped=True,
+                   grouped_widths=lambda nf, hidden: {
+                       f"hidden_{i}": w for i, w in enumerate(hidden)},
+                   default_group=lambda widths: 250, order=0))

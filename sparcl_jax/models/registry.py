@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import pkgutil
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -88,6 +89,11 @@ class ModelSpec:
     batch_norm: whether it keeps batch-norm statistics (the task-level
       runs, CLNP's family, take models without).
     grouped: whether ``ModelArgs.group`` gives it grouped sparse layers.
+    grouped_widths: for a grouped model, ``(nf, hidden_widths) -> {layer:
+      output width}`` of the layers ``ModelArgs.group`` structures (each
+      width must be a multiple of the group).
+    default_group: for a grouped model, ``widths -> group`` used when
+      ``--mask_group`` is left at 0.
     order: position in listings (then the name).
 
   Example:
@@ -103,6 +109,9 @@ class ModelSpec:
   clnp_layer_specs: Optional[Callable[[PyTree], tuple]] = None
   batch_norm: bool = False
   grouped: bool = False
+  grouped_widths: Optional[Callable[[int, tuple[int, ...]],
+                                    dict[str, int]]] = None
+  default_group: Optional[Callable[[dict[str, int]], int]] = None
   order: int = 100
 
 
@@ -190,8 +199,9 @@ def make_model(name: str, num_outputs: int, *,
     width_multiplier: width scale of ``'zenke_cnn'``.
     conv_gradients: a key of ``CONV_GRADIENTS``, for the conv models.
     group: 0 for dense layers, else group-balanced sparse ones with blocks
-      of ``group`` output units (models declared ``grouped`` only; for
-      ``'mlp'`` it must divide every hidden width).
+      of ``group`` output units (models declared ``grouped`` only; it must
+      divide the width of every layer it structures: see
+      :func:`group_size`).
     sparsity: weight sparsity of the grouped hidden layers.
     kept_fan_in_init: the grouped layers draw their kept weights at the
       kept fan-in (else cut from a dense kernel); see
@@ -212,14 +222,77 @@ def make_model(name: str, num_outputs: int, *,
                       f"{', '.join(CONV_GRADIENTS)}.")
   validate_head(head, num_outputs, head_sizes)
   if group and not spec.grouped:
-    grouped = ", ".join(n for n in names() if get(n).grouped)
-    raise ConfigError(f"grouped sparse layers exist for the {grouped} model "
-                      f"only, not {name!r}; use the unstructured masks.")
+    grouped = [n for n in names() if get(n).grouped]
+    raise ConfigError(f"grouped sparse layers exist for the "
+                      f"{', '.join(grouped)} model"
+                      f"{'s' if len(grouped) > 1 else ''} only, not "
+                      f"{name!r}; use the unstructured masks.")
   return spec.build(ModelArgs(
       num_outputs, head,
       None if head_sizes is None else tuple(int(s) for s in head_sizes),
       CONV_GRADIENTS[conv_gradients], tuple(hidden_sizes), nf,
       width_multiplier, int(group), float(sparsity), bool(kept_fan_in_init)))
+
+
+def group_size(name: str, mask_group: int, nf: int,
+               hidden_widths: Sequence[int]) -> int:
+  """The output block size of a grouped model's sparse layers, checked.
+
+  Args:
+    name: a model declared ``grouped``.
+    mask_group: ``--mask_group``; 0 takes the model's default.
+    nf: base width (conv models).
+    hidden_widths: hidden widths (the MLP).
+
+  Returns:
+    The group, a divisor of every structured layer's width.
+
+  Raises:
+    ConfigError: the group does not divide a layer's width (one line, naming
+      the layer and the valid sizes).
+
+  Example:
+    >>> group_size("resnet18", 0, 20, ()), group_size("resnet18", 0, 64, ())
+    (20, 16)
+    >>> group_size("resnet18", 8, 20, ())
+    Traceback (most recent call last):
+    ...
+    sparcl_jax.errors.ConfigError: --mask_group=8 must divide every hidden width: layer1 has 20 outputs; valid sizes: 1, 2, 4, 5, 10, 20.
+  """
+  spec = get(name)
+  if not spec.grouped or spec.grouped_widths is None:
+    raise ConfigError(f"--model={name} has no grouped layers.")
+  widths = spec.grouped_widths(int(nf), tuple(int(w) for w in hidden_widths))
+  group = int(mask_group) or spec.default_group(widths)
+  if group < 1:
+    raise ConfigError(f"--mask_group={mask_group} must be >= 1.")
+  for layer, width in widths.items():
+    if width % group:
+      common = math.gcd(*widths.values())
+      valid = ", ".join(str(d) for d in range(1, common + 1)
+                        if common % d == 0)
+      raise ConfigError(
+          f"--mask_group={group} must divide every hidden width: {layer} "
+          f"has {width} outputs; valid sizes: {valid}.")
+  return group
+
+
+def largest_divisor_up_to(widths: dict[str, int], most: int) -> int:
+  """The largest common divisor of ``widths`` not above ``most``.
+
+  Args:
+    widths: ``{layer: width}``.
+    most: the preferred group.
+
+  Returns:
+    The group.
+
+  Example:
+    >>> largest_divisor_up_to({'a': 64, 'b': 128}, 20)
+    16
+  """
+  common = math.gcd(*widths.values())
+  return max(d for d in range(1, min(common, most) + 1) if common % d == 0)
 
 
 def init_model(model: nn.Module, rng: jax.Array,

@@ -5,6 +5,17 @@ so 32x32 inputs keep their resolution in the first stage; ``nf`` scales every
 width (64 is the standard net, 20 the "reduced" one common in CL papers).
 Convolutions take their gradients from ``conv_with_canonical_gradients``, so
 the train step is as fast inside the library's loops as alone on a CPU.
+
+With ``group`` (``--mask_structure=grouped``) the 3x3 convs of the residual
+blocks are :class:`~sparcl_jax.models.grouped_conv.GroupedSparseConv`: in
+every block of ``group`` output channels they keep the same input channels
+(all taps) and compute with the kept kernel only. The rest stays dense, as
+SparCL keeps it: the stem reads 1 or 3 channels (a kept count ``k`` of 0-1
+channels would leave nothing to drop and grow), and the 1x1 shortcuts and
+the head are a small share of the work: of the dense model's forward MACs
+at nf 20, the shortcuts take 1.2% (1.1% at 32x32x3), the stem 0.3%
+(1.0% at 32x32x3), the head under 0.01%, the block convs 98.5% (97.9%)
+(``tests/test_grouped_resnet.py`` checks them).
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ import jax.numpy as jnp
 
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models.conv import conv_with_canonical_gradients
+from sparcl_jax.models.grouped_conv import GroupedSparseConv
 from sparcl_jax.models.heads import ACT_SUFFIX, OutputHead
+from sparcl_jax.models import registry
 from sparcl_jax.models.registry import ModelArgs, ModelSpec, register
 
 # PyTorch's BatchNorm momentum 0.1 weights the new batch; Flax's weights the
@@ -31,11 +44,19 @@ BLOCKS_PER_STAGE = 2
 
 
 def _conv3x3(features: int, stride: int, name: str,
-             conv_general_dilated: Callable) -> nn.Conv:
+             conv_general_dilated: Callable, group: int = 0,
+             sparsity: float = 0.0,
+             kept_fan_in_init: bool = True) -> nn.Module:
   # Explicit padding 1 matches PyTorch; Flax's 'SAME' pads stride-2 convs
   # asymmetrically and would shift every feature map by half a pixel.
+  padding = ((1, 1), (1, 1))
+  if group:
+    return GroupedSparseConv(features, (3, 3), group, sparsity,
+                             strides=(stride, stride), padding=padding,
+                             use_bias=False,
+                             kept_fan_in_init=kept_fan_in_init, name=name)
   return nn.Conv(features, (3, 3), strides=(stride, stride),
-                 padding=((1, 1), (1, 1)), use_bias=False, name=name,
+                 padding=padding, use_bias=False, name=name,
                  conv_general_dilated=conv_general_dilated)
 
 
@@ -54,6 +75,10 @@ class BasicBlock(nn.Module):
     features: output channels.
     stride: stride of ``conv1`` and of the shortcut.
     conv_general_dilated: the convolution primitive (see ``ResNet18``).
+    group: 0 for dense convs; else ``conv1``/``conv2`` are grouped sparse
+      convs with blocks of ``group`` output channels.
+    sparsity: weight sparsity of the grouped convs.
+    kept_fan_in_init: how the grouped convs draw their kept kernel.
 
   Example:
     >>> block = BasicBlock(8, 2)
@@ -65,6 +90,9 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   conv_general_dilated: Callable = conv_with_canonical_gradients
+  group: int = 0
+  sparsity: float = 0.0
+  kept_fan_in_init: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -81,10 +109,11 @@ class BasicBlock(nn.Module):
       >>> y = BasicBlock(8, 2).apply(v, x)  # doctest: +SKIP
     """
     conv = self.conv_general_dilated
-    h = _conv3x3(self.features, self.stride, "conv1", conv)(x)
+    grouped = (self.group, self.sparsity, self.kept_fan_in_init)
+    h = _conv3x3(self.features, self.stride, "conv1", conv, *grouped)(x)
     h = nn.relu(_batch_norm(train, "bn1")(h))
     self.sow("intermediates", "conv1" + ACT_SUFFIX, h)
-    h = _conv3x3(self.features, 1, "conv2", conv)(h)
+    h = _conv3x3(self.features, 1, "conv2", conv, *grouped)(h)
     h = _batch_norm(train, "bn2")(h)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -114,6 +143,10 @@ class ResNet18(nn.Module):
       same values as ``lax.conv_general_dilated`` with gradients that stay
       fast inside loops on a CPU (pass ``jax.lax.conv_general_dilated`` for
       JAX's own gradients).
+    group: 0 for dense block convs, else the output channels per block of
+      grouped sparse ones (must divide every stage's width).
+    sparsity: weight sparsity of the grouped block convs.
+    kept_fan_in_init: how the grouped convs draw their kept kernel.
 
   Example:
     >>> model = ResNet18(nf=4, num_outputs=10)
@@ -131,6 +164,9 @@ class ResNet18(nn.Module):
   head: str = "shared"
   head_sizes: Optional[Sequence[int]] = None
   conv_general_dilated: Callable = conv_with_canonical_gradients
+  group: int = 0
+  sparsity: float = 0.0
+  kept_fan_in_init: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -153,7 +189,8 @@ class ResNet18(nn.Module):
       features = self.nf * 2**stage
       for b in range(BLOCKS_PER_STAGE):
         h = BasicBlock(features, stride if b == 0 else 1,
-                       self.conv_general_dilated,
+                       self.conv_general_dilated, self.group, self.sparsity,
+                       self.kept_fan_in_init,
                        name=f"layer{stage + 1}_{b}")(h, train)
     h = jnp.mean(h, axis=(1, 2))
     return OutputHead(self.head, self.num_outputs, self.head_sizes,
@@ -163,8 +200,31 @@ class ResNet18(nn.Module):
 def _build(args: ModelArgs) -> ResNet18:
   if args.nf < 1:
     raise ConfigError(f"nf must be >= 1, got {args.nf}.")
+  if args.group:
+    registry.group_size("resnet18", args.group, args.nf, ())
   return ResNet18(int(args.nf), args.num_outputs, args.head, args.head_sizes,
-                  args.conv)
+                  args.conv, args.group, args.sparsity, args.kept_fan_in_init)
+
+
+def grouped_widths(nf: int, hidden_widths: tuple[int, ...]
+                   ) -> dict[str, int]:
+  """Output channels of the block convs ``--mask_structure=grouped``
+  structures, by stage.
+
+  Args:
+    nf: base width.
+    hidden_widths: unused (the MLP's).
+
+  Returns:
+    ``{'layer1': nf, ..., 'layer4': 8 nf}``.
+
+  Example:
+    >>> grouped_widths(20, ())
+    {'layer1': 20, 'layer2': 40, 'layer3': 80, 'layer4': 160}
+  """
+  del hidden_widths
+  return {f"layer{stage + 1}": nf * 2**stage
+          for stage in range(len(STAGE_STRIDES))}
 
 
 def sparse_layers(path: str, leaf: Any) -> bool:
@@ -192,5 +252,12 @@ def sparse_layers(path: str, leaf: Any) -> bool:
   return in_block and path.endswith(("conv1/kernel", "conv2/kernel"))
 
 
+# Blocks of 16-20 output channels keep most of the per-block convolutions'
+# saving on XLA's CPU (experiments/grouped_conv_probe.py): 20 where it
+# divides every width (nf 20), else the largest divisor of nf up to 20 (16
+# at nf 64).
 register(ModelSpec(name="resnet18", build=_build, sparse_filter=sparse_layers,
-                   batch_norm=True, order=10))
+                   batch_norm=True, grouped=True,
+                   grouped_widths=grouped_widths,
+                   default_group=lambda widths: registry.largest_divisor_up_to(
+                       widths, 20), order=10))

@@ -333,10 +333,15 @@ def kept_block_scores(values: jax.Array,
                       grads: Optional[jax.Array] = None,
                       importance_lambda: float = 0.0) -> jax.Array:
   """SparCL's drop score of each kept row: ``|W| + lambda |g|`` summed over
-  the block's units.
+  the block's units (and, for a convolution, the window's taps).
+
+  Any layer whose kept weights read ``[groups, ..., k, group]`` (a dense
+  layer's ``[groups, k, group]``, a convolution's ``[groups, *window, k,
+  group]``) is scored the same way: summed over every axis but the block
+  (first) and the row (second to last).
 
   Args:
-    values: ``[groups, k, group]`` kept weights.
+    values: ``[groups, ..., k, group]`` kept weights.
     grads: their gradient (same shape), or None.
     importance_lambda: weight of the gradient term.
 
@@ -346,8 +351,35 @@ def kept_block_scores(values: jax.Array,
   Example:
     >>> kept_block_scores(jnp.array([[[1., -2.], [0., 0.5]]]))
     Array([[3. , 0.5]], dtype=float32)
+    >>> kept_block_scores(jnp.ones((2, 3, 3, 4, 5)))[0, 0]  # 9 taps x 5
+    Array(45., dtype=float32)
   """
   scores = jnp.abs(values)
   if grads is not None and importance_lambda:
     scores = scores + importance_lambda * jnp.abs(grads)
-  return scores.sum(-1)
+  return scores.sum(_unit_axes(values.ndim))
+
+
+def _unit_axes(ndim: int) -> tuple[int, ...]:
+  """Axes of ``[groups, ..., k, group]`` other than the block and the row."""
+  return tuple(range(1, ndim - 2)) + (ndim - 1,)
+
+
+def row_slots(per_row: jax.Array, ndim: int) -> jax.Array:
+  """A ``[groups, k]`` array shaped to broadcast against ``[groups, ...,
+  k, group]`` kept weights of rank ``ndim``.
+
+  Args:
+    per_row: ``[groups, k]``, one entry per kept row of each block.
+    ndim: rank of the kept weights (3 for a dense layer, 5 for a 2-d
+      convolution).
+
+  Returns:
+    ``per_row`` reshaped to ``[groups, 1, ..., 1, k, 1]``.
+
+  Example:
+    >>> row_slots(jnp.ones((4, 2), bool), 5).shape
+    (4, 1, 1, 2, 1)
+  """
+  groups, k = per_row.shape
+  return per_row.reshape((groups,) + (1,) * (ndim - 3) + (k, 1))

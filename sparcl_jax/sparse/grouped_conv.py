@@ -341,8 +341,4 @@ def kept_block_scores(values: jax.Array, grads: jax.Array | None = None,
     >>> float(kept_block_scores(jnp.ones((2, 3, 3, 4, 5)))[0, 0])
     45.0
   """
-  scores = jnp.abs(values)
-  if grads is not None and importance_lambda:
-    scores = scores + importance_lambda * jnp.abs(grads)
-  window_and_units = tuple(range(1, values.ndim - 2)) + (values.ndim - 1,)
-  return scores.sum(window_and_units)
+  return grouped.kept_block_scores(values, grads, importance_lambda)

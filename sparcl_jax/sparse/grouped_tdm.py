@@ -2,9 +2,11 @@
 
 The structured twin of :func:`sparcl_jax.sparse.tdm.tdm`, for models built from
 group-balanced sparse layers (:class:`~sparcl_jax.GroupedSparseDense`,
-:class:`~sparcl_jax.GroupedSparseLinear`): the parameters hold only the kept
-weights (``values`` ``[groups, k, group]``), and which input rows each block
-keeps lives in the model's ``'sparsity'`` collection (``rows`` ``[groups,
+:class:`~sparcl_jax.GroupedSparseLinear`, and the convolutions of
+:mod:`sparcl_jax.models.grouped_conv`): the parameters hold only the kept
+weights (``values`` ``[groups, k, group]`` for a dense layer, ``[groups,
+*window, k, group]`` for a convolution, whose "rows" are input channels
+with all their taps), and which input rows each block keeps lives in the model's ``'sparsity'`` collection (``rows`` ``[groups,
 k]`` indices for the product, ``kept`` ``[groups, fan_in]`` membership). The
 transform owns that collection: it takes the model's initial one, changes it
 by drop-and-grow on TDM's schedule, and the train step reads it back with
@@ -15,7 +17,7 @@ updates of :class:`~sparcl_jax.MaskSchedule`, every block swaps the same
 number of rows (``round(extra_growth * fan_in)`` at the task start,
 ``round(swap_fraction * fan_in)`` in the middle): the kept rows with the
 lowest SparCL importance ``|W| + lambda |g_last|`` (summed over the block's
-output units) leave, random rows not kept take their slots with zero
+output units and a convolution's taps) leave, random rows not kept take their slots with zero
 weights. The final update of a task changes nothing: with a fixed count per
 block, pruning back to the target is a no-op. So every block keeps exactly
 ``k`` distinct rows after every update, and the layer never computes with
@@ -39,7 +41,7 @@ from sparcl_jax.control_flow import run_if
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.paths import (find_states, flatten_to_dict, is_none,
                               map_with_paths)
-from sparcl_jax.sparse import grouped
+from sparcl_jax.sparse import grouped, grouped_conv
 from sparcl_jax.sparse.schedule import (SWAP, TASK_START, MaskSchedule,
                                         schedule_position)
 
@@ -291,7 +293,8 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     def zero_grown(layer, g):
       if changed is None:
         return g
-      return jnp.where(changed[layer][..., None], jnp.zeros_like(g), g)
+      return jnp.where(grouped.row_slots(changed[layer], g.ndim),
+                       jnp.zeros_like(g), g)
 
     grown_zeroed = grouped_only(updates, zero_grown)
     masked = jax.tree.map(lambda z, g: g if z is None else z, grown_zeroed,
@@ -314,7 +317,8 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
       if layer is None or changed is None:
         return u
       w = flatten_to_dict(params)[path]
-      return jnp.where(changed[layer][..., None], u - w.astype(u.dtype), u)
+      return jnp.where(grouped.row_slots(changed[layer], u.ndim),
+                       u - w.astype(u.dtype), u)
 
     final = map_with_paths(land_grown, inner_updates)
     return final, GroupedTDMState(
@@ -357,8 +361,10 @@ def dense_view(params: PyTree, collection: PyTree) -> tuple[PyTree, PyTree]:
     if layer in fan_ins:
       rows = flat_rows[_leaf(layer, ROWS)]
       kernel = _leaf(layer, 'kernel')
-      dense[kernel] = grouped.to_dense(leaf, rows, fan_ins[layer])
-      masks[kernel] = grouped.row_mask(rows, fan_ins[layer], leaf.shape[-1])
+      # [groups, *window, k, group]: window () for a dense layer.
+      dense[kernel] = grouped_conv.to_dense(leaf, rows, fan_ins[layer])
+      masks[kernel] = grouped_conv.kept_mask(rows, leaf.shape[1:-2],
+                                             fan_ins[layer], leaf.shape[-1])
     else:
       dense[path], masks[path] = leaf, None
   return _unflatten(dense), _unflatten(masks)

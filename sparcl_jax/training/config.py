@@ -186,6 +186,18 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
     return tuple(int(w) for w in self.hidden_sizes.split(",") if w.strip())
 
   @property
+  def group_size(self) -> int:
+    """Output units per block of the grouped layers: ``--mask_group``, or
+    the model's default when it is 0.
+
+    Example:
+      >>> RunConfig(model="resnet18", nf=20).group_size
+      20
+    """
+    return registry.group_size(self.model, self.mask_group, self.nf,
+                               self.hidden_widths)
+
+  @property
   def ddr_epoch_list(self) -> tuple[int, ...]:
     return tuple(int(e) for e in self.ddr_epochs.split(",") if e.strip())
 

@@ -215,7 +215,7 @@ def make_run_model(config: RunConfig, scenario: Scenario):
       nf=config.nf, head=config.head,
       head_sizes=[len(t.classes) for t in scenario.tasks],
       conv_gradients=config.conv_gradients,
-      **(dict(group=config.mask_group, sparsity=config.sparsity,
+      **(dict(group=config.group_size, sparsity=config.sparsity,
               kept_fan_in_init=config.sparse_init == "kept_fan_in")
          if config.grouped else {}))
 
@@ -297,8 +297,9 @@ def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
   if config.grouped:
     model = registry.make_model(
         config.model, scenario.num_outputs,
-        hidden_sizes=config.hidden_widths, head=config.head,
-        head_sizes=[len(t.classes) for t in scenario.tasks])
+        hidden_sizes=config.hidden_widths, nf=config.nf, head=config.head,
+        head_sizes=[len(t.classes) for t in scenario.tasks],
+        conv_gradients=config.conv_gradients)
     params = dense_view(params, kept_rows)[0]
   return model_layer_macs(model, params, batch_stats, spec.image_shape)
 
@@ -370,7 +371,8 @@ def dgm_sparsities(config: RunConfig, params, kept_rows
     for path, leaf in flatten_with_paths(params):
       if path.endswith("/values"):
         fan_in = grouped_layers(kept_rows)[path[:-len("/values")]]
-        dense_size = fan_in * leaf.shape[0] * leaf.shape[2]
+        # [groups, *window, k, group]: the dense kernel has fan_in rows.
+        dense_size = fan_in * (leaf.size // leaf.shape[-2])
         kept = keep_count(leaf.size, share)
         sparsities[path[:-len("values")] + "kernel"] = 1.0 - kept / dense_size
     return sparsities
