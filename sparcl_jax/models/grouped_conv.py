@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sparcl_jax.models.grouped_dense import KeptRows
-from sparcl_jax.sparse import grouped, grouped_conv
+from sparcl_jax.models.grouped_dense import kept_rows_variables, nnx_kept_rows
+from sparcl_jax.sparse import grouped_conv
 
 Initializer = Callable[..., Any]
 
@@ -74,16 +74,8 @@ class GroupedSparseConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
     window = tuple(self.kernel_size)
-    groups = grouped.check_group(self.features, self.group)
-    k = grouped.kept_rows_per_group(fan_in, self.sparsity)
-    rows = self.variable(
-        "sparsity", "rows",
-        lambda: grouped.random_rows(self.make_rng("params"), fan_in, groups,
-                                    k))
-    # Membership of the same channels: what drop-and-grow and reports read
-    # (and where the dense fan-in is recorded); the convolution reads `rows`.
-    self.variable("sparsity", "kept",
-                  lambda: grouped.kept_membership(rows.value, fan_in))
+    rows, groups, k = kept_rows_variables(self, fan_in, self.features,
+                                          self.group, self.sparsity)
 
     def init_values(key, shape, dtype=jnp.float32):
       del shape
@@ -129,13 +121,9 @@ class GroupedSparseConvNNX(nnx.Module):
                rngs: nnx.Rngs, strides: Union[int, Sequence[int]] = 1,
                padding: Any = "SAME", use_bias: bool = True,
                kept_fan_in_init: bool = True):
-    groups = grouped.check_group(out_features, group)
-    k = grouped.kept_rows_per_group(in_features, sparsity)
     self.strides, self.padding = strides, padding
-    self.rows = KeptRows(grouped.random_rows(rngs.params(), in_features,
-                                             groups, k))
-    self.kept = KeptRows(grouped.kept_membership(self.rows.value,
-                                                 in_features))
+    self.rows, self.kept = nnx_kept_rows(rngs, in_features, out_features,
+                                         group, sparsity)
     self.values = nnx.Param(grouped_conv.initial_values(
         rngs.params(), nnx.initializers.lecun_normal(), tuple(kernel_size),
         in_features, self.rows.value, group, kept_fan_in_init))

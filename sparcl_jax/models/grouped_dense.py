@@ -64,16 +64,8 @@ class GroupedSparseDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
-    groups = grouped.check_group(self.features, self.group)
-    k = grouped.kept_rows_per_group(fan_in, self.sparsity)
-    rows = self.variable(
-        "sparsity", "rows",
-        lambda: grouped.random_rows(self.make_rng("params"), fan_in, groups,
-                                    k))
-    # Membership of the same rows: what drop-and-grow and reports read (and
-    # where the dense fan-in is recorded); the product reads `rows` only.
-    self.variable("sparsity", "kept",
-                  lambda: grouped.kept_membership(rows.value, fan_in))
+    rows, groups, k = kept_rows_variables(self, fan_in, self.features,
+                                          self.group, self.sparsity)
 
     def init_values(key, shape, dtype=jnp.float32):
       del shape
@@ -91,6 +83,67 @@ class GroupedSparseDense(nn.Module):
 class KeptRows(nnx.Variable):
   """The kept input rows of a :class:`GroupedSparseLinear` (not a Param:
   optimizers filtering on ``nnx.Param`` leave it alone)."""
+
+
+def kept_rows_variables(module: nn.Module, fan_in: int, features: int,
+                        group: int, sparsity: float):
+  """Declares a Linen layer's kept input rows in its ``'sparsity'`` collection.
+
+  ``rows`` ``[groups, k]`` are the indices the product gathers; ``kept``
+  ``[groups, fan_in]`` their membership, which drop-and-grow and reports
+  read (and where the dense fan-in is recorded).
+
+  Args:
+    module: the layer, inside its ``nn.compact`` call.
+    fan_in: input rows (channels) of the dense layer.
+    features: output units.
+    group: output units per block (must divide ``features``).
+    sparsity: share of the kernel pruned.
+
+  Returns:
+    ``(rows variable, number of blocks, kept rows per block)``.
+
+  Example:
+    >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
+    >>> v = layer.init(jax.random.key(0), jnp.ones((1, 6)))
+    >>> sorted(v["sparsity"])
+    ['kept', 'rows']
+  """
+  groups = grouped.check_group(features, group)
+  k = grouped.kept_rows_per_group(fan_in, sparsity)
+  rows = module.variable(
+      "sparsity", "rows",
+      lambda: grouped.random_rows(module.make_rng("params"), fan_in, groups,
+                                  k))
+  module.variable("sparsity", "kept",
+                  lambda: grouped.kept_membership(rows.value, fan_in))
+  return rows, groups, k
+
+
+def nnx_kept_rows(rngs: nnx.Rngs, in_features: int, out_features: int,
+                  group: int, sparsity: float):
+  """An NNX layer's kept input rows and their membership, drawn at random.
+
+  Args:
+    rngs: NNX RNG streams (one ``params`` draw).
+    in_features: input rows (channels) of the dense layer.
+    out_features: output units.
+    group: output units per block (must divide ``out_features``).
+    sparsity: share of the kernel pruned.
+
+  Returns:
+    ``(rows, kept)`` as :class:`KeptRows`: ``[groups, k]`` and
+    ``[groups, in_features]``.
+
+  Example:
+    >>> rows, kept = nnx_kept_rows(nnx.Rngs(0), 6, 4, 2, 0.5)
+    >>> rows.value.shape, kept.value.sum(-1).tolist()
+    ((2, 3), [3, 3])
+  """
+  groups = grouped.check_group(out_features, group)
+  k = grouped.kept_rows_per_group(in_features, sparsity)
+  rows = KeptRows(grouped.random_rows(rngs.params(), in_features, groups, k))
+  return rows, KeptRows(grouped.kept_membership(rows.value, in_features))
 
 
 class GroupedSparseLinear(nnx.Module):
@@ -117,12 +170,8 @@ class GroupedSparseLinear(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, group: int,
                sparsity: float, rngs: nnx.Rngs, use_bias: bool = True,
                kept_fan_in_init: bool = True):
-    groups = grouped.check_group(out_features, group)
-    k = grouped.kept_rows_per_group(in_features, sparsity)
-    self.rows = KeptRows(grouped.random_rows(rngs.params(), in_features,
-                                             groups, k))
-    self.kept = KeptRows(grouped.kept_membership(self.rows.value,
-                                                 in_features))
+    self.rows, self.kept = nnx_kept_rows(rngs, in_features, out_features,
+                                         group, sparsity)
     self.values = nnx.Param(grouped.initial_values(
         rngs.params(), nnx.initializers.lecun_normal(), in_features,
         self.rows.value, group, kept_fan_in_init))
