@@ -32,7 +32,10 @@ random data of its shape).
   (interleaved, batch 32 and 256; ``--quick``: batch 32, fewer samples);
   ``--structured_runs`` runs the matching Split MNIST configs with
   ``train.py`` back to back (``--data_dir``) and tabulates training time,
-  accuracy and FLOPs.
+  accuracy and FLOPs. ``--structured_conv`` times the same variants on
+  ResNet-18 nf 20 at Split MNIST's 28x28x1 (issue 26);
+  ``--structured_conv_32`` dense and structured on nf 20 and nf 64 at
+  32x32x3.
 
 * several seeds in one run (issue 16): ``--seeds`` runs ``train.py`` on
   ``--seeds_config`` (default: the DER++ paper's Split MNIST setting) with
@@ -51,6 +54,7 @@ Usage:
   python experiments/benchmark.py --train_py --data_dir=PATH/TO/mnist
   python experiments/benchmark.py --structured --out=structured.json
   python experiments/benchmark.py --structured_conv   # ResNet-18 structured
+  python experiments/benchmark.py --structured_conv_32  # nf 20, 64 at 32x32x3
   python experiments/benchmark.py --structured_runs --data_dir=PATH/TO/mnist
   python experiments/benchmark.py --seeds --data_dir=PATH/TO/mnist
 """
@@ -119,6 +123,19 @@ def _sections(args: argparse.Namespace) -> dict:
         model_flags={"model": "resnet18", "nf": 20},
         unstructured=not args.quick)
     print(report.format_structured_steps(results["structured_conv_steps"]))
+  if args.structured_conv_32:
+    # The papers' input shape: ResNet-18 nf 20 and nf 64 on 32x32x3, dense
+    # DER++ and structured SparCL-DER++ only; nf 64's step is about ten
+    # times nf 20's, so its simulated epochs are shorter.
+    results["structured_conv_32_steps"] = []
+    for nf, group, steps in ((20, 20, 30), (64, 16, 10)):
+      r = structured.structured_steps(
+          batch_sizes=(32,), repeats=2 if args.quick else 3,
+          steps_per_call=10, mask_group=group, steps_per_epoch=steps,
+          image_shape=(32, 32, 3),
+          model_flags={"model": "resnet18", "nf": nf}, unstructured=False)
+      results["structured_conv_32_steps"].append(r)
+      print(report.format_structured_steps(r))
   if args.structured_runs:
     results["structured_runs"] = structured.structured_train_times(
         args.data_dir, args.workdir or _WORKDIRS["structured_runs"])
@@ -172,6 +189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            "ResNet-18 nf 20 (28x28x1, batch 32): dense "
                            "DER++, structured (and, without --quick, "
                            "unstructured) SparCL-DER++ at 0.75/0.90/0.95")
+  parser.add_argument("--structured_conv_32", action="store_true",
+                      help="only the structured-sparsity step tables of "
+                           "ResNet-18 nf 20 and nf 64 on 32x32x3, batch 32: "
+                           "dense DER++ and structured SparCL-DER++ at "
+                           "0.75/0.90/0.95")
   parser.add_argument("--structured_runs", action="store_true",
                       help="only whole Split MNIST runs (--data_dir) of the "
                            "MLP 784-2000-2000 configs, dense, structured and "
@@ -206,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.num_seeds < 1 or args.seeds_rounds < 1:
     parser.error("--num_seeds and --seeds_rounds must be at least 1")
   only = (args.conv or args.train_py or args.structured or
-          args.structured_conv or
+          args.structured_conv or args.structured_conv_32 or
           args.structured_runs or args.seeds)
   if only:
     results = _sections(args)
