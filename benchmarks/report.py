@@ -257,11 +257,49 @@ def format_structured_train_times(results: dict) -> str:
   base = results["baseline"]
   lines = [f"train.py runs back to back; speed-up: {base}'s training time "
            "over each run's",
-           f"{'run':<19}{'train s':>9}{'compile s':>11}{'x dense':>9}"
+           f"{'run':<22}{'train s':>9}{'compile s':>11}{'x dense':>9}"
            f"{'FLOPs/dense':>13}{'class-IL':>10}{'task-IL':>9}"]
   for name, r in results["runs"].items():
-    lines.append(f"{name:<19}{r['train_time_s']:>9.1f}"
+    lines.append(f"{name:<22}{r['train_time_s']:>9.1f}"
                  f"{r['compile_time_s']:>11.1f}{r['speedup']:>9.2f}"
                  f"{r['flops_ratio']:>13.3f}{r['class_il']:>10.2f}"
                  f"{r['task_il']:>9.2f}")
+  return "\n".join(lines)
+
+
+def format_seed_summary(summary: dict) -> str:
+  """The table of runs summarised over seeds.
+
+  Args:
+    summary: the dict of :func:`~benchmarks.structured.seed_summary`.
+
+  Returns:
+    The table as text: per config, the number of seeds, the mean training
+    time (compilation and evaluation excluded) and its speed-up over the
+    first config's, training FLOPs over the dense count, and class-IL and
+    task-IL accuracy (%), each mean +- standard deviation.
+
+  Example:
+    >>> stat = lambda m, s: {'mean': m, 'std': s}
+    >>> print(format_seed_summary({'dense': {'seeds': 3,
+    ...     'train_time_s': stat(100.0, 2.0), 'speedup': 1.0,
+    ...     'flops_ratio': stat(1.0, 0.0), 'class_il': stat(80.5, 0.25),
+    ...     'task_il': stat(97.0, 0.5)}}))  # doctest: +NORMALIZE_WHITESPACE
+    train.py runs over seeds (mean +- std); speed-up: dense's mean training
+    time over each config's
+    config           seeds  train s  x dense  FLOPs/dense  class-IL  task-IL
+    dense                3    100.0     1.00        1.000  80.50 +- 0.25
+      97.00 +- 0.50
+  """
+  base = next(iter(summary))
+  lines = [f"train.py runs over seeds (mean +- std); speed-up: {base}'s mean "
+           "training time over each config's",
+           f"{'config':<17}{'seeds':>5}{'train s':>9}{'x dense':>9}"
+           f"{'FLOPs/dense':>13}  {'class-IL':<15}{'task-IL'}"]
+  for name, r in summary.items():
+    def pm(key):
+      return f"{r[key]['mean']:.2f} +- {r[key]['std']:.2f}"
+    lines.append(f"{name:<17}{r['seeds']:>5}{r['train_time_s']['mean']:>9.1f}"
+                 f"{r['speedup']:>9.2f}{r['flops_ratio']['mean']:>13.3f}"
+                 f"  {pm('class_il'):<15}{pm('task_il')}")
   return "\n".join(lines)

@@ -226,6 +226,109 @@ def default_runs(data_dir: str) -> list[tuple[str, list[str]]]:
           for name, cfg in STRUCTURED_RUNS]
 
 
+# The ResNet-18 runs of issue 26 (Split MNIST, nf 20, one epoch per task):
+# (name, flagfile under experiments/configs/); the first is the baseline.
+RESNET_RUNS = (
+    ("dense", "split_mnist_resnet18_derpp"),
+    ("structured_s75", "split_mnist_resnet18_sparcl_derpp_structured_s75"),
+    ("structured_s90", "split_mnist_resnet18_sparcl_derpp_structured_s90"),
+    ("structured_s95", "split_mnist_resnet18_sparcl_derpp_structured_s95"),
+)
+
+
+def resnet_seed_runs(data_dir: str, seeds: Sequence[int] = (0, 1, 2)
+                     ) -> list[tuple[str, list[str]]]:
+  """The runs of :data:`RESNET_RUNS` for several seeds, seed by seed.
+
+  Every config runs once per seed, and each seed's round runs all configs
+  before the next seed starts, so each round compares them back to back.
+
+  Args:
+    data_dir: folder with the MNIST IDX files (or where to download them).
+    seeds: the ``--seed`` values.
+
+  Returns:
+    ``[(name, args)]`` with names ``<config>.seed<seed>``; ``args`` exclude
+    the program name and ``--workdir``.
+
+  Example:
+    >>> runs = resnet_seed_runs('/data', (0, 1))
+    >>> [name for name, _ in runs][:5]
+    ['dense.seed0', 'structured_s75.seed0', 'structured_s90.seed0', \
+'structured_s95.seed0', 'dense.seed1']
+    >>> runs[4][1][1:]
+    ['--data_dir=/data', '--seed=1']
+  """
+  return [(f"{name}.seed{seed}",
+           [f"--flagfile=experiments/configs/{cfg}.cfg",
+            f"--data_dir={data_dir}", f"--seed={seed}"])
+          for seed in seeds for name, cfg in RESNET_RUNS]
+
+
+def seed_summary(results: dict) -> dict:
+  """Mean and standard deviation over seeds of runs named ``NAME.seedS``.
+
+  Args:
+    results: the dict of :func:`structured_train_times`.
+
+  Returns:
+    ``{name: {'seeds', 'train_time_s', 'class_il', 'task_il',
+    'flops_ratio': {'mean', 'std'}, 'speedup'}}`` in the runs' order;
+    ``speedup`` is the first name's mean training time over this one's;
+    ``std`` is the population standard deviation (numpy's default).
+
+  Example:
+    >>> run = lambda t, acc: {'train_time_s': t, 'class_il': acc,
+    ...                       'task_il': 99.0, 'flops_ratio': 1.0}
+    >>> s = seed_summary({'runs': {'a.seed0': run(100.0, 80.0),
+    ...     'a.seed1': run(120.0, 82.0), 'b.seed0': run(50.0, 79.0),
+    ...     'b.seed1': run(60.0, 81.0)}})
+    >>> s['b']['speedup'], s['a']['class_il']
+    (2.0, {'mean': 81.0, 'std': 1.0})
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  grouped: dict[str, list[dict]] = {}
+  for name, run in results["runs"].items():
+    grouped.setdefault(name.rsplit(".seed", 1)[0], []).append(run)
+  summary = {}
+  for name, runs in grouped.items():
+    summary[name] = {"seeds": len(runs)}
+    for key in ("train_time_s", "class_il", "task_il", "flops_ratio"):
+      values = np.array([r[key] for r in runs], dtype=float)
+      summary[name][key] = {"mean": float(values.mean()),
+                            "std": float(values.std())}
+  base = summary[next(iter(summary))]["train_time_s"]["mean"]
+  for entry in summary.values():
+    entry["speedup"] = base / entry["train_time_s"]["mean"]
+  return summary
+
+
+def read_run(run_dir: str) -> dict:
+  """A finished run's times, FLOPs and final accuracy, from its results.
+
+  Args:
+    run_dir: the run's ``--workdir``.
+
+  Returns:
+    ``{'train_time_s', 'compile_time_s', 'eval_time_s', 'wall_time_s',
+    'train_steps', 'train_flops', 'dense_train_flops', 'class_il',
+    'task_il', 'flops_ratio'}`` read from its ``results.json``.
+
+  Example:
+    >>> read_run('/tmp/structured/dense')['class_il']  # doctest: +SKIP
+    85.28
+  """
+  with open(os.path.join(run_dir, "results.json")) as f:
+    results = json.load(f)
+  return {
+      **{key: results[key] for key in (
+          "train_time_s", "compile_time_s", "eval_time_s", "wall_time_s",
+          "train_steps", "train_flops", "dense_train_flops")},
+      "class_il": results["final"]["class_il"],
+      "task_il": results["final"]["task_il"],
+      "flops_ratio": results["train_flops"] / results["dense_train_flops"]}
+
+
 def structured_train_times(data_dir: Optional[str], workdir: str,
                            configs: Optional[RunArgs] = None,
                            in_process: bool = False) -> dict:
@@ -276,16 +379,9 @@ def structured_train_times(data_dir: Optional[str], workdir: str,
             "--noprogress", "--notensorboard"]
     say(f"structured runs: {name}")
     _run_train_py(argv, root, run_dir, in_process)
-    with open(os.path.join(run_dir, "results.json")) as f:
-      results = json.load(f)
     runs[name] = {
         "command": "python experiments/train.py " + " ".join(argv[1:]),
-        **{key: results[key] for key in (
-            "train_time_s", "compile_time_s", "eval_time_s", "wall_time_s",
-            "train_steps", "train_flops", "dense_train_flops")},
-        "class_il": results["final"]["class_il"],
-        "task_il": results["final"]["task_il"],
-        "flops_ratio": results["train_flops"] / results["dense_train_flops"]}
+        **read_run(run_dir)}
   baseline = configs[0][0]
   for r in runs.values():
     r["speedup"] = runs[baseline]["train_time_s"] / r["train_time_s"]

@@ -56,6 +56,7 @@ Usage:
   python experiments/benchmark.py --structured_conv   # ResNet-18 structured
   python experiments/benchmark.py --structured_conv_32  # nf 20, 64 at 32x32x3
   python experiments/benchmark.py --structured_runs --data_dir=PATH/TO/mnist
+  python experiments/benchmark.py --structured_conv_runs --data_dir=PATH/TO/data
   python experiments/benchmark.py --seeds --data_dir=PATH/TO/mnist
 """
 
@@ -89,6 +90,7 @@ __all__ = ["main"]
 # Work directories of the sections that run train.py, unless --workdir.
 _WORKDIRS = {"train_py": "/tmp/sparcl_benchmark_train_py",
              "structured_runs": "/tmp/sparcl_benchmark_structured",
+             "structured_conv_runs": "/tmp/sparcl_benchmark_structured_conv",
              "seeds": "/tmp/sparcl_benchmark_seeds"}
 _SEEDS_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                              "configs", "split_mnist_derpp.cfg")
@@ -140,6 +142,16 @@ def _sections(args: argparse.Namespace) -> dict:
     results["structured_runs"] = structured.structured_train_times(
         args.data_dir, args.workdir or _WORKDIRS["structured_runs"])
     print(report.format_structured_train_times(results["structured_runs"]))
+  if args.structured_conv_runs:
+    results["structured_conv_runs"] = structured.structured_train_times(
+        None, args.workdir or _WORKDIRS["structured_conv_runs"],
+        configs=structured.resnet_seed_runs(
+            os.path.abspath(args.data_dir), range(args.run_seeds)))
+    print(report.format_structured_train_times(
+        results["structured_conv_runs"]))
+    results["structured_conv_summary"] = structured.seed_summary(
+        results["structured_conv_runs"])
+    print(report.format_seed_summary(results["structured_conv_summary"]))
   if args.seeds:
     extra = [f"--data_dir={args.data_dir}"] if args.data_dir else []
     results["seeds"] = seeds.seeds_against_one(
@@ -198,6 +210,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="only whole Split MNIST runs (--data_dir) of the "
                            "MLP 784-2000-2000 configs, dense, structured and "
                            "unstructured, back to back with train.py")
+  parser.add_argument("--structured_conv_runs", action="store_true",
+                      help="only whole Split MNIST runs (--data_dir) of the "
+                           "ResNet-18 configs, dense DER++ and structured "
+                           "SparCL-DER++ at 0.75/0.90/0.95, --run_seeds "
+                           "seeds, each seed's four back to back; about 85 "
+                           "minutes on 2 CPU cores for 3 seeds")
+  parser.add_argument("--run_seeds", type=int, default=3,
+                      help="seeds (0, 1, ...) of --structured_conv_runs")
   parser.add_argument("--seeds", action="store_true",
                       help="only --num_seeds seeds in one vmapped train.py "
                            "run against one seed, alternating, on "
@@ -211,9 +231,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="(one seed, many seeds) pairs --seeds runs")
   parser.add_argument("--workdir", default=None,
                       help="work directory of the --train_py run, parent "
-                           "of the --structured_runs runs (default "
+                           "of the --structured_runs and "
+                           "--structured_conv_runs runs (default "
                            f"{_WORKDIRS['train_py']}, "
-                           f"{_WORKDIRS['structured_runs']})")
+                           f"{_WORKDIRS['structured_runs']}, "
+                           f"{_WORKDIRS['structured_conv_runs']})")
   args = parser.parse_args(argv)
   if args.train_py and not args.data_dir:
     parser.error("--train_py needs --data_dir=PATH/TO/mnist")
@@ -221,7 +243,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error("--structured_runs needs --data_dir=PATH/TO/mnist")
   if args.structured_runs and not os.path.isdir(args.data_dir):
     parser.error(f"--data_dir={args.data_dir} is not a folder")
-  if sum((args.train_py, args.structured_runs, args.seeds)) > 1 and (
+  if args.structured_conv_runs and not args.data_dir:
+    parser.error("--structured_conv_runs needs --data_dir=PATH/TO/data "
+                 "(where MNIST is, or is to be downloaded)")
+  if args.run_seeds < 1:
+    parser.error("--run_seeds must be at least 1")
+  if sum((args.train_py, args.structured_runs, args.structured_conv_runs,
+          args.seeds)) > 1 and (
       args.workdir):
     parser.error("--workdir serves one of --train_py, --structured_runs and "
                  "--seeds; run them apart")
@@ -229,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error("--num_seeds and --seeds_rounds must be at least 1")
   only = (args.conv or args.train_py or args.structured or
           args.structured_conv or args.structured_conv_32 or
-          args.structured_runs or args.seeds)
+          args.structured_runs or args.structured_conv_runs or args.seeds)
   if only:
     results = _sections(args)
   else:
