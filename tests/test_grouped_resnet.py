@@ -327,3 +327,21 @@ def test_structured_resnet_run_compiles_its_chunk_once(tmp_path, caplog):
   layers = results["sparsity"]["masks"]["layers"]
   assert layers["layer3_1/conv2/kernel"]["nnz"] == 9 * 4 * 16
   assert layers["layer1_0/conv1/kernel"]["nnz"] == 9 * 1 * 4
+
+
+def test_structured_resnet_run_killed_mid_task_resumes_bit_identically(
+    tmp_path):
+  # The kill lands in task 2's second epoch, after a mid-task checkpoint:
+  # the kept channels, the kept kernels, batch norm's statistics, the DGM
+  # state and the buffer all come back from it.
+  from test_faults import EXACT_KEYS, _kill_in_task_2_then_rerun
+  _kill_in_task_2_then_rerun(
+      tmp_path, ["--dataset=digits", "--data_source=digits",
+                 "--scenario=split", "--model=resnet18", "--nf=4",
+                 "--method=sparcl_derpp", "--mask_structure=grouped",
+                 "--sparsity=0.75", "--epochs=2", "--num_tasks=2",
+                 "--batch_size=16", "--minibatch_size=16",
+                 "--buffer_size=50", "--lr=0.05", "--steps_per_call=1",
+                 "--checkpoint_every_steps=10", "--ddr_epochs=1",
+                 "--mask_update_interval=1", "--mask_swap_fraction=0.2",
+                 "--noprogress", "--notensorboard"], EXACT_KEYS)
