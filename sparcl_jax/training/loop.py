@@ -61,7 +61,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
       its caller loaded ``scenario``), for ``wall_time_s``; default now.
 
   Returns:
-    The results dict (see README, "results.json"): accuracy matrices in
+    The results dict (see docs/reference/results-json.md): accuracy matrices in
     percent, summary metrics, FLOPs, timings, the flags, and the method's
     own entries (CLNP's ``clnp`` diagnostics, ``val_final``...).
 

@@ -233,7 +233,7 @@ class RunRecord:
   def results(self, config, scenario: Scenario, start: float, compiles,
               train_time: float, eval_time: float,
               steps: int) -> dict[str, Any]:
-    """The results keys every runner returns (see README, results.json).
+    """The results keys every runner returns (see docs/reference/results-json.md).
 
     Args:
       config: the run configuration.

@@ -89,7 +89,7 @@ class CompileTimer:
 
 def results_keys(compiles: CompileTimer, train_time: float, eval_time: float,
                  train_steps: int) -> dict[str, Any]:
-  """The timing keys of results.json (see README, "results.json").
+  """The timing keys of results.json (see docs/reference/results-json.md).
 
   Args:
     compiles: the run's compile timer.

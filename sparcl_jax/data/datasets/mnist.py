@@ -2,7 +2,7 @@
 classes, 60000 training and 10000 test images, as four IDX files.
 
 Runs keep its inputs in [0, 1] (no normalisation, no augmentation), as the
-Split/Permuted MNIST results of the README were obtained.
+Split/Permuted MNIST results of the docs (docs/results/) were obtained.
 
 Example:
   >>> from sparcl_jax.data import datasets
