@@ -243,9 +243,10 @@ class MaskSettings(Settings):
                       "the kept weights only).")
   mask_group: int = flag(0, "With --mask_structure=grouped: output units "
                             "per block (must divide every structured "
-                            "layer's width); 0: the model's default (250 "
-                            "for the MLP, 20 for ResNet-18, else the "
-                            "largest divisor of nf below 20).")
+                            "layer's width); 0: the model's default, the "
+                            "largest divisor of the widths up to 50 for the "
+                            "MLP (50 at 100, 400 or 2000 units) and up to "
+                            "20 for ResNet-18 (20 at nf 20, 16 at nf 64).")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "
