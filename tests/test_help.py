@@ -2,13 +2,17 @@
 
 Every flag the project defines is listed once, under one of the headings of
 ``cli.FLAG_GROUPS`` in that order, with its default; no help text is unsure
-of itself ("(?)"). In-process (``cli.main``), so no JAX start-up per test.
+of itself ("(?)"). ``--list_configs`` gives each shipped config a line.
+In-process (``cli.main``), so no JAX start-up per test.
 """
+
+import os
 
 import pytest
 
 from sparcl_jax import methods
 from sparcl_jax.training import cli
+from sparcl_jax.training import flagfiles
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training.config import RunConfig
 
@@ -108,3 +112,33 @@ def test_help_method_keeps_the_groups_order(capsys, method):
   assert list(groups) == [h for h in HEADINGS if h in groups]
   listed = {n for names in groups.values() for n in names}
   assert listed == set(config_lib.applying(RunConfig(method=method)))
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "experiments", "configs")
+
+
+def test_list_configs_gives_every_shipped_config_a_line(capsys):
+  out = _help(capsys, "--list_configs").splitlines()
+  assert out[0].startswith("The configs in ")
+  rows = {line.split()[0]: line.split(None, 1)[1] for line in out[1:]}
+  shipped = sorted(n[:-4] for n in os.listdir(CONFIGS) if n.endswith(".cfg"))
+  assert list(rows) == shipped
+  for name, text in rows.items():
+    # The first comment line, a sentence on its own line of the file.
+    with open(os.path.join(CONFIGS, f"{name}.cfg"), encoding="utf-8") as f:
+      assert f.readline() == f"# {text}\n", name
+    assert text.endswith(".") and len(text) <= 90, name
+  assert rows["quickstart"].startswith("Quickstart: Split Digits")
+
+
+def test_list_configs_without_the_folder_is_one_line_exit_2(
+    capsys, monkeypatch, tmp_path):
+  monkeypatch.setattr(flagfiles, "shipped_folder",
+                      lambda: str(tmp_path / "gone"))
+  assert cli.main(["train.py", "--list_configs"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""
+  assert len(captured.err.splitlines()) == 1
+  assert captured.err.startswith("train.py: error: cannot list the configs "
+                                 f"in {tmp_path / 'gone'}: ")

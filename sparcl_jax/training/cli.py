@@ -369,6 +369,28 @@ def _print_out(text: str) -> None:
     sys.stdout = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
 
 
+def _configs_text(folder: Optional[str] = None) -> str:
+  """``--list_configs``: each shipped config's name and first comment line.
+
+  Example:
+    >>> lines = _configs_text().splitlines()
+    >>> lines[0].startswith("The configs in ")
+    True
+    >>> [l.split()[0] for l in lines[1:] if l.startswith("  quickstart ")]
+    ['quickstart']
+  """
+  folder = folder or flagfiles.shipped_folder()
+  listed = flagfiles.configs(folder)
+  shown = os.path.relpath(folder) if not os.path.relpath(
+      folder).startswith("..") else folder
+  width = max((len(name) for name, _ in listed), default=0)
+  rows = [f"  {name.ljust(width)}  {text}".rstrip() for name, text in listed]
+  return "\n".join(
+      [f"The configs in {shown} (run one with "
+       f"--flagfile={os.path.join(shown, 'NAME.cfg')} --workdir=DIR):"]
+      + rows)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Runs one experiment from the command line.
 
@@ -388,6 +410,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if any(a in ("-h", "--help", "--helpfull", "--helpshort", "-?")
          for a in argv[1:]):
     _print_out(_help_text())
+    return 0
+  if "--list_configs" in argv[1:]:
+    try:
+      text = _configs_text()
+    except SparclError as err:
+      print(f"{prog}: {_failure(err)}", file=sys.stderr)
+      return _exit_status(err)
+    _print_out(text)
     return 0
   for arg in argv[1:]:
     if arg.startswith("--help_method="):
