@@ -457,5 +457,5 @@ def from_dict(values: dict, base: Optional[RunConfig] = None) -> RunConfig:
   unknown = sorted(set(values) - names)
   if unknown:
     raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see "
-                      "--helpfull for the list.")
+                      "--help for the list.")
   return dataclasses.replace(base or RunConfig(), **values)
