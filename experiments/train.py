@@ -4,8 +4,12 @@ Usage:
   python experiments/train.py --flagfile=experiments/configs/quickstart.cfg \
       --workdir=/tmp/quickstart
 
-Every flag is listed by ``--help``; a flagfile holds one ``--flag=value`` per
-line and may include other flagfiles with ``--flagfile=...``.
+``--help`` lists every flag with its default, grouped by what it configures
+(data and scenario, model, method and rehearsal, SparCL sparsity, CLNP / EWC /
+SI, training, outputs and resume, devices and hosts); ``--list_configs`` lists
+the shipped configs (experiments/configs) with a line each. A flagfile holds
+one ``--flag=value`` per line and may include other flagfiles with
+``--flagfile=...``.
 """
 
 import sys

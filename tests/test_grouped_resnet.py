@@ -281,7 +281,11 @@ def test_default_group_is_20_at_nf_20_else_a_divisor_of_nf():
   assert config_lib.validate(config).group_size == 20
   assert config_lib.replace(config, nf=64).group_size == 16
   assert config_lib.replace(config, model="mlp",
-                            hidden_sizes="2000,2000").group_size == 250
+                            hidden_sizes="2000,2000").group_size == 50
+  assert config_lib.replace(config, model="mlp",
+                            hidden_sizes="100,100").group_size == 50
+  assert config_lib.replace(config, model="mlp",
+                            hidden_sizes="64,96").group_size == 32
 
 
 def test_structured_resnet_run_compiles_its_chunk_once(tmp_path, caplog):

@@ -164,9 +164,9 @@ class StreamSettings(Settings):
 class ReplaySettings(Settings):
   """A reservoir buffer replayed at every step."""
 
-  buffer_size: int = flag(200, "Reservoir buffer size.")
-  minibatch_size: int = flag(0, "Buffer mini-batch size for replay; 0 means "
-                                "--batch_size.")
+  buffer_size: int = flag(200, "Reservoir buffer size, in examples.")
+  minibatch_size: int = flag(0, "Examples drawn from the buffer per replay "
+                                "step; 0 means --batch_size.")
   replay_first_task: bool = flag(
       False, "Replay from the buffer during the first task too (mammoth "
              "does; SparCL's code does not).")
@@ -227,7 +227,8 @@ class MaskSettings(Settings):
   """Masked weights: how sparse, which layers, in what structure."""
 
   sparsity: float = flag(0.75, "Target weight sparsity of the sparse "
-                               "layers.")
+                               "layers: the share of their weights that is "
+                               "zero, in [0, 1) (0.75 keeps a quarter).")
   sparsity_distribution: str = flag(
       "uniform", "How sparsity spreads over layers: uniform or erk.")
   sparse_layers: str = flag(
@@ -242,9 +243,10 @@ class MaskSettings(Settings):
                       "the kept weights only).")
   mask_group: int = flag(0, "With --mask_structure=grouped: output units "
                             "per block (must divide every structured "
-                            "layer's width); 0: the model's default (250 "
-                            "for the MLP, 20 for ResNet-18, else the "
-                            "largest divisor of nf below 20).")
+                            "layer's width); 0: the model's default, the "
+                            "largest divisor of the widths up to 50 for the "
+                            "MLP (50 at 100, 400 or 2000 units) and up to "
+                            "20 for ResNet-18 (20 at nf 20, 16 at nf 64).")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "
@@ -311,10 +313,13 @@ class DropGrowSettings(MaskSettings):
   mask_update_interval: int = flag(
       5, "Epochs between drop-and-grow updates (the counter restarts every "
          "task).")
-  mask_extra_growth: float = flag(0.01, "Extra density grown at each task "
-                                        "start.")
-  mask_swap_fraction: float = flag(0.01, "Share of connections swapped at "
-                                         "the middle updates.")
+  mask_extra_growth: float = flag(
+      0.01, "Extra density grown at each task start, as a share of a "
+            "layer's weights: pruned to --sparsity, regrown to --sparsity "
+            "minus this.")
+  mask_swap_fraction: float = flag(
+      0.01, "Share of a layer's weights dropped and as many grown at each "
+            "update between a task's first and last.")
   mask_growth: str = flag(
       "", "The grow rule, by name (a file of sparcl_jax/sparse/rules: random, "
           "gradient, ...); empty: the method's own (random for SparCL, "
@@ -347,8 +352,9 @@ class SparclSettings(DropGrowSettings):
   gradient_sparsity: float = flag(
       0.8, "DGM: share of each sparse layer's gradient zeroed (must exceed "
            "--sparsity to matter).")
-  dgm_refresh: int = flag(30, "DGM: iterations between gradient-mask "
-                              "refreshes (restarts every epoch).")
+  dgm_refresh: int = flag(30, "DGM: train steps between gradient-mask "
+                              "refreshes (the count restarts every "
+                              "epoch).")
   ddr_epochs: str = flag("5,10,15,20", "DDR: epochs of a task at whose start "
                                        "data is removed, comma-separated.")
   ddr_fraction: float = flag(0.075, "DDR: share of the task's training set "
@@ -416,16 +422,22 @@ class TaskLevelSettings(Settings):
 class ClnpSettings(TaskLevelSettings):
   """CLNP: the L1 penalty, the pruning search, the fine-tuning after it."""
 
-  l1: float = flag(1e-5, "Weight of the L1 penalty on the trainable (free) "
-                         "weights (?).")
+  l1: float = flag(1e-5, "Weight of the L1 penalty added to the loss: l1 "
+                         "x sum |w| over the kernel weights still free to "
+                         "train (biases are not penalised; the CLNP paper "
+                         "does not say whether it penalises them).")
   margin: float = flag(0.1, "Graceful-forgetting margin m in accuracy "
                             "points, in [0, 100].")
   activity_reading: str = flag(
-      "mean", "Unit activity = mean post-ReLU activation (mean) or share of "
-              "inputs with positive activation (firing_rate) (?).")
+      "mean", "A unit's activity on the task's validation data: mean (its "
+              "mean post-ReLU activation) or firing_rate (the share of its "
+              "activations above 0); conv units also average over "
+              "positions. The CLNP paper does not say which; mean is our "
+              "reading of it.")
   threshold_per_layer: bool = flag(
-      True, "Search one activity quantile per layer rather than one pooled "
-            "threshold (?).")
+      True, "Prune each layer at its own activity quantile (evener when the "
+            "layers' activity scales differ); --nothreshold_per_layer: one "
+            "threshold pooled over the layers (the paper's single theta).")
   prune_search: str = flag(
       "scan", "How the activity quantile is searched in steps of 0.01: scan "
               "(every candidate from the most aggressive down) or bisect "
@@ -455,7 +467,9 @@ class ClnpSettings(TaskLevelSettings):
 class EwcSettings(TaskLevelSettings):
   """EWC: the penalty's strength."""
 
-  ewc_lambda: float = flag(100.0, "Penalty strength lambda.")
+  ewc_lambda: float = flag(100.0, "EWC penalty weight lambda: the loss "
+                                  "adds lambda / 2 x sum over past tasks t "
+                                  "of F_t (theta - theta*_t)^2.")
 
   def validate(self, config) -> None:
     super().validate(config)
@@ -466,8 +480,11 @@ class EwcSettings(TaskLevelSettings):
 class SiSettings(TaskLevelSettings):
   """SI: the penalty's strength and damping."""
 
-  si_c: float = flag(0.1, "Penalty strength c.")
-  si_xi: float = flag(1e-3, "Damping xi.")
+  si_c: float = flag(0.1, "SI penalty weight c: the loss adds c x sum "
+                          "Omega (theta - theta*)^2.")
+  si_xi: float = flag(1e-3, "SI damping xi: each task end adds omega / "
+                            "(Delta^2 + xi) to Omega (Zenke et al.: 1e-3 "
+                            "on MNIST, 0.1 on CIFAR).")
 
   def validate(self, config) -> None:
     super().validate(config)

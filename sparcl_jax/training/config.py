@@ -95,11 +95,12 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
   model: str = dataclasses.field(
       default="mlp", metadata={"help": f"One of {', '.join(MODELS)}."})
   hidden_sizes: str = dataclasses.field(
-      default="100,100", metadata={"help": "MLP hidden widths, "
-                                           "comma-separated."})
+      default="100,100", metadata={"help": "MLP hidden widths (units per "
+                                           "layer), comma-separated."})
   nf: int = dataclasses.field(
-      default=64, metadata={"help": "ResNet-18 base width (64 as in SparCL, "
-                                    "20 for the reduced variant)."})
+      default=64, metadata={"help": "ResNet-18 base width: channels of its "
+                                    "first stage (64 as in SparCL, 20 for "
+                                    "the reduced variant)."})
   conv_gradients: str = dataclasses.field(
       default="canonical", metadata={
           "help": "Gradients of conv layers. canonical: "
@@ -113,10 +114,11 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
   method: str = dataclasses.field(
       default="derpp", metadata={"help": f"One of {', '.join(METHODS)}."})
   epochs: int = dataclasses.field(
-      default=1, metadata={"help": "Epochs per task."})
+      default=1, metadata={"help": "Epochs per task (passes over the "
+                                   "task's training data)."})
   batch_size: int = dataclasses.field(
-      default=32, metadata={"help": "Stream mini-batch size (partial batches "
-                                    "are dropped)."})
+      default=32, metadata={"help": "Stream mini-batch size, in examples "
+                                    "(partial batches are dropped)."})
   lr: float = dataclasses.field(
       default=0.03, metadata={"help": "Learning rate (the peak rate under "
                                       "--lr_schedule=cosine)."})
@@ -143,7 +145,8 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
                   "results. No checkpoints (refuses "
                   "--checkpoint_every_steps)."})
   eval_batch_size: int = dataclasses.field(
-      default=1000, metadata={"help": "Batch size of evaluation."})
+      default=1000, metadata={"help": "Examples per evaluation batch (speed "
+                                      "and memory only)."})
   steps_per_call: int = dataclasses.field(
       default=100, metadata={"help": "Train steps fused into one jitted call "
                                      "(a lax.scan); affects speed only."})
@@ -454,5 +457,5 @@ def from_dict(values: dict, base: Optional[RunConfig] = None) -> RunConfig:
   unknown = sorted(set(values) - names)
   if unknown:
     raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see "
-                      "--helpfull for the list.")
+                      "--help for the list.")
   return dataclasses.replace(base or RunConfig(), **values)

@@ -118,3 +118,78 @@ def _flags_of(path: str, including: tuple[str, ...]) -> list[str]:
         nested = os.path.join(os.path.dirname(path), nested)
       flags.extend(_flags_of(nested, (*including, path)))
   return flags
+
+
+def summary(path: str) -> str:
+  """A config's one-line description: its first comment line.
+
+  Args:
+    path: a flagfile.
+
+  Returns:
+    The text of the first line that starts with ``#`` or ``//``, without
+    the marker; '' when the file starts with a flag or has no comment.
+
+  Raises:
+    ConfigError: the file cannot be read.
+
+  Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.cfg")
+    >>> with open(path, "w") as f:
+    ...   _ = f.write("\\n# Split MNIST, DER++.\\n#\\n# More.\\n--lr=0.1\\n")
+    >>> summary(path)
+    'Split MNIST, DER++.'
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        for marker in ("#", "//"):
+          if line.startswith(marker):
+            return line[len(marker):].strip()
+        return ""
+  except (OSError, UnicodeDecodeError) as err:
+    raise ConfigError(f"cannot read config {path}: "
+                      f"{getattr(err, 'strerror', None) or err}.") from None
+  return ""
+
+
+def shipped_folder() -> str:
+  """``experiments/configs`` of the source tree this package sits in.
+
+  Example:
+    >>> os.path.basename(shipped_folder())
+    'configs'
+  """
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.join(os.path.dirname(package), "experiments", "configs")
+
+
+def configs(folder: str) -> list[tuple[str, str]]:
+  """``(name, summary)`` of each ``*.cfg`` in ``folder``, by name.
+
+  Args:
+    folder: a folder of flagfiles.
+
+  Returns:
+    One pair per config: its file name without ``.cfg`` and
+    :func:`summary`.
+
+  Raises:
+    ConfigError: the folder cannot be listed, or a config read.
+
+  Example:
+    >>> dict(configs(shipped_folder()))["quickstart"][:11]
+    'Quickstart:'
+  """
+  try:
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".cfg"))
+  except OSError as err:
+    raise ConfigError(f"cannot list the configs in {folder}: "
+                      f"{err.strerror or err}; they ship with the source "
+                      "tree (experiments/configs).") from None
+  return [(n[:-len(".cfg")], summary(os.path.join(folder, n)))
+          for n in names]
