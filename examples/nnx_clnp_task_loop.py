@@ -9,7 +9,7 @@ every earlier task's logits stay bit-identical while later tasks train, and
 that the jitted train step compiles once for all tasks (the task index is an
 argument, the optimizer a new one per task).
 
-Two rules this follows (README, "CLNP with Flax NNX"):
+Two rules this follows (docs/guides/clnp.md):
 - sow each layer's activations under ``<layer>_act``; Flax reserves the
   layer's own name;
 - take a task's reference logits after its ``commit_task``: the commit itself

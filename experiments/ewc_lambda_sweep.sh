@@ -12,7 +12,7 @@
 # refinement only adds runs; the table covers every run under OUT_DIR.
 # The empirical Fisher shrinks as the training loss falls, so a lambda chosen at 2 epochs carries to
 # 20 scaled by the ratio of the task 0 Fisher means in the table (runs at 20 epochs log it too);
-# the README's check of the scaled lambda: TASKS=2 EPOCHS=20 LAMBDAS=5e6 bash $0 PATH/TO/mnist OUT_DIR
+# the check of the scaled lambda (docs/results/clnp.md): TASKS=2 EPOCHS=20 LAMBDAS=5e6 bash $0 PATH/TO/mnist OUT_DIR
 set -euo pipefail
 data_dir=${1:?usage: $0 PATH/TO/mnist OUT_DIR}
 out=${2:?usage: $0 PATH/TO/mnist OUT_DIR}

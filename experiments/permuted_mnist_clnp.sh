@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs CLNP, EWC, SI and single-task training on Permuted MNIST in one setting and prints the README's
+# Runs CLNP, EWC, SI and single-task training on Permuted MNIST in one setting and prints the docs'
 # table beside the CLNP paper's figures, with the free capacity per layer after the last task.
 # Usage: bash experiments/permuted_mnist_clnp.sh PATH/TO/mnist OUT_DIR [SUFFIX]
 #   SUFFIX "" (default) runs the paper setting (10 tasks, MLP 784-2000-2000, 20 epochs: GPU-sized);

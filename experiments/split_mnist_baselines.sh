@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the DER++ paper's Split MNIST setting (MLP 100-100, 1 epoch per task, batch 10) for DER++, ER and
-# ER-ACE at buffer 200 and 500 (ER-ACE with ER's flags), and prints the README's table. Usage:
+# ER-ACE at buffer 200 and 500 (ER-ACE with ER's flags), and prints the docs' table (docs/results/sparcl.md). Usage:
 #   bash experiments/split_mnist_baselines.sh PATH/TO/mnist OUT_DIR [NUM_SEEDS]   (about 2 minutes a seed set on 2 cores)
 # NUM_SEEDS (default 1, or the NUM_SEEDS environment variable) trains seeds 0..NUM_SEEDS-1 in each run
 # (train.py --num_seeds, vmapped over seeds); the table then shows mean +- std over those seeds

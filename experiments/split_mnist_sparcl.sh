@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the CPU-sized SparCL comparison on real Split MNIST and prints the README's tables:
+# Runs the CPU-sized SparCL comparison on real Split MNIST and prints the docs' tables:
 # dense DER++, SparCL-DER++ and its ablations, and the SNIP / RigL sparse-training comparisons,
 # all in one setting (MLP 784-400-400, buffer 200, 5 epochs per task, batch 32).
 # Usage: bash experiments/split_mnist_sparcl.sh PATH/TO/mnist OUT_DIR [NUM_SEEDS [TRAIN.PY FLAGS...]]

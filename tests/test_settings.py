@@ -295,7 +295,9 @@ def test_every_flag_is_common_or_read_by_a_method():
     ("ewc", settings_lib.EwcSettings(ewc_lambda=-1.0), "--ewc_lambda=-1.0 "
      "must be non-negative"),
     ("si", settings_lib.SiSettings(si_xi=-1.0), "--si_xi=-1.0 must be "
-     "non-negative"),
+     "positive"),
+    ("si", settings_lib.SiSettings(si_xi=0.0), "--si_xi=0.0 must be "
+     "positive"),
 ])
 def test_settings_refuse_impossible_values(method, settings, message):
   config = dataclasses.replace(

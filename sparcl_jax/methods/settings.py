@@ -98,6 +98,13 @@ def _non_negative(settings, *names: str) -> None:
       raise ConfigError(f"--{name}={value} must be non-negative.")
 
 
+def _positive(settings, *names: str) -> None:
+  for name in names:
+    value = getattr(settings, name)
+    if not value > 0:
+      raise ConfigError(f"--{name}={value} must be positive.")
+
+
 def declared_names(cls: type) -> tuple[str, ...]:
   """The fields a dataclass declares itself, not inherits from its bases.
 
@@ -488,4 +495,6 @@ class SiSettings(TaskLevelSettings):
 
   def validate(self, config) -> None:
     super().validate(config)
-    _non_negative(self, "si_c", "si_xi")
+    _non_negative(self, "si_c")
+    # xi divides at every task end: 0 would fail there, after a task's work.
+    _positive(self, "si_xi")
