@@ -53,7 +53,8 @@ from sparcl_jax.regularizers import (EwcState, SiState, ewc_consolidate,
 from sparcl_jax.replay.buffer import (Buffer, buffer_init, buffer_len,
                                      buffer_ready, buffer_sample,
                                      reservoir_add)
-from sparcl_jax.replay.losses import der_term, derpp_term, er_term
+from sparcl_jax.replay.losses import (der_loss, der_term, derpp_loss,
+                                     derpp_term, er_loss, er_term)
 from sparcl_jax.sparse.masking_check import check_masking
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.tdm import TDMState, tdm, tdm_masks
