@@ -5,8 +5,8 @@ blobs written here), a Linen MLP whose layers have the user's own names, and
 one jitted train step that does everything a DER++ step with DDR does:
 
 - the stream loss on the valid part of a fixed-shape batch;
-- DER++'s replay terms (logit matching and labels on two buffer draws), gated
-  by ``sc.buffer_ready`` so that an empty buffer adds nothing;
+- DER++'s replay loss, ``sc.derpp_loss`` (logit matching and labels on two
+  buffer draws), which adds nothing until the buffer holds a batch;
 - ``sc.ddr_update`` (which examples were right before the update) and
   ``sc.reservoir_add`` (the stream batch with its logits).
 
@@ -63,22 +63,23 @@ def cross_entropy(logits, labels, weights):
   return jnp.sum(weights * losses) / jnp.maximum(weights.sum(), 1.0)
 
 
+def forward(params, batch_stats, x, rng, train):
+  """The replay losses' view of the model (no batch norm, no dropout)."""
+  del rng, train
+  return model.apply({"params": params}, x), batch_stats
+
+
 @jax.jit
 def train_step(params, opt_state, buffer, ddr_state, inputs, labels,
                positions, valid, task, rng):
-  k_logits, k_labels, k_add = jax.random.split(rng, 3)
-  ready = sc.buffer_ready(buffer, REPLAY)
+  k_replay, k_add = jax.random.split(rng)
 
   def loss_fn(params):
     logits = model.apply({"params": params}, inputs)
     loss = cross_entropy(logits, labels, valid.astype(jnp.float32))
-    bx, _, bz, _ = sc.buffer_sample(buffer, k_logits, REPLAY)
-    logit_term = jnp.mean((model.apply({"params": params}, bx) - bz) ** 2)
-    bx, by, _, _ = sc.buffer_sample(buffer, k_labels, REPLAY)
-    label_term = cross_entropy(model.apply({"params": params}, bx), by,
-                               jnp.ones((REPLAY,)))
-    replay = ALPHA * logit_term + BETA * label_term
-    return loss + jnp.where(ready, replay, 0.0), logits
+    replay, _ = sc.derpp_loss(forward, params, {}, buffer, k_replay, REPLAY,
+                              alpha=ALPHA, beta=BETA)
+    return loss + replay, logits
 
   (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   correct = logits.argmax(-1) == labels

@@ -8,8 +8,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import sparcl_jax as sc
 from sparcl_jax.training import cli
-from sparcl_jax.methods.rehearsal_hooks import MethodSpec, rehearsal_loss
+from sparcl_jax.methods.rehearsal_hooks import (MethodSpec, RehearsalHooks,
+                                                ReplayState, rehearsal_loss)
+from sparcl_jax.replay.losses import draw_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "experiments", "configs", "quickstart.cfg")
@@ -134,3 +137,63 @@ def test_er_ace_without_replay_is_the_masked_stream_loss():
   loss, _ = _er_ace_loss([True, True, False], [True, True, True],
                          do_replay=False)
   assert loss == pytest.approx(_lse(1, 0) - 1, rel=1e-6)
+
+
+def _one_item_buffer():
+  """A buffer holding replay batch 1's single item: every draw returns it."""
+  (x1, y1, z1), _ = REPLAY
+  buffer = sc.buffer_init(4, (2,), 3)
+  return sc.reservoir_add(buffer, jax.random.key(0), x1, y1, z1, 0)
+
+
+_FORWARD = lambda p, bs, x, rng, train: (x @ p, bs)
+
+
+@pytest.mark.parametrize("loss_fn,kwargs,term", [
+    (sc.er_loss, {}, ER_TERM),
+    (sc.der_loss, {"alpha": ALPHA}, DER_TERM),
+    # Both draws return the one item: DER's term plus BETA times ER's.
+    (sc.derpp_loss, {"alpha": ALPHA, "beta": BETA}, DER_TERM + BETA * ER_TERM),
+])
+def test_buffer_losses_are_the_terms_on_the_drawn_items(loss_fn, kwargs, term):
+  buffer = _one_item_buffer()
+  got, stats = jax.jit(lambda w, b, k: loss_fn(_FORWARD, w, {"n": 1}, b, k, 1,
+                                               **kwargs))(
+                                                   W, buffer,
+                                                   jax.random.key(3))
+  assert float(got) == pytest.approx(term, rel=1e-6)
+  assert stats == {"n": 1}
+  # Not ready (two items asked of a buffer that saw one): zero, no gradient.
+  grads = jax.grad(lambda w: loss_fn(_FORWARD, w, {}, buffer,
+                                     jax.random.key(3), 2, **kwargs)[0])(W)
+  assert float(loss_fn(_FORWARD, W, {}, buffer, jax.random.key(3), 2,
+                       **kwargs)[0]) == 0.0
+  assert not jnp.any(grads)
+
+
+def test_buffer_losses_prepare_the_drawn_inputs_and_mask_classes():
+  buffer = _one_item_buffer()
+  zeroed = sc.er_loss(_FORWARD, W, {}, buffer, jax.random.key(0), 1,
+                      prepare=lambda key, x: 0 * x)[0]
+  assert float(zeroed) == pytest.approx(math.log(3), rel=1e-6)
+  # ER-ACE's replay: over the classes seen so far (logits (0, 2, 1)).
+  masked = sc.er_loss(_FORWARD, W, {}, buffer, jax.random.key(0), 1,
+                      class_mask=jnp.array([True, False, True]))[0]
+  assert float(masked) == pytest.approx(_lse(0, 1) - 1, rel=1e-6)
+
+
+def test_the_library_step_draws_as_the_buffer_losses_do():
+  """RehearsalHooks.draw is draw_batch with the step's keys, prepared."""
+  buffer = _one_item_buffer()
+  hooks = RehearsalHooks(MethodSpec(replay="derpp", alpha=ALPHA, beta=BETA,
+                                    replay_batch_size=1))
+  keys = jax.random.split(jax.random.key(0), 8)
+  facts = type("Facts", (), {"task_id": jnp.int32(1)})
+  prepare = lambda key, x: x + 1.0
+  (first, second), ready = hooks.draw(ReplayState(buffer, None), keys, facts,
+                                      prepare, lambda tree: tree)
+  assert bool(ready)
+  expected = draw_batch(buffer, (keys[3], keys[6]), 1, prepare)
+  for got, want in zip(first, expected):
+    assert jnp.array_equal(got, want)
+  assert jnp.array_equal(second[0], REPLAY[0][0] + 1.0)

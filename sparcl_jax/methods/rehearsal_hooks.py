@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from sparcl_jax import ddr as ddr_lib
 from sparcl_jax.replay import buffer as replay_buffer
+from sparcl_jax.replay import losses as replay_losses
 from sparcl_jax.methods import get as get_method
 from sparcl_jax.methods.base import Method, StepHooks, cross_entropy_over
 
@@ -84,12 +85,14 @@ class RehearsalHooks(StepHooks):
   def draw(self, method_state, keys, facts, prepare, constrain):
     if not self.spec.replay:
       return None
+    # The draws of replay_losses.derpp_loss and the others, made here
+    # outside the gradient; loss_term adds the term under the same gate.
     n, buffer = self.spec.replay_batch_size, method_state.buffer
-    bx1, by1, bz1, _ = constrain(
-        replay_buffer.buffer_sample(buffer, keys[3], n))
-    bx2, by2, _, _ = constrain(
-        replay_buffer.buffer_sample(buffer, keys[4], n))
-    batches = ((prepare(keys[6], bx1), by1, bz1), (prepare(keys[7], bx2), by2))
+    first = replay_losses.draw_batch(buffer, (keys[3], keys[6]), n, prepare,
+                                     constrain)
+    bx2, by2, _ = replay_losses.draw_batch(buffer, (keys[4], keys[7]), n,
+                                           prepare, constrain)
+    batches = (first, (bx2, by2))
     do_replay = replay_buffer.buffer_ready(buffer, n)
     if not self.spec.replay_first_task:
       do_replay = jnp.logical_and(do_replay, facts.task_id > 0)
@@ -109,10 +112,7 @@ class RehearsalHooks(StepHooks):
       return self.rule.replay_term(self.spec, forward, params, batch_stats,
                                    batches, keys, facts.seen_class_mask)
 
-    def no_replay(batch_stats):
-      return jnp.zeros((), jnp.float32), batch_stats
-
-    return jax.lax.cond(do_replay, replay_terms, no_replay, batch_stats)
+    return replay_losses.replay_if_ready(do_replay, replay_terms, batch_stats)
 
   def after_update(self, method_state, keys, batch, stream_grads, old_params,
                    new_params):

@@ -57,6 +57,14 @@ class GroupedSparseConv(nn.Module):
       ``k`` channels would (fan-in ``k * prod(kernel_size)``); False cuts it
       from a dense kernel (see
       :func:`sparcl_jax.sparse.grouped_conv.initial_values`).
+
+  Example:
+    >>> layer = sc.GroupedSparseConv(4, (3, 3), group=2, sparsity=0.5)
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
+    >>> variables['params']['values'].shape  # 3 of 6 channels, all taps
+    (2, 3, 3, 3, 2)
+    >>> layer.apply(variables, jnp.ones((5, 8, 8, 6))).shape
+    (5, 8, 8, 4)
   """
 
   features: int

@@ -51,6 +51,14 @@ class GroupedSparseDense(nn.Module):
       starts with a dense layer's variance); False cuts them from a dense
       ``[fan_in, features]`` kernel, as masking a dense layer does (see
       :func:`sparcl_jax.sparse.grouped.initial_values`).
+
+  Example:
+    >>> layer = sc.GroupedSparseDense(features=4, group=2, sparsity=0.5)
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
+    >>> variables['params']['values'].shape  # 2 blocks keep 3 of 6 rows
+    (2, 3, 2)
+    >>> layer.apply(variables, jnp.ones((5, 6))).shape
+    (5, 4)
   """
 
   features: int
@@ -82,7 +90,16 @@ class GroupedSparseDense(nn.Module):
 
 class KeptRows(nnx.Variable):
   """The kept input rows of a :class:`GroupedSparseLinear` (not a Param:
-  optimizers filtering on ``nnx.Param`` leave it alone)."""
+  optimizers filtering on ``nnx.Param`` leave it alone).
+
+  Example:
+    >>> from flax import nnx
+    >>> layer = sc.GroupedSparseLinear(6, 4, group=2, sparsity=0.5,
+    ...                                rngs=nnx.Rngs(0))
+    >>> kept_rows = nnx.state(layer, sc.KeptRows)  # grouped_tdm's kept_rows
+    >>> sorted(kept_rows.keys()), kept_rows['rows'].value.shape
+    (['kept', 'rows'], (2, 3))
+  """
 
 
 def kept_rows_variables(module: nn.Module, fan_in: int, features: int,

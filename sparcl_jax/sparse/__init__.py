@@ -1,7 +1,8 @@
 """SparCL's sparsity machinery, one module per concept.
 
-The public names are re-exported flat by ``sparcl_jax`` (``sc.tdm``,
-``sc.dgm``, ``sc.apply_mask``...); the modules, from the bottom up:
+The names users compose are re-exported by ``sparcl_jax`` (``sc.tdm``,
+``sc.dgm``, ``sc.apply_mask``...; see its ``__all__``); the rest stays
+here. The modules, from the bottom up:
 
 * ``sparsity``: which leaves are sparse and how sparse (filters, uniform and
   ERK sparsities, exact kept counts).

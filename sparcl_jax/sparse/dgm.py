@@ -37,6 +37,11 @@ class DGMState(NamedTuple):
   Attributes:
     count: int32 number of updates so far (used when no ``step_in_epoch``).
     masks: gradient masks (bool at selected leaves, ``None`` elsewhere).
+
+  Example:
+    >>> state = sc.dgm(0.75).init({'hidden_0': {'kernel': jnp.ones((4, 4))}})
+    >>> int(state.count), state.masks['hidden_0']['kernel'].shape
+    (0, (4, 4))
   """
 
   count: jax.Array

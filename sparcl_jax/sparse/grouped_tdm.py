@@ -65,6 +65,14 @@ class GroupedTDMState(NamedTuple):
     rng: PRNG key of random growth.
     inner_state: state of the inner optimizer.
     masking_state: state of the gradient-masking transform (or EmptyState).
+
+  Example:
+    >>> layer = sc.GroupedSparseDense(features=4, group=2, sparsity=0.5)
+    >>> v = layer.init(jax.random.key(0), jnp.ones((1, 6)))
+    >>> state = sc.grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity']).init(
+    ...     v['params'])
+    >>> int(state.count), state.collection['rows'].shape
+    (0, (2, 3))
   """
 
   count: jax.Array

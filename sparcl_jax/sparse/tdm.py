@@ -59,6 +59,12 @@ class TDMState(NamedTuple):
     rng: PRNG key for random tie-breaks and growth.
     inner_state: state of the inner optimizer.
     masking_state: state of the gradient-masking transform (or EmptyState).
+
+  Example:
+    >>> state = sc.tdm(optax.sgd(0.1), sparsity=0.5).init(
+    ...     {'hidden_0': {'kernel': jnp.ones((4, 4))}})
+    >>> int(state.count), int(state.masks['hidden_0']['kernel'].sum())
+    (0, 8)
   """
 
   count: jax.Array

@@ -46,6 +46,17 @@ class ScoreInputs(NamedTuple):
     masks: the current masks (bool at sparse leaves, ``None`` elsewhere).
     rng: a PRNG key for rules that draw random numbers; it differs at every
       mask update.
+
+  Example:
+    >>> def magnitude(inputs: sc.ScoreInputs):  # a drop rule: keep large |w|
+    ...   return jax.tree.map(jnp.abs, inputs.params)
+    >>> params = {'hidden_0': {'kernel': jnp.arange(16.0).reshape(4, 4)}}
+    >>> tx = sc.tdm(optax.sgd(0.0), sparsity=0.5, drop_score=magnitude)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> _, state = tx.update(grads, tx.init(params), params, epoch=0,
+    ...                      step_in_epoch=0)
+    >>> sc.tdm_masks(state)['hidden_0']['kernel'].any(axis=1).tolist()
+    [False, False, True, True]
   """
 
   params: PyTree
