@@ -28,7 +28,7 @@ def run_if(pred: jax.Array, fn: Callable[[Any], Any], operand: Any) -> Any:
   Returns:
     ``fn(operand)`` or ``operand``.
 
-  Example:
+  Examples:
     >>> run_if(jnp.array(True), lambda x: x + 1, jnp.zeros(2))
     Array([1., 1.], dtype=float32)
   """

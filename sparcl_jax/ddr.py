@@ -46,7 +46,7 @@ class DDRState(NamedTuple):
     presented: bool [C], presented at least once since the last reset.
     kept: bool [C], still in the training set (False for padding).
 
-  Example:
+  Examples:
     >>> ddr_init(2, capacity=3).kept
     Array([ True,  True, False], dtype=bool)
   """
@@ -77,7 +77,7 @@ def ddr_init(n: int, capacity: Optional[int] = None) -> DDRState:
   Raises:
     ConfigError: if ``n`` is not positive or exceeds ``capacity``.
 
-  Example:
+  Examples:
     >>> int(ddr_init(4).kept.sum())
     4
     >>> s = ddr_init(3, capacity=5)
@@ -116,7 +116,7 @@ def ddr_update(state: DDRState, positions: jax.Array, correct: jax.Array,
     The updated state, of the same shapes. A position repeated within one
     batch is undefined.
 
-  Example:
+  Examples:
     >>> s = ddr_init(3)
     >>> s = ddr_update(s, jnp.array([0, 1]), jnp.array([True, True]),
     ...                jnp.array([True, True]))
@@ -150,7 +150,7 @@ def ddr_scores(state: DDRState) -> jax.Array:
     int32 [C], one per position; ``NEVER_LEARNED_SCORE`` for examples never
     classified correctly since the last reset (padding positions included).
 
-  Example:
+  Examples:
     >>> ddr_scores(ddr_init(2))
     Array([2147483647, 2147483647], dtype=int32)
   """
@@ -168,7 +168,7 @@ def ddr_reset(state: DDRState) -> DDRState:
     The state with statistics zeroed, of the same capacity; padding stays
     unkept.
 
-  Example:
+  Examples:
     >>> int(ddr_reset(ddr_init(3)).forgetting_events.sum())
     0
     >>> ddr_reset(ddr_init(1, capacity=2)).kept
@@ -202,7 +202,7 @@ def ddr_remove(state: DDRState, rng: jax.Array,
   Raises:
     ConfigError: if a static ``remove_count`` is negative.
 
-  Example:
+  Examples:
     >>> s = ddr_init(3)
     >>> s = ddr_update(s, jnp.arange(3), jnp.array([True, True, False]),
     ...                jnp.ones(3, bool))
@@ -235,7 +235,7 @@ def ddr_order(state: DDRState, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     the removed (and padding) ones after them; and the int32 number of kept
     positions, so ``order[:num_kept]`` is the epoch.
 
-  Example:
+  Examples:
     >>> s = ddr_init(4)._replace(kept=jnp.array([True, False, True, True]))
     >>> order, k = ddr_order(s, jax.random.key(0))
     >>> sorted(order[:int(k)].tolist())
@@ -253,7 +253,7 @@ class DDRSchedule:
     removal_fraction: share of the task's initial training set removed at
       each removal epoch.
 
-  Example:
+  Examples:
     >>> DDRSchedule().removal_count(5, 10000)
     750
   """
@@ -283,7 +283,7 @@ class DDRSchedule:
     Returns:
       ``round(removal_fraction * n)`` at removal epochs, else 0.
 
-    Example:
+    Examples:
       >>> DDRSchedule().removal_count(6, 10000)
       0
     """

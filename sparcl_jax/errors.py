@@ -4,7 +4,7 @@
 class SparclError(Exception):
   """Base class for errors a user can fix from the command line.
 
-  Example:
+  Examples:
     >>> try:
     ...   sc.buffer_init(0, (2,), 3)
     ... except sc.SparclError as error:
@@ -16,7 +16,7 @@ class SparclError(Exception):
 class ConfigError(SparclError, ValueError):
   """A flag or hyper-parameter has an impossible value.
 
-  Example:
+  Examples:
     >>> sc.DDRSchedule(removal_fraction=2.0)
     Traceback (most recent call last):
     ...
@@ -27,7 +27,7 @@ class ConfigError(SparclError, ValueError):
 class DataError(SparclError, ValueError):
   """Data is missing, malformed, or does not match what a scenario needs.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import datasets
     >>> try:
     ...   datasets.get("mnist2")

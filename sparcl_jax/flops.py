@@ -155,7 +155,7 @@ def layer_macs(apply_fn: Callable[..., Any], params: PyTree, *inputs: Any,
     ConfigError: if ``batch_size`` is not positive, or is None and the
       inputs' first axes differ.
 
-  Example:
+  Examples:
     >>> p = {'w': jax.ShapeDtypeStruct((4, 3), jnp.float32)}
     >>> x = jax.ShapeDtypeStruct((2, 4), jnp.float32)
     >>> layer_macs(lambda p, x: x @ p['w'], p, x)  # batch of 2, per example
@@ -236,7 +236,7 @@ def train_flops(layer_macs_: Mapping[str, float],
       whole ``variables``, whose paths start with ``'params/'``): such a
       layer would otherwise count as dense.
 
-  Example:
+  Examples:
     >>> train_flops({'a': 10, 'b': 100}, {'b': 0.5}, {'b': 0.8}, 2)
     600.0
     >>> macs = {'params/b': 100}
@@ -268,7 +268,7 @@ def dense_train_flops(layer_macs_: Mapping[str, float],
   Returns:
     Total FLOPs as a float.
 
-  Example:
+  Examples:
     >>> dense_train_flops({'a': 10, 'b': 100}, 2)
     1320.0
   """
@@ -284,7 +284,7 @@ def forward_macs(layer_macs_: Mapping[str, float]) -> int:
   Returns:
     The sum over layers.
 
-  Example:
+  Examples:
     >>> forward_macs({'a': 10, 'b': 100})
     110
   """

@@ -23,7 +23,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   Returns:
     Scalar loss.
 
-  Example:
+  Examples:
     >>> cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))  # log(4)
     Array(1.3862944, dtype=float32)
   """
@@ -44,7 +44,7 @@ def mask_logits(logits: jax.Array, class_mask: jax.Array) -> jax.Array:
   Returns:
     [B, C] logits where excluded classes can never win nor take probability.
 
-  Example:
+  Examples:
     >>> mask_logits(jnp.ones((1, 3)), jnp.array([True, False, True]))
     Array([[ 1.e+00, -1.e+09,  1.e+00]], dtype=float32)
   """
@@ -61,7 +61,7 @@ def logit_matching(logits: jax.Array, target_logits: jax.Array) -> jax.Array:
   Returns:
     Scalar mean over batch and classes.
 
-  Example:
+  Examples:
     >>> logit_matching(jnp.zeros((1, 2)), jnp.array([[1.0, 3.0]]))
     Array(5., dtype=float32)
   """

@@ -29,7 +29,7 @@ def average_accuracy(R: np.ndarray) -> float:
   Returns:
     ``mean(R[T-1, :])``.
 
-  Example:
+  Examples:
     >>> average_accuracy([[90., 10.], [70., 80.]])
     75.0
   """
@@ -48,7 +48,7 @@ def average_forgetting(R: np.ndarray) -> float:
   Returns:
     The mean over j < T-1, or 0.0 when T = 1.
 
-  Example:
+  Examples:
     >>> average_forgetting([[90., 10.], [70., 80.]])
     20.0
   """
@@ -74,7 +74,7 @@ def backward_transfer(R: np.ndarray) -> float:
     ``mean_{j < T-1} (R[T-1, j] - R[j, j])``, or 0.0 when T = 1. Negative
     values mean forgetting.
 
-  Example:
+  Examples:
     >>> backward_transfer([[90., 10.], [70., 80.]])
     -20.0
   """
@@ -96,7 +96,7 @@ def forward_transfer(R: np.ndarray, baseline: np.ndarray) -> float:
   Returns:
     ``mean_{j > 0} (R[j-1, j] - baseline[j])``, or 0.0 when T = 1.
 
-  Example:
+  Examples:
     >>> forward_transfer([[90., 15.], [70., 80.]], [50., 10.])
     5.0
   """
@@ -124,7 +124,7 @@ def summarize(R_class_il: np.ndarray,
     ``forgetting_class_il``, ``forgetting_task_il``, ``bwt_class_il`` and
     ``bwt_task_il``.
 
-  Example:
+  Examples:
     >>> summarize([[90.]], [[99.]])['task_il']
     99.0
   """
@@ -158,7 +158,7 @@ def class_il_correct(logits: jax.Array, y: jax.Array,
   Returns:
     bool [B], True where the masked argmax equals ``y``.
 
-  Example:
+  Examples:
     >>> class_il_correct(jnp.array([[1., 3., 2.]]), jnp.array([2]),
     ...                  jnp.array([True, False, True]))
     Array([ True], dtype=bool)
@@ -179,7 +179,7 @@ def task_il_correct(logits: jax.Array, y: jax.Array,
   Returns:
     bool [B], True where the masked argmax equals ``y``.
 
-  Example:
+  Examples:
     >>> task_il_correct(jnp.array([[5., 1., 2.]]), jnp.array([2]),
     ...                 jnp.array([False, True, True]))
     Array([ True], dtype=bool)

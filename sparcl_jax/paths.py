@@ -30,7 +30,7 @@ def key_to_str(key: Any) -> str:
   Returns:
     The key as a string, e.g. ``'kernel'`` or ``'0'``.
 
-  Example:
+  Examples:
     >>> key_to_str(jax.tree_util.DictKey('kernel'))
     'kernel'
   """
@@ -51,7 +51,7 @@ def path_to_str(key_path: tuple[Any, ...]) -> str:
     attribute key ``value`` (the array inside an ``nnx.Variable``) is
     dropped, so an ``nnx.State`` and its pure dict give the same paths.
 
-  Example:
+  Examples:
     >>> kp = jax.tree_util.tree_flatten_with_path({'a': {'b': 1}})[0][0][0]
     >>> path_to_str(kp)
     'a/b'
@@ -72,7 +72,7 @@ def flatten_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
   Returns:
     A list of ``('/'-joined path, leaf)`` in flattening order.
 
-  Example:
+  Examples:
     >>> flatten_with_paths({'a': 1, 'b': None})
     [('a', 1)]
   """
@@ -89,7 +89,7 @@ def flatten_to_dict(tree: PyTree) -> dict[str, Any]:
   Returns:
     ``{path: leaf}`` in flattening order.
 
-  Example:
+  Examples:
     >>> flatten_to_dict({'dense': {'kernel': 1, 'bias': 2}})
     {'dense/bias': 2, 'dense/kernel': 1}
   """
@@ -106,7 +106,7 @@ def map_with_paths(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
   Returns:
     A pytree of the same structure holding ``fn``'s results.
 
-  Example:
+  Examples:
     >>> map_with_paths(lambda path, x: path, {'a': {'b': 0}})
     {'a': {'b': 'a/b'}}
   """
@@ -127,7 +127,7 @@ def is_none_or_masked(x: Any) -> bool:
   Returns:
     Whether ``x`` is None or a ``MaskedNode``.
 
-  Example:
+  Examples:
     >>> is_none_or_masked(optax.MaskedNode()), is_none_or_masked(0.5)
     (True, False)
   """
@@ -147,7 +147,7 @@ def masked_to_none(tree: PyTree) -> PyTree:
   Returns:
     The pytree with None where it held a ``MaskedNode``.
 
-  Example:
+  Examples:
     >>> masked_to_none({'a': optax.MaskedNode(), 'b': 1})
     {'a': None, 'b': 1}
   """
@@ -170,7 +170,7 @@ def find_states(state: Any, cls: type) -> list[tuple[str, Any]]:
   Returns:
     ``[(path, node)]`` with the path as ``jax.tree_util.keystr`` writes it.
 
-  Example:
+  Examples:
     >>> import sparcl_jax as sc
     >>> p = {'hidden_0': {'kernel': jnp.ones((2, 2))}}
     >>> s = optax.chain(optax.clip(1.0), sc.dgm(0.5)).init(p)

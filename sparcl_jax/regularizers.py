@@ -65,7 +65,7 @@ def ewc_init(params: PyTree) -> EwcState:
   Returns:
     An :class:`EwcState` whose leaves have a leading axis of size 0.
 
-  Example:
+  Examples:
     >>> params = {'w': jnp.ones(3)}
     >>> state = ewc_init(params)
     >>> state.fisher['w'].shape
@@ -92,7 +92,7 @@ def squared_gradient_sum(per_example_grads: PyTree,
   Returns:
     A pytree of ``[...]`` sums.
 
-  Example:
+  Examples:
     >>> g = {'w': jnp.array([[1.0, 2.0], [3.0, 0.0]])}
     >>> squared_gradient_sum(g)['w']
     Array([10.,  4.], dtype=float32)
@@ -137,7 +137,7 @@ def fisher_diagonal(log_likelihood_fn: Callable[[PyTree, Any, Any], jax.Array],
   Returns:
     A float32 pytree like ``params``.
 
-  Example:
+  Examples:
     >>> params = {'w': jnp.ones(3)}
     >>> ll = lambda p, x, y: -jnp.mean((x @ p['w'] - y) ** 2)
     >>> x_val, y_val = jnp.arange(12.).reshape(4, 3) / 10, jnp.zeros(4)
@@ -192,7 +192,7 @@ def merge_fisher_slot(fisher: jax.Array, anchor: jax.Array,
   Returns:
     ``(fisher, anchor)`` of the merged slot, float32.
 
-  Example:
+  Examples:
     >>> f, a = merge_fisher_slot(jnp.zeros(2), jnp.zeros(2),
     ...                          jnp.array([1., 0.]), jnp.array([3., 4.]))
   """
@@ -228,7 +228,7 @@ def ewc_consolidate(state: EwcState,
   Returns:
     The new state.
 
-  Example:
+  Examples:
     >>> params = {'w': jnp.ones(3)}
     >>> fisher = {'w': jnp.array([1., 2., 0.])}
     >>> state = ewc_consolidate(ewc_init(params), params, fisher)
@@ -269,7 +269,7 @@ def ewc_penalty(params: PyTree, state: EwcState, lam: float) -> jax.Array:
   Returns:
     A float32 scalar (zero before any consolidation).
 
-  Example:
+  Examples:
     >>> anchor = {'w': jnp.ones(3)}
     >>> fisher = {'w': jnp.array([1., 2., 0.])}
     >>> ewc_state = ewc_consolidate(ewc_init(anchor), anchor, fisher)
@@ -311,7 +311,7 @@ def si_init(params: PyTree) -> SiState:
   Returns:
     An :class:`SiState` with zero ``omega`` and ``importance``.
 
-  Example:
+  Examples:
     >>> params = {'w': jnp.ones(3)}
     >>> si = si_init(params)
     >>> si.omega['w']
@@ -336,7 +336,7 @@ def si_accumulate(state: SiState, grads: PyTree, old_params: PyTree,
   Returns:
     The new state.
 
-  Example:
+  Examples:
     >>> params = {'w': jnp.ones(3)}
     >>> si = si_init(params)
     >>> grads = {'w': jnp.array([1., -1., 0.])}
@@ -364,7 +364,7 @@ def si_consolidate(state: SiState, params: PyTree,
   Returns:
     The state for the next task: ``omega`` zero, anchor ``params``.
 
-  Example:
+  Examples:
     >>> si = si_init({'w': jnp.ones(3)})
     >>> si = si._replace(omega={'w': jnp.array([0.5, 0.5, 0.])})
     >>> params = {'w': jnp.array([0.5, 1.5, 1.])}
@@ -395,7 +395,7 @@ def si_penalty(params: PyTree, state: SiState, c: float) -> jax.Array:
   Returns:
     A float32 scalar.
 
-  Example:
+  Examples:
     >>> si = si_init({'w': jnp.zeros(2)})
     >>> si = si._replace(importance={'w': jnp.array([1., 0.])})
     >>> params = {'w': jnp.array([2., 5.])}

@@ -47,7 +47,7 @@ def l1_penalty(params: PyTree,
   Returns:
     A float32 scalar; multiply by ``alpha`` in the loss.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
@@ -112,7 +112,7 @@ def activity_sums(activations: jax.Array, reading: str = "mean",
   Returns:
     float32 ``[units]``.
 
-  Example:
+  Examples:
     >>> h = jnp.array([[0.0, 2.0], [1.0, 0.0], [5.0, 5.0]])
     >>> activity_sums(h, valid=jnp.array([True, True, False]))
     Array([1., 2.], dtype=float32)
@@ -207,7 +207,7 @@ def unit_activity(model: Any, *args: Any, reading: str = "mean",
   Raises:
     ConfigError: bad arguments, or an activation was not sown.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.mlp import MLP
     >>> model, x_val = MLP((4, 3), 2), jnp.ones((6, 5))
     >>> variables = model.init(jax.random.key(0), x_val)

@@ -72,7 +72,7 @@ def apply_cut(params: PyTree,
   Returns:
     Params with the cut weights set to zero.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
@@ -140,7 +140,7 @@ def commit_task(params: PyTree,
   Returns:
     ``(new_params, new_used)``; ``new_params`` of the kind of ``params``.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),

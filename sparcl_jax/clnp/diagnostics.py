@@ -29,7 +29,7 @@ def capacity_report(used_history: Sequence[UsedUnits],
     without activities). ``available`` is the number of earlier tasks' units
     the task could read; ``claimed`` the units it added.
 
-  Example:
+  Examples:
     >>> used_after_0 = {'hidden_0': np.array([True, True, False, False])}
     >>> used_after_1 = {'hidden_0': np.array([True, True, True, False])}
     >>> rep = capacity_report([used_after_0, used_after_1])
@@ -72,7 +72,7 @@ def capacity_plot_data(used_history: Sequence[Mapping[str, np.ndarray]]
     ``{'tasks': [1..T], 'units': {layer: width}, 'used_fraction': {layer:
     [fraction after task 1, ...]}}``.
 
-  Example:
+  Examples:
     >>> capacity_plot_data([{'hidden_0': np.array([True, False])}])
     {'tasks': [1], 'units': {'hidden_0': 2}, 'used_fraction': {'hidden_0': [0.5]}}
   """

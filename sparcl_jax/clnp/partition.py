@@ -43,7 +43,7 @@ _UNCOVERED = ("error", "freeze", "train")
 class NoFreeUnitsError(SparclError):
   """A layer has no free units left to train a new task on.
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.ones((3, 2))},
     ...           'head': {'kernel': jnp.ones((2, 1))}}
     >>> full = {'hidden_0': np.ones(2, bool)}
@@ -64,7 +64,7 @@ class Partition(NamedTuple):
     zero: bool leaves; ``True`` where the parameter must be exactly zero
       (interference entries and cut head rows). Always a subset of frozen.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
@@ -91,7 +91,7 @@ def init_used(params: PyTree,
   Returns:
     ``{layer name: bool[units]}``, all ``False``.
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.ones((3, 4))},
     ...           'head': {'kernel': jnp.ones((4, 2))}}
     >>> used = init_used(params, sc.mlp_layer_specs(params))
@@ -200,7 +200,7 @@ def compute_partition(params: PyTree,
     NoFreeUnitsError: a hidden layer is full.
     ConfigError: specs, ``used`` and params disagree.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
@@ -262,7 +262,7 @@ def single_head_gate(used_history: Sequence[UsedUnits], task: int,
   Returns:
     float32 vector of 0/1 to multiply the last hidden activations with.
 
-  Example:
+  Examples:
     >>> history = [{'hidden_1': np.array([True, False, True])}]
     >>> gate = single_head_gate(history, task=0, layer='hidden_1')
     >>> gate.tolist()

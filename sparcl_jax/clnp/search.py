@@ -34,7 +34,7 @@ def prune_by_threshold(activity: Mapping[str, np.ndarray],
   Returns:
     ``{layer: bool[units]}`` of kept units (a subset of the free ones).
 
-  Example:
+  Examples:
     >>> act = {'hidden_0': np.array([0.0, 0.2, 0.01, 0.3])}
     >>> used = {'hidden_0': np.array([True, False, False, False])}
     >>> kept = prune_by_threshold(act, {k: ~u for k, u in used.items()}, 0.05)
@@ -61,7 +61,7 @@ class SearchResult(NamedTuple):
     tuned: what ``finetune_fn`` returned at ``theta`` (``None`` without it).
     trials: ``(quantile, accuracy)`` of every evaluated candidate, in order.
 
-  Example:
+  Examples:
     >>> act = {'hidden_0': np.array([0.0, 0.2, 0.01, 0.3])}
     >>> free = {'hidden_0': np.array([False, True, True, True])}
     >>> evaluate = lambda kept: 97.0  # accuracy with the cut applied
@@ -133,7 +133,7 @@ def graceful_forgetting_search(
   Returns:
     A :class:`SearchResult`.
 
-  Example:
+  Examples:
     >>> act = {'hidden_0': np.array([0.0, 0.2, 0.01, 0.3])}
     >>> free = {'hidden_0': np.array([False, True, True, True])}
     >>> # Stand-in for the accuracy of apply_cut(params, specs, used, kept):

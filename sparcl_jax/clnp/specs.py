@@ -54,7 +54,7 @@ class LayerSpec:
       task, see ``task``) or ``'shared_head'`` (single head for all tasks).
     task: for ``role == 'head'``, the task this head belongs to.
 
-  Example:
+  Examples:
     >>> spec = LayerSpec('hidden_1', 'hidden_1/kernel', 'hidden_1/bias',
     ...                  'hidden_0')
     >>> spec.kind, spec.role
@@ -124,7 +124,7 @@ def chain_layer_specs(names: Sequence[str],
   Returns:
     A tuple of :class:`LayerSpec`, hidden layers first.
 
-  Example:
+  Examples:
     >>> # Two 3x3 convs on a 2x2 map, flatten, dense_0, a head per task.
     >>> params = {'conv_0': {'kernel': jnp.ones((3, 3, 1, 4))},
     ...           'conv_1': {'kernel': jnp.ones((3, 3, 4, 8))},
@@ -182,7 +182,7 @@ def mlp_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
   Returns:
     The layer specs (see :func:`chain_layer_specs`).
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.mlp import MLP
     >>> variables = MLP((4, 3), 2).init(jax.random.key(0), jnp.zeros((1, 5)))
     >>> specs = mlp_layer_specs(variables['params'])
@@ -218,7 +218,7 @@ def cnn_layer_specs(params: PyTree) -> tuple[LayerSpec, ...]:
   Returns:
     The layer specs; ``dense_0`` is a ``'flatten_dense'`` layer.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.cnn import ZenkeCNN
     >>> variables = jax.eval_shape(  # shapes are all it reads
     ...     ZenkeCNN(10).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

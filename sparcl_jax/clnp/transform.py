@@ -30,7 +30,7 @@ class ClnpPartitionState(NamedTuple):
     zero: bool pytree, see :class:`Partition`.
     inner_state: state of the wrapped optimizer.
 
-  Example:
+  Examples:
     >>> params = {'w': jnp.ones((2, 3)), 'b': jnp.zeros(3)}
     >>> state = clnp_partition(optax.adam(1e-3)).init(params)
     >>> all(bool(m.all()) for m in jax.tree.leaves(state.trainable))
@@ -127,7 +127,7 @@ def clnp_partition(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),
@@ -223,7 +223,7 @@ def set_partition(state: Any, partition: Partition) -> Any:
     ConfigError: the state holds no :func:`clnp_partition` state, or the
       masks' paths or shapes do not match its parameters'.
 
-  Example:
+  Examples:
     >>> dense = lambda n_in, n_out: {'kernel': jnp.ones((n_in, n_out)),
     ...                              'bias': jnp.zeros(n_out)}
     >>> params = {'hidden_0': dense(3, 4), 'head_0': dense(4, 2),

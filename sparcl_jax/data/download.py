@@ -19,7 +19,7 @@ with the dataset. :func:`fetch` downloads those the data folder lacks into
 Every failure raises :class:`~sparcl_jax.errors.DataError` with one line
 saying what to do, and leaves no file and no folder it created.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> mnist = datasets.get("mnist")
   >>> source_url("mnist", mnist.downloads[0], mirror="http://10.0.0.5:8000/")
@@ -66,7 +66,7 @@ class RemoteFile:
       the uncompressed file; any of them present makes the download
       unnecessary.
 
-  Example:
+  Examples:
     >>> RemoteFile("a.gz", "https://example.org/a.gz", "0" * 32).unpacks_to
     ''
   """
@@ -89,7 +89,7 @@ def data_folder(data_dir: Optional[str] = None) -> str:
     if set, else pooch's cache folder for sparcl_jax
     (``~/.cache/sparcl_jax`` on Linux).
 
-  Example:
+  Examples:
     >>> data_folder("~/data") == os.path.expanduser("~/data")
     True
   """
@@ -114,7 +114,7 @@ def source_url(name: str, remote: RemoteFile,
   Returns:
     ``<mirror>/<name>/<fname>``, or ``remote.url`` without a mirror.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import datasets
     >>> cifar = datasets.get("cifar10").downloads[0]
     >>> source_url("cifar10", cifar, mirror="")
@@ -143,7 +143,7 @@ def missing(spec: "DatasetSpec", root: str) -> tuple[RemoteFile, ...]:
   Returns:
     The missing files, in ``spec.downloads`` order.
 
-  Example:
+  Examples:
     >>> import tempfile
     >>> from sparcl_jax.data import datasets
     >>> len(missing(datasets.get("mnist"), tempfile.mkdtemp()))
@@ -181,7 +181,7 @@ def fetch(spec: "DatasetSpec", root: str, download: bool = True,
       cannot be reached or stops answering; a file's md5 is not the
       published one; the disk is full; the folder cannot be written.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import datasets
     >>> fetch(datasets.get("cifar10"), "/data")  # doctest: +SKIP
   """

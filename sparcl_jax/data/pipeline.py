@@ -55,7 +55,7 @@ def to_device(
   Returns:
     The :class:`DeviceData`.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import scenarios
     >>> from sparcl_jax.data.datasets.digits import load_digits
     >>> scenario = scenarios.split_scenario(load_digits(0), 2)
@@ -93,7 +93,7 @@ def needs_permutation(scenario: Scenario) -> bool:
   Returns:
     True when at least one task has a permutation.
 
-  Example:
+  Examples:
     >>> needs_permutation(split_scenario(load_digits(0), 2))  # doctest: +SKIP
     False
   """
@@ -124,7 +124,7 @@ def gather_batch(data: DeviceData,
     flattened image being value ``perm[j]`` of the stored one; y int32 [B]
     stored labels plus the task's label offset.
 
-  Example:
+  Examples:
     >>> x, y = gather_batch(data, jnp.arange(32), 0, "train")  # doctest: +SKIP
   """
   if split not in _SPLITS:
@@ -161,7 +161,7 @@ def crop_and_flip(x: jax.Array, offsets: jax.Array, flips: jax.Array,
   Returns:
     [B, H, W, C] images, same dtype as ``x``.
 
-  Example:
+  Examples:
     >>> x = jnp.arange(32.).reshape(2, 4, 4, 1)
     >>> # Offsets (padding, padding) without flips return x unchanged.
     >>> y = crop_and_flip(x, jnp.full((2, 2), 4), jnp.zeros(2, bool))
@@ -197,7 +197,7 @@ def augment_batch(rng: jax.Array, x: jax.Array, padding: int = 4) -> jax.Array:
   Returns:
     Augmented images of the same shape and dtype.
 
-  Example:
+  Examples:
     >>> x_aug = augment_batch(jax.random.key(0), x)  # doctest: +SKIP
   """
   offset_key, flip_key = jax.random.split(rng)
@@ -220,7 +220,7 @@ def normalize(x: jax.Array, mean: Sequence[float],
   Returns:
     The normalised inputs, float32.
 
-  Example:
+  Examples:
     >>> normalize(jnp.ones((1, 2, 2, 1)), (0.5,), (0.25,))[0, 0, 0, 0]
     Array(2., dtype=float32)
   """
@@ -247,7 +247,7 @@ def epoch_order(rng: jax.Array, usable: jax.Array
     order, then the others in slot order; and the int32 number of usable
     slots.
 
-  Example:
+  Examples:
     >>> positions, count = epoch_order(jax.random.key(0),
     ...                                jnp.array([True, False, True]))
     >>> sorted(positions[:int(count)].tolist()), int(positions[-1])

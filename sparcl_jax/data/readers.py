@@ -58,7 +58,7 @@ def read_idx_dataset(spec: "DatasetSpec", data_dir: str,
   Raises:
     DataError: missing, truncated or malformed files.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import datasets
     >>> read_idx_dataset(datasets.get("mnist"), "/data")  # doctest: +SKIP
   """
@@ -103,7 +103,7 @@ def read_idx(path: str, images: bool) -> np.ndarray:
   Raises:
     DataError: unreadable, truncated, or not an IDX file of that kind.
 
-  Example:
+  Examples:
     >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "labels")
     >>> header = np.array([0x801, 3], ">u4").tobytes()
@@ -157,7 +157,7 @@ def cifar_reader(folder_name: str, train_members: Sequence[str],
   Returns:
     ``reader(spec, data_dir, seed) -> Dataset`` (NHWC uint8 images).
 
-  Example:
+  Examples:
     >>> read = cifar_reader("cifar-10-batches-py", ["data_batch_1"],
     ...                     "test_batch", b"labels")
   """
@@ -251,7 +251,7 @@ def candidate_dirs(data_dir: str, *subdirs: str) -> list[str]:
   Returns:
     The folders to look in, in that order.
 
-  Example:
+  Examples:
     >>> candidate_dirs("/data", "mnist")
     ['/data', '/data/mnist']
   """
@@ -269,7 +269,7 @@ def check_data_dir(name: str, data_dir: str, url: str) -> None:
   Raises:
     DataError: the folder cannot hold the files.
 
-  Example:
+  Examples:
     >>> check_data_dir("mnist", "/nope",  # doctest: +ELLIPSIS
     ...                "http://example.org")
     Traceback (most recent call last):
@@ -300,7 +300,7 @@ def unreadable(path: str, err: BaseException, fix: str) -> DataError:
   Returns:
     The :class:`DataError` to raise.
 
-  Example:
+  Examples:
     >>> str(unreadable("/d/f", EOFError("cut short"), "re-download it"))
     'cannot read /d/f: cut short; re-download it'
   """
@@ -323,7 +323,7 @@ def stack(images: Sequence[np.ndarray], where: str) -> np.ndarray:
   Raises:
     DataError: the images differ in shape.
 
-  Example:
+  Examples:
     >>> stack([np.zeros((2, 3), np.uint8)] * 4, "here").shape
     (4, 2, 3, 1)
   """
@@ -352,7 +352,7 @@ def make_dataset(name: str, train_x: np.ndarray, train_y: np.ndarray,
   Raises:
     DataError: a count, a label or a shape does not fit.
 
-  Example:
+  Examples:
     >>> x = np.zeros((2, 4, 4, 1), np.uint8)
     >>> make_dataset("toy", x, [0, 1], x, [1, 0], 2, "memory").num_classes
     2

@@ -44,7 +44,7 @@ def default_num_tasks(kind: str, dataset: str) -> int:
   Returns:
     The first matching preset's task count; 5 for pairs without a preset.
 
-  Example:
+  Examples:
     >>> default_num_tasks("split", "cifar100"), default_num_tasks("permuted",
     ...                                                           "mnist")
     (10, 10)
@@ -76,7 +76,7 @@ def build_scenario(kind: str, dataset: Dataset, num_tasks: int,
   Raises:
     ConfigError: ``num_tasks`` is impossible for the kind and dataset.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import sources
     >>> digits = sources.load_dataset("digits", "digits", None)
     >>> build_scenario("split", digits, 5).num_tasks
@@ -122,7 +122,7 @@ def input_defaults(
   Returns:
     ``(augment, mean, std)``.
 
-  Example:
+  Examples:
     >>> input_defaults("mnist")
     (False, (0.0,), (1.0,))
   """
@@ -166,7 +166,7 @@ def split_scenario(dataset: Dataset,
   Raises:
     ConfigError: impossible ``classes_per_task``, ``val_fraction`` or seed.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data.datasets.digits import load_digits
     >>> s = split_scenario(load_digits(0), 2)
     >>> [t.classes.tolist() for t in s.tasks][:2]
@@ -227,7 +227,7 @@ def permuted_scenario(dataset: Dataset,
   Raises:
     ConfigError: ``num_tasks`` < 1, or bad ``val_fraction`` or seed.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data.datasets.digits import load_digits
     >>> s = permuted_scenario(load_digits(0), 3)
     >>> s.num_outputs, s.tasks[2].label_offset
@@ -290,7 +290,7 @@ def cifar10_100_scenario(cifar10: Dataset,
     DataError: the datasets are not CIFAR-10/100 shaped.
     ConfigError: bad ``num_cifar100_tasks``, ``val_fraction`` or seed.
 
-  Example:
+  Examples:
     >>> def fake(name, k):  # two blank 32x32x3 images per class
     ...   x, y = np.zeros((2 * k, 32, 32, 3), np.uint8), np.arange(2 * k) % k
     ...   return Dataset(name, x, y, x, y, k)

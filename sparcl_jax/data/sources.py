@@ -61,7 +61,7 @@ def load_dataset(name: str, source: str, data_dir: Optional[str],
   Raises:
     DataError: unknown name or source, or missing / malformed data.
 
-  Example:
+  Examples:
     >>> ds = load_dataset("digits", "embedded", None, seed=0)
     >>> ds.train_images.shape[1:]
     (8, 8, 1)
@@ -115,7 +115,7 @@ def load_files(name: str, data_dir: Optional[str],
     DataError: unknown name, missing files (with ``download=False``), a
       failed download, or malformed files.
 
-  Example:
+  Examples:
     >>> ds = load_files("mnist", "/data")  # doctest: +SKIP
     >>> ds.train_images.shape  # doctest: +SKIP
     (60000, 28, 28, 1)
@@ -152,7 +152,7 @@ def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
   Raises:
     DataError: unknown name, dataset not prepared, or images of varying shape.
 
-  Example:
+  Examples:
     >>> ds = load_tfds("mnist", "~/tensorflow_datasets")  # doctest: +SKIP
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

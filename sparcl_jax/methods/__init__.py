@@ -10,7 +10,7 @@ no other code compares method names.
 Every module of this package is imported when the package is, so a new
 method is one new file whose class carries the :func:`register` decorator.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> methods.get("derpp").replay_batches
   2
@@ -44,7 +44,7 @@ def register(cls: type) -> type:
   Raises:
     ValueError: the name is empty or taken.
 
-  Example:
+  Examples:
     >>> @register
     ... class Example(Method):
     ...   name = "example_fine_tuning"
@@ -71,7 +71,7 @@ def get(name: str) -> Method:
   Raises:
     ConfigError: no method has that name (the message lists them).
 
-  Example:
+  Examples:
     >>> get("er").replay
     'er'
   """
@@ -90,7 +90,7 @@ def names(family: Optional[str] = None) -> tuple[str, ...]:
   Returns:
     The names, in a stable order (by ``Method.order``, then name).
 
-  Example:
+  Examples:
     >>> names(TASK_LEVEL)
     ('clnp', 'ewc', 'si', 'single_task')
   """

@@ -58,7 +58,7 @@ class StepHooks:
       from the term's (two backward passes), for ``after_update``.
     replay_batch_size: examples a step draws per replay batch (0: none).
 
-  Example:
+  Examples:
     >>> hooks = StepHooks()
     >>> hooks.init_state(None), hooks.reported_loss(1.0, 3.0)
     (None, 3.0)
@@ -141,7 +141,7 @@ class Method:
       weight masks when a run masked its weights (SparCL's ``"TDM"``);
       empty where the masks are the method itself (SNIP, RigL).
 
-  Example:
+  Examples:
     >>> class FineTuning(Method):
     ...   name = "fine_tuning"
     >>> FineTuning().uses_buffer, FineTuning().is_sparse(None)
@@ -283,7 +283,7 @@ def base_optimizer(config, learning_rate=None) -> optax.GradientTransformation:
   Returns:
     The optax optimizer.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> tx = base_optimizer(RunConfig(optimizer="adam", lr=1e-3))
   """
@@ -302,7 +302,7 @@ def sparse_filter(config) -> sparsity_lib.SparseFilter:
   Returns:
     ``filter(path, leaf) -> bool``.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> sparse_filter(RunConfig())('hidden_0/kernel', jnp.ones((4, 4)))
     True
@@ -321,7 +321,7 @@ def dgm_spec(config) -> DGMSpec:
   Returns:
     The ``DGMSpec`` that ``tdm(..., dgm=...)`` takes.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> spec = dgm_spec(RunConfig(gradient_sparsity=0.8, dgm_refresh=30))
     >>> spec.gradient_sparsity, spec.refresh_interval
@@ -340,7 +340,7 @@ def gradient_masking(config) -> optax.GradientTransformationExtraArgs:
   Returns:
     The DGM transformation.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> tx = gradient_masking(RunConfig(gradient_sparsity=0.8))
   """
@@ -357,7 +357,7 @@ def mask_schedule(config, static: bool = False) -> MaskSchedule:
   Returns:
     The schedule.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> mask_schedule(RunConfig(epochs=10)).epochs_per_task
     10
@@ -383,7 +383,7 @@ def cross_entropy_over(logits: jax.Array, labels: jax.Array,
   Returns:
     Scalar loss.
 
-  Example:
+  Examples:
     >>> cross_entropy_over(jnp.zeros((1, 4)), jnp.array([0]),
     ...                    jnp.array([True, True, False, False]))  # log(2)
     Array(0.6931472, dtype=float32)

@@ -7,7 +7,7 @@ L1 norm of the weights. After a task: unit activity on its validation
 split, the graceful-forgetting search (optionally with fine-tuning), the
 commit that freezes what the task kept, and diagnostics.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> methods.get("clnp").family
   'task_level'
@@ -128,7 +128,7 @@ def layer_specs(model_name: str,
   Raises:
     ConfigError: the model has no ReLU units CLNP can measure.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.mlp import MLP
     >>> variables = MLP((4,), 2).init(jax.random.key(0), jnp.zeros((1, 3)))
     >>> [s.name for s in layer_specs('mlp', variables['params'])]
@@ -161,7 +161,7 @@ def gate_shared_head(params: PyTree, gate: np.ndarray) -> PyTree:
   Returns:
     Params with the gated-off rows of the head kernel set to zero.
 
-  Example:
+  Examples:
     >>> params = {'head': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(2)}}
     >>> gated = gate_shared_head(params, np.array([1., 0., 1.]))
     >>> gated['head']['kernel']

@@ -1,6 +1,6 @@
 """Dark experience replay: DER and DER++ (Buzzega et al., NeurIPS 2020).
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> methods.get("der").replay_batches, methods.get("derpp").replay_batches
   (1, 2)

@@ -1,6 +1,6 @@
 """Experience replay (ER): the cross-entropy of a replayed buffer batch.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> methods.get("er").replay_batches
   1

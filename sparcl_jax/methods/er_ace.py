@@ -8,7 +8,7 @@ stream cross-entropy over the current task's classes only, so incoming
 data never competes with the old classes, and the buffer cross-entropy over
 every class seen so far, where old and new classes are told apart.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> er_ace = methods.get("er_ace")
   >>> er_ace.replay_batches

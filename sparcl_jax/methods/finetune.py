@@ -1,6 +1,6 @@
 """Fine-tuning and joint training: the lower and upper bounds.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> methods.get("joint").joint, methods.get("sgd").uses_buffer
   (True, False)

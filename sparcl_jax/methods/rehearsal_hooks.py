@@ -58,7 +58,7 @@ class ReplayState(NamedTuple):
 class RehearsalHooks(StepHooks):
   """Step hooks of a rehearsal-family method (see :class:`MethodSpec`).
 
-  Example:
+  Examples:
     >>> hooks = RehearsalHooks(MethodSpec(replay="derpp", alpha=0.2,
     ...                                   beta=1.0, replay_batch_size=10))
     >>> hooks.rule.name
@@ -174,7 +174,7 @@ def rehearsal_loss(method: MethodSpec, forward: Callable, params: PyTree,
   Returns:
     ``(loss, (stream_logits, batch_stats))``; the logits are unmasked.
 
-  Example:
+  Examples:
     >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
     >>> loss, _ = rehearsal_loss(MethodSpec(), forward, jnp.zeros((2, 3)),
     ...                          {}, jnp.ones((1, 2)), jnp.array([0]), None,
@@ -205,7 +205,7 @@ def make_hooks(config) -> RehearsalHooks:
   Returns:
     Its :class:`RehearsalHooks`.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> make_hooks(RunConfig(method="er")).spec.replay
     'er'

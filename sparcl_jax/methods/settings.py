@@ -10,7 +10,7 @@ so ``config.alpha`` reads the same flag for the training loop; a flag the
 chosen method's class lacks does not apply to the run (the command line warns
 about it and leaves it out of the saved ``config``).
 
-Example:
+Examples:
   >>> settings = DerppSettings(buffer_size=500, alpha=0.2)
   >>> settings.beta, "alpha" in DerppSettings.flag_names()
   (0.5, True)
@@ -37,7 +37,7 @@ def flag(default, helptext: str):
   Returns:
     A ``dataclasses.field``.
 
-  Example:
+  Examples:
     >>> flag(0.5, "Weight of a term.").metadata["help"]
     'Weight of a term.'
   """
@@ -55,7 +55,7 @@ def choice(name: str, value: str, choices) -> None:
   Raises:
     ConfigError: naming the choices.
 
-  Example:
+  Examples:
     >>> choice("head", "multi", ("shared", "multi"))
   """
   if value not in choices:
@@ -74,7 +74,7 @@ def at_least(name: str, value, low) -> None:
   Raises:
     ConfigError: naming the bound.
 
-  Example:
+  Examples:
     >>> at_least("epochs", 1, 1)
   """
   if value < low:
@@ -114,7 +114,7 @@ def declared_names(cls: type) -> tuple[str, ...]:
   Returns:
     Field names, in declaration order.
 
-  Example:
+  Examples:
     >>> declared_names(DerppSettings), declared_names(ErSettings)
     (('beta',), ())
   """
@@ -133,7 +133,7 @@ class Settings:
   calling ``super().validate(config)`` first, so a class combining two
   others checks both.
 
-  Example:
+  Examples:
     >>> Settings.flag_names()
     ()
   """

@@ -11,7 +11,7 @@ optimizer; they differ in how masks start and change:
 * RigL (Evci et al., ICML 2020): drop by magnitude, grow where ``|g|`` is
   largest, on TDM's schedule.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> from sparcl_jax.training.config import RunConfig
   >>> sparcl = methods.get("sparcl_derpp")
@@ -96,7 +96,7 @@ def grouped_gradient_sparsity(config) -> float:
   Returns:
     The share of the kept weights' gradient DGM zeroes, in ``[0, 1)``.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> grouped_gradient_sparsity(RunConfig(sparsity=0.75,
     ...                                     gradient_sparsity=0.8))
@@ -139,7 +139,7 @@ class _SparCL(_MaskedWeights):
   def inert_flags(self, config) -> tuple[str, ...]:
     """Says when DGM or DDR is on but will do nothing.
 
-    Example:
+    Examples:
       >>> from sparcl_jax.training.config import RunConfig
       >>> for line in SparclDerpp().inert_flags(RunConfig(
       ...     method="sparcl_derpp", sparsity=0.98, epochs=8)):

@@ -12,7 +12,7 @@ The ``runner`` passed to the hooks offers ``config``, ``scenario``,
 ``init_params(key)``, ``train_epochs(...)``, ``val_accuracy(params, task)``,
 ``activity(params, task, layers)`` and ``fisher(params, task, examples)``.
 
-Example:
+Examples:
   >>> from sparcl_jax import methods
   >>> methods.get("ewc").family
   'task_level'
@@ -38,7 +38,7 @@ class PenaltyHooks(StepHooks):
   task's outputs, the method's penalty added (``Method.penalty``), only
   the stream loss reported; SI's path integral after each update.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> hooks = make_hooks(RunConfig(method="si", si_c=0.1))
     >>> hooks.keeps_stream_gradient
@@ -89,7 +89,7 @@ def make_hooks(config) -> PenaltyHooks:
   Returns:
     Its :class:`PenaltyHooks`.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> make_hooks(RunConfig(method="ewc")).method.name
     'ewc'
@@ -188,7 +188,7 @@ def fisher_mean(fisher: PyTree) -> float:
   Returns:
     Their entries' mean, as a Python float.
 
-  Example:
+  Examples:
     >>> fisher_mean({'w': jnp.array([1., 2., 3.]), 'b': jnp.array([6.])})
     3.0
   """

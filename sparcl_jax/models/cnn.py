@@ -34,7 +34,7 @@ class ZenkeCNN(nn.Module):
       same values as ``lax.conv_general_dilated`` with gradients that stay
       fast inside loops on a CPU.
 
-  Example:
+  Examples:
     >>> model = ZenkeCNN(num_outputs=10)
     >>> v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     >>> model.apply(v, jnp.zeros((2, 32, 32, 3))).shape
@@ -58,7 +58,7 @@ class ZenkeCNN(nn.Module):
     Returns:
       Logits [B, num_outputs].
 
-    Example:
+    Examples:
       >>> x = jnp.zeros((2, 32, 32, 3))
       >>> v = ZenkeCNN(10).init(jax.random.key(0), x)
       >>> logits = ZenkeCNN(10).apply(v, x, train=True,

@@ -139,7 +139,7 @@ def conv_with_canonical_gradients(
   Returns:
     The convolution's output, ``[batch, spatial..., out_features]``.
 
-  Example:
+  Examples:
     >>> import flax.linen as nn
     >>> conv = nn.Conv(8, (3, 3),
     ...                conv_general_dilated=conv_with_canonical_gradients)

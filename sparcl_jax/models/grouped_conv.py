@@ -11,7 +11,7 @@ ordinary pytree; the kept channels live outside the parameters, as for
 ``[groups, k]`` (the channels the convolution gathers) and ``kept``
 ``[groups, C_in]`` (their membership).
 
-Example:
+Examples:
   >>> layer = GroupedSparseConv(features=4, kernel_size=(3, 3), group=2,
   ...                           sparsity=0.5)
   >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
@@ -58,7 +58,7 @@ class GroupedSparseConv(nn.Module):
       from a dense kernel (see
       :func:`sparcl_jax.sparse.grouped_conv.initial_values`).
 
-  Example:
+  Examples:
     >>> layer = sc.GroupedSparseConv(4, (3, 3), group=2, sparsity=0.5)
     >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 6)))
     >>> variables['params']['values'].shape  # 3 of 6 channels, all taps
@@ -117,7 +117,7 @@ class GroupedSparseConvNNX(nnx.Module):
       fan-in ``k * prod(kernel_size)`` rather than cutting it from a dense
       kernel (as :class:`GroupedSparseConv`).
 
-  Example:
+  Examples:
     >>> layer = GroupedSparseConvNNX(6, 4, (3, 3), group=2, sparsity=0.5,
     ...                              strides=2, rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((5, 8, 8, 6))).shape, layer.rows.value.shape

@@ -10,7 +10,7 @@ product gathers) and ``kept`` ``[groups, fan_in]`` (their membership), and
 change only by drop-and-grow
 (:func:`sparcl_jax.sparse.grouped_tdm.grouped_tdm`).
 
-Example:
+Examples:
   >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
   >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
   >>> variables['params']['values'].shape, variables['sparsity']['rows'].shape
@@ -52,7 +52,7 @@ class GroupedSparseDense(nn.Module):
       ``[fan_in, features]`` kernel, as masking a dense layer does (see
       :func:`sparcl_jax.sparse.grouped.initial_values`).
 
-  Example:
+  Examples:
     >>> layer = sc.GroupedSparseDense(features=4, group=2, sparsity=0.5)
     >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
     >>> variables['params']['values'].shape  # 2 blocks keep 3 of 6 rows
@@ -92,7 +92,7 @@ class KeptRows(nnx.Variable):
   """The kept input rows of a :class:`GroupedSparseLinear` (not a Param:
   optimizers filtering on ``nnx.Param`` leave it alone).
 
-  Example:
+  Examples:
     >>> from flax import nnx
     >>> layer = sc.GroupedSparseLinear(6, 4, group=2, sparsity=0.5,
     ...                                rngs=nnx.Rngs(0))
@@ -120,7 +120,7 @@ def kept_rows_variables(module: nn.Module, fan_in: int, features: int,
   Returns:
     ``(rows variable, number of blocks, kept rows per block)``.
 
-  Example:
+  Examples:
     >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
     >>> v = layer.init(jax.random.key(0), jnp.ones((1, 6)))
     >>> sorted(v["sparsity"])
@@ -152,7 +152,7 @@ def nnx_kept_rows(rngs: nnx.Rngs, in_features: int, out_features: int,
     ``(rows, kept)`` as :class:`KeptRows`: ``[groups, k]`` and
     ``[groups, in_features]``.
 
-  Example:
+  Examples:
     >>> rows, kept = nnx_kept_rows(nnx.Rngs(0), 6, 4, 2, 0.5)
     >>> rows.value.shape, kept.value.sum(-1).tolist()
     ((2, 3), [3, 3])
@@ -177,7 +177,7 @@ class GroupedSparseLinear(nnx.Module):
       fan-in ``k`` rather than cutting them from a dense kernel (as
       :class:`GroupedSparseDense`).
 
-  Example:
+  Examples:
     >>> layer = GroupedSparseLinear(6, 4, group=2, sparsity=0.5,
     ...                             rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((5, 6))).shape, layer.rows.value.shape

@@ -36,7 +36,7 @@ def validate_head(kind: str, num_outputs: int,
   Returns:
     None. Raises ``ConfigError`` with a one-line message otherwise.
 
-  Example:
+  Examples:
     >>> validate_head('multi', 4, (2, 2))
   """
   if kind not in HEAD_KINDS:
@@ -64,7 +64,7 @@ class OutputHead(nn.Module):
     num_outputs: total number of logits.
     head_sizes: classes per task, needed for ``'multi'``.
 
-  Example:
+  Examples:
     >>> head = OutputHead('multi', 4, (2, 2))
     >>> v = head.init(jax.random.key(0), jnp.ones((1, 3)))
     >>> sorted(v['params'])
@@ -85,7 +85,7 @@ class OutputHead(nn.Module):
     Returns:
       Logits [B, num_outputs].
 
-    Example:
+    Examples:
       >>> OutputHead('shared', 3).apply(v, jnp.ones((2, 5)))  # doctest: +SKIP
     """
     validate_head(self.kind, self.num_outputs, self.head_sizes)

@@ -36,7 +36,7 @@ class MLP(nn.Module):
       kept fan-in (see :class:`GroupedSparseDense`); False cuts them from a
       dense kernel.
 
-  Example:
+  Examples:
     >>> model = MLP((100, 100), 10)
     >>> v = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     >>> model.apply(v, jnp.zeros((2, 28, 28, 1))).shape
@@ -62,7 +62,7 @@ class MLP(nn.Module):
     Returns:
       Logits [B, num_outputs].
 
-    Example:
+    Examples:
       >>> x = jnp.ones((2, 4))
       >>> v = MLP((8,), 2).init(jax.random.key(0), x)
       >>> MLP((8,), 2).apply(v, x).shape
@@ -105,7 +105,7 @@ def sparse_layers(path: str, leaf: Any) -> bool:
   Returns:
     Whether SparCL keeps the leaf sparse; the head stays dense.
 
-  Example:
+  Examples:
     >>> import numpy as np
     >>> sparse_layers("hidden_1/kernel", np.zeros((4, 3)))
     True

@@ -8,7 +8,7 @@ has batch norm. ``--model=NAME`` is looked up here; no other code compares
 model names. Every module of this package is imported with this one, so a
 new model is one new file that calls :func:`register`.
 
-Example:
+Examples:
   >>> get("resnet18").batch_norm
   True
   >>> get("mlp").sparse_filter("hidden_0/kernel", jnp.zeros((4, 3)))
@@ -57,7 +57,7 @@ class ModelArgs:
     sparsity: weight sparsity of grouped sparse layers.
     kept_fan_in_init: how grouped sparse layers draw their kept weights.
 
-  Example:
+  Examples:
     >>> ModelArgs(10).head
     'shared'
   """
@@ -96,7 +96,7 @@ class ModelSpec:
       ``--mask_group`` is left at 0.
     order: position in listings (then the name).
 
-  Example:
+  Examples:
     >>> spec = ModelSpec("toy", build=lambda args: None,
     ...                  sparse_filter=lambda path, leaf: False)
     >>> spec.batch_norm, spec.clnp_layer_specs
@@ -130,7 +130,7 @@ def register(spec: ModelSpec) -> ModelSpec:
   Raises:
     ValueError: the name is empty or taken.
 
-  Example:
+  Examples:
     >>> _ = register(ModelSpec("toy_example", lambda args: None,
     ...                        lambda path, leaf: False))
     >>> get("toy_example").grouped
@@ -155,7 +155,7 @@ def get(name: str) -> ModelSpec:
   Raises:
     ConfigError: no model has that name (the message lists them).
 
-  Example:
+  Examples:
     >>> get("zenke_cnn").clnp_layer_specs is not None
     True
   """
@@ -171,7 +171,7 @@ def names() -> tuple[str, ...]:
   Returns:
     The names.
 
-  Example:
+  Examples:
     >>> names()[:3]
     ('mlp', 'resnet18', 'zenke_cnn')
   """
@@ -213,7 +213,7 @@ def make_model(name: str, num_outputs: int, *,
   Raises:
     ConfigError: an unknown name or setting (one line).
 
-  Example:
+  Examples:
     >>> model = make_model('resnet18', 10, nf=20)
   """
   spec = get(name)
@@ -251,7 +251,7 @@ def group_size(name: str, mask_group: int, nf: int,
     ConfigError: the group does not divide a layer's width (one line, naming
       the layer and the valid sizes).
 
-  Example:
+  Examples:
     >>> group_size("resnet18", 0, 20, ()), group_size("resnet18", 0, 64, ())
     (20, 16)
     >>> group_size("resnet18", 8, 20, ())
@@ -287,7 +287,7 @@ def largest_divisor_up_to(widths: dict[str, int], most: int) -> int:
   Returns:
     The group.
 
-  Example:
+  Examples:
     >>> largest_divisor_up_to({'a': 64, 'b': 128}, 20)
     16
   """
@@ -309,7 +309,7 @@ def init_model(model: nn.Module, rng: jax.Array,
     ``{'params': ...}`` plus ``'batch_stats'`` when the model has batch norm;
     sown intermediates are dropped.
 
-  Example:
+  Examples:
     >>> variables = init_model(make_model('mlp', 10), jax.random.key(0),
     ...                        (1, 28, 28, 1))
   """
@@ -337,7 +337,7 @@ def collect_activations(
   Returns:
     A dict from layer path to the last activation sown there.
 
-  Example:
+  Examples:
     >>> model, x = make_model('mlp', 2, hidden_sizes=(8,)), jnp.ones((2, 4))
     >>> v = model.init(jax.random.key(0), x)
     >>> _, state = model.apply(v, x, mutable=['intermediates'])

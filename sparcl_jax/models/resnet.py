@@ -80,7 +80,7 @@ class BasicBlock(nn.Module):
     sparsity: weight sparsity of the grouped convs.
     kept_fan_in_init: how the grouped convs draw their kept kernel.
 
-  Example:
+  Examples:
     >>> block = BasicBlock(8, 2)
     >>> v = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
     >>> sorted(v['params'])
@@ -105,7 +105,7 @@ class BasicBlock(nn.Module):
     Returns:
       Float array [B, H / stride, W / stride, features].
 
-    Example:
+    Examples:
       >>> y = BasicBlock(8, 2).apply(v, x)  # doctest: +SKIP
     """
     conv = self.conv_general_dilated
@@ -148,7 +148,7 @@ class ResNet18(nn.Module):
     sparsity: weight sparsity of the grouped block convs.
     kept_fan_in_init: how the grouped convs draw their kept kernel.
 
-  Example:
+  Examples:
     >>> model = ResNet18(nf=4, num_outputs=10)
     >>> x = jnp.zeros((2, 32, 32, 3))
     >>> v = jax.jit(model.init)(jax.random.key(0), x)
@@ -179,7 +179,7 @@ class ResNet18(nn.Module):
     Returns:
       Logits [B, num_outputs].
 
-    Example:
+    Examples:
       >>> logits = ResNet18(nf=4).apply(v, x)  # doctest: +SKIP
     """
     h = _conv3x3(self.nf, 1, "conv1", self.conv_general_dilated)(x)
@@ -218,7 +218,7 @@ def grouped_widths(nf: int, hidden_widths: tuple[int, ...]
   Returns:
     ``{'layer1': nf, ..., 'layer4': 8 nf}``.
 
-  Example:
+  Examples:
     >>> grouped_widths(20, ())
     {'layer1': 20, 'layer2': 40, 'layer3': 80, 'layer4': 160}
   """
@@ -240,7 +240,7 @@ def sparse_layers(path: str, leaf: Any) -> bool:
   Returns:
     Whether SparCL keeps the leaf sparse.
 
-  Example:
+  Examples:
     >>> sparse_layers("layer1_0/conv1/kernel", jnp.zeros((3, 3, 4, 4)))
     True
     >>> sparse_layers("layer2_0/shortcut_conv/kernel", jnp.zeros((1, 1, 4, 8)))

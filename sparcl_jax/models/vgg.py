@@ -7,7 +7,7 @@ filters and dense units are CLNP's units (``conv_0 .. conv_3``,
 sparse; the first conv (few weights, every pixel's features) and the head
 stay dense, as in SparCL's ResNet.
 
-Example:
+Examples:
   >>> from sparcl_jax.models import registry
   >>> model = registry.make_model("small_vgg", 10)
   >>> x = jnp.zeros((2, 28, 28, 1))
@@ -48,7 +48,7 @@ class SmallVGG(nn.Module):
     dense_width: units of ``dense_0``.
     conv_general_dilated: the convolution primitive (see ``ZenkeCNN``).
 
-  Example:
+  Examples:
     >>> model = SmallVGG(num_outputs=4, dense_width=16)
     >>> v = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     >>> v["params"]["dense_0"]["kernel"].shape  # 8x8 pooled twice: 2x2x64
@@ -73,7 +73,7 @@ class SmallVGG(nn.Module):
     Returns:
       Logits [B, num_outputs].
 
-    Example:
+    Examples:
       >>> x = jnp.zeros((2, 8, 8, 1))
       >>> v = SmallVGG(3).init(jax.random.key(0), x)
       >>> SmallVGG(3).apply(v, x, train=True).shape
@@ -116,7 +116,7 @@ def sparse_layers(path: str, leaf: Any) -> bool:
   Returns:
     Whether SparCL keeps the leaf sparse.
 
-  Example:
+  Examples:
     >>> sparse_layers("conv_2/kernel", jnp.zeros((3, 3, 32, 64)))
     True
     >>> sparse_layers("conv_0/kernel", jnp.zeros((3, 3, 1, 32)))

@@ -4,7 +4,7 @@ The buffer is a NamedTuple of fixed-shape arrays, so it can be carried through
 ``jax.jit``, ``lax.scan`` and ``vmap``. Reservoir sampling keeps every item
 offered so far with the same probability ``size / num_seen``.
 
-Example:
+Examples:
   >>> buf = buffer_init(200, (32, 32, 3), 10)
   >>> buf = reservoir_add(buf, key, x, y, logits, task_ids)  # doctest: +SKIP
   >>> bx, by, bz, bt = buffer_sample(buf, key2, 32)  # doctest: +SKIP
@@ -33,7 +33,7 @@ class Buffer(NamedTuple):
     task_ids: int32 [S].
     num_seen: int32 scalar, every valid item ever offered.
 
-  Example:
+  Examples:
     >>> buffer_init(4, (2,), 3).labels.shape
     (4,)
   """
@@ -58,7 +58,7 @@ def buffer_init(size: int, input_shape: Sequence[int], num_outputs: int,
   Returns:
     A ``Buffer`` of zeros with ``num_seen == 0``.
 
-  Example:
+  Examples:
     >>> buffer_init(500, (32, 32, 3), 10).inputs.shape
     (500, 32, 32, 3)
   """
@@ -84,7 +84,7 @@ def buffer_len(buffer: Buffer) -> jax.Array:
   Returns:
     int32 scalar.
 
-  Example:
+  Examples:
     >>> int(buffer_len(buffer_init(4, (2,), 3)))
     0
   """
@@ -109,7 +109,7 @@ def buffer_ready(buffer: Buffer, n: int = 1) -> jax.Array:
     bool scalar: True once at least ``n`` valid items were offered, so that
     (for ``n <= S``) a draw of ``n`` gives ``n`` distinct stored items.
 
-  Example:
+  Examples:
     >>> buf = buffer_init(4, (2,), 3)
     >>> bool(buffer_ready(buf))
     False
@@ -177,7 +177,7 @@ def reservoir_add(buffer: Buffer, rng: jax.Array, inputs: jax.Array,
   Returns:
     The updated ``Buffer``; ``num_seen`` grows by the number of valid items.
 
-  Example:
+  Examples:
     >>> buf = reservoir_add(buf, key, x, y, z, 0)  # doctest: +SKIP
   """
   size = buffer.labels.shape[0]
@@ -219,7 +219,7 @@ def buffer_sample_indices(buffer: Buffer, rng: jax.Array, n: int) -> jax.Array:
   Returns:
     int32 [n] slot indices.
 
-  Example:
+  Examples:
     >>> idx = buffer_sample_indices(buf, key, 32)  # doctest: +SKIP
   """
   size = buffer.labels.shape[0]
@@ -255,7 +255,7 @@ def buffer_sample(buffer: Buffer, rng: jax.Array, n: int
   Returns:
     ``(inputs [n, ...], labels [n], logits [n, C], task_ids [n])``.
 
-  Example:
+  Examples:
     >>> buf = buffer_init(4, (2,), 3)
     >>> key = jax.random.key(0)
     >>> bx, by, bz, bt = buffer_sample(buf, key, 2)  # empty: zeros

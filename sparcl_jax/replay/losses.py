@@ -53,7 +53,7 @@ def er_term(forward: Forward, params: PyTree, batch_stats: PyTree,
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
     >>> term, _ = er_term(forward, jnp.zeros((2, 4)), {}, jnp.ones((1, 2)),
     ...                   jnp.array([0]), jax.random.key(0))
@@ -84,7 +84,7 @@ def der_term(forward: Forward, params: PyTree, batch_stats: PyTree,
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
     >>> term, _ = der_term(forward, jnp.ones((2, 2)), {}, jnp.ones((1, 2)),
     ...                    jnp.zeros((1, 2)), jax.random.key(0), alpha=0.5)
@@ -113,7 +113,7 @@ def derpp_term(forward: Forward, params: PyTree, batch_stats: PyTree,
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
     >>> x, keys = jnp.ones((1, 2)), jax.random.split(jax.random.key(0))
     >>> term, _ = derpp_term(forward, jnp.zeros((2, 2)), {},
@@ -148,7 +148,7 @@ def draw_batch(buffer: replay_buffer.Buffer, keys, batch_size: int,
   Returns:
     ``(x, y, stored_logits)``.
 
-  Example:
+  Examples:
     >>> buf = sc.reservoir_add(sc.buffer_init(4, (2,), 3), jax.random.key(0),
     ...                        jnp.ones((2, 2)), jnp.array([1, 2]),
     ...                        jnp.zeros((2, 3)), 0)
@@ -181,7 +181,7 @@ def replay_if_ready(ready: jax.Array, term_fn: Callable, batch_stats: PyTree):
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> term_fn = lambda bs: (jnp.float32(2.0), bs)
     >>> replay_if_ready(jnp.array(False), term_fn, {})
     (Array(0., dtype=float32), {})
@@ -222,7 +222,7 @@ def er_loss(forward: Forward, params: PyTree, batch_stats: PyTree,
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
     >>> buf = sc.buffer_init(8, (2,), 4)
     >>> params, key = jnp.zeros((2, 4)), jax.random.key(0)
@@ -269,7 +269,7 @@ def der_loss(forward: Forward, params: PyTree, batch_stats: PyTree,
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> forward = lambda p, bs, x, rng, train: (x @ p, bs)
     >>> key = jax.random.key(0)
     >>> buf = sc.reservoir_add(sc.buffer_init(8, (2,), 2), key,
@@ -320,7 +320,7 @@ def derpp_loss(forward: Forward, params: PyTree, batch_stats: PyTree,
   Returns:
     ``(term, batch_stats)``.
 
-  Example:
+  Examples:
     >>> model = lambda params, x: x @ params
     >>> forward = lambda p, bs, x, rng, train: (model(p, x), bs)
     >>> params, key = jnp.zeros((2, 2)), jax.random.key(0)

@@ -38,7 +38,7 @@ class DGMState(NamedTuple):
     count: int32 number of updates so far (used when no ``step_in_epoch``).
     masks: gradient masks (bool at selected leaves, ``None`` elsewhere).
 
-  Example:
+  Examples:
     >>> state = sc.dgm(0.75).init({'hidden_0': {'kernel': jnp.ones((4, 4))}})
     >>> int(state.count), state.masks['hidden_0']['kernel'].shape
     (0, (4, 4))
@@ -68,7 +68,7 @@ class DGMSpec:
   Raises:
     ConfigError: on a value out of range.
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
     >>> g = {'hidden_0': {'kernel': jnp.arange(100.).reshape(10, 10)}}
     >>> tx = sc.tdm(optax.sgd(0.1), sparsity=0.5,
@@ -102,7 +102,7 @@ class DGMSpec:
     Returns:
       ``dgm(gradient_sparsity, refresh_interval, sparse_filter)``.
 
-    Example:
+    Examples:
       >>> g = {'hidden_0': {'kernel': jnp.arange(10.).reshape(2, 5)}}
       >>> tx = DGMSpec(0.8).transform()
       >>> u, _ = tx.update(g, tx.init(g), g)
@@ -165,7 +165,7 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
     ConfigError: on invalid hyper-parameters; from ``init``, when the
       filter selects no leaf.
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.zeros((2, 5))}}
     >>> tx = optax.chain(dgm(0.8), optax.sgd(1.0))
     >>> g = {'hidden_0': {'kernel': jnp.arange(10.).reshape(2, 5)}}
@@ -283,7 +283,7 @@ def dgm_masks(state: Any) -> PyTree:
   Raises:
     ValueError: if the state holds no or several DGM states.
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.zeros((2, 5))}}
     >>> dgm_masks(dgm(0.8).init(params))['hidden_0']['kernel'].all()
     Array(True, dtype=bool)

@@ -95,7 +95,7 @@ def drop_and_grow_by_scores(rng: jax.Array, masks: PyTree,
     ``(survivors, new_masks)``: the positions the drop kept and the mask
     after growth (``new_masks & ~survivors`` are the grown positions).
 
-  Example:
+  Examples:
     >>> m = {'w': jnp.array([True, True, False, False])}
     >>> kept, new = drop_and_grow_by_scores(
     ...     jax.random.key(0), m, {'w': 1}, {'w': 2},
@@ -158,7 +158,7 @@ def drop_and_grow_counts(rng: jax.Array, params: PyTree, scores: PyTree,
   Raises:
     ConfigError: on an unknown growth mode, or gradient growth without scores.
 
-  Example:
+  Examples:
     >>> p = {'w': jnp.array([3., 1., 2., 0.])}
     >>> m = {'w': jnp.array([True, True, True, False])}
     >>> _, m2 = drop_and_grow_counts(jax.random.key(0), p, p, m, {'w': 2},
@@ -198,7 +198,7 @@ def drop_and_grow_masks(rng: jax.Array, scores: PyTree, masks: PyTree,
   Raises:
     ConfigError: on an unknown growth mode, or gradient growth without scores.
 
-  Example:
+  Examples:
     >>> s = {'w': jnp.array([3., 1., 2., 0.])}
     >>> m = {'w': jnp.array([True, True, True, False])}
     >>> kept, new = drop_and_grow_masks(jax.random.key(0), s, m, {'w': 2},
@@ -252,7 +252,7 @@ def drop_and_grow(rng: jax.Array, params: PyTree, scores: PyTree,
   Raises:
     ConfigError: on an unknown growth mode, or static ``grow > prune``.
 
-  Example:
+  Examples:
     >>> p = {'w': jnp.arange(1., 9.)}
     >>> m = {'w': p['w'] > 4}
     >>> _, m2 = drop_and_grow(jax.random.key(0), p, p, m, 0.75, 0.5)

@@ -12,7 +12,7 @@ Static shapes are what let XLA run this fast: the same ``k`` in every block.
 ``experiments/grouped_sparsity_probe.py`` measures it against the dense and
 the masked (unstructured) layer.
 
-Example:
+Examples:
   >>> rows = jnp.array([[0, 2], [1, 2]])            # 2 blocks, k = 2
   >>> values = jnp.arange(8.).reshape(2, 2, 2)      # block size 2
   >>> to_dense(values, rows, 3)
@@ -43,7 +43,7 @@ def kept_rows_per_group(fan_in: int, sparsity: float) -> int:
   Returns:
     ``k``.
 
-  Example:
+  Examples:
     >>> kept_rows_per_group(2000, 0.9)
     200
   """
@@ -63,7 +63,7 @@ def check_group(fan_out: int, group: int) -> int:
   Returns:
     ``fan_out // group``.
 
-  Example:
+  Examples:
     >>> check_group(2000, 250)
     8
   """
@@ -85,7 +85,7 @@ def grouped_matmul(x: jax.Array, values: jax.Array,
   Returns:
     ``[..., groups * group]``.
 
-  Example:
+  Examples:
     >>> grouped_matmul(jnp.array([[1., 2.]]), jnp.ones((1, 1, 3)),
     ...                jnp.array([[1]]))
     Array([[2., 2., 2.]], dtype=float32)
@@ -106,7 +106,7 @@ def to_dense(values: jax.Array, rows: jax.Array, fan_in: int) -> jax.Array:
   Returns:
     The dense kernel.
 
-  Example:
+  Examples:
     >>> to_dense(jnp.ones((1, 1, 2)), jnp.array([[1]]), 2)
     Array([[0., 0.],
            [1., 1.]], dtype=float32)
@@ -127,7 +127,7 @@ def from_dense(kernel: jax.Array, rows: jax.Array) -> jax.Array:
   Returns:
     ``values``.
 
-  Example:
+  Examples:
     >>> from_dense(jnp.arange(6.).reshape(3, 2), jnp.array([[0, 2]]))
     Array([[[0., 1.],
             [4., 5.]]], dtype=float32)
@@ -164,7 +164,7 @@ def initial_values(key: jax.Array, kernel_init, fan_in: int,
   Returns:
     ``values``.
 
-  Example:
+  Examples:
     >>> rows = random_rows(jax.random.key(0), 800, 4, 40)
     >>> init = jax.nn.initializers.lecun_normal()
     >>> kept = initial_values(jax.random.key(1), init, 800, rows, 50)
@@ -189,7 +189,7 @@ def kept_membership(rows: jax.Array, fan_in: int) -> jax.Array:
   Returns:
     True where a block keeps the row.
 
-  Example:
+  Examples:
     >>> kept_membership(jnp.array([[0, 2]]), 3)
     Array([[ True, False,  True]], dtype=bool)
   """
@@ -209,7 +209,7 @@ def row_mask(rows: jax.Array, fan_in: int, group: int) -> jax.Array:
   Returns:
     The mask.
 
-  Example:
+  Examples:
     >>> row_mask(jnp.array([[1]]), 2, 2)
     Array([[False, False],
            [ True,  True]], dtype=bool)
@@ -229,7 +229,7 @@ def top_rows(scores: jax.Array, k: int) -> jax.Array:
   Returns:
     ``[groups, k]`` int32.
 
-  Example:
+  Examples:
     >>> top_rows(jnp.array([[0.1, 0.5, 0.5, 0.2]]), 2)
     Array([[1, 2]], dtype=int32)
   """
@@ -249,7 +249,7 @@ def magnitude_rows(kernel: jax.Array, group: int, k: int) -> jax.Array:
   Returns:
     ``[groups, k]`` int32.
 
-  Example:
+  Examples:
     >>> kernel = jnp.array([[1., 1.], [3., 0.], [0., 2.]])
     >>> magnitude_rows(kernel, 1, 1)   # one block per output unit
     Array([[1],
@@ -273,7 +273,7 @@ def random_rows(key: jax.Array, fan_in: int, groups: int,
   Returns:
     ``[groups, k]`` int32, increasing within each block.
 
-  Example:
+  Examples:
     >>> random_rows(jax.random.key(0), 10, 3, 4).shape
     (3, 4)
   """
@@ -303,7 +303,7 @@ def drop_and_grow_rows(values: jax.Array, rows: jax.Array,
   Returns:
     ``(values, rows)`` after the swap.
 
-  Example:
+  Examples:
     >>> values, rows = drop_and_grow_rows(
     ...     jnp.ones((1, 2, 1)), jnp.array([[0, 1]]),
     ...     drop_scores=jnp.array([[0.9, 0.1]]),
@@ -348,7 +348,7 @@ def kept_block_scores(values: jax.Array,
   Returns:
     ``[groups, k]``.
 
-  Example:
+  Examples:
     >>> kept_block_scores(jnp.array([[[1., -2.], [0., 0.5]]]))
     Array([[3. , 0.5]], dtype=float32)
     >>> kept_block_scores(jnp.ones((2, 3, 3, 4, 5)))[0, 0]  # 9 taps x 5
@@ -377,7 +377,7 @@ def row_slots(per_row: jax.Array, ndim: int) -> jax.Array:
   Returns:
     ``per_row`` reshaped to ``[groups, 1, ..., 1, k, 1]``.
 
-  Example:
+  Examples:
     >>> row_slots(jnp.ones((4, 2), bool), 5).shape
     (4, 1, 1, 2, 1)
   """

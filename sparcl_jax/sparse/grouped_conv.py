@@ -21,7 +21,7 @@ a quarter of the weights ran 2.1-2.7x faster than the dense one; one
 = groups`` convolution over the gathered channels, the form cuDNN and TPUs
 run well. Both paths give the same results to rounding.
 
-Example:
+Examples:
   >>> rows = jnp.array([[0], [1]])                  # 2 blocks, k = 1
   >>> values = jnp.ones((2, 1, 1, 1, 1))            # 1x1 window, group 1
   >>> x = jnp.arange(4.).reshape(1, 1, 2, 2)        # NHWC, C_in = 2
@@ -80,7 +80,7 @@ def grouped_conv_per_block(x: jax.Array, values: jax.Array, rows: jax.Array,
   Returns:
     ``[batch, *spatial_out, groups * group]``.
 
-  Example:
+  Examples:
     >>> grouped_conv_per_block(jnp.ones((1, 4, 4, 3)),
     ...                        jnp.ones((2, 3, 3, 1, 2)),
     ...                        jnp.array([[0], [2]]), strides=2)[0, :, :, 0]
@@ -121,7 +121,7 @@ def grouped_conv_feature_groups(x: jax.Array, values: jax.Array,
   Returns:
     ``[batch, *spatial_out, groups * group]``.
 
-  Example:
+  Examples:
     >>> grouped_conv_feature_groups(jnp.ones((1, 4, 4, 3)),
     ...                             jnp.ones((2, 3, 3, 1, 2)),
     ...                             jnp.array([[0], [2]]),
@@ -162,7 +162,7 @@ def grouped_conv(x: jax.Array, values: jax.Array, rows: jax.Array,
   Returns:
     ``[batch, *spatial_out, groups * group]``.
 
-  Example:
+  Examples:
     >>> x = jax.random.normal(jax.random.key(0), (2, 8, 8, 6))
     >>> rows = grouped.random_rows(jax.random.key(1), 6, 4, 2)
     >>> values = jax.random.normal(jax.random.key(2), (4, 3, 3, 2, 5))
@@ -192,7 +192,7 @@ def to_dense(values: jax.Array, rows: jax.Array, fan_in: int) -> jax.Array:
   Returns:
     The dense kernel.
 
-  Example:
+  Examples:
     >>> to_dense(jnp.ones((1, 2, 1, 2)), jnp.array([[1]]), 2)[1]
     Array([[0., 0.],
            [1., 1.]], dtype=float32)
@@ -219,7 +219,7 @@ def from_dense(kernel: jax.Array, rows: jax.Array) -> jax.Array:
   Returns:
     ``values``.
 
-  Example:
+  Examples:
     >>> kernel = jnp.arange(12.).reshape(2, 3, 2)   # window 2, fan_in 3
     >>> from_dense(kernel, jnp.array([[0, 2]]))[0, :, :, 0]
     Array([[ 0.,  4.],
@@ -245,7 +245,7 @@ def kept_mask(rows: jax.Array, window: Sequence[int], fan_in: int,
   Returns:
     The mask.
 
-  Example:
+  Examples:
     >>> kept_mask(jnp.array([[1]]), (3, 3), 2, 2).sum((0, 1))
     Array([[0, 0],
            [9, 9]], dtype=int32)
@@ -281,7 +281,7 @@ def initial_values(key: jax.Array, kernel_init, window: Sequence[int],
   Returns:
     ``values``.
 
-  Example:
+  Examples:
     >>> rows = grouped.random_rows(jax.random.key(0), 160, 8, 16)
     >>> init = jax.nn.initializers.lecun_normal()
     >>> kept = initial_values(jax.random.key(1), init, (3, 3), 160, rows, 20)
@@ -312,7 +312,7 @@ def magnitude_rows(kernel: jax.Array, group: int, k: int) -> jax.Array:
   Returns:
     ``[groups, k]`` int32.
 
-  Example:
+  Examples:
     >>> kernel = jnp.zeros((3, 3, 4, 2)).at[1, 1, 2, 0].set(5.)
     >>> magnitude_rows(kernel.at[0, 0, 3, 1].set(1.), 1, 1)
     Array([[2],
@@ -335,7 +335,7 @@ def kept_block_scores(values: jax.Array, grads: jax.Array | None = None,
   Returns:
     ``[groups, k]``.
 
-  Example:
+  Examples:
     >>> kept_block_scores(jnp.ones((2, 3, 3, 4, 5))).shape
     (2, 4)
     >>> float(kept_block_scores(jnp.ones((2, 3, 3, 4, 5)))[0, 0])

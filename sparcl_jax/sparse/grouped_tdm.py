@@ -66,7 +66,7 @@ class GroupedTDMState(NamedTuple):
     inner_state: state of the inner optimizer.
     masking_state: state of the gradient-masking transform (or EmptyState).
 
-  Example:
+  Examples:
     >>> layer = sc.GroupedSparseDense(features=4, group=2, sparsity=0.5)
     >>> v = layer.init(jax.random.key(0), jnp.ones((1, 6)))
     >>> state = sc.grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity']).init(
@@ -111,7 +111,7 @@ def grouped_layers(collection: PyTree) -> dict[str, int]:
   Raises:
     ConfigError: a layer holds one of the two but not the other.
 
-  Example:
+  Examples:
     >>> rows = {'hidden_0': {'rows': jnp.zeros((2, 3), jnp.int32),
     ...                      'kept': jnp.zeros((2, 6), bool)}}
     >>> grouped_layers(rows)
@@ -147,7 +147,7 @@ def swap_counts(fan_in: int, k: int,
   Returns:
     ``(at_task_start, at_swap)``, each at most ``min(k, fan_in - k)``.
 
-  Example:
+  Examples:
     >>> swap_counts(2000, 500, MaskSchedule())
     (20, 20)
   """
@@ -196,7 +196,7 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     ConfigError: on invalid hyper-parameters, or a collection without
       grouped layers.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.grouped_dense import GroupedSparseDense
     >>> layer = GroupedSparseDense(features=4, group=2, sparsity=0.5)
     >>> v = layer.init(jax.random.key(0), jnp.ones((1, 100)))
@@ -352,7 +352,7 @@ def dense_view(params: PyTree, collection: PyTree) -> tuple[PyTree, PyTree]:
   Returns:
     ``(dense_params, masks)``, nested dicts.
 
-  Example:
+  Examples:
     >>> params = {'h': {'values': jnp.ones((1, 1, 2)), 'bias': jnp.zeros(2)}}
     >>> rows = {'h': {'rows': jnp.array([[1]]),
     ...               'kept': jnp.array([[False, True]])}}
@@ -406,7 +406,7 @@ def tdm_rows(state: optax.OptState) -> PyTree:
   Raises:
     ValueError: the state holds no or several ``grouped_tdm`` states.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.grouped_dense import GroupedSparseDense
     >>> v = GroupedSparseDense(4, group=2, sparsity=0.5).init(
     ...     jax.random.key(0), jnp.ones((1, 6)))
@@ -432,7 +432,7 @@ def sparsity_variables(state: optax.OptState) -> dict[str, PyTree]:
   Returns:
     A dict of Linen collections.
 
-  Example:
+  Examples:
     >>> sparsity_variables(optax.sgd(0.1).init({'w': jnp.ones(2)}))
     {}
   """

@@ -69,7 +69,7 @@ def check_masking(tx: optax.GradientTransformation, params: PyTree, *,
     ConfigError: some masked weight is nonzero after a step, or ``tdm``
       never updated.
 
-  Example:
+  Examples:
     Weight decay chained after ``tdm`` (inside ``inner`` it would pass):
 
     >>> p = {'hidden_0': {'kernel': jnp.ones((8, 8))}}

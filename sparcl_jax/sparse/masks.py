@@ -42,7 +42,7 @@ def magnitude_mask(params: PyTree, sparsities: PyTree) -> PyTree:
     A masks pytree (bool arrays at sparse leaves, ``None`` elsewhere). Ties go
     to the lower flat index, so the result is deterministic.
 
-  Example:
+  Examples:
     >>> p = {'hidden_0': {'kernel': jnp.array([[1., -3.], [2., 0.5]])}}
     >>> magnitude_mask(p, {'hidden_0': {'kernel': 0.5}})['hidden_0']['kernel']
     Array([[False,  True],
@@ -65,7 +65,7 @@ def snip_mask(params: PyTree, grads: PyTree, sparsities: PyTree) -> PyTree:
   Returns:
     A masks pytree with exact kept counts per sparse leaf.
 
-  Example:
+  Examples:
     >>> p = {'hidden_0': {'kernel': jnp.array([1., 2., 3., 4.])}}
     >>> g = {'hidden_0': {'kernel': jnp.array([4., 0., 1., 0.])}}
     >>> snip_mask(p, g, {'hidden_0': {'kernel': 0.5}})['hidden_0']['kernel']
@@ -98,7 +98,7 @@ def bit_select(mask: jax.Array, on_true: jax.Array,
   Returns:
     The selected values.
 
-  Example:
+  Examples:
     >>> bit_select(jnp.array([True, False]), jnp.array([1.5, 2.0]))
     Array([1.5, 0. ], dtype=float32)
   """
@@ -146,7 +146,7 @@ def apply_mask(params: PyTree, masks: PyTree) -> PyTree:
     ConfigError: a mask names a leaf the params do not have (e.g. masks of
       another model, or params with an extra ``params/`` level).
 
-  Example:
+  Examples:
     >>> apply_mask({'w': jnp.array([1., 2.])}, {'w': jnp.array([True, False])})
     {'w': Array([1., 0.], dtype=float32)}
   """
@@ -191,7 +191,7 @@ def scale_to_kept_fan_in(params: PyTree, masks: PyTree) -> PyTree:
   Returns:
     The rescaled params (zeros stay zeros).
 
-  Example:
+  Examples:
     >>> m = jnp.array([[True, True], [False, True], [False, True],
     ...                [False, True]])
     >>> w = apply_mask({'w': jnp.ones((4, 2))}, {'w': m})
@@ -225,7 +225,7 @@ def masks_from_filter(params: PyTree, sparse_filter: SparseFilter) -> PyTree:
   Returns:
     A masks pytree with every selected weight kept.
 
-  Example:
+  Examples:
     >>> masks_from_filter({'hidden_0': {'kernel': jnp.ones((2, 2))}},
     ...                   sc.default_sparse_filter)['hidden_0']['kernel'].all()
     Array(True, dtype=bool)
@@ -252,7 +252,7 @@ def summarize_sparsity(tree: PyTree,
     ``{'layers': {path: {'size', 'nnz', 'sparsity'}}, 'size': int,
     'nnz': int, 'sparsity': float}`` with Python numbers.
 
-  Example:
+  Examples:
     >>> summarize_sparsity({'w': jnp.array([0., 1., 0., 2.])})['sparsity']
     0.5
   """

@@ -40,7 +40,7 @@ class MaskSchedule:
     static: never update: the initial mask stays for the whole run (e.g. a
       SNIP mask set into the state).
 
-  Example:
+  Examples:
     >>> MaskSchedule().targets(5, 0.75)
     (True, 0.76, 0.75)
   """
@@ -77,7 +77,7 @@ class MaskSchedule:
     Returns:
       An int32 scalar.
 
-    Example:
+    Examples:
       >>> int(MaskSchedule().phase(45))
       3
     """
@@ -100,7 +100,7 @@ class MaskSchedule:
     Returns:
       Four ``(prune_to, grow_to)`` pairs; phase 0 repeats ``(s, s)``.
 
-    Example:
+    Examples:
       >>> MaskSchedule().phase_sparsities(0.5)[1]
       (0.5, 0.49)
     """
@@ -123,7 +123,7 @@ class MaskSchedule:
       ``(update, prune_to, grow_to)``; when ``update`` is False the
       sparsities are ``(s, s)``.
 
-    Example:
+    Examples:
       >>> MaskSchedule().targets(0, 0.75)
       (True, 0.75, 0.74)
       >>> MaskSchedule().targets(7, 0.75)
@@ -162,7 +162,7 @@ def schedule_position(count: jax.Array, extra: dict,
   Raises:
     ConfigError: an arg is missing and there is no fallback.
 
-  Example:
+  Examples:
     >>> schedule_position(jnp.int32(7), {}, 3, MaskSchedule(), 'tdm')
     (Array(2, dtype=int32), Array(1, dtype=int32))
   """
@@ -195,7 +195,7 @@ def most_kept(size: int, s: float, schedule: MaskSchedule) -> int:
     The largest kept count over the schedule's phases (a task start's
     growth included).
 
-  Example:
+  Examples:
     >>> most_kept(1000, 0.9, MaskSchedule())  # 0.89 at a task start
     110
   """

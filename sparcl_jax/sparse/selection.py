@@ -205,7 +205,7 @@ def rank_mask(sort_keys: list[jax.Array], count: Union[int, jax.Array]
     A bool array of the keys' shape with exactly ``count`` True entries
     (clipped to ``[0, size]``).
 
-  Example:
+  Examples:
     >>> rank_mask([-jnp.array([1., 5., 3.])], 2)
     Array([False,  True,  True], dtype=bool)
   """
@@ -230,7 +230,7 @@ def hash_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   Returns:
     A uint32 array of ``shape``; the same seed gives the same bits.
 
-  Example:
+  Examples:
     >>> hash_bits(jnp.uint32(7), (3,))
     Array([ 415870660,  588686121, 1937383562], dtype=uint32)
   """
@@ -261,7 +261,7 @@ def topk_mask(scores: jax.Array, count: Union[int, jax.Array],
   Returns:
     A bool array with exactly ``count`` True entries.
 
-  Example:
+  Examples:
     >>> topk_mask(jnp.array([[0.1, 0.9], [0.5, 0.2]]), 2)
     Array([[False,  True],
            [ True, False]], dtype=bool)

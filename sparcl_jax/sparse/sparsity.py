@@ -43,7 +43,7 @@ def default_sparse_filter(path: str, leaf: Any) -> bool:
   Returns:
     Whether the leaf is sparse.
 
-  Example:
+  Examples:
     >>> default_sparse_filter('layer1_0/conv1/kernel', jnp.zeros((3, 3, 4, 4)))
     True
     >>> default_sparse_filter('conv1/kernel', jnp.zeros((3, 3, 3, 4)))
@@ -74,7 +74,7 @@ def filter_from_regex(pattern: str, min_ndim: int = 2) -> SparseFilter:
   Raises:
     ConfigError: if the pattern does not compile.
 
-  Example:
+  Examples:
     >>> f = filter_from_regex(r'dense_\\d+/kernel$')
     >>> f('dense_1/kernel', jnp.zeros((3, 4)))
     True
@@ -109,7 +109,7 @@ def keep_count(size: int, sparsity: float) -> int:
     ``round((1 - sparsity) * size)`` (Python rounding), clipped to
     ``[0, size]``.
 
-  Example:
+  Examples:
     >>> keep_count(1000, 0.75)
     250
   """
@@ -128,7 +128,7 @@ def keep_count_traceable(size: int, sparsity: Sparsity
     ``keep_count(size, sparsity)`` for a Python number; for an array, an
     int32 scalar from the same formula in float32 arithmetic.
 
-  Example:
+  Examples:
     >>> keep_count_traceable(1000, 0.75)
     250
     >>> keep_count_traceable(1000, jnp.float32(0.75))
@@ -162,7 +162,7 @@ def require_selection(params: PyTree, sparse_filter: SparseFilter,
     ConfigError: the filter selects no leaf; the one-line message lists
       (some of) the paths seen and how to choose layers.
 
-  Example:
+  Examples:
     >>> p = {'fc': {'kernel': jnp.ones((3, 4)), 'bias': jnp.ones(4)}}
     >>> require_selection(p, filter_from_regex(r'kernel$'), 'tdm')
     ['fc/kernel']
@@ -210,7 +210,7 @@ def uniform_sparsities(params: PyTree, sparse_filter: SparseFilter,
   Raises:
     ConfigError: if ``sparsity`` is outside ``[0, 1)``.
 
-  Example:
+  Examples:
     >>> p = {'hidden_0': {'kernel': jnp.ones((4, 4))},
     ...      'head': {'kernel': jnp.ones((4, 2))}}
     >>> uniform_sparsities(p, default_sparse_filter, 0.5)
@@ -241,7 +241,7 @@ def erk_sparsities(params: PyTree, sparse_filter: SparseFilter,
   Raises:
     ConfigError: if ``sparsity`` is outside ``[0, 1)``.
 
-  Example:
+  Examples:
     >>> p = {'hidden_0': {'kernel': jnp.ones((64, 64))},
     ...      'hidden_1': {'kernel': jnp.ones((64, 4))}}
     >>> s = erk_sparsities(p, default_sparse_filter, 0.9)
@@ -284,7 +284,7 @@ def sparsities_by_path(sparsities: PyTree) -> dict[str, float]:
   Returns:
     A dict from ``'/'``-joined path to float, dense leaves omitted.
 
-  Example:
+  Examples:
     >>> sparsities_by_path({'a': {'kernel': 0.5}, 'b': None})
     {'a/kernel': 0.5}
   """

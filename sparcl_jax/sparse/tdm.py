@@ -60,7 +60,7 @@ class TDMState(NamedTuple):
     inner_state: state of the inner optimizer.
     masking_state: state of the gradient-masking transform (or EmptyState).
 
-  Example:
+  Examples:
     >>> state = sc.tdm(optax.sgd(0.1), sparsity=0.5).init(
     ...     {'hidden_0': {'kernel': jnp.ones((4, 4))}})
     >>> int(state.count), int(state.masks['hidden_0']['kernel'].sum())
@@ -269,7 +269,7 @@ def tdm(inner: optax.GradientTransformation, *,
     ConfigError: on invalid hyper-parameters; from ``init``, on an empty
       selection or a ``dgm`` that cannot act (above).
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.ones((10, 10))}}
     >>> tx = tdm(optax.sgd(0.1), sparsity=0.5)
     >>> state = tx.init(params)
@@ -424,7 +424,7 @@ def tdm_masks(state: Any) -> PyTree:
   Raises:
     ValueError: if the state holds no or several TDM states.
 
-  Example:
+  Examples:
     >>> params = {'hidden_0': {'kernel': jnp.ones((4, 4))}}
     >>> tx = optax.chain(tdm(optax.sgd(0.1), sparsity=0.5))
     >>> tdm_masks(tx.init(params))['hidden_0']['kernel'].sum()

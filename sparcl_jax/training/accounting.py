@@ -24,7 +24,7 @@ class FlopsCounter:
     dense_train_flops: the same examples counted as fully dense.
     examples: stream plus buffer examples processed.
 
-  Example:
+  Examples:
     >>> counter = FlopsCounter({"w": 10})
     >>> counter.add(4, {"w": 0.5, "b": 0.5}, {"w": 0.5})  # "b": no MACs
     120.0
@@ -77,7 +77,7 @@ def replayed_examples(num_steps: int, batch_size: int, replay_batch: int,
   Returns:
     The number of replayed examples.
 
-  Example:
+  Examples:
     >>> replayed_examples(10, 4, 8, 2, True, 0)  # steps 2..9 replay
     128
   """

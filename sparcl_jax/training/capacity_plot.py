@@ -25,7 +25,7 @@ def plot_capacity(workdir: str, results: Mapping[str, Any]) -> str:
   Raises:
     ConfigError: the results hold no capacity data (not a CLNP run).
 
-  Example:
+  Examples:
     >>> plot_capacity('/tmp/run', results)  # doctest: +SKIP
     '/tmp/run/capacity.png'
   """

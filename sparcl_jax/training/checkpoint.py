@@ -75,7 +75,7 @@ class Checkpointer:
     max_to_keep: complete checkpoints kept; older ones are deleted after a
       newer one is committed, so the last good one survives a failed save.
 
-  Example:
+  Examples:
     >>> import tempfile
     >>> ckpt = Checkpointer(tempfile.mkdtemp(), every_steps=100)
     >>> path = ckpt.save({"w": jnp.ones(2)}, {"task": 0})
@@ -146,7 +146,7 @@ class Checkpointer:
     Returns:
       True when ``checkpoints/`` has entries other than unfinished saves.
 
-    Example:
+    Examples:
       >>> Checkpointer("/nonexistent").exists()
       False
     """
@@ -168,7 +168,7 @@ class Checkpointer:
     Returns:
       The new checkpoint's directory.
 
-    Example:
+    Examples:
       >>> path = ckpt.save(state, {"task": 1})  # doctest: +SKIP
     """
     ocp = self._orbax()
@@ -245,7 +245,7 @@ class Checkpointer:
         or it was saved from a different structure; the message names the
         checkpoint and how to start fresh.
 
-    Example:
+    Examples:
       >>> state, meta = ckpt.restore(fresh_state)  # doctest: +SKIP
     """
     ocp = self._orbax()
@@ -350,7 +350,7 @@ class Checkpointer:
     Raises:
       CheckpointError: there is no complete checkpoint or it is corrupt.
 
-    Example:
+    Examples:
       >>> ckpt.read_meta()["task"]  # doctest: +SKIP
       2
     """
@@ -367,7 +367,7 @@ class Checkpointer:
       True when a multiple of ``every_steps`` lies in
       ``(steps_before, steps_after]``.
 
-    Example:
+    Examples:
       >>> Checkpointer("/tmp/r", every_steps=10).due(8, 12)
       True
     """
@@ -384,7 +384,7 @@ class Checkpointer:
     Returns:
       A :class:`RunInterrupted` whose message says how to resume.
 
-    Example:
+    Examples:
       >>> raise ckpt.interrupted("task 2, epoch 1")  # doctest: +SKIP
     """
     signum = self.stop_signal or signal.SIGINT
@@ -442,7 +442,7 @@ def stop_on_signals(checkpointer: Checkpointer,
   Yields:
     The checkpointer.
 
-  Example:
+  Examples:
     >>> with stop_on_signals(ckpt):  # doctest: +SKIP
     ...   results = loop.run(config, checkpoints=ckpt)
   """

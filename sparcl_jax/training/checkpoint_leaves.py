@@ -45,7 +45,7 @@ def flatten_with_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
     ``(paths, leaves, treedef)``: the paths as ``jax.tree_util.keystr``
     strings, in the order of ``leaves``.
 
-  Example:
+  Examples:
     >>> paths, leaves, _ = flatten_with_paths({"b": 1, "a": [2, None]})
     >>> paths, leaves
     (["['a'][0]", "['b']"], [2, 1])
@@ -67,7 +67,7 @@ def describe_leaves(paths: Sequence[str],
     ``[[path, stored shape, stored dtype, key kind]]``; the key kind is the
     PRNG implementation's name for a key, ``""`` for any other leaf.
 
-  Example:
+  Examples:
     >>> describe_leaves(["w", "rng"], [jnp.ones((2, 3)), jax.random.key(0)])
     [['w', [2, 3], 'float32', ''], ['rng', [2], 'uint32', 'threefry2x32']]
   """
@@ -90,7 +90,7 @@ def first_difference(saved: list, expected: list) -> str:
     The first difference (the number of arrays, or one array's dtype and
     shape); "its format version differs" when the lists are equal.
 
-  Example:
+  Examples:
     >>> first_difference([["w", [2], "float32", ""]],
     ...                  [["w", [3], "float32", ""]])
     'array w is float32[2] there, float32[3] here'
@@ -117,7 +117,7 @@ def to_host(leaf: Any) -> np.ndarray:
   Returns:
     The host array (a key's raw ``uint32`` data).
 
-  Example:
+  Examples:
     >>> to_host(jax.random.key(0))
     array([0, 0], dtype=uint32)
   """
@@ -139,7 +139,7 @@ def empty_host_like(leaf: Any) -> np.ndarray:
   Returns:
     The uninitialised host array orbax restores into.
 
-  Example:
+  Examples:
     >>> empty_host_like(jax.random.key(0)).dtype
     dtype('uint32')
   """
@@ -159,7 +159,7 @@ def place_like(host: np.ndarray, like: Any) -> Any:
   Returns:
     The value as a jax array (or key array) placed like ``like``.
 
-  Example:
+  Examples:
     >>> key = place_like(to_host(jax.random.key(7)), jax.random.key(0))
     >>> bool(jnp.all(jax.random.key_data(key) ==
     ...               jax.random.key_data(jax.random.key(7))))

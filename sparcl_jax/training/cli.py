@@ -88,7 +88,7 @@ def make_flag_values(method: Optional[str] = None) -> flags.FlagValues:
     ValueError: a :class:`RunConfig` field in no group of
       :data:`FLAG_GROUPS` (a programming error: add it there).
 
-  Example:
+  Examples:
     >>> fv = make_flag_values()
     >>> _ = fv(["train.py", "--lr=0.1"]); fv.lr
     0.1
@@ -136,7 +136,7 @@ def flag_group(name: str) -> str:
   Raises:
     ValueError: the field is in no group.
 
-  Example:
+  Examples:
     >>> flag_group("lr"), flag_group("sparsity")
     ('Training', 'SparCL sparsity (masks, TDM, DGM, DDR)')
   """
@@ -150,7 +150,7 @@ def flag_group(name: str) -> str:
 def _readers(name: str) -> str:
   """The methods that read a method's own flag, for its help line.
 
-  Example:
+  Examples:
     >>> _readers("beta")
     'methods: derpp, sparcl_derpp, snip_derpp, rigl_derpp'
   """
@@ -179,7 +179,7 @@ def parse_config(argv: Sequence[str]) -> RunConfig:
     ConfigError: an unknown flag, a value of the wrong type, a missing
       flagfile, stray positional arguments or an impossible value.
 
-  Example:
+  Examples:
     >>> parse_config(["train.py", "--workdir=/tmp/r"]).method
     'derpp'
   """
@@ -203,7 +203,7 @@ def parse_args(argv: Sequence[str]) -> tuple[RunConfig, tuple[str, ...]]:
   Raises:
     ConfigError: as :func:`parse_config`.
 
-  Example:
+  Examples:
     >>> config, ignored = parse_args(["train.py", "--workdir=/tmp/r",
     ...                               "--method=clnp", "--buffer_size=500"])
     >>> ignored, config.buffer_size
@@ -232,7 +232,7 @@ def parse_args(argv: Sequence[str]) -> tuple[RunConfig, tuple[str, ...]]:
 def ignored_warning(method: str, names: Sequence[str]) -> str:
   """The one warning line naming the flags a method ignores.
 
-  Example:
+  Examples:
     >>> ignored_warning("clnp", ["buffer_size", "alpha"])
     'warning: --buffer_size, --alpha do not apply to --method=clnp; ignored.'
   """
@@ -343,7 +343,7 @@ def _help_text(method: Optional[str] = None) -> str:
   that order (absl's ``module_help`` renders each group); with ``method``
   only the flags that method reads.
 
-  Example:
+  Examples:
     >>> lines = _help_text().splitlines()
     >>> lines.index("Data and scenario:") < lines.index("Model:")
     True
@@ -372,7 +372,7 @@ def _print_out(text: str) -> None:
 def _configs_text(folder: Optional[str] = None) -> str:
   """``--list_configs``: each shipped config's name and first comment line.
 
-  Example:
+  Examples:
     >>> lines = _configs_text().splitlines()
     >>> lines[0].startswith("The configs in ")
     True
@@ -400,7 +400,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   Returns:
     The process exit status: 0 on success, 2 on a user error.
 
-  Example:
+  Examples:
     >>> main(["train.py", "--flagfile=experiments/configs/quickstart.cfg",
     ...       "--workdir=/tmp/quick"])  # doctest: +SKIP
     0

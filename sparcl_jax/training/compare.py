@@ -15,7 +15,7 @@ differ in a setting other than the method and its own flags (dataset,
 scenario, tasks, epochs, model and its width, batch, buffer, seeds),
 :func:`main` says so in one warning line on stderr.
 
-Example:
+Examples:
   >>> run = Run("dense", {"flags": {"method": "derpp"}, "train_flops": 4e12,
   ...                     "final": {"class_il": 88.5, "task_il": 99.1}})
   >>> row(run, run)["flops_change_pct"], row(run, run)["label"]
@@ -89,7 +89,7 @@ def load_runs(workdirs: Sequence[str]) -> list[Run]:
     CompareError: a workdir or its results.json is missing, unreadable, or
       not a run's results.
 
-  Example:
+  Examples:
     >>> import tempfile
     >>> workdir = tempfile.mkdtemp()
     >>> with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -135,7 +135,7 @@ def label(run: Run) -> str:
   """The method, its weight sparsity when its weights were masked, and the
   parts that ran (``?`` when results.json predates ``parts``).
 
-  Example:
+  Examples:
     >>> label(Run("s", {"flags": {"method": "sparcl_derpp", "sparsity": 0.98},
     ...                 "parts": ["TDM", "DDR"],
     ...                 "sparsity": {"masks": {}}}))
@@ -151,7 +151,7 @@ def parts(run: Run) -> str:
   """The SparCL parts the run ran, ``TDM+DGM+DDR`` style; ``-`` for none,
   ``?`` for results without ``parts``.
 
-  Example:
+  Examples:
     >>> parts(Run("s", {"parts": ["TDM", "DDR"]})), parts(Run("d", {}))
     ('TDM+DDR', '?')
   """
@@ -163,7 +163,7 @@ def parts(run: Run) -> str:
 def setting_value(run: Run, name: str) -> Any:
   """The value of a comparable setting in ``run`` (None: not applicable).
 
-  Example:
+  Examples:
     >>> setting_value(Run("a", {"flags": {}, "scenario": {"num_tasks": 5}}),
     ...               "num_tasks")
     5
@@ -190,7 +190,7 @@ def setting_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
     ``{setting: [distinct values, in run order]}``, in :data:`SETTINGS`
     order; empty when the runs share every setting.
 
-  Example:
+  Examples:
     >>> a = Run("a", {"flags": {"epochs": 1, "batch_size": 16}})
     >>> b = Run("b", {"flags": {"epochs": 10, "batch_size": 16}})
     >>> setting_differences([a, b])
@@ -211,7 +211,7 @@ def setting_differences(runs: Sequence[Run]) -> dict[str, list[Any]]:
 def warning_line(differences: dict[str, list[Any]]) -> Optional[str]:
   """The warning on unlike settings, or None when there are none.
 
-  Example:
+  Examples:
     >>> warning_line({"num_tasks": [2, 5], "epochs": [1, 10]})[:56]
     'warning: runs differ in num_tasks (2, 5), epochs (1, 10)'
   """
@@ -236,7 +236,7 @@ def row(run: Run, first: Run) -> dict[str, Any]:
     ``flops_change_pct`` (100 * (flops / first's - 1)), ``train_time_s``,
     ``speedup`` (first's time / this one's; None without times), ``seeds``.
 
-  Example:
+  Examples:
     >>> a = Run("a", {"flags": {"method": "derpp"}, "train_flops": 4e12,
     ...               "train_time_s": 30.0,
     ...               "final": {"class_il": 88.0, "task_il": 99.0}})
@@ -276,7 +276,7 @@ def _seconds(value) -> str:
 def markdown_table(runs: Sequence[Run]) -> str:
   """The comparison as a Markdown table under a note on its columns.
 
-  Example:
+  Examples:
     >>> run = Run("dense", {"flags": {"method": "derpp"}, "train_flops": 4e12,
     ...                     "final": {"class_il": 88.5, "task_il": 99.1}})
     >>> print(markdown_table([run]).splitlines()[-1])
@@ -314,7 +314,7 @@ def csv_table(runs: Sequence[Run]) -> str:
   """The comparison as CSV: one header row, then one row per run, numbers
   unformatted (an empty cell where a run has no value).
 
-  Example:
+  Examples:
     >>> run = Run("dense", {"flags": {"method": "derpp"}, "train_flops": 4e12,
     ...                     "final": {"class_il": 88.5, "task_il": 99.1}})
     >>> print(csv_table([run]).splitlines()[0][:40])
@@ -334,7 +334,7 @@ def csv_table(runs: Sequence[Run]) -> str:
 def comparison_table(runs: Sequence[Run], fmt: str = "markdown") -> str:
   """The comparison of ``runs`` as ``fmt`` (``markdown`` or ``csv``).
 
-  Example:
+  Examples:
     >>> run = Run("dense", {"flags": {"method": "derpp"}, "train_flops": 4e12,
     ...                     "final": {"class_il": 88.5, "task_il": 99.1}})
     >>> comparison_table([run], "csv") == csv_table([run])
@@ -380,7 +380,7 @@ def plot_frontier(runs: Sequence[Run], path: str):
   Returns:
     The matplotlib Figure (closed; its axes stay readable).
 
-  Example:
+  Examples:
     >>> import tempfile
     >>> run = Run("dense", {"flags": {"method": "derpp"}, "train_flops": 4e12,
     ...                     "train_time_s": 9.0,
@@ -464,7 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     missing workdir or results file, a file that is not a run's results,
     an unknown flag).
 
-  Example:
+  Examples:
     >>> main(["/no/such/run"])
     2
   """

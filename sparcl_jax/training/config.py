@@ -193,7 +193,7 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
     """Output units per block of the grouped layers: ``--mask_group``, or
     the model's default when it is 0.
 
-    Example:
+    Examples:
       >>> RunConfig(model="resnet18", nf=20).group_size
       20
     """
@@ -213,7 +213,7 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
   def settings(self) -> settings_lib.Settings:
     """The chosen method's settings, as this config sets them.
 
-    Example:
+    Examples:
       >>> RunConfig(method="ewc", ewc_lambda=5.0).settings
       EwcSettings(lr_schedule='constant', ewc_lambda=5.0)
     """
@@ -290,7 +290,7 @@ def validate(config: RunConfig) -> RunConfig:
   Raises:
     ConfigError: with a one-line message naming the flag and what to do.
 
-  Example:
+  Examples:
     >>> validate(RunConfig(workdir="/tmp/run", method="er")).buffer_size
     200
     >>> validate(RunConfig(workdir="/tmp/run", method="er", buffer_size=0))
@@ -374,7 +374,7 @@ def config_fields() -> tuple[dataclasses.Field, ...]:
 def common_names() -> tuple[str, ...]:
   """The flags of every method: those :class:`RunConfig` itself declares.
 
-  Example:
+  Examples:
     >>> "lr" in common_names(), "alpha" in common_names()
     (True, False)
   """
@@ -393,7 +393,7 @@ def applying(config: RunConfig) -> tuple[str, ...]:
   Raises:
     ConfigError: the method is not known.
 
-  Example:
+  Examples:
     >>> applying(RunConfig(method="ewc"))[-2:]
     ('lr_schedule', 'ewc_lambda')
   """
@@ -410,7 +410,7 @@ def not_applying(config: RunConfig, names: Iterable[str]) -> tuple[str, ...]:
   Returns:
     The names that do not apply, in :class:`RunConfig`'s field order.
 
-  Example:
+  Examples:
     >>> not_applying(RunConfig(method="clnp"), ["lr", "alpha", "buffer_size"])
     ('buffer_size', 'alpha')
   """
@@ -422,7 +422,7 @@ def not_applying(config: RunConfig, names: Iterable[str]) -> tuple[str, ...]:
 def without(config: RunConfig, names: Iterable[str]) -> RunConfig:
   """``config`` with the flags ``names`` back at their defaults.
 
-  Example:
+  Examples:
     >>> without(RunConfig(method="clnp", buffer_size=500),
     ...         ["buffer_size"]).buffer_size
     200
@@ -443,7 +443,7 @@ def to_dict(config: RunConfig) -> dict:
   The saved ``config`` flagfile, ``results.json``'s ``flags`` and the
   checkpoints' metadata hold these; a flag of another method is left out.
 
-  Example:
+  Examples:
     >>> values = to_dict(RunConfig(method="derpp"))
     >>> values["alpha"], "tdm" in values, "ewc_lambda" in values
     (0.1, False, False)

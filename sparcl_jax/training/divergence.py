@@ -31,7 +31,7 @@ def check_finite(loss: float, where: str,
   Raises:
     NonFiniteLossError: ``loss`` is not finite.
 
-  Example:
+  Examples:
     >>> check_finite(0.5, "task 1, epoch 1, step 1")
   """
   if math.isfinite(loss):
@@ -56,7 +56,7 @@ def check_finite_tree(tree: Any, where: str,
   Raises:
     NonFiniteLossError: some weight is NaN or infinite.
 
-  Example:
+  Examples:
     >>> check_finite_tree({"w": jnp.ones(2)}, "task 1")
   """
   leaves = [leaf for leaf in jax.tree.leaves(tree)

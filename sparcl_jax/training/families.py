@@ -294,7 +294,7 @@ def make_task_optimizer(config, steps_per_task: int,
     ``clnp_partition(base)`` for CLNP, else the base optimizer, accepting
     (and ignoring) the step's extra args.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> tx = make_task_optimizer(RunConfig(workdir='/tmp/r', method='clnp',
     ...                                    optimizer='adam', lr=1e-3), 2000)
@@ -309,7 +309,7 @@ def make_task_optimizer(config, steps_per_task: int,
 def family_of(config):
   """The family object that runs ``config.method``.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> type(family_of(RunConfig(method="ewc"))).__name__
     'TaskLevelFamily'

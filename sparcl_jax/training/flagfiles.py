@@ -11,7 +11,7 @@ that file's folder. The lines kept are absl's: every line but blank ones and
 comments (``#`` or ``//``), in order, so a later flag still overrides an
 earlier one.
 
-Example:
+Examples:
   >>> import os, tempfile
   >>> folder = tempfile.mkdtemp()
   >>> with open(os.path.join(folder, "base.cfg"), "w") as f:
@@ -48,7 +48,7 @@ def expand(argv: Sequence[str]) -> list[str]:
     ConfigError: a flagfile that cannot be opened or is not UTF-8 text, one
       that includes itself, or a ``--flagfile`` without a path.
 
-  Example:
+  Examples:
     >>> expand(["train.py", "--lr=0.1", "--", "--flagfile=x"])
     ['train.py', '--lr=0.1', '--', '--flagfile=x']
   """
@@ -133,7 +133,7 @@ def summary(path: str) -> str:
   Raises:
     ConfigError: the file cannot be read.
 
-  Example:
+  Examples:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "a.cfg")
     >>> with open(path, "w") as f:
@@ -160,7 +160,7 @@ def summary(path: str) -> str:
 def shipped_folder() -> str:
   """``experiments/configs`` of the source tree this package sits in.
 
-  Example:
+  Examples:
     >>> os.path.basename(shipped_folder())
     'configs'
   """
@@ -181,7 +181,7 @@ def configs(folder: str) -> list[tuple[str, str]]:
   Raises:
     ConfigError: the folder cannot be listed, or a config read.
 
-  Example:
+  Examples:
     >>> dict(configs(shipped_folder()))["quickstart"][:11]
     'Quickstart:'
   """

@@ -65,7 +65,7 @@ def run(config: RunConfig, scenario: Optional[Scenario] = None,
     percent, summary metrics, FLOPs, timings, the flags, and the method's
     own entries (CLNP's ``clnp`` diagnostics, ``val_final``...).
 
-  Example:
+  Examples:
     >>> import tempfile
     >>> from sparcl_jax.training.config import validate
     >>> config = validate(RunConfig(

@@ -52,7 +52,7 @@ def make_activity(model, inputs: steps.InputSpec, layer_names: Sequence[str],
     ``activity(params, device_data, index, count, task_id) -> {layer:
     float32[units]}`` over the first ``count`` entries of ``index``.
 
-  Example:
+  Examples:
     >>> act = make_activity(model, spec, ['hidden_0'], 'mean', 1000)
     ... # doctest: +SKIP
   """
@@ -107,7 +107,7 @@ def make_fisher(model, inputs: steps.InputSpec,
     float32 pytree like params`` over the first ``count`` entries of the
     training-pool ``index``.
 
-  Example:
+  Examples:
     >>> fisher = make_fisher(model, spec)  # doctest: +SKIP
   """
   forward = steps.make_forward(model)

@@ -42,7 +42,7 @@ def make_optimizer(config: RunConfig, kept_rows=None
     inside when enabled); SparCL with ``--notdm`` but ``--dgm`` chains DGM
     before the base optimizer on the dense model.
 
-  Example:
+  Examples:
     >>> tx = make_optimizer(RunConfig(method="sparcl_derpp", epochs=10))
   """
   return config.method_object.make_optimizer(config, kept_rows=kept_rows)
@@ -59,7 +59,7 @@ def mask_events(config: RunConfig) -> Optional[MaskEvents]:
     TDM's step 0), or step 0 alone for TDM without DGM; None for optimizers
     without masks.
 
-  Example:
+  Examples:
     >>> mask_events(RunConfig(method="sparcl_derpp", dgm_refresh=30)).every
     30
   """

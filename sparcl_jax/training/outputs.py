@@ -74,7 +74,7 @@ class WorkdirLock:
   Raises:
     ConfigError: another live process holds the lock.
 
-  Example:
+  Examples:
     >>> lock = WorkdirLock("/tmp")  # doctest: +SKIP
     >>> lock.release()  # doctest: +SKIP
   """
@@ -270,7 +270,7 @@ def prepare_workdir(path: str, overwrite: bool, lock: bool = True
       holds it, or it holds finished results and ``overwrite`` is False
       (and no unfinished ``--overwrite`` run waits there to resume).
 
-  Example:
+  Examples:
     >>> workdir = prepare_workdir("/tmp/sparcl_run", overwrite=False)  # doctest: +SKIP
     >>> workdir.run  # doctest: +SKIP
     '/tmp/sparcl_run'
@@ -397,7 +397,7 @@ def summary_table(results: dict[str, Any]) -> str:
   Returns:
     The table's text.
 
-  Example:
+  Examples:
     >>> r = {"acc_matrix": {"class_il": [[90.0]], "task_il": [[99.0]]},
     ...      "final": {"class_il": 90.0, "task_il": 99.0,
     ...                "forgetting_class_il": 0.0, "forgetting_task_il": 0.0,

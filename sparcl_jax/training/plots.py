@@ -44,7 +44,7 @@ def plot_acc_matrix(workdir: str, class_il: Sequence[Sequence[float]],
   Returns:
     The PNG's path.
 
-  Example:
+  Examples:
     >>> import os, tempfile
     >>> path = plot_acc_matrix(tempfile.mkdtemp(), [[90.0]], [[99.0]], "demo")
     >>> os.path.basename(path)
@@ -86,7 +86,7 @@ def plot_sparsity(workdir: str, layers: dict[str, dict[str, Any]],
   Returns:
     The PNG's path.
 
-  Example:
+  Examples:
     >>> import os, tempfile
     >>> path = plot_sparsity(tempfile.mkdtemp(),
     ...                      {"hidden_0/kernel": {"sparsity": 0.75}}, "demo")
@@ -122,7 +122,7 @@ def plot_data_kept(workdir: str, kept_per_epoch: Sequence[Sequence[int]],
   Returns:
     The PNG's path.
 
-  Example:
+  Examples:
     >>> import os, tempfile
     >>> path = plot_data_kept(tempfile.mkdtemp(), [[100, 90], [100, 90]],
     ...                       "demo")

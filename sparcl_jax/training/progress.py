@@ -17,7 +17,7 @@ from typing import Callable, Optional, TextIO
 def _clock(seconds: float) -> str:
   """``h:mm:ss`` of a duration.
 
-  Example:
+  Examples:
     >>> _clock(3725.4)
     '1:02:05'
   """
@@ -35,7 +35,7 @@ class ProgressLines:
     stream: where the lines go (default: stdout at each write).
     clock: seconds since an arbitrary start (tests pass their own).
 
-  Example:
+  Examples:
     >>> import io
     >>> out, now = io.StringIO(), iter([0.0, 2.0])
     >>> lines = ProgressLines(2, 1, stream=out, clock=lambda: next(now))

@@ -51,7 +51,7 @@ def check_config(saved: dict[str, Any], current: dict[str, Any],
   Raises:
     CheckpointError: naming the differing flags and how to start fresh.
 
-  Example:
+  Examples:
     >>> check_config({"lr": 0.1}, {"lr": 0.1}, "/tmp/r/checkpoints")
   """
   if defaults is None:
@@ -85,7 +85,7 @@ def data_fingerprint(scenario: Any, data_dir: str = "") -> dict[str, Any]:
   Returns:
     ``{"hash": hex, "examples": "N train + M test", "data_dir": ...}``.
 
-  Example:
+  Examples:
     >>> data_fingerprint(scenario)["examples"]  # doctest: +SKIP
     '60000 train + 10000 test'
   """
@@ -114,7 +114,7 @@ def check_data(saved: Optional[dict[str, Any]],
   Raises:
     CheckpointError: the fingerprints differ; the message names both.
 
-  Example:
+  Examples:
     >>> check_data({"hash": "ab"}, {"hash": "ab"}, "/tmp/r/checkpoints")
   """
   if not saved or not current or saved.get("hash") == current.get("hash"):

@@ -45,7 +45,7 @@ def check_sizes(config: RunConfig, scenario: Scenario) -> None:
   Raises:
     ConfigError: naming the flag to lower.
 
-  Example:
+  Examples:
     >>> check_sizes(config, scenario)  # doctest: +SKIP
   """
   num_train = sum(len(t.train_indices) for t in scenario.tasks)
@@ -79,7 +79,7 @@ def parts_run(config: RunConfig, state: steps.TrainState,
   Returns:
     A sublist of ``["TDM", "DGM", "DDR"]``.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.training.config import RunConfig
     >>> params = {"hidden_0": {"kernel": jnp.ones((4, 4))}}
     >>> dense = steps.TrainState(params, {}, optax.sgd(0.1).init(params),
@@ -129,7 +129,7 @@ def final_keys(config: RunConfig, state: steps.TrainState,
     ``data_kept_per_epoch``, ``parts`` (:func:`parts_run`), ``sparsity``
     and ``weights_zero_fraction``.
 
-  Example:
+  Examples:
     >>> final_keys(config, state, counter, [[100]], [100])  # doctest: +SKIP
   """
   return {
@@ -159,7 +159,7 @@ def build_scenario(config: RunConfig, datasets=None) -> Scenario:
     DataError: the data is missing or malformed.
     ConfigError: the scenario cannot be built from this data.
 
-  Example:
+  Examples:
     >>> build_scenario(RunConfig(workdir="/tmp/x"))  # doctest: +SKIP
   """
   dataset, cifar100 = datasets or load_datasets(config)
@@ -182,7 +182,7 @@ def load_datasets(config: RunConfig):
   Returns:
     The two datasets.
 
-  Example:
+  Examples:
     >>> load_datasets(RunConfig(workdir="/tmp/x"))[1] is None
     True
   """
@@ -207,7 +207,7 @@ def make_run_model(config: RunConfig, scenario: Scenario):
   Returns:
     The (uninitialised) module.
 
-  Example:
+  Examples:
     >>> make_run_model(config, scenario)  # doctest: +SKIP
   """
   return registry.make_model(
@@ -247,7 +247,7 @@ def initial_state(config: RunConfig, scenario: Scenario, model,
     weights, optimizer state with the initial masks, no method state yet),
     the optimizer and a grouped model's kept rows (else None).
 
-  Example:
+  Examples:
     >>> state, tx, _ = initial_state(config, scenario, model, spec,
     ...                              data)  # doctest: +SKIP
   """
@@ -290,7 +290,7 @@ def run_layer_macs(config: RunConfig, scenario: Scenario, model, params,
   Returns:
     ``{kernel path: MACs per example}``.
 
-  Example:
+  Examples:
     >>> run_layer_macs(config, scenario, model, params, {}, None,
     ...                spec)  # doctest: +SKIP
   """
@@ -317,7 +317,7 @@ def model_layer_macs(model, params, batch_stats, image_shape
   Returns:
     ``{kernel path: MACs per example}``.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.mlp import MLP
     >>> model = MLP((8,), 2)
     >>> v = model.init(jax.random.key(0), jnp.ones((1, 4)))

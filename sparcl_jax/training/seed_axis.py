@@ -44,7 +44,7 @@ def stack(trees: Sequence[Any]) -> Any:
   Returns:
     One pytree whose leaves have a leading axis of ``len(trees)``.
 
-  Example:
+  Examples:
     >>> stack([{"w": jnp.zeros(2)}, {"w": jnp.ones(2)}])["w"].shape
     (2, 2)
   """
@@ -54,7 +54,7 @@ def stack(trees: Sequence[Any]) -> Any:
 def unstack(tree: Any, index: int) -> Any:
   """Seed ``index``'s slice of a stacked pytree.
 
-  Example:
+  Examples:
     >>> unstack({"w": jnp.arange(4).reshape(2, 2)}, 1)["w"]
     Array([2, 3], dtype=int32)
   """
@@ -65,7 +65,7 @@ def shared_or_stacked(values: Sequence[Any]):
   """``(value, axis)``: the first value and ``None`` when all are equal,
   else the stacked values and 0 (a vmap ``in_axes`` entry).
 
-  Example:
+  Examples:
     >>> shared_or_stacked([np.int32(3), np.int32(3)])
     (Array(3, dtype=int32), None)
   """
@@ -86,7 +86,7 @@ def device_data(scenarios: Sequence[Scenario]):
     the matching vmap ``in_axes`` (None for a shared field, 0 for a
     stacked one).
 
-  Example:
+  Examples:
     >>> data, axes = device_data([scenario, scenario])  # doctest: +SKIP
     >>> axes.train_images is None  # doctest: +SKIP
     True
@@ -121,7 +121,7 @@ def seed_log(log: LogFn, seed: int) -> LogFn:
   Returns:
     The wrapped log function.
 
-  Example:
+  Examples:
     >>> seed_log(print, 3)({"event": "eval"})
     {'event': 'eval', 'seed': 3}
   """
@@ -138,7 +138,7 @@ def check_stop(checkpoints, where: str) -> None:
   Raises:
     RunInterrupted: a stop was requested.
 
-  Example:
+  Examples:
     >>> check_stop(None, "in task 1 of 5")  # no checkpointer: never stops
   """
   if checkpoints is None or not checkpoints.stop_requested:
@@ -160,7 +160,7 @@ def seed_data(data, axes, seed: int):
   Returns:
     The :class:`~sparcl_jax.data.pipeline.DeviceData` of that seed.
 
-  Example:
+  Examples:
     >>> data, axes = device_data([scenario, scenario])  # doctest: +SKIP
     >>> seed_data(data, axes, 1).train_images is data.train_images  # doctest: +SKIP
     True
@@ -183,7 +183,7 @@ def sequential_run_keys(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
   Returns:
     ``ADDED_KEYS`` summed over seeds, and ``ms_per_step`` of the sums.
 
-  Example:
+  Examples:
     >>> one = {"compile_time_s": 1.0, "compiles": 2, "train_time_s": 3.0,
     ...        "eval_time_s": 1.0, "train_steps": 100}
     >>> sequential_run_keys([one, one])["ms_per_step"]
@@ -206,7 +206,7 @@ def seed_configs(config: RunConfig) -> list[RunConfig]:
     ``config`` with ``seed`` = ``config.seed + s`` and ``num_seeds`` = 1,
     for ``s`` in ``range(config.num_seeds)``.
 
-  Example:
+  Examples:
     >>> [c.seed for c in seed_configs(RunConfig(seed=4, num_seeds=3))]
     [4, 5, 6]
   """
@@ -227,7 +227,7 @@ def build_scenarios(config: RunConfig,
     are seeded; so is the digits source's train/test split, which is then
     loaded per seed).
 
-  Example:
+  Examples:
     >>> len(build_scenarios(RunConfig(num_seeds=2)))
     2
   """
@@ -250,7 +250,7 @@ def sequential_reason(config: RunConfig,
   Returns:
     The reason, or ''.
 
-  Example:
+  Examples:
     >>> sequential_reason(RunConfig(method="clnp"), [])
     'the task-level method clnp'
   """
@@ -287,7 +287,7 @@ def mean_tree(values: Sequence[Any]) -> Any:
   Returns:
     The mean tree.
 
-  Example:
+  Examples:
     >>> mean_tree([{"a": [1, 2], "b": "x", "c": 3}, {"a": [3, 2], "b": "y",
     ...                                               "c": 3}])
     {'a': [2.0, 2], 'b': 'x', 'c': 3}
@@ -326,7 +326,7 @@ def combine(config: RunConfig, per_seed: Sequence[dict[str, Any]],
     (numpy's, ddof=0), ``per_seed``, ``seeds``, ``seeds_vmapped``, the
     run's timings and flags, and the first seed's ``scenario``.
 
-  Example:
+  Examples:
     >>> one = {"final": {"class_il": 80.0}, "scenario": {}}
     >>> two = {"final": {"class_il": 90.0}, "scenario": {}}
     >>> combine(RunConfig(num_seeds=2), [one, two], {}, 0.0,

@@ -37,7 +37,7 @@ def initialize_distributed(coordinator_address: str, num_processes: int,
   Returns:
     True when the distributed runtime was started.
 
-  Example:
+  Examples:
     >>> initialize_distributed("", 1, 0)
     False
   """
@@ -72,7 +72,7 @@ def lost_peer(err: BaseException) -> Optional[str]:
     The one-line message, or None when ``err`` is something else (or the
     run has one process).
 
-  Example:
+  Examples:
     >>> lost_peer(RuntimeError("Gloo AllGather failed")) is None  # one process
     True
   """
@@ -95,7 +95,7 @@ def is_primary() -> bool:
   Returns:
     True on process 0 (always, on one host).
 
-  Example:
+  Examples:
     >>> is_primary()
     True
   """
@@ -117,7 +117,7 @@ def make_mesh(num_devices: int, batch_size: int) -> Optional[Mesh]:
     ConfigError: more devices are asked for than exist, or the batch does
       not split evenly over them.
 
-  Example:
+  Examples:
     >>> make_mesh(1, 32) is None
     True
   """
@@ -144,7 +144,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   Returns:
     ``NamedSharding(mesh, PartitionSpec())``.
 
-  Example:
+  Examples:
     >>> replicated(mesh).spec  # doctest: +SKIP
     PartitionSpec()
   """
@@ -160,7 +160,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   Returns:
     ``NamedSharding(mesh, PartitionSpec('data'))``.
 
-  Example:
+  Examples:
     >>> batch_sharded(mesh).spec  # doctest: +SKIP
     PartitionSpec('data',)
   """
@@ -177,7 +177,7 @@ def constrain_batch(tree: Any, sharding: Optional[NamedSharding]) -> Any:
   Returns:
     The same arrays, constrained.
 
-  Example:
+  Examples:
     >>> x = constrain_batch(x, None)  # doctest: +SKIP
   """
   if sharding is None:
@@ -212,7 +212,7 @@ def replicate(tree: Any, mesh: Optional[Mesh]) -> Any:
   Returns:
     The replicated pytree.
 
-  Example:
+  Examples:
     >>> state = replicate(state, make_mesh(4, 32))  # doctest: +SKIP
   """
   if mesh is None:

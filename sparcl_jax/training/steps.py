@@ -82,7 +82,7 @@ def prepare_inputs(rng: Optional[jax.Array], x: jax.Array,
   Returns:
     The model's inputs.
 
-  Example:
+  Examples:
     >>> spec = InputSpec((1, 1, 1), False, False, (0.5,), (0.5,))
     >>> prepare_inputs(None, jnp.ones((1, 1, 1, 1)), spec).ravel()
     Array([1.], dtype=float32)
@@ -106,7 +106,7 @@ def make_forward(model, collections: Optional[dict] = None) -> Callable:
   Returns:
     The forward function.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.models.mlp import MLP
     >>> model, x = MLP((8,), 3), jnp.ones((2, 4))
     >>> params = model.init(jax.random.key(0), x)['params']
@@ -147,7 +147,7 @@ class MaskEvents(NamedTuple):
       interval), or 0 for step 0 only.
     record_last: record the last gradient only where TDM can use it.
 
-  Example:
+  Examples:
     >>> MaskEvents(every=30).every
     30
   """
@@ -216,7 +216,7 @@ def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
     as built. The loss is what ``hooks.reported_loss`` makes of the stream
     loss and the term.
 
-  Example:
+  Examples:
     >>> step = make_train_step(model, tx, hooks, spec)  # doctest: +SKIP
   """
   plain_update = _update_variants(tx, MaskEvents())[2]
@@ -316,7 +316,7 @@ def make_train_chunk(model, tx: optax.GradientTransformationExtraArgs,
     ``data`` is ``(device_data, example_index, example_task)`` and
     ``order`` holds positions into the example arrays in this epoch's order.
 
-  Example:
+  Examples:
     >>> chunk = make_train_chunk(model, tx, hooks, spec, 32, 100)
     ... # doctest: +SKIP
   """
@@ -391,7 +391,7 @@ def make_evaluate(model, inputs: InputSpec, eval_batch_size: int,
     ``(class_il_correct, task_il_correct)`` counts over the first ``count``
     entries of ``index``.
 
-  Example:
+  Examples:
     >>> evaluate = make_evaluate(model, spec, 1000, 2000)  # doctest: +SKIP
   """
   num_batches = -(-max_examples // eval_batch_size)

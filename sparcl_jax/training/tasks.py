@@ -37,7 +37,7 @@ def input_spec(scenario: Scenario) -> steps.InputSpec:
   Returns:
     Its :class:`~sparcl_jax.training.steps.InputSpec`.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import scenarios, sources
     >>> digits = sources.load_dataset("digits", "digits", None)
     >>> input_spec(scenarios.build_scenario("split", digits, 5)).image_shape
@@ -59,7 +59,7 @@ def pad(values: np.ndarray, length: int) -> np.ndarray:
   Returns:
     int32 [length].
 
-  Example:
+  Examples:
     >>> pad(np.array([3, 1]), 4)
     array([3, 1, 0, 0], dtype=int32)
   """
@@ -101,7 +101,7 @@ def class_masks(scenario: Scenario) -> np.ndarray:
   Returns:
     The masks.
 
-  Example:
+  Examples:
     >>> from sparcl_jax.data import scenarios, sources
     >>> digits = sources.load_dataset("digits", "digits", None)
     >>> class_masks(scenarios.build_scenario("split", digits, 5))[1].nonzero()
@@ -123,7 +123,7 @@ def bars_drawable() -> bool:
   Returns:
     True on a terminal or in a kernel with widgets.
 
-  Example:
+  Examples:
     >>> import contextlib, io
     >>> with contextlib.redirect_stderr(io.StringIO()):  # a file, say
     ...   print(bars_drawable())
@@ -182,7 +182,7 @@ class RunRecord:
   Holds the accuracy matrices, the task times and the step and log-record
   counters, and turns them into the results every runner returns.
 
-  Example:
+  Examples:
     >>> record = RunRecord(2, lambda entry: None)
     >>> record.set_accuracy(0, 1, (50.0, 75.0))
     >>> record.meta()["acc_task"]

@@ -32,7 +32,7 @@ def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
   Yields:
     Tag and value of each scalar.
 
-  Example:
+  Examples:
     >>> list(scalars({"event": "eval", "task": 1, "class_il": [90.0, 80.0]}))
     [('eval/class_il/task_1', 90.0), ('eval/class_il/task_2', 80.0)]
   """
@@ -64,7 +64,7 @@ class TensorBoardLog:
       then hides what an earlier, interrupted process logged from that step
       on, since the resumed run logs it again.
 
-  Example:
+  Examples:
     >>> import os, tempfile
     >>> tb = TensorBoardLog(tempfile.mkdtemp())
     >>> tb({"event": "epoch", "global_step": 10, "loss": 0.5})

@@ -29,7 +29,7 @@ class CompileTimer:
   ``excluding_compiles(mark)`` time a block of work net of the compilation
   that happened inside it.
 
-  Example:
+  Examples:
     >>> with CompileTimer() as timer:
     ...   since = timer.mark()
     ...   _ = jax.jit(lambda x: x * 3.0)(1.0)
@@ -102,7 +102,7 @@ def results_keys(compiles: CompileTimer, train_time: float, eval_time: float,
     ``train_steps`` and ``ms_per_step`` (training and evaluation per train
     step, compilation excluded).
 
-  Example:
+  Examples:
     >>> results_keys(CompileTimer(), 2.0, 1.0, 100)["ms_per_step"]
     30.0
   """

@@ -10,7 +10,7 @@ presets and the command line's choices all read these entries.
 Every module of this package is imported when the package is, so a new
 dataset is one new file that calls :func:`register`.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("mnist").image_shape
   (28, 28, 1)
@@ -58,7 +58,7 @@ class DatasetSpec:
     embedded: needs no files (loaded whatever ``--data_source`` says).
     order: position in listings (then the name).
 
-  Example:
+  Examples:
     >>> spec = DatasetSpec("toy", reader=lambda spec, d, seed: None,
     ...                    num_classes=2, image_shape=(4, 4, 1))
     >>> spec.mean, spec.std, spec.presets
@@ -97,7 +97,7 @@ def register(spec: DatasetSpec) -> DatasetSpec:
   Raises:
     ValueError: the name is empty or taken, or a preset name is taken.
 
-  Example:
+  Examples:
     >>> toy = register(DatasetSpec("toy_example", lambda s, d, seed: None,
     ...                            2, (4, 4, 1)))
     >>> get("toy_example").num_classes
@@ -132,7 +132,7 @@ def replaced(spec: DatasetSpec) -> Iterator[DatasetSpec]:
   Raises:
     DataError: no dataset has that name.
 
-  Example:
+  Examples:
     >>> small = dataclasses.replace(get("mnist"), num_classes=3)
     >>> with replaced(small):
     ...   get("mnist").num_classes
@@ -160,7 +160,7 @@ def get(name: str) -> DatasetSpec:
   Raises:
     DataError: no dataset has that name (the message lists them).
 
-  Example:
+  Examples:
     >>> get("cifar100").num_classes
     100
   """
@@ -179,7 +179,7 @@ def find(name: str) -> Optional[DatasetSpec]:
   Returns:
     Its :class:`DatasetSpec`, or None.
 
-  Example:
+  Examples:
     >>> find("svhn_cropped") is None
     True
   """
@@ -192,7 +192,7 @@ def names() -> tuple[str, ...]:
   Returns:
     The names.
 
-  Example:
+  Examples:
     >>> names()[:2]
     ('mnist', 'fashion_mnist')
   """
@@ -206,7 +206,7 @@ def presets() -> dict[str, tuple[str, str, int, int]]:
   Returns:
     ``{scenario name: (kind, dataset, number of classes, default tasks)}``.
 
-  Example:
+  Examples:
     >>> presets()["permuted_mnist"]
     ('permuted', 'mnist', 10, 10)
   """

@@ -4,7 +4,7 @@ pickled python batches of ``cifar-10-python.tar.gz``.
 Also the first task of Zenke et al.'s CIFAR-10/100 scenario
 (``cifar10_100``, which adds CIFAR-100 tasks).
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("cifar10").augment
   True

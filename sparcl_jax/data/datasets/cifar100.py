@@ -1,7 +1,7 @@
 """CIFAR-100 (Krizhevsky 2009): 32x32 colour images, 100 fine classes, as
 the pickled python batches of ``cifar-100-python.tar.gz``.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("cifar100").presets["split_cifar100_20"]
   ('split', 20)

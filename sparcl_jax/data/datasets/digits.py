@@ -3,7 +3,7 @@ needed (the ``embedded`` source), split 80/20 by a seed.
 
 Small enough for tests and quick looks: its presets are five-task scenarios.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("digits").embedded
   True
@@ -31,7 +31,7 @@ def load_digits(seed: int = 0) -> Dataset:
   Returns:
     A :class:`Dataset` of 1797 images, [N, 8, 8, 1] uint8, 10 classes.
 
-  Example:
+  Examples:
     >>> ds = load_digits(0)
     >>> len(ds.train_labels) + len(ds.test_labels)
     1797

@@ -4,7 +4,7 @@ clothing, 10 classes, in MNIST's four IDX files.
 No checksums of the uncompressed files (none known for certain); the
 downloaded ``.gz`` files are checked against their published md5.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("fashion_mnist").files[0]
   'train-images-idx3-ubyte'

@@ -6,7 +6,7 @@ Read like MNIST and, like it, kept in [0, 1] (no normalisation, no
 augmentation). No checksums of the uncompressed files; the downloaded
 ``.gz`` files are checked against the md5s torchvision lists.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("kmnist").presets
   {'split_kmnist': ('split', 5), 'permuted_kmnist': ('permuted', 10)}

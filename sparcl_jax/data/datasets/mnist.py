@@ -4,7 +4,7 @@ classes, 60000 training and 10000 test images, as four IDX files.
 Runs keep its inputs in [0, 1] (no normalisation, no augmentation), as the
 Split/Permuted MNIST results of the docs (docs/results/) were obtained.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("mnist").presets
   {'split_mnist': ('split', 5), 'permuted_mnist': ('permuted', 10)}

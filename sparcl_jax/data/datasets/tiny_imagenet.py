@@ -4,7 +4,7 @@ the extracted ``tiny-imagenet-200/`` folder of JPEGs.
 The test set is its labelled ``val`` split; class ids follow the sorted
 wnids, and the class count is read from ``wnids.txt``.
 
-Example:
+Examples:
   >>> from sparcl_jax.data import datasets
   >>> datasets.get("tiny_imagenet").presets
   {'split_tinyimagenet': ('split', 10)}
@@ -41,7 +41,7 @@ def read_tiny_imagenet(spec: DatasetSpec, data_dir: str,
   Raises:
     DataError: a missing folder or file, or an unknown class.
 
-  Example:
+  Examples:
     >>> read_tiny_imagenet(SPEC, "/data")  # doctest: +SKIP
   """
   del seed

@@ -47,7 +47,7 @@ class ScoreInputs(NamedTuple):
     rng: a PRNG key for rules that draw random numbers; it differs at every
       mask update.
 
-  Example:
+  Examples:
     >>> def magnitude(inputs: sc.ScoreInputs):  # a drop rule: keep large |w|
     ...   return jax.tree.map(jnp.abs, inputs.params)
     >>> params = {'hidden_0': {'kernel': jnp.arange(16.0).reshape(4, 4)}}
@@ -101,7 +101,7 @@ def register_drop_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
   Raises:
     ValueError: (when applied) if ``name`` is already taken.
 
-  Example:
+  Examples:
     >>> register_drop_score('importance')(lambda inputs: None)
     Traceback (most recent call last):
     ...
@@ -122,7 +122,7 @@ def register_grow_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
   Raises:
     ValueError: (when applied) if ``name`` is already taken.
 
-  Example:
+  Examples:
     >>> register_grow_score('random')(lambda inputs: None)
     Traceback (most recent call last):
     ...
@@ -143,7 +143,7 @@ def drop_score(name: str) -> ScoreFn:
   Raises:
     ConfigError: if no drop rule has that name (the message lists them).
 
-  Example:
+  Examples:
     >>> drop_score('importance').__name__
     'importance_drop'
   """
@@ -162,7 +162,7 @@ def grow_score(name: str) -> ScoreFn:
   Raises:
     ConfigError: if no grow rule has that name (the message lists them).
 
-  Example:
+  Examples:
     >>> grow_score('gradient').__name__
     'gradient_growth'
   """
@@ -175,7 +175,7 @@ def drop_score_names() -> tuple[str, ...]:
   Returns:
     A tuple of names.
 
-  Example:
+  Examples:
     >>> 'importance' in drop_score_names()
     True
   """
@@ -188,7 +188,7 @@ def grow_score_names() -> tuple[str, ...]:
   Returns:
     A tuple of names.
 
-  Example:
+  Examples:
     >>> {'gradient', 'random'} <= set(grow_score_names())
     True
   """

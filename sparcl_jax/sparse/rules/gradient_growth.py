@@ -24,7 +24,7 @@ def gradient_growth(inputs: ScoreInputs) -> Any:
   Returns:
     Scores at the sparse leaves (higher = grown first), ``None`` elsewhere.
 
-  Example:
+  Examples:
     >>> g = {'w': jnp.array([0.5, -3.])}
     >>> inputs = ScoreInputs(params=g, grads=g, last_grads=None,
     ...                      has_grads=jnp.bool_(False),

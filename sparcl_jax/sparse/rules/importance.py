@@ -30,7 +30,7 @@ def importance_drop(inputs: ScoreInputs, *,
   Returns:
     Scores at the sparse leaves (higher = kept), ``None`` elsewhere.
 
-  Example:
+  Examples:
     >>> w = {'w': jnp.array([1., -2., 0.5])}
     >>> inputs = ScoreInputs(
     ...     params=w, grads=w, last_grads={'w': jnp.array([4., 0., -1.])},

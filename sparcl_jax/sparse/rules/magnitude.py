@@ -26,7 +26,7 @@ def magnitude_drop(inputs: ScoreInputs) -> Any:
   Returns:
     Scores at the sparse leaves (higher = kept), ``None`` elsewhere.
 
-  Example:
+  Examples:
     >>> w = {'w': jnp.array([1., -2.]), 'b': jnp.array([3.])}
     >>> inputs = ScoreInputs(params=w, grads=w, last_grads=None,
     ...                      has_grads=jnp.bool_(False),

@@ -22,7 +22,7 @@ def random_growth(inputs: ScoreInputs) -> Any:
   Returns:
     None.
 
-  Example:
+  Examples:
     >>> random_growth(None) is None
     True
   """

@@ -41,7 +41,7 @@ def sampled_gradient_growth(inputs: ScoreInputs, *,
   Raises:
     ConfigError: if ``subset_fraction`` is outside ``[0, 1]``.
 
-  Example:
+  Examples:
     >>> g = {'w': jnp.array([0.5, -3., 2.])}
     >>> inputs = ScoreInputs(params=g, grads=g, last_grads=None,
     ...                      has_grads=jnp.bool_(False),
