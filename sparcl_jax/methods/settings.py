@@ -294,13 +294,13 @@ class MaskSettings(Settings):
                         "--mask_growth or use the unstructured masks.")
     if self.sparsity_distribution != "uniform" or self.sparse_layers:
       raise ConfigError(refuse + "makes every MLP hidden layer (ResNet-18 "
-                        "block conv) sparse at --sparsity: drop --sparsity_distribution and "
+                        "block conv, Zenke CNN conv_1..conv_3) sparse at "
+                        "--sparsity: drop --sparsity_distribution and "
                         "--sparse_layers.")
     if self.mask_group < 0:
       raise ConfigError(f"--mask_group={self.mask_group} must be >= 1, or "
                         "0 for the model's default.")
-    registry.group_size(config.model, self.mask_group, config.nf,
-                        config.hidden_widths)
+    registry.group_size(config.model, self.mask_group, config.model_widths)
 
 
 @dataclasses.dataclass(frozen=True)

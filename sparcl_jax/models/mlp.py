@@ -118,6 +118,7 @@ def sparse_layers(path: str, leaf: Any) -> bool:
 
 register(ModelSpec(name="mlp", build=_build, sparse_filter=sparse_layers,
                    clnp_layer_specs=mlp_layer_specs, grouped=True,
-                   grouped_widths=lambda nf, hidden: {
-                       f"hidden_{i}": w for i, w in enumerate(hidden)},
+                   grouped_widths=lambda args: {
+                       f"hidden_{i}": int(w)
+                       for i, w in enumerate(args.hidden_sizes)},
                    default_group=lambda widths: 250, order=0))
