@@ -350,3 +350,26 @@ def test_grouped_flags_name_the_zenke_layers_when_refusing():
     config_lib.validate(config_lib.from_dict(values))
   values.pop("sparse_layers")
   assert config_lib.validate(config_lib.from_dict(values)).group_size == 16
+
+
+def test_structured_zenke_run_killed_mid_task_resumes_bit_identically(
+    tmp_path):
+  # The kill lands in task 2's second epoch, after a mid-task checkpoint:
+  # the kept channels, the kept kernels, the dropout key, the DGM state and
+  # the buffer all come back from it. (The runs are subprocesses of
+  # experiments/train.py: they import the sparcl_jax that PYTHONPATH or
+  # the installed package gives.)
+  from test_faults import EXACT_KEYS, _kill_in_task_2_then_rerun
+  write_cifar_folder(str(tmp_path / "data"), "cifar10", train_per_batch=40,
+                     test=20)
+  _kill_in_task_2_then_rerun(
+      tmp_path, ["--dataset=cifar10", "--data_source=files",
+                 f"--data_dir={tmp_path / 'data'}", "--nodownload",
+                 "--scenario=split", "--model=zenke_cnn",
+                 "--method=sparcl_derpp", "--mask_structure=grouped",
+                 "--sparsity=0.75", "--epochs=2", "--num_tasks=2",
+                 "--batch_size=8", "--minibatch_size=8",
+                 "--buffer_size=30", "--lr=0.05", "--steps_per_call=1",
+                 "--checkpoint_every_steps=5", "--ddr_epochs=1",
+                 "--mask_update_interval=1", "--mask_swap_fraction=0.2",
+                 "--noprogress", "--notensorboard"], EXACT_KEYS)
