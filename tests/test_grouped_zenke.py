@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -373,3 +376,50 @@ def test_structured_zenke_run_killed_mid_task_resumes_bit_identically(
                  "--checkpoint_every_steps=5", "--ddr_epochs=1",
                  "--mask_update_interval=1", "--mask_swap_fraction=0.2",
                  "--noprogress", "--notensorboard"], EXACT_KEYS)
+
+
+_DATA_PARALLEL = r"""
+import json, sys
+from sparcl_jax.training import cli, config as config_lib, loop, run_state
+base = cli.parse_config(["train.py", "--workdir=" + sys.argv[1]]
+                        + sys.argv[2:])
+scenario = run_state.build_scenario(base)
+out = {}
+for n in (1, 2):
+  out[n] = loop.run(config_lib.replace(base, num_devices=n,
+                                       workdir=sys.argv[1] + str(n)),
+                    scenario=scenario)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_structured_zenke_on_two_devices_matches_one(tmp_path):
+  # 2 forced host devices in a subprocess (the count is fixed when JAX
+  # starts); it imports the sparcl_jax that PYTHONPATH or the installed
+  # package gives.
+  write_cifar_folder(str(tmp_path / "data"), "cifar10", train_per_batch=8,
+                     test=10)
+  script = tmp_path / "probe.py"
+  script.write_text(_DATA_PARALLEL)
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run(
+      [sys.executable, str(script), str(tmp_path / "run"),
+       "--dataset=cifar10", "--data_source=files",
+       f"--data_dir={tmp_path / 'data'}", "--nodownload", "--scenario=split",
+       "--model=zenke_cnn", "--method=sparcl_derpp",
+       "--mask_structure=grouped", "--sparsity=0.75", "--epochs=1",
+       "--num_tasks=2", "--batch_size=8", "--minibatch_size=8",
+       "--buffer_size=20", "--lr=0.05", "--mask_update_interval=1",
+       "--noprogress", "--notensorboard"],
+      capture_output=True, text=True, timeout=400, env=env, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][0]
+  out = json.loads(line[len("RESULT "):])
+  one, two = out["1"], out["2"]
+  assert two["flags"]["num_devices"] == 2
+  for kind in ("class_il", "task_il"):
+    np.testing.assert_allclose(one["acc_matrix"][kind],
+                               two["acc_matrix"][kind], atol=0.5)
+  assert one["train_flops"] == two["train_flops"]
+  assert one["sparsity"]["masks"] == two["sparsity"]["masks"]
