@@ -236,15 +236,17 @@ class MaskSettings(Settings):
           "kernels.")
   mask_structure: str = flag(
       "unstructured", "'unstructured' (SparCL's masks over dense layers) or "
-                      "'grouped' (the MLP's hidden layers and ResNet-18's "
-                      "block convs keep the same input rows count in every "
-                      "block of --mask_group output units and compute with "
-                      "the kept weights only).")
+                      "'grouped' (the MLP's hidden layers, ResNet-18's "
+                      "block convs and the Zenke CNN's conv_1..conv_3 keep "
+                      "the same input rows count in every block of "
+                      "--mask_group output units and compute with the kept "
+                      "weights only).")
   mask_group: int = flag(0, "With --mask_structure=grouped: output units "
                             "per block (must divide every structured "
                             "layer's width); 0: the model's default (250 "
-                            "for the MLP, 20 for ResNet-18, else the "
-                            "largest divisor of nf below 20).")
+                            "for the MLP; for ResNet-18 the largest "
+                            "divisor of nf up to 20; 16 for the Zenke "
+                            "CNN).")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "
