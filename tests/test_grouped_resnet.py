@@ -252,7 +252,10 @@ def test_shortcuts_stem_and_head_are_a_small_share_of_the_macs():
     (dict(mask_group=8), "--mask_group=8 must divide every hidden width: "
                          "layer1 has 20 outputs; valid sizes: 1, 2, 4, 5, "
                          "10, 20."),
-    (dict(model="zenke_cnn"), "--model=mlp, --model=resnet18 only"),
+    (dict(model="small_vgg"), "--mask_structure=grouped has layers for "
+                              "--model=mlp, --model=resnet18, "
+                              "--model=zenke_cnn only, not 'small_vgg'; use "
+                              "the unstructured masks."),
 ])
 def test_structured_resnet_flags_refuse_in_one_line(changes, message):
   values = dict(workdir="/tmp/x", method="sparcl_derpp", model="resnet18",

@@ -271,7 +271,8 @@ def test_grouped_run_killed_mid_task_resumes_bit_identically(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(model="zenke_cnn"), "--model=mlp, --model=resnet18 only"),
+    (dict(model="small_vgg"), "--model=mlp, --model=resnet18, "
+                              "--model=zenke_cnn only"),
     (dict(mask_group=30), "must divide every hidden width"),
     (dict(mask_growth="gradient"), "grows rows at random"),
     (dict(method="rigl_derpp"), "grows rows at random"),

@@ -238,6 +238,7 @@ def test_zenke_cnn_width_multiplier_scales_hidden_layers():
     ("resnet18", dict(nf=4), (1, 8, 8, 3)),
     ("resnet18", dict(nf=4, head="multi", head_sizes=(2, 3)), (1, 8, 8, 3)),
     ("zenke_cnn", dict(), (1, 12, 12, 3)),
+    ("zenke_cnn", dict(group=16, sparsity=0.75), (1, 12, 12, 3)),
 ])
 def test_declared_sparse_layers_are_sparcls_default_rule(name, kwargs, shape):
   # Each model now declares its sparse layers; on the built-in models the
@@ -263,11 +264,11 @@ def test_models_declare_clnp_specs_and_batch_norm():
   assert registry.get("zenke_cnn").clnp_layer_specs is cnn_layer_specs
   assert registry.get("resnet18").clnp_layer_specs is None
   assert [n for n in names() if registry.get(n).batch_norm] == ["resnet18"]
-  assert [n for n in names() if registry.get(n).grouped] == ["mlp",
-                                                              "resnet18"]
-  with pytest.raises(ConfigError, match="exist for the mlp, resnet18 models "
-                     "only, not 'zenke_cnn'"):
-    make_model("zenke_cnn", 10, group=2)
+  assert [n for n in names() if registry.get(n).grouped] == [
+      "mlp", "resnet18", "zenke_cnn"]
+  with pytest.raises(ConfigError, match="exist for the mlp, resnet18, "
+                     "zenke_cnn models only, not 'small_vgg'"):
+    make_model("small_vgg", 10, group=2)
   with pytest.raises(ValueError, match="'mlp' is empty or taken"):
     registry.register(registry.get("mlp"))
 

@@ -61,7 +61,8 @@ def test_small_vgg_declares_sparse_layers_and_no_batch_norm():
   assert chosen == ["conv_1/kernel", "conv_2/kernel", "conv_3/kernel",
                     "dense_0/kernel"]
   with pytest.raises(ConfigError,
-                     match="for the mlp, resnet18 models only, not 'small_vgg'"):
+                     match="for the mlp, resnet18, zenke_cnn models only, not "
+                     "'small_vgg'"):
     registry.make_model("small_vgg", 10, group=4)
 
 

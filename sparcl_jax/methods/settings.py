@@ -244,16 +244,18 @@ class MaskSettings(Settings):
           "kernels.")
   mask_structure: str = flag(
       "unstructured", "'unstructured' (SparCL's masks over dense layers) or "
-                      "'grouped' (the MLP's hidden layers and ResNet-18's "
-                      "block convs keep the same input rows count in every "
-                      "block of --mask_group output units and compute with "
-                      "the kept weights only).")
+                      "'grouped' (the MLP's hidden layers, ResNet-18's "
+                      "block convs and the Zenke CNN's conv_1..conv_3 keep "
+                      "the same input rows count in every block of "
+                      "--mask_group output units and compute with the kept "
+                      "weights only).")
   mask_group: int = flag(0, "With --mask_structure=grouped: output units "
                             "per block (must divide every structured "
                             "layer's width); 0: the model's default, the "
                             "largest divisor of the widths up to 50 for the "
-                            "MLP (50 at 100, 400 or 2000 units) and up to "
-                            "20 for ResNet-18 (20 at nf 20, 16 at nf 64).")
+                            "MLP (50 at 100, 400 or 2000 units), up to 20 "
+                            "for ResNet-18 (20 at nf 20, 16 at nf 64), and "
+                            "16 for the Zenke CNN.")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "
@@ -303,13 +305,13 @@ class MaskSettings(Settings):
                         "--mask_growth or use the unstructured masks.")
     if self.sparsity_distribution != "uniform" or self.sparse_layers:
       raise ConfigError(refuse + "makes every MLP hidden layer (ResNet-18 "
-                        "block conv) sparse at --sparsity: drop --sparsity_distribution and "
+                        "block conv, Zenke CNN conv_1..conv_3) sparse at "
+                        "--sparsity: drop --sparsity_distribution and "
                         "--sparse_layers.")
     if self.mask_group < 0:
       raise ConfigError(f"--mask_group={self.mask_group} must be >= 1, or "
                         "0 for the model's default.")
-    registry.group_size(config.model, self.mask_group, config.nf,
-                        config.hidden_widths)
+    registry.group_size(config.model, self.mask_group, config.model_widths)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,12 +118,13 @@ def sparse_layers(path: str, leaf: Any) -> bool:
 
 
 # Blocks of 50 output units: the best Class-IL of 25, 50, 100 and 250 on
-# the structured MLP 784-2000-2000 configs at sparsity 0.90 and 0.95 (README,
-# Performance), and what every structured MLP config sets; the largest
+# the structured MLP 784-2000-2000 configs at sparsity 0.90 and 0.95
+# (docs/performance.md), and what every structured MLP config sets; the largest
 # divisor of the widths up to 50 elsewhere (50 at 100, 400 and 2000).
 register(ModelSpec(name="mlp", build=_build, sparse_filter=sparse_layers,
                    clnp_layer_specs=mlp_layer_specs, grouped=True,
-                   grouped_widths=lambda nf, hidden: {
-                       f"hidden_{i}": w for i, w in enumerate(hidden)},
+                   grouped_widths=lambda args: {
+                       f"hidden_{i}": int(w)
+                       for i, w in enumerate(args.hidden_sizes)},
                    default_group=lambda widths: largest_divisor_up_to(
                        widths, 50), order=0))

@@ -89,9 +89,10 @@ class ModelSpec:
     batch_norm: whether it keeps batch-norm statistics (the task-level
       runs, CLNP's family, take models without).
     grouped: whether ``ModelArgs.group`` gives it grouped sparse layers.
-    grouped_widths: for a grouped model, ``(nf, hidden_widths) -> {layer:
-      output width}`` of the layers ``ModelArgs.group`` structures (each
-      width must be a multiple of the group).
+    grouped_widths: for a grouped model, ``ModelArgs -> {layer: output
+      width}`` of the layers ``ModelArgs.group`` structures (each width
+      must be a multiple of the group); it reads the width fields it has a
+      use for (``nf``, ``hidden_sizes``, ``width_multiplier``).
     default_group: for a grouped model, ``widths -> group`` used when
       ``--mask_group`` is left at 0.
     order: position in listings (then the name).
@@ -109,8 +110,7 @@ class ModelSpec:
   clnp_layer_specs: Optional[Callable[[PyTree], tuple]] = None
   batch_norm: bool = False
   grouped: bool = False
-  grouped_widths: Optional[Callable[[int, tuple[int, ...]],
-                                    dict[str, int]]] = None
+  grouped_widths: Optional[Callable[[ModelArgs], dict[str, int]]] = None
   default_group: Optional[Callable[[dict[str, int]], int]] = None
   order: int = 100
 
@@ -234,15 +234,14 @@ def make_model(name: str, num_outputs: int, *,
       width_multiplier, int(group), float(sparsity), bool(kept_fan_in_init)))
 
 
-def group_size(name: str, mask_group: int, nf: int,
-               hidden_widths: Sequence[int]) -> int:
+def group_size(name: str, mask_group: int, args: ModelArgs) -> int:
   """The output block size of a grouped model's sparse layers, checked.
 
   Args:
     name: a model declared ``grouped``.
     mask_group: ``--mask_group``; 0 takes the model's default.
-    nf: base width (conv models).
-    hidden_widths: hidden widths (the MLP).
+    args: the model's settings; only the widths (``nf``, ``hidden_sizes``,
+      ``width_multiplier``) are read.
 
   Returns:
     The group, a divisor of every structured layer's width.
@@ -252,9 +251,9 @@ def group_size(name: str, mask_group: int, nf: int,
       the layer and the valid sizes).
 
   Examples:
-    >>> group_size("resnet18", 0, 20, ()), group_size("resnet18", 0, 64, ())
-    (20, 16)
-    >>> group_size("resnet18", 8, 20, ())
+    >>> [group_size("resnet18", 0, ModelArgs(10, nf=nf)) for nf in (20, 64)]
+    [20, 16]
+    >>> group_size("resnet18", 8, ModelArgs(10, nf=20))
     Traceback (most recent call last):
     ...
     sparcl_jax.errors.ConfigError: --mask_group=8 must divide every hidden width: layer1 has 20 outputs; valid sizes: 1, 2, 4, 5, 10, 20.
@@ -262,7 +261,7 @@ def group_size(name: str, mask_group: int, nf: int,
   spec = get(name)
   if not spec.grouped or spec.grouped_widths is None:
     raise ConfigError(f"--model={name} has no grouped layers.")
-  widths = spec.grouped_widths(int(nf), tuple(int(w) for w in hidden_widths))
+  widths = spec.grouped_widths(args)
   group = int(mask_group) or spec.default_group(widths)
   if group < 1:
     raise ConfigError(f"--mask_group={mask_group} must be >= 1.")

@@ -201,28 +201,26 @@ def _build(args: ModelArgs) -> ResNet18:
   if args.nf < 1:
     raise ConfigError(f"nf must be >= 1, got {args.nf}.")
   if args.group:
-    registry.group_size("resnet18", args.group, args.nf, ())
+    registry.group_size("resnet18", args.group, args)
   return ResNet18(int(args.nf), args.num_outputs, args.head, args.head_sizes,
                   args.conv, args.group, args.sparsity, args.kept_fan_in_init)
 
 
-def grouped_widths(nf: int, hidden_widths: tuple[int, ...]
-                   ) -> dict[str, int]:
+def grouped_widths(args: ModelArgs) -> dict[str, int]:
   """Output channels of the block convs ``--mask_structure=grouped``
   structures, by stage.
 
   Args:
-    nf: base width.
-    hidden_widths: unused (the MLP's).
+    args: the model settings (``nf`` is read).
 
   Returns:
     ``{'layer1': nf, ..., 'layer4': 8 nf}``.
 
   Examples:
-    >>> grouped_widths(20, ())
+    >>> grouped_widths(ModelArgs(10, nf=20))
     {'layer1': 20, 'layer2': 40, 'layer3': 80, 'layer4': 160}
   """
-  del hidden_widths
+  nf = int(args.nf)
   return {f"layer{stage + 1}": nf * 2**stage
           for stage in range(len(STAGE_STRIDES))}
 

@@ -197,8 +197,16 @@ class RunConfig(settings_lib.SparclDerppSettings, settings_lib.ClnpSettings,
       >>> RunConfig(model="resnet18", nf=20).group_size
       20
     """
-    return registry.group_size(self.model, self.mask_group, self.nf,
-                               self.hidden_widths)
+    return registry.group_size(self.model, self.mask_group,
+                               self.model_widths)
+
+  @property
+  def model_widths(self) -> registry.ModelArgs:
+    """The run's model widths as :class:`~registry.ModelArgs` (what
+    :func:`registry.group_size` reads; ``num_outputs`` is left at 0, the
+    scenario gives it)."""
+    return registry.ModelArgs(0, hidden_sizes=self.hidden_widths,
+                              nf=self.nf)
 
   @property
   def ddr_epoch_list(self) -> tuple[int, ...]:
