@@ -186,7 +186,9 @@ def tdm(inner: optax.GradientTransformation, *,
 
   If ``epoch``/``step_in_epoch`` are not given, ``steps_per_epoch`` must be:
   the epoch is then derived from the internal step counter as
-  ``(count // steps_per_epoch) % schedule.epochs_per_task``.
+  ``(count // steps_per_epoch) % schedule.epochs_per_task``. A given
+  ``epoch`` at or past ``schedule.epochs_per_task`` (a global epoch counter)
+  follows the same rule: it is read modulo ``epochs_per_task``.
 
   Two optional static (Python bool) extra args let a caller that knows its
   schedule skip work: ``mask_events=False`` promises that no mask changes at
