@@ -350,3 +350,25 @@ def test_nnx_task_loop_keeps_committed_logits_bit_identical():
   # Taken before its commit, a reference would not have held.
   assert any(changed_by_commit)
   assert all(u.any() for u in used.values())
+
+
+def test_linen_unit_activity_compiles_once_per_model():
+  # Measuring every task with the same model_apply traces it once, as the
+  # NNX path does; it used to build a new jit closure at every call.
+  linen = _LinenSowing("hidden_0_act")
+  x = jax.random.normal(jax.random.key(0), (4, 6))
+  traces = []
+
+  def apply(variables, inputs, mutable):
+    traces.append(1)
+    return linen.apply(variables, inputs, mutable=mutable)
+
+  for task in range(3):
+    variables = linen.init(jax.random.key(task), x)
+    act = sc.unit_activity(apply, variables, x, ["hidden_0"])
+    assert act["hidden_0"].shape == (3,)
+  assert len(traces) == 1
+  # model.apply of one module: bound methods compare equal, one compile.
+  sums = [sc.clnp.activity._linen_sums(linen.apply, ["hidden_0"], "mean")
+          for _ in range(2)]
+  assert sums[0] is sums[1]

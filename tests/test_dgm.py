@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+import sparcl_jax as sc
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse import sparsity
 from sparcl_jax.sparse.dgm import DGMSpec, DGMState, dgm, dgm_masks
@@ -146,3 +147,27 @@ def test_dgm_as_one_group_of_multi_transform():
       np.where(kept, -np.asarray(grads['hidden_0']['kernel']), 0.0))
   np.testing.assert_array_equal(np.asarray(updates['head']['kernel']),
                                 -np.asarray(grads['head']['kernel']))
+
+
+def test_fresh_dgm_masks_report_the_gradient_sparsity_it_keeps():
+  # dgm_masks of a fresh state used to be all-True (the gradient counted
+  # dense, so train_flops from it counted 2.6x); it keeps what a refresh
+  # keeps, and the first update refreshes even off the refresh grid.
+  params = _params()
+  tx = sc.tdm(optax.sgd(0.1), sparsity=0.5, dgm=DGMSpec(0.8))
+  fresh = dgm_masks(tx.init(params))['hidden_0']['kernel']
+  assert int(fresh.sum()) == sparsity.keep_count(300, 0.8) == 60
+  macs = {'hidden_0/kernel': 300.0}
+  s_g = 1.0 - float(fresh.mean())
+  assert sc.train_flops(macs, {'hidden_0/kernel': 0.5},
+                        {'hidden_0/kernel': s_g}) == pytest.approx(
+                            2 * (2 * 0.5 + 0.2) * 300)
+  solo = dgm(0.8, refresh_interval=30)
+  state = solo.init(params)
+  g = _grads(0)
+  out, state = solo.update(g, state, params, step_in_epoch=7)
+  mask = np.asarray(dgm_masks(state)['hidden_0']['kernel'])
+  gk = np.abs(np.asarray(g['hidden_0']['kernel']))
+  assert mask.sum() == 60 and gk[mask].min() >= gk[~mask].max()
+  np.testing.assert_array_equal(np.asarray(out['hidden_0']['kernel']),
+                                np.where(mask, g['hidden_0']['kernel'], 0))

@@ -141,7 +141,8 @@ def test_conv_drop_removes_the_channel_of_lowest_importance_over_taps():
                         "kept": grouped.kept_membership(rows, 8)}}
   tx = grouped_tdm(optax.sgd(0.0), kept_rows=kept_rows,
                    schedule=MaskSchedule(update_interval=1, epochs_per_task=3,
-                                         extra_growth=0.125))
+                                         extra_growth=0.125,
+                                         swap_fraction=0.125))
   params = {"conv": {"values": values}}
   state = tx.init(params)
   updates, state = tx.update({"conv": {"values": jnp.zeros_like(values)}},
@@ -299,7 +300,7 @@ def test_structured_resnet_run_compiles_its_chunk_once(tmp_path, caplog):
           "--sparsity=0.75", "--epochs=1", "--num_tasks=2",
           "--batch_size=16", "--minibatch_size=16", "--buffer_size=50",
           "--steps_per_call=100", "--lr=0.05", "--mask_update_interval=1",
-          "--noprogress", "--notensorboard"]
+          "--mask_extra_growth=0.25", "--noprogress", "--notensorboard"]
   jax.config.update("jax_log_compiles", True)
   try:
     with caplog.at_level(logging.WARNING, logger="jax"):
@@ -351,4 +352,5 @@ def test_structured_resnet_run_killed_mid_task_resumes_bit_identically(
                  "--buffer_size=50", "--lr=0.05", "--steps_per_call=1",
                  "--checkpoint_every_steps=10", "--ddr_epochs=1",
                  "--mask_update_interval=1", "--mask_swap_fraction=0.2",
-                 "--noprogress", "--notensorboard"], EXACT_KEYS)
+                 "--mask_extra_growth=0.25", "--noprogress",
+                 "--notensorboard"], EXACT_KEYS)

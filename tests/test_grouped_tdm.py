@@ -128,7 +128,8 @@ def test_drop_removes_the_rows_of_lowest_importance():
                "kept": grouped.kept_membership(jnp.array([[0, 1, 2, 3]]), 8)}
   tx = grouped_tdm(optax.sgd(0.0), kept_rows=kept_rows,
                    schedule=MaskSchedule(update_interval=1, epochs_per_task=3,
-                                         extra_growth=0.125))
+                                         extra_growth=0.125,
+                                         swap_fraction=0.125))
   params = {"values": values}
   state = tx.init(params)
   _, state = tx.update({"values": jnp.zeros_like(values)}, state, params,
@@ -238,7 +239,8 @@ def test_grouped_run_compiles_once_and_counts_exact_flops(tmp_path):
       method="sparcl_derpp", hidden_sizes="40,40", mask_structure="grouped",
       mask_group=10, sparsity=0.75, epochs=2, batch_size=16,
       minibatch_size=16, buffer_size=50, steps_per_call=8, ddr_epochs="1",
-      mask_update_interval=1, progress=False, num_tasks=2)))
+      mask_update_interval=1, mask_extra_growth=0.025, progress=False,
+      num_tasks=2)))
   jax.clear_caches()
   counts = runs.count_run_compiles(config, runs.digits_scenario(2))
   assert counts["compiles"] >= 3
@@ -324,7 +326,7 @@ def test_nnx_layer_trains_under_grouped_tdm_and_takes_its_rows_back():
 
 def test_tdm_rows_found_inside_optax_wrappers():
   layer = GroupedSparseDense(4, group=2, sparsity=0.5)
-  variables = layer.init(jax.random.key(0), jnp.ones((1, 6)))
+  variables = layer.init(jax.random.key(0), jnp.ones((1, 60)))
   inner = grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"])
   want = inner.init(variables["params"]).collection
   for tx in (optax.chain(optax.clip_by_global_norm(1.0), inner),
@@ -335,3 +337,35 @@ def test_tdm_rows_found_inside_optax_wrappers():
     assert jax.tree.all(jax.tree.map(
         lambda a, b: bool((a == b).all()), got, want))
     assert sparsity_variables(state)["sparsity"] is got
+
+
+def test_a_share_that_moves_no_row_is_refused_naming_the_layer():
+  # On a 40-input layer the default 1% swaps round(0.4) = 0 rows: it used
+  # to run and never change the layer, without a word.
+  layer = GroupedSparseDense(4, group=2, sparsity=0.5)
+  variables = layer.init(jax.random.key(0), jnp.ones((1, 40)))
+  with pytest.raises(ConfigError) as err:
+    grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"])
+  assert str(err.value) == (
+      "grouped_tdm: MaskSchedule(extra_growth=0.01) swaps round(0.01 x 40) "
+      "= 0 rows per block of layer (top) (fan-in 40), so it would never "
+      "change; use extra_growth >= 0.025 (1/40), or 0 to keep its rows "
+      "fixed.")
+  schedule = MaskSchedule(extra_growth=0.025)
+  with pytest.raises(ConfigError, match=r"swap_fraction >= 0\.025 \(1/40\)"):
+    grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"],
+                schedule=schedule)
+  # The smallest share named moves a row; a share of 0 is taken as meant.
+  moving = MaskSchedule(extra_growth=0.025, swap_fraction=0.025)
+  tx = grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"],
+                   schedule=moving)
+  state = tx.init(variables["params"])
+  grads = jax.tree.map(jnp.ones_like, variables["params"])
+  _, state = tx.update(grads, state, variables["params"], epoch=0,
+                       step_in_epoch=0)
+  moved = (tdm_rows(state)["rows"] != variables["sparsity"]["rows"]).sum(-1)
+  assert moved.tolist() == [1, 1]
+  grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"],
+              schedule=MaskSchedule(extra_growth=0.0, swap_fraction=0.0))
+  grouped_tdm(optax.sgd(0.1), kept_rows=variables["sparsity"],
+              schedule=MaskSchedule(static=True))

@@ -29,8 +29,33 @@ def test_schedule_table_python_ints():
   sched = MaskSchedule()
   for epoch in range(50):
     assert sched.targets(epoch, 0.75) == _expected_row(epoch), epoch
-  assert sched.targets(50, 0.75) == (False, 0.75, 0.75)
-  assert sched.targets(55, 0.75) == (False, 0.75, 0.75)
+  # Past the schedule the epoch is read modulo epochs_per_task: epoch 50
+  # is the next task's start (it used to freeze the masks silently).
+  assert sched.targets(50, 0.75) == (True, 0.75, 0.74)
+  assert sched.targets(55, 0.75) == (True, 0.76, 0.75)
+  assert sched.targets(101, 0.75) == (False, 0.75, 0.75)
+
+
+@pytest.mark.parametrize('path', ['epoch_arg', 'steps_per_epoch'])
+def test_epoch_past_the_schedule_starts_the_next_task_on_both_paths(path):
+  # A global epoch counter given as epoch= and the steps_per_epoch
+  # fallback follow one rule: epoch 2 of a 2-epoch schedule is the next
+  # task's start, a drop-and-grow (the epoch= path froze the masks).
+  params = {'hidden_0': {'kernel': jax.random.normal(jax.random.key(0),
+                                                     (20, 20))}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  sched = MaskSchedule(update_interval=1, epochs_per_task=2)
+  tx = tdm(optax.sgd(0.1), sparsity=0.5, schedule=sched, steps_per_epoch=1)
+  state = tx.init(params)
+  where = ((lambda e: dict(epoch=e, step_in_epoch=0)) if path == 'epoch_arg'
+           else (lambda e: {}))
+  for epoch in range(2):
+    _, state = tx.update(grads, state, params, **where(epoch))
+  before = tdm_masks(state)['hidden_0']['kernel']
+  _, state = tx.update(grads, state, params, **where(2))
+  after = tdm_masks(state)['hidden_0']['kernel']
+  # The task start grows 1% extra: 200 -> 204 of 400 kept.
+  assert int(before.sum()) == 200 and int(after.sum()) == 204
 
 
 def test_schedule_table_traced_matches():
@@ -350,7 +375,8 @@ def test_accessors_find_the_state_inside_optax_wrappers(wrap):
   assert int(masks['hidden_0']['kernel'].sum()) == 500
   assert masks['head']['kernel'] is None
   assert masks['hidden_0']['bias'] is None
-  assert bool(dgm_masks(state)['hidden_0']['kernel'].all())
+  # A fresh DGM state keeps what a refresh keeps: 20% of 1000.
+  assert int(dgm_masks(state)['hidden_0']['kernel'].sum()) == 200
   assert dgm_masks(state)['head']['kernel'] is None
 
 

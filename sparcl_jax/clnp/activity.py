@@ -156,7 +156,16 @@ def _nnx_sums(model, forward, layer_names, reading):
   return _nnx_sums_fn(*key), state
 
 
-def _linen_sums(model_apply, layer_names, reading):
+@functools.lru_cache(maxsize=16)
+def _linen_sums_fn(model_apply: Callable[..., Any],
+                   layer_names: tuple[str, ...], reading: str):
+  """A jitted ``(variables, x) -> {name: activity sums}``, one per apply.
+
+  Cached like the NNX one, so that measuring every task of a loop with the
+  same ``model_apply`` (e.g. ``model.apply``: bound methods of one module
+  compare equal) compiles once.
+  """
+
   @jax.jit
   def sums(v, x):
     _, state = model_apply(v, x, mutable=["intermediates"])
@@ -164,6 +173,15 @@ def _linen_sums(model_apply, layer_names, reading):
             for name in layer_names}
 
   return sums
+
+
+def _linen_sums(model_apply, layer_names, reading):
+  key = (model_apply, tuple(layer_names), reading)
+  try:
+    hash(key)
+  except TypeError:  # an unhashable callable: no cache
+    return _linen_sums_fn.__wrapped__(*key)
+  return _linen_sums_fn(*key)
 
 
 def unit_activity(model: Any, *args: Any, reading: str = "mean",
@@ -185,6 +203,11 @@ def unit_activity(model: Any, *args: Any, reading: str = "mean",
   ``self.sow(nnx.Intermediate, 'hidden_0_act', h)``; a value sown under the
   plain name is read too, where Flax allows it. The NNX model is not
   changed: it runs on a copy under ``nnx.capture``, jitted.
+
+  The jitted measure is cached per model: an NNX model's layout, a Linen
+  ``model_apply`` (the same callable: ``model.apply`` of one module, or one
+  wrapper built once outside the task loop, not a new ``lambda`` per call),
+  so measuring every task compiles once.
 
   Args:
     model: Linen: ``model_apply(variables, x, mutable=['intermediates'])``
@@ -240,6 +263,10 @@ def unit_activity(model: Any, *args: Any, reading: str = "mean",
     raise ConfigError(f"unit_activity({'model' if is_nnx else 'model_apply'}"
                       f", {want}) takes {want.count(',') + 1} arguments "
                       f"after the model, got {len(args)}")
+  layer_names = args[-1]
+  if isinstance(layer_names, str):
+    raise ConfigError(f"layer_names must be a sequence of names, got the "
+                      f"string {layer_names!r}")
   if is_nnx:
     (inputs, layer_names), variables = args, None
     sums, variables = _nnx_sums(model, forward, layer_names, reading)
@@ -248,9 +275,6 @@ def unit_activity(model: Any, *args: Any, reading: str = "mean",
       raise ConfigError("forward is for NNX models; wrap model_apply instead")
     variables, inputs, layer_names = args
     sums = _linen_sums(model, layer_names, reading)
-  if isinstance(layer_names, str):
-    raise ConfigError(f"layer_names must be a sequence of names, got the "
-                      f"string {layer_names!r}")
   n = int(jnp.shape(inputs)[0])
   if n == 0:
     raise ConfigError("unit_activity needs at least one input")

@@ -126,16 +126,24 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         ) -> optax.GradientTransformationExtraArgs:
   """Dynamic gradient masking.
 
-  At steps where ``step % refresh_interval == 0`` (``step`` is the extra arg
-  ``step_in_epoch`` when given, else the internal counter), per selected
+  At the first update and at steps where ``step % refresh_interval == 0``
+  (``step`` is the extra arg ``step_in_epoch`` when given, else the
+  internal counter), per selected
   leaf: ``g' = g * weight_mask`` (extra arg ``weight_mask``; a missing pytree
   or a ``None`` leaf means dense), keep exactly the
   ``keep_count(n, gradient_sparsity)`` largest ``|g'|`` (ties favour
   positions inside the weight mask, then lower index) and store that set. On
   other steps the gradient is multiplied by the stored set. Unselected leaves
   pass through unchanged. The static extra arg ``mask_events=False`` (a
-  caller's promise that no refresh is due) reuses the stored set without a
-  conditional, so the masking fuses with the surrounding update.
+  caller's promise that no refresh is due, which the first update never
+  is) reuses the stored set without a conditional, so the masking fuses
+  with the surrounding update.
+
+  Before the first update, ``init``'s masks keep as many entries as a
+  refresh will (``keep_count(n, gradient_sparsity)``, at placeholder
+  positions: the first entries), so ``dgm_masks`` of a fresh state reports
+  the gradient sparsity the schedule keeps (e.g. for ``train_flops``); the
+  first update replaces them.
 
   ``gradient_sparsity`` is a share of the *whole* gradient of a leaf, not
   of its kept weights: inside ``tdm`` at weight sparsity ``s`` the gradient
@@ -184,9 +192,18 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
   def init_fn(params):
     require_selection(params, sparse_filter, 'dgm',
                       'no gradient would be masked')
+    # Before the first refresh (the first update) the masks keep the count
+    # a refresh keeps, at placeholder positions (the first entries), so that
+    # dgm_masks reports the schedule's gradient sparsity from a fresh state.
+    def placeholder(m):
+      if m is None:
+        return None
+      flat = jnp.arange(m.size).reshape(m.shape)
+      return flat < keep_count(m.size, gs)
+
+    masks = masked_to_none(masks_from_filter(params, sparse_filter))
     return DGMState(count=jnp.zeros([], jnp.int32),
-                    masks=masked_to_none(
-                        masks_from_filter(params, sparse_filter)))
+                    masks=jax.tree.map(placeholder, masks, is_leaf=is_none))
 
   def refresh(grads, masks, weight_mask):
 
@@ -211,7 +228,9 @@ def dgm(gradient_sparsity: float = 0.8, refresh_interval: int = 30,
         step_in_epoch, jnp.int32)
     wm = _weight_mask_leaf(weight_mask, state.masks)
     if mask_events:
-      masks = run_if(step % interval == 0,
+      # The first update always refreshes: the initial masks are
+      # placeholders (see init).
+      masks = run_if((step % interval == 0) | (state.count == 0),
                      lambda m: refresh(updates, m, wm), state.masks)
     else:
       masks = state.masks
@@ -277,7 +296,8 @@ def dgm_masks(state: Any) -> PyTree:
 
   Returns:
     The gradient masks pytree (bool at selected leaves, ``None`` elsewhere),
-    as stored: under ``nnx.Optimizer`` its leaves are ``OptVariable``s,
+    as stored (before the first update: as many kept entries as the
+    gradient sparsity keeps, at placeholder positions): under ``nnx.Optimizer`` its leaves are ``OptVariable``s,
     which ``apply_mask`` and ``summarize_sparsity`` take as they come.
 
   Raises:
@@ -285,8 +305,8 @@ def dgm_masks(state: Any) -> PyTree:
 
   Examples:
     >>> params = {'hidden_0': {'kernel': jnp.zeros((2, 5))}}
-    >>> dgm_masks(dgm(0.8).init(params))['hidden_0']['kernel'].all()
-    Array(True, dtype=bool)
+    >>> dgm_masks(dgm(0.8).init(params))['hidden_0']['kernel'].sum()  # 20%
+    Array(2, dtype=int32)
   """
   found = find_states(state, DGMState)
   if len(found) != 1:

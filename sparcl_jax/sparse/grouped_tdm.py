@@ -156,6 +156,49 @@ def swap_counts(fan_in: int, k: int,
           min(round(schedule.swap_fraction * fan_in), most))
 
 
+def check_rows_move(fan_ins: dict[str, int], kept: dict[str, int],
+                    schedule: MaskSchedule) -> None:
+  """Raises where a positive swap share of the schedule moves no row.
+
+  ``round(share * fan_in)`` rows swap per block; on a small layer a share
+  such as the default 1% rounds to zero and the layer would never change.
+  Only the shares the schedule uses are checked: ``extra_growth`` at a
+  task's start, ``swap_fraction`` when a middle update exists, none for a
+  static schedule; a share of 0 is taken as meant.
+
+  Args:
+    fan_ins: ``{layer: fan_in}`` of the grouped layers.
+    kept: ``{layer: rows each block keeps}``.
+    schedule: the drop-and-grow schedule.
+
+  Raises:
+    ConfigError: naming the first such layer and the smallest share that
+      moves one of its rows (``1 / fan_in``).
+
+  Example:
+    >>> check_rows_move({'hidden_0': 40}, {'hidden_0': 10}, MaskSchedule())
+    Traceback (most recent call last):
+    ...
+    sparcl_jax.errors.ConfigError: grouped_tdm: MaskSchedule(extra_growth=0.01) swaps round(0.01 x 40) = 0 rows per block of layer hidden_0 (fan-in 40), so it would never change; use extra_growth >= 0.025 (1/40), or 0 to keep its rows fixed.
+  """
+  if schedule.static:
+    return
+  shares = [('extra_growth', schedule.extra_growth)]
+  if schedule.update_interval < schedule.last_update_epoch:
+    shares.append(('swap_fraction', schedule.swap_fraction))
+  for layer, fan_in in sorted(fan_ins.items()):
+    if min(kept[layer], fan_in - kept[layer]) < 1:
+      continue  # keeps all or no rows: nothing a share could move
+    for name, share in shares:
+      if share > 0 and round(share * fan_in) < 1:
+        raise ConfigError(
+            f'grouped_tdm: MaskSchedule({name}={share:g}) swaps '
+            f'round({share:g} x {fan_in}) = 0 rows per block of layer '
+            f'{layer or "(top)"} (fan-in {fan_in}), so it would never '
+            f'change; use {name} >= {1 / fan_in:.4g} (1/{fan_in}), or 0 to '
+            'keep its rows fixed.')
+
+
 def grouped_tdm(inner: optax.GradientTransformation, *,
                 kept_rows: PyTree,
                 schedule: MaskSchedule = MaskSchedule(),
@@ -193,8 +236,9 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     An ``optax.GradientTransformationExtraArgs`` over the model's params.
 
   Raises:
-    ConfigError: on invalid hyper-parameters, or a collection without
-      grouped layers.
+    ConfigError: on invalid hyper-parameters, a collection without
+      grouped layers, or a positive ``extra_growth`` / ``swap_fraction``
+      that rounds to zero rows in a layer (``check_rows_move``).
 
   Examples:
     >>> from sparcl_jax.models.grouped_dense import GroupedSparseDense
@@ -221,6 +265,9 @@ def grouped_tdm(inner: optax.GradientTransformation, *,
     raise ConfigError(
         "grouped_tdm found no grouped layer in kept_rows: pass the model's "
         "'sparsity' collection (each layer's 'rows' and 'kept').")
+  flat_rows = flatten_to_dict(kept_rows)
+  check_rows_move(fan_ins, {layer: int(flat_rows[_leaf(layer, ROWS)].shape[-1])
+                            for layer in fan_ins}, schedule)
   lam = float(importance_lambda)
   inner = optax.with_extra_args_support(inner)
   masking = optax.with_extra_args_support(
@@ -409,10 +456,10 @@ def tdm_rows(state: optax.OptState) -> PyTree:
   Examples:
     >>> from sparcl_jax.models.grouped_dense import GroupedSparseDense
     >>> v = GroupedSparseDense(4, group=2, sparsity=0.5).init(
-    ...     jax.random.key(0), jnp.ones((1, 6)))
+    ...     jax.random.key(0), jnp.ones((1, 60)))
     >>> tx = grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity'])
     >>> tdm_rows(tx.init(v['params']))['rows'].shape
-    (2, 3)
+    (2, 30)
   """
   found = _find_grouped_states(state)
   if len(found) != 1:
@@ -440,5 +487,5 @@ def sparsity_variables(state: optax.OptState) -> dict[str, PyTree]:
   return {'sparsity': found[0].collection} if len(found) == 1 else {}
 
 
-__all__ = ['GroupedTDMState', 'dense_view', 'grouped_layers', 'grouped_tdm',
+__all__ = ['GroupedTDMState', 'check_rows_move', 'dense_view', 'grouped_layers', 'grouped_tdm',
            'sparsity_variables', 'swap_counts', 'tdm_rows']

@@ -33,7 +33,10 @@ class MaskSchedule:
     update_interval: epochs between mask updates (the epoch counter restarts
       every task).
     epochs_per_task: epochs per task; the last update happens at epoch
-      ``epochs_per_task - update_interval`` and does not grow.
+      ``epochs_per_task - update_interval`` and does not grow. An epoch at
+      or past it is read modulo ``epochs_per_task`` (a global epoch counter
+      over tasks of this many epochs), whether it is given to ``tdm`` or
+      derived from ``steps_per_epoch``.
     extra_growth: extra density grown at the task start (``s - extra_growth``).
     swap_fraction: share of connections swapped at the middle updates (prune
       to ``s + swap_fraction``, grow back to ``s``).
@@ -71,8 +74,15 @@ class MaskSchedule:
   def phase(self, epoch_in_task: Union[int, jax.Array]) -> jax.Array:
     """Phase of an epoch: 0 none, 1 task start, 2 swap, 3 final.
 
+    One rule for every epoch: it is read modulo ``epochs_per_task``, so a
+    global epoch counter (tasks of ``epochs_per_task`` epochs each) starts
+    every task with its task-start update, as ``tdm``'s ``steps_per_epoch``
+    fallback does, instead of freezing the masks past the first task.
+
     Args:
-      epoch_in_task: epoch counter within the task (int or traced int).
+      epoch_in_task: epoch counter within the task (int or traced int); one
+        at or past ``epochs_per_task`` counts as ``epoch_in_task %
+        epochs_per_task``.
 
     Returns:
       An int32 scalar.
@@ -80,8 +90,10 @@ class MaskSchedule:
     Examples:
       >>> int(MaskSchedule().phase(45))
       3
+      >>> int(MaskSchedule().phase(50))  # epoch 0 of the next task
+      1
     """
-    e = jnp.asarray(epoch_in_task, jnp.int32)
+    e = jnp.asarray(epoch_in_task, jnp.int32) % self.epochs_per_task
     if self.static:
       return jnp.zeros_like(e) + NO_UPDATE
     on_grid = (e % self.update_interval == 0) & (e >= 0)

@@ -190,9 +190,17 @@ def tdm(inner: optax.GradientTransformation, *,
   returns updates after which every masked weight is exactly zero. Other
   extra args are passed on.
 
+  ``step_in_epoch`` counts tdm's own updates in the epoch, not mini-batches:
+  under ``optax.MultiSteps(tdm(...), every_k_schedule=k)`` tdm updates on
+  every k-th mini-batch only, with the ``step_in_epoch`` of that mini-batch,
+  so a mini-batch count (k - 1, 2k - 1, ...) never reaches 0 and tdm never
+  drops or grows; pass ``step_in_epoch=mini_batch // k``.
+
   If ``epoch``/``step_in_epoch`` are not given, ``steps_per_epoch`` must be:
   the epoch is then derived from the internal step counter as
-  ``(count // steps_per_epoch) % schedule.epochs_per_task``.
+  ``(count // steps_per_epoch) % schedule.epochs_per_task``. A given
+  ``epoch`` at or past ``schedule.epochs_per_task`` (a global epoch counter)
+  follows the same rule: it is read modulo ``epochs_per_task``.
 
   Two optional static (Python bool) extra args let a caller that knows its
   schedule skip work: ``mask_events=False`` promises that no mask changes at
