@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import sparcl_jax as sc
 
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.sparse import sparsity
@@ -47,8 +48,9 @@ def test_epoch_past_the_schedule_starts_the_next_task_on_both_paths(path):
   sched = MaskSchedule(update_interval=1, epochs_per_task=2)
   tx = tdm(optax.sgd(0.1), sparsity=0.5, schedule=sched, steps_per_epoch=1)
   state = tx.init(params)
-  where = ((lambda e: dict(epoch=e, step_in_epoch=0)) if path == 'epoch_arg'
-           else (lambda e: {}))
+  # The params stay fixed (masks only are read): tdm's usage check off.
+  where = ((lambda e: dict(epoch=e, step_in_epoch=0, check_usage=False))
+           if path == 'epoch_arg' else (lambda e: dict(check_usage=False)))
   for epoch in range(2):
     _, state = tx.update(grads, state, params, **where(epoch))
   before = tdm_masks(state)['hidden_0']['kernel']
@@ -203,7 +205,8 @@ def test_tdm_first_update_uses_weights_only_then_task_aware():
   state = tx.init(params)
   init_mask = np.asarray(state.masks['hidden_0']['kernel'])
   step_fn = jax.jit(lambda g, s, p, e, k: tx.update(
-      g, s, p, epoch=e, step_in_epoch=k))
+      g, s, p, epoch=e, step_in_epoch=k, check_usage=False))
+  # (The params stay fixed, masks only are read: tdm's usage check off.)
   _, state = step_fn(_grads(0), state, params, 0, 0)
   # First update: prune to 0.5 keeps exactly the magnitude mask.
   assert np.all(np.asarray(state.masks['hidden_0']['kernel'])[init_mask])
@@ -413,3 +416,86 @@ def test_tdm_and_dgm_update_inside_all_four_wrappers():
         np.asarray(sgd_step(params['head'], _grads(k)['head'])['kernel']))
     params = new_params
   assert tdm_masks(state)['head']['kernel'] is None
+
+
+def _mlp_params():
+  key = jax.random.key(0)
+  return {"hidden_0": {"kernel": jax.random.normal(key, (20, 10)),
+                       "bias": jnp.zeros(10)}}
+
+
+def _loss(params, x):
+  return jnp.sum((x @ params["hidden_0"]["kernel"]) ** 2)
+
+
+def test_a_transform_chained_after_tdm_fails_the_next_update():
+  params = _mlp_params()
+  tx = optax.chain(sc.tdm(optax.sgd(0.1), sparsity=0.75),
+                   optax.add_decayed_weights(1e-4))
+  state = tx.init(params)
+  x = jnp.ones((4, 20))
+
+  @jax.jit
+  def step(params, state, epoch, step_in_epoch):
+    grads = jax.grad(_loss)(params, x)
+    updates, state = tx.update(grads, state, params, epoch=epoch,
+                               step_in_epoch=step_in_epoch)
+    return optax.apply_updates(params, updates), state
+
+  params, state = step(params, state, 0, 0)  # dense start: zeroed here
+  masks = sc.tdm_masks(state)["hidden_0"]["kernel"]
+  stray = int(((params["hidden_0"]["kernel"] != 0) & ~masks).sum())
+  # 200 - 50 kept - 2 grown back (1% at a task start): decay moved every
+  # masked weight off zero.
+  assert stray == 200 - int(masks.sum()) == 148
+  with pytest.raises(Exception, match=r"tdm: 148 weights outside its masks "
+                     r"were nonzero.*inside tdm"):
+    jax.block_until_ready(step(params, state, 0, 1))
+
+
+def test_the_same_chain_with_decay_inside_tdm_passes_and_stays_masked():
+  params = _mlp_params()
+  tx = sc.tdm(optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1)),
+              sparsity=0.75)
+  state = tx.init(params)
+  x = jnp.ones((4, 20))
+  for s in range(3):
+    grads = jax.grad(_loss)(params, x)
+    updates, state = tx.update(grads, state, params, epoch=0, step_in_epoch=s)
+    params = optax.apply_updates(params, updates)
+  masks = sc.tdm_masks(state)["hidden_0"]["kernel"]
+  assert int(((params["hidden_0"]["kernel"] != 0) & ~masks).sum()) == 0
+
+
+def test_a_mini_batch_count_under_multisteps_fails_with_what_to_pass():
+  params = _mlp_params()
+  tx = optax.MultiSteps(sc.tdm(optax.sgd(0.1), sparsity=0.75),
+                        every_k_schedule=2)
+  state = tx.init(params)
+  x = jnp.ones((4, 20))
+  with pytest.raises(Exception, match=r"epoch 0 began at step_in_epoch=1.*"
+                     r"MultiSteps\(every_k_schedule=k\), pass "
+                     r"step_in_epoch=mini_batch // k"):
+    for mini_batch in range(4):  # counts mini-batches: tdm sees 1, 3
+      grads = jax.grad(_loss)(params, x)
+      updates, state = tx.update(grads, state, params, epoch=0,
+                                 step_in_epoch=mini_batch)
+      params = jax.block_until_ready(optax.apply_updates(params, updates))
+
+
+def test_update_counts_under_multisteps_drop_and_grow_at_each_epoch():
+  params = _mlp_params()
+  schedule = sc.MaskSchedule(update_interval=1, epochs_per_task=4)
+  tx = optax.MultiSteps(sc.tdm(optax.sgd(0.1), sparsity=0.75,
+                               schedule=schedule), every_k_schedule=2)
+  state = tx.init(params)
+  x = jnp.ones((4, 20))
+  seen = []
+  for epoch in range(2):
+    for mini_batch in range(4):
+      grads = jax.grad(_loss)(params, x)
+      updates, state = tx.update(grads, state, params, epoch=epoch,
+                                 step_in_epoch=mini_batch // 2)
+      params = optax.apply_updates(params, updates)
+    seen.append(np.asarray(sc.tdm_masks(state)["hidden_0"]["kernel"]))
+  assert (seen[0] != seen[1]).any()  # the second epoch dropped and grew

@@ -69,8 +69,9 @@ class GroupedTDMState(NamedTuple):
   Examples:
     >>> layer = sc.GroupedSparseDense(features=4, group=2, sparsity=0.5)
     >>> v = layer.init(jax.random.key(0), jnp.ones((1, 6)))
-    >>> state = sc.grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity']).init(
-    ...     v['params'])
+    >>> schedule = sc.MaskSchedule(extra_growth=0.2, swap_fraction=0.2)
+    >>> state = sc.grouped_tdm(optax.sgd(0.1), kept_rows=v['sparsity'],
+    ...                        schedule=schedule).init(v['params'])
     >>> int(state.count), state.collection['rows'].shape
     (0, (2, 3))
   """

@@ -59,6 +59,8 @@ class TDMState(NamedTuple):
     rng: PRNG key for random tie-breaks and growth.
     inner_state: state of the inner optimizer.
     masking_state: state of the gradient-masking transform (or EmptyState).
+    last_epoch: int32 epoch of the last update (-1 before the first), for
+      the check that every epoch's first update is its step 0.
 
   Examples:
     >>> state = sc.tdm(optax.sgd(0.1), sparsity=0.5).init(
@@ -74,6 +76,58 @@ class TDMState(NamedTuple):
   rng: jax.Array
   inner_state: optax.OptState
   masking_state: optax.OptState
+  last_epoch: jax.Array
+
+
+def _misuse_error(stray_weights, late_start, epoch, step,
+                  last_epoch) -> None:
+  """Raises (on the host, from inside jit) what a usage check found.
+
+  Under ``vmap`` the callback also runs when no check failed (a batched
+  ``cond`` runs both branches), so it looks at the flags itself.
+  """
+  stray_weights, late_start = np.asarray(stray_weights), np.asarray(late_start)
+  if (stray_weights > 0).any():
+    raise ConfigError(
+        f'tdm: {int(stray_weights.max())} weights outside its masks were nonzero '
+        'at this update: a transform after tdm changed their updates, or the '
+        'params or masks were changed by hand. Put transforms of updates '
+        'inside tdm (tdm(optax.chain(optax.add_decayed_weights(...), '
+        'optax.sgd(...)), ...)), and after changing params or masks apply '
+        'sc.apply_mask(params, sc.tdm_masks(state)).')
+  if not late_start.any():
+    return
+  epoch, step, last_epoch = (np.asarray(v).reshape(-1)[late_start.reshape(-1)
+                                                       .argmax()]
+                             for v in (epoch, step, last_epoch))
+  raise ConfigError(
+      f'tdm: epoch {int(epoch)} began at step_in_epoch={int(step)} (the last '
+      f'update was in epoch {int(last_epoch)}), so its drop-and-grow at step '
+      '0 never runs. step_in_epoch must count tdm\'s own updates: under '
+      'optax.MultiSteps(every_k_schedule=k), pass step_in_epoch=mini_batch '
+      '// k.')
+
+
+def _check_usage(masks: PyTree, params: PyTree, count: jax.Array,
+                 epoch: jax.Array, step: jax.Array,
+                 last_epoch: jax.Array) -> None:
+  """Fails the update when tdm is misused (see ``tdm``'s ``check_usage``).
+
+  The checks are two reductions; the error is raised through a host
+  callback that runs only when one fails.
+  """
+  stray = [jnp.sum((w != 0) & ~m, dtype=jnp.int32)
+           for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(
+               jax.tree.map(lambda m, w: None if m is None else w, masks,
+                            params, is_leaf=is_none)))]
+  # The first update zeroes what init's masks cut: nothing to check before.
+  stray_weights = jnp.where(count > 0, sum(stray), 0)
+  late_start = (epoch != last_epoch) & (step != 0)
+  jax.lax.cond(
+      (stray_weights > 0) | late_start,
+      lambda: jax.debug.callback(_misuse_error, stray_weights, late_start,
+                                 epoch, step, last_epoch),
+      lambda: None)
 
 
 def _final_update(mask: Optional[jax.Array], survivors: Optional[jax.Array],
@@ -211,6 +265,15 @@ def tdm(inner: optax.GradientTransformation, *,
   (e.g. the last step of every epoch). Both default to True, which is
   always exact.
 
+  Unless the static extra arg ``check_usage=False`` is given, every update
+  checks how it is used and fails (a ``ConfigError`` raised through a host
+  callback, surfacing as a JAX runtime error that carries its message) when
+  weights outside the masks are nonzero after the first update (a transform
+  chained after tdm, or params changed by hand), or when an epoch's first
+  update is not its ``step_in_epoch=0`` (e.g. a mini-batch count under
+  ``optax.MultiSteps``). The checks cost two reductions per update; the
+  library's own train loop, which builds its chains itself, turns them off.
+
   ``init`` does not change the params: weights outside the initial mask are
   zeroed by the first update. For a sparse first forward pass, start from
   ``apply_mask(params, tdm_masks(state))``.
@@ -339,10 +402,12 @@ def tdm(inner: optax.GradientTransformation, *,
         count=jnp.zeros([], jnp.int32), masks=masks, last_grads=last_grads,
         has_grads=jnp.zeros([], jnp.bool_),
         rng=jax.random.PRNGKey(seed),
-        inner_state=inner.init(params), masking_state=masking_state)
+        inner_state=inner.init(params), masking_state=masking_state,
+        last_epoch=jnp.full([], -1, jnp.int32))
 
   def update_fn(updates, state, params=None, *, mask_events: bool = True,
-                record_grads: bool = True, **extra):
+                record_grads: bool = True, check_usage: bool = True,
+                **extra):
     if params is None:
       raise ConfigError('tdm update needs params.')
     epoch, step = schedule_position(state.count, extra, steps_per_epoch,
@@ -355,6 +420,9 @@ def tdm(inner: optax.GradientTransformation, *,
     phase = schedule.phase(epoch)
     do_update = (step == 0) & (phase != NO_UPDATE)
     rng, update_rng = jax.random.split(state.rng)
+    if check_usage:
+      _check_usage(state.masks, params, state.count, epoch, step,
+                   state.last_epoch)
 
     def new_masks(carry):
       masks, _ = carry
@@ -407,7 +475,8 @@ def tdm(inner: optax.GradientTransformation, *,
     return final, TDMState(
         count=state.count + 1, masks=masks, last_grads=last_grads,
         has_grads=has_grads, rng=rng, inner_state=inner_state,
-        masking_state=masking_state)
+        masking_state=masking_state,
+        last_epoch=jnp.asarray(epoch, jnp.int32))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -178,10 +178,14 @@ def _update_variants(tx: optax.GradientTransformationExtraArgs,
 
     return update
 
-  # The event variant passes no flags: it is the optimizer's default, exact
-  # at every step.
-  return [variant(mask_events=False, record_grads=not events.record_last),
-          variant(mask_events=False), variant()]
+  # The event variant passes no mask flags: it is the optimizer's default,
+  # exact at every step.
+  # The loop builds its chains and orders its steps itself: TDM's usage
+  # checks (two reductions a step) are left out.
+  return [variant(mask_events=False, record_grads=not events.record_last,
+                  check_usage=False),
+          variant(mask_events=False, check_usage=False),
+          variant(check_usage=False)]
 
 
 def make_train_step(model, tx: optax.GradientTransformationExtraArgs,
