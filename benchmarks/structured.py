@@ -65,6 +65,11 @@ def variant_name(structure: str, sparsity: Optional[float] = None) -> str:
   return f"{structure}_s{round(100 * sparsity)}"
 
 
+# The drop-and-grow shares of the structured ResNet-18 configs: 1/20, the
+# least that moves a channel of nf 20's 20-channel stage.
+RESNET_SHARES = {"mask_extra_growth": 0.05, "mask_swap_fraction": 0.05}
+
+
 def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                      sparsities: Sequence[float] = (0.75, 0.90, 0.95),
                      repeats: int = 5, hidden_sizes: str = "2000,2000",
@@ -73,7 +78,8 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                      image_shape: Sequence[int] = (28, 28, 1),
                      buffer_size: int = 200, task_id: int = 1,
                      epoch: int = 1, model_flags: Optional[dict] = None,
-                     unstructured: bool = True) -> dict:
+                     unstructured: bool = True,
+                     structured_flags: Optional[dict] = None) -> dict:
   """Per-step time of dense, unstructured and structured DER++ chunks.
 
   For each batch size, every variant is the library's train chunk
@@ -109,6 +115,9 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
       'resnet18', 'nf': 20}`` for the structured ResNet (its block convs
       grouped; ``hidden_sizes`` then unused).
     unstructured: include the unstructured SparCL-DER++ rows.
+    structured_flags: flags of the structured variants only, e.g.
+      :data:`RESNET_SHARES`, where the default 1% shares move no row of a
+      small layer (which ``grouped_tdm`` refuses).
 
   Returns:
     ``{'hidden_sizes', 'mask_group', 'model_flags', 'task_id', 'epoch',
@@ -154,7 +163,9 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
       configs[variant_name("structured", s)] = (
           "structured", s, make_config("sparcl_derpp", sparsity=s,
                                        mask_structure="grouped",
-                                       mask_group=mask_group, **common))
+                                       mask_group=mask_group,
+                                       **{**common,
+                                          **(structured_flags or {})}))
     for s in sparsities if unstructured else ():
       configs[variant_name("unstructured", s)] = (
           "unstructured", s, make_config("sparcl_derpp", sparsity=s,

@@ -123,6 +123,7 @@ def _sections(args: argparse.Namespace) -> dict:
         batch_sizes=(32,), repeats=3 if args.quick else 5,
         steps_per_call=10, mask_group=20, steps_per_epoch=30,
         model_flags={"model": "resnet18", "nf": 20},
+        structured_flags=structured.RESNET_SHARES,
         unstructured=not args.quick)
     print(report.format_structured_steps(results["structured_conv_steps"]))
   if args.structured_conv_32:
@@ -135,7 +136,8 @@ def _sections(args: argparse.Namespace) -> dict:
           batch_sizes=(32,), repeats=2 if args.quick else 3,
           steps_per_call=10, mask_group=group, steps_per_epoch=steps,
           image_shape=(32, 32, 3),
-          model_flags={"model": "resnet18", "nf": nf}, unstructured=False)
+          model_flags={"model": "resnet18", "nf": nf},
+          structured_flags=structured.RESNET_SHARES, unstructured=False)
       results["structured_conv_32_steps"].append(r)
       print(report.format_structured_steps(r))
   if args.structured_runs:

@@ -142,7 +142,10 @@ def test_structured_steps_time_every_variant_against_dense():
   out = structured_steps(batch_sizes=(8,), sparsities=(0.75,),
                          repeats=2, hidden_sizes="40,40", steps_per_call=4,
                          mask_group=10, steps_per_epoch=6,
-                         image_shape=(8, 8, 1), buffer_size=16)
+                         image_shape=(8, 8, 1), buffer_size=16,
+                         # 1/40: the least share that moves a row of 40.
+                         structured_flags=dict(mask_extra_growth=0.025,
+                                               mask_swap_fraction=0.025))
   batch = out["batches"]["8"]
   # Chunks capped at the epoch's steps; the last chunk is partly skipped.
   assert batch["steps_per_epoch"] == 6 and batch["steps_per_call"] == 4
@@ -170,7 +173,9 @@ def test_structured_chunk_trains_only_the_kept_weights():
   from sparcl_jax.sparse.grouped_tdm import sparsity_variables
   cfg = make_config("sparcl_derpp", hidden_sizes="40,40", batch_size=8,
                     minibatch_size=8, buffer_size=16, steps_per_call=2,
-                    sparsity=0.75, mask_structure="grouped", mask_group=10)
+                    sparsity=0.75, mask_structure="grouped", mask_group=10,
+                    # 1/40: the least share that moves a row of 40.
+                    mask_extra_growth=0.025, mask_swap_fraction=0.025)
   state, _ = build_train_chunk(cfg, random_scenario((8, 8, 1), 16), 2,
                                epoch=1).call(0)
   # Each block of 10 outputs keeps round(0.25 * fan_in) input rows.
@@ -192,7 +197,9 @@ def test_structured_train_times_reads_what_train_py_writes(tmp_path):
   configs = [("dense", common + ["--method=derpp"]),
              ("structured_s75", common + [
                  "--method=sparcl_derpp", "--sparsity=0.75",
-                 "--mask_structure=grouped", "--mask_group=10"])]
+                 "--mask_structure=grouped", "--mask_group=10",
+                 # 1/40: the least share that moves a row of 40.
+                 "--mask_extra_growth=0.025", "--mask_swap_fraction=0.025"])]
   # Each run is train.py in its own process, as in the benchmark.
   out = structured_train_times(None, str(tmp_path), configs)
   assert out["baseline"] == "dense"
