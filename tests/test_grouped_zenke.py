@@ -308,6 +308,8 @@ def test_structured_zenke_run_compiles_its_chunk_once(tmp_path, caplog):
           "--sparsity=0.75", "--epochs=1", "--num_tasks=2",
           "--batch_size=8", "--minibatch_size=8", "--buffer_size=20",
           "--steps_per_call=100", "--lr=0.05", "--mask_update_interval=1",
+          # 1/32: the least share that moves a channel of conv_1's 32.
+          "--mask_extra_growth=0.03125", "--mask_swap_fraction=0.03125",
           "--noprogress", "--notensorboard"]
   jax.config.update("jax_log_compiles", True)
   try:
@@ -375,6 +377,8 @@ def test_structured_zenke_run_killed_mid_task_resumes_bit_identically(
                  "--buffer_size=30", "--lr=0.05", "--steps_per_call=1",
                  "--checkpoint_every_steps=5", "--ddr_epochs=1",
                  "--mask_update_interval=1", "--mask_swap_fraction=0.2",
+                 # 1/32: the least share that moves a channel of 32.
+                 "--mask_extra_growth=0.03125",
                  "--noprogress", "--notensorboard"], EXACT_KEYS)
 
 
@@ -411,6 +415,7 @@ def test_structured_zenke_on_two_devices_matches_one(tmp_path):
        "--mask_structure=grouped", "--sparsity=0.75", "--epochs=1",
        "--num_tasks=2", "--batch_size=8", "--minibatch_size=8",
        "--buffer_size=20", "--lr=0.05", "--mask_update_interval=1",
+       "--mask_extra_growth=0.03125", "--mask_swap_fraction=0.03125",
        "--noprogress", "--notensorboard"],
       capture_output=True, text=True, timeout=400, env=env, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,7 +1,7 @@
 """``train.py --help``: the flags grouped by what they configure.
 
 Every flag the project defines is listed once, under one of the headings of
-``cli.FLAG_GROUPS`` in that order, with its default; no help text is unsure
+``flag_help.FLAG_GROUPS`` in that order, with its default; no help text is unsure
 of itself ("(?)"). ``--list_configs`` gives each shipped config a line.
 In-process (``cli.main``), so no JAX start-up per test.
 """
@@ -12,11 +12,12 @@ import pytest
 
 from sparcl_jax import methods
 from sparcl_jax.training import cli
+from sparcl_jax.training import flag_help
 from sparcl_jax.training import flagfiles
 from sparcl_jax.training import config as config_lib
 from sparcl_jax.training.config import RunConfig
 
-HEADINGS = [heading for heading, _ in cli.FLAG_GROUPS]
+HEADINGS = [heading for heading, _ in flag_help.FLAG_GROUPS]
 
 
 def _help(capsys, *args):
@@ -65,7 +66,7 @@ def test_help_lists_the_groups_in_order_with_their_flags(capsys):
 
 
 def test_every_flag_is_in_exactly_one_group(capsys):
-  table = [name for _, names in cli.FLAG_GROUPS for name in names]
+  table = [name for _, names in flag_help.FLAG_GROUPS for name in names]
   fields = [f.name for f in config_lib.config_fields()]
   assert sorted(table) == sorted(fields)
   listed = [n for names in _groups(_help(capsys, "--help")).values()
@@ -81,7 +82,7 @@ def test_every_flag_is_in_exactly_one_group(capsys):
 
 def test_a_new_field_outside_every_group_is_refused():
   with pytest.raises(ValueError, match="--new_flag is in no --help group"):
-    cli.flag_group("new_flag")
+    flag_help.flag_group("new_flag")
 
 
 @pytest.mark.parametrize("arg", ["-h", "--help", "--helpfull", "--helpshort",

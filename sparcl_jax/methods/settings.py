@@ -250,12 +250,10 @@ class MaskSettings(Settings):
                       "--mask_group output units and compute with the kept "
                       "weights only).")
   mask_group: int = flag(0, "With --mask_structure=grouped: output units "
-                            "per block (must divide every structured "
-                            "layer's width); 0: the model's default, the "
-                            "largest divisor of the widths up to 50 for the "
-                            "MLP (50 at 100, 400 or 2000 units), up to 20 "
-                            "for ResNet-18 (20 at nf 20, 16 at nf 64), and "
-                            "16 for the Zenke CNN.")
+                            "per block, dividing every structured layer's "
+                            "width; 0: the model's default, the largest "
+                            "divisor of the widths up to 50 for the MLP, "
+                            "20 for ResNet-18 and 16 for the Zenke CNN.")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "

@@ -40,6 +40,7 @@ from sparcl_jax.sparse.drop_grow import GROWTH_MODES, drop_and_grow_by_scores
 from sparcl_jax.sparse.masks import bit_select, magnitude_mask
 from sparcl_jax.sparse.schedule import (NO_UPDATE, MaskSchedule,
                                         schedule_position)
+from sparcl_jax.sparse.tdm_usage import check_usage_of_tdm
 from sparcl_jax.sparse.sparsity import (SparseFilter, default_sparse_filter,
                                         erk_sparsities, keep_count,
                                         require_selection, sparsities_by_path,
@@ -77,57 +78,6 @@ class TDMState(NamedTuple):
   inner_state: optax.OptState
   masking_state: optax.OptState
   last_epoch: jax.Array
-
-
-def _misuse_error(stray_weights, late_start, epoch, step,
-                  last_epoch) -> None:
-  """Raises (on the host, from inside jit) what a usage check found.
-
-  Under ``vmap`` the callback also runs when no check failed (a batched
-  ``cond`` runs both branches), so it looks at the flags itself.
-  """
-  stray_weights, late_start = np.asarray(stray_weights), np.asarray(late_start)
-  if (stray_weights > 0).any():
-    raise ConfigError(
-        f'tdm: {int(stray_weights.max())} weights outside its masks were nonzero '
-        'at this update: a transform after tdm changed their updates, or the '
-        'params or masks were changed by hand. Put transforms of updates '
-        'inside tdm (tdm(optax.chain(optax.add_decayed_weights(...), '
-        'optax.sgd(...)), ...)), and after changing params or masks apply '
-        'sc.apply_mask(params, sc.tdm_masks(state)).')
-  if not late_start.any():
-    return
-  epoch, step, last_epoch = (np.asarray(v).reshape(-1)[late_start.reshape(-1)
-                                                       .argmax()]
-                             for v in (epoch, step, last_epoch))
-  raise ConfigError(
-      f'tdm: epoch {int(epoch)} began at step_in_epoch={int(step)} (the last '
-      f'update was in epoch {int(last_epoch)}), so its drop-and-grow at step '
-      '0 never runs. step_in_epoch must count tdm\'s own updates: under '
-      'optax.MultiSteps(every_k_schedule=k), pass step_in_epoch=mini_batch '
-      '// k.')
-
-
-def _check_usage(masks: PyTree, params: PyTree, count: jax.Array,
-                 epoch: jax.Array, step: jax.Array,
-                 last_epoch: jax.Array) -> None:
-  """Fails the update when tdm is misused (see ``tdm``'s ``check_usage``).
-
-  The checks are two reductions; the error is raised through a host
-  callback that runs only when one fails.
-  """
-  stray = [jnp.sum((w != 0) & ~m, dtype=jnp.int32)
-           for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(
-               jax.tree.map(lambda m, w: None if m is None else w, masks,
-                            params, is_leaf=is_none)))]
-  # The first update zeroes what init's masks cut: nothing to check before.
-  stray_weights = jnp.where(count > 0, sum(stray), 0)
-  late_start = (epoch != last_epoch) & (step != 0)
-  jax.lax.cond(
-      (stray_weights > 0) | late_start,
-      lambda: jax.debug.callback(_misuse_error, stray_weights, late_start,
-                                 epoch, step, last_epoch),
-      lambda: None)
 
 
 def _final_update(mask: Optional[jax.Array], survivors: Optional[jax.Array],
@@ -421,8 +371,8 @@ def tdm(inner: optax.GradientTransformation, *,
     do_update = (step == 0) & (phase != NO_UPDATE)
     rng, update_rng = jax.random.split(state.rng)
     if check_usage:
-      _check_usage(state.masks, params, state.count, epoch, step,
-                   state.last_epoch)
+      check_usage_of_tdm(state.masks, params, state.count, epoch, step,
+                         state.last_epoch)
 
     def new_masks(carry):
       masks, _ = carry
