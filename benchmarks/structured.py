@@ -65,9 +65,10 @@ def variant_name(structure: str, sparsity: Optional[float] = None) -> str:
   return f"{structure}_s{round(100 * sparsity)}"
 
 
-# The drop-and-grow shares of the structured ResNet-18 configs: 1/20, the
-# least that moves a channel of nf 20's 20-channel stage.
-RESNET_SHARES = {"mask_extra_growth": 0.05, "mask_swap_fraction": 0.05}
+# The drop-and-grow shares of the structured ResNet-18 configs: no growth
+# at a task's start (as the configs), and swaps in middle epochs of 1/20,
+# the least that moves a channel of nf 20's 20-channel stage.
+RESNET_SHARES = {"mask_extra_growth": 0.0, "mask_swap_fraction": 0.05}
 
 
 def structured_steps(batch_sizes: Sequence[int] = (32, 256),
