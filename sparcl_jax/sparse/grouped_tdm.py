@@ -184,14 +184,16 @@ def check_rows_move(fan_ins: dict[str, int], kept: dict[str, int],
   """
   if schedule.static:
     return
-  shares = [('extra_growth', schedule.extra_growth)]
-  if schedule.update_interval < schedule.last_update_epoch:
-    shares.append(('swap_fraction', schedule.swap_fraction))
+  has_swaps = schedule.update_interval < schedule.last_update_epoch
   for layer, fan_in in sorted(fan_ins.items()):
     if min(kept[layer], fan_in - kept[layer]) < 1:
       continue  # keeps all or no rows: nothing a share could move
-    for name, share in shares:
-      if share > 0 and round(share * fan_in) < 1:
+    at_start, at_swap = swap_counts(fan_in, kept[layer], schedule)
+    used = [('extra_growth', schedule.extra_growth, at_start)]
+    if has_swaps:
+      used.append(('swap_fraction', schedule.swap_fraction, at_swap))
+    for name, share, rows in used:
+      if share > 0 and rows < 1:
         raise ConfigError(
             f'grouped_tdm: MaskSchedule({name}={share:g}) swaps '
             f'round({share:g} x {fan_in}) = 0 rows per block of layer '
