@@ -18,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from benchmarks import chunks
 from benchmarks.harness import (say, summarize, time_interleaved,
@@ -65,10 +65,61 @@ def variant_name(structure: str, sparsity: Optional[float] = None) -> str:
   return f"{structure}_s{round(100 * sparsity)}"
 
 
-# The drop-and-grow shares of the structured ResNet-18 configs: no growth
-# at a task's start (as the configs), and swaps in middle epochs of 1/20,
-# the least that moves a channel of nf 20's 20-channel stage.
-RESNET_SHARES = {"mask_extra_growth": 0.0, "mask_swap_fraction": 0.05}
+# The SparCL settings a structured variant takes from its config (with
+# --sparsity and --mask_group set per variant).
+SPARCL_FIELDS = ("tdm", "dgm", "ddr", "sparsity_distribution",
+                 "mask_update_interval", "mask_extra_growth",
+                 "mask_swap_fraction", "importance_lambda",
+                 "gradient_sparsity", "dgm_refresh", "sparse_init", "epochs")
+
+
+def config_settings(config_name: str,
+                    fields: Sequence[str] = SPARCL_FIELDS) -> dict:
+  """Settings of a shipped config, as ``train.py`` would parse them.
+
+  The benchmark's structured ResNet-18 variants take their SparCL settings
+  from the ``split_mnist_resnet18_sparcl_derpp_structured_sXX.cfg`` configs
+  this way, so a change to the configs reaches the benchmark.
+
+  Args:
+    config_name: a config under ``experiments/configs/``, without
+      ``.cfg``.
+    fields: the ``RunConfig`` fields to return.
+
+  Returns:
+    ``{field: value}``.
+
+  Example:
+    >>> config_settings('split_mnist_resnet18_sparcl_derpp_structured_s75',
+    ...                 ('dgm', 'mask_extra_growth', 'epochs'))
+    {'dgm': True, 'mask_extra_growth': 0.0, 'epochs': 1}
+  """
+  from sparcl_jax.training import cli  # pylint: disable=import-outside-toplevel
+  path = os.path.join(repo_root(), "experiments", "configs",
+                      f"{config_name}.cfg")
+  config = cli.parse_config(["train.py", f"--flagfile={path}",
+                             "--workdir=/tmp/unused", "--data_dir=/unused"])
+  return {field: getattr(config, field) for field in fields}
+
+
+def resnet_structured_flags(sparsity: float) -> dict:
+  """The SparCL settings of the structured ResNet-18 config at ``sparsity``
+  (see :func:`config_settings`), for :func:`structured_steps`.
+
+  Args:
+    sparsity: 0.75, 0.90 or 0.95: the config
+      ``split_mnist_resnet18_sparcl_derpp_structured_s<pct>.cfg``.
+
+  Returns:
+    ``{field: value}`` of :data:`SPARCL_FIELDS`.
+
+  Example:
+    >>> flags = resnet_structured_flags(0.9)
+    >>> flags['sparse_init'], flags['dgm']
+    ('kept_fan_in', False)
+  """
+  return config_settings(dict(RESNET_RUNS)[variant_name("structured",
+                                                         sparsity)])
 
 
 def structured_steps(batch_sizes: Sequence[int] = (32, 256),
@@ -80,7 +131,8 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                      buffer_size: int = 200, task_id: int = 1,
                      epoch: int = 1, model_flags: Optional[dict] = None,
                      unstructured: bool = True,
-                     structured_flags: Optional[dict] = None) -> dict:
+                     structured_flags: Optional[Callable[[float], dict]] = None
+                     ) -> dict:
   """Per-step time of dense, unstructured and structured DER++ chunks.
 
   For each batch size, every variant is the library's train chunk
@@ -116,9 +168,10 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
       'resnet18', 'nf': 20}`` for the structured ResNet (its block convs
       grouped; ``hidden_sizes`` then unused).
     unstructured: include the unstructured SparCL-DER++ rows.
-    structured_flags: flags of the structured variants only, e.g.
-      :data:`RESNET_SHARES`, where the default 1% shares move no row of a
-      small layer (which ``grouped_tdm`` refuses).
+    structured_flags: ``sparsity -> flags`` of the structured variants
+      only, e.g. :func:`resnet_structured_flags` (the configs' settings, where the
+      default 1% shares would move no row of a small layer, which
+      ``grouped_tdm`` refuses).
 
   Returns:
     ``{'hidden_sizes', 'mask_group', 'model_flags', 'task_id', 'epoch',
@@ -161,12 +214,12 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
     configs = {variant_name("dense"): ("dense", None,
                                        make_config("derpp", **common))}
     for s in sparsities:
+      own = structured_flags(s) if structured_flags else {}
       configs[variant_name("structured", s)] = (
           "structured", s, make_config("sparcl_derpp", sparsity=s,
                                        mask_structure="grouped",
                                        mask_group=mask_group,
-                                       **{**common,
-                                          **(structured_flags or {})}))
+                                       **{**common, **own}))
     for s in sparsities if unstructured else ():
       configs[variant_name("unstructured", s)] = (
           "unstructured", s, make_config("sparcl_derpp", sparsity=s,

@@ -144,8 +144,9 @@ def test_structured_steps_time_every_variant_against_dense():
                          mask_group=10, steps_per_epoch=6,
                          image_shape=(8, 8, 1), buffer_size=16,
                          # 1/40: the least share that moves a row of 40.
-                         structured_flags=dict(mask_extra_growth=0.025,
-                                               mask_swap_fraction=0.025))
+                         structured_flags=lambda sparsity: dict(
+                             mask_extra_growth=0.025,
+                             mask_swap_fraction=0.025))
   batch = out["batches"]["8"]
   # Chunks capped at the epoch's steps; the last chunk is partly skipped.
   assert batch["steps_per_epoch"] == 6 and batch["steps_per_call"] == 4

@@ -278,12 +278,13 @@ def test_cli_refuses_a_group_that_does_not_divide_a_width(tmp_path, capsys):
                  "20."]
 
 
-def test_default_group_is_20_at_nf_20_else_a_divisor_of_nf():
+def test_default_group_is_nf_for_resnet_and_a_divisor_for_the_mlp():
   config = config_lib.from_dict(dict(workdir="/tmp/x", model="resnet18",
                                      nf=20, method="sparcl_derpp",
                                      mask_structure="grouped"))
   assert config_lib.validate(config).group_size == 20
-  assert config_lib.replace(config, nf=64).group_size == 16
+  assert config_lib.replace(config, nf=64).group_size == 64
+  assert config_lib.replace(config, nf=6).group_size == 6
   assert config_lib.replace(config, model="mlp",
                             hidden_sizes="2000,2000").group_size == 50
   assert config_lib.replace(config, model="mlp",

@@ -253,7 +253,7 @@ class MaskSettings(Settings):
                             "per block, dividing every structured layer's "
                             "width; 0: the model's default, the largest "
                             "divisor of the widths up to 50 for the MLP, "
-                            "20 for ResNet-18 and 16 for the Zenke CNN.")
+                            "nf for ResNet-18 and 16 for the Zenke CNN.")
   sparse_init: str = flag(
       "dense", "How a sparse layer's kept weights start: 'dense' (as a dense "
                "layer's, the rest masked: SparCL's) or 'kept_fan_in' (as a "

@@ -250,12 +250,13 @@ def sparse_layers(path: str, leaf: Any) -> bool:
   return in_block and path.endswith(("conv1/kernel", "conv2/kernel"))
 
 
-# Blocks of 16-20 output channels keep most of the per-block convolutions'
-# saving on XLA's CPU (experiments/grouped_conv_probe.py): 20 where it
-# divides every width (nf 20), else the largest divisor of nf up to 20 (16
-# at nf 64).
+# One block spans the first stage's width (nf output channels), so a stage
+# of width 2^s nf runs 2^s blocks per conv. Per-block convolutions pay per
+# block: at nf 64 on 32x32x3 (experiments/grouped_conv_steps.py, 2026-12-07)
+# blocks of 64 ran each stage's 3x3 SGD step 1.3-2.6x faster than blocks of
+# 16 at kept shares 0.25, 0.10 and 0.05 (layer4 at 0.25: 2.13x dense's
+# speed against 0.88x). At nf 20 this is the 20 the earlier probe chose.
 register(ModelSpec(name="resnet18", build=_build, sparse_filter=sparse_layers,
                    batch_norm=True, grouped=True,
                    grouped_widths=grouped_widths,
-                   default_group=lambda widths: registry.largest_divisor_up_to(
-                       widths, 20), order=10))
+                   default_group=lambda widths: widths["layer1"], order=10))
