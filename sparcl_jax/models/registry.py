@@ -252,7 +252,7 @@ def group_size(name: str, mask_group: int, args: ModelArgs) -> int:
 
   Examples:
     >>> [group_size("resnet18", 0, ModelArgs(10, nf=nf)) for nf in (20, 64)]
-    [20, 16]
+    [20, 64]
     >>> group_size("resnet18", 8, ModelArgs(10, nf=20))
     Traceback (most recent call last):
     ...
