@@ -29,7 +29,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -40,9 +39,10 @@ import tempfile
 import zipfile
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.errors import DataError
 
-if TYPE_CHECKING:  # the specs module imports this one to declare downloads
+if TYPE_CHECKING:
   from sparcl_jax.data.datasets import DatasetSpec
 
 DATA_DIR_ENV = "SPARCL_JAX_DATA_DIR"
@@ -52,30 +52,6 @@ MIRROR_ENV = "SPARCL_JAX_DATA_MIRROR"
 TIMEOUT = (10.0, 30.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class RemoteFile:
-  """One downloadable file of a dataset.
-
-  Attributes:
-    fname: its name in the data folder (and on a mirror).
-    url: its official location.
-    md5: the md5 published with the dataset, of the file as downloaded.
-    unpacks_to: for a zip the reader cannot read as is, the folder it
-      extracts to (the zip is deleted once extracted); "" otherwise.
-    also: other names (files or folders) the reader accepts instead, e.g.
-      the uncompressed file; any of them present makes the download
-      unnecessary.
-
-  Examples:
-    >>> RemoteFile("a.gz", "https://example.org/a.gz", "0" * 32).unpacks_to
-    ''
-  """
-
-  fname: str
-  url: str
-  md5: str
-  unpacks_to: str = ""
-  also: tuple[str, ...] = ()
 
 
 def data_folder(data_dir: Optional[str] = None) -> str:

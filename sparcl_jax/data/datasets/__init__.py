@@ -26,7 +26,7 @@ import importlib
 import pkgutil
 from typing import Callable, Iterator, Mapping, Optional
 
-from sparcl_jax.data.download import RemoteFile
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.data.types import Dataset
 from sparcl_jax.errors import DataError
 

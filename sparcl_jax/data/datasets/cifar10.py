@@ -11,7 +11,7 @@ Examples:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
-from sparcl_jax.data.download import RemoteFile
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.data.readers import cifar_reader
 
 register(DatasetSpec(

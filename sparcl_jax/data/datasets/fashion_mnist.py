@@ -11,7 +11,7 @@ Examples:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
-from sparcl_jax.data.download import RemoteFile
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.data.readers import IDX_FILES, read_idx_dataset
 
 BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

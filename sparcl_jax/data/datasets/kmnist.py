@@ -13,7 +13,7 @@ Examples:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
-from sparcl_jax.data.download import RemoteFile
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.data.readers import IDX_FILES, read_idx_dataset
 
 BASE = "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"

@@ -11,7 +11,7 @@ Examples:
 """
 
 from sparcl_jax.data.datasets import DatasetSpec, register
-from sparcl_jax.data.download import RemoteFile
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.data.readers import IDX_FILES, read_idx_dataset
 
 # yann.lecun.com, the original home, often refuses downloads; PyTorch's copy

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from sparcl_jax.data.datasets import DatasetSpec, register
-from sparcl_jax.data.download import RemoteFile
+from sparcl_jax.data.remote_file import RemoteFile
 from sparcl_jax.data.readers import (candidate_dirs, make_dataset, stack,
                                      unreadable)
 from sparcl_jax.data.types import Dataset
