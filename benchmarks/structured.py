@@ -65,8 +65,9 @@ def variant_name(structure: str, sparsity: Optional[float] = None) -> str:
   return f"{structure}_s{round(100 * sparsity)}"
 
 
-# The SparCL settings a structured variant takes from its config (with
-# --sparsity and --mask_group set per variant).
+# The settings a structured variant takes from its config: SparCL's, and
+# the epochs per task its schedule is laid over (--sparsity and
+# --mask_group are set per variant).
 SPARCL_FIELDS = ("tdm", "dgm", "ddr", "sparsity_distribution",
                  "mask_update_interval", "mask_extra_growth",
                  "mask_swap_fraction", "importance_lambda",
@@ -169,9 +170,9 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
       grouped; ``hidden_sizes`` then unused).
     unstructured: include the unstructured SparCL-DER++ rows.
     structured_flags: ``sparsity -> flags`` of the structured variants
-      only, e.g. :func:`resnet_structured_flags` (the configs' settings, where the
-      default 1% shares would move no row of a small layer, which
-      ``grouped_tdm`` refuses).
+      only, e.g. :func:`resnet_structured_flags` (the configs' settings,
+      where the default 1% shares would move no row of a small layer,
+      which ``grouped_tdm`` refuses).
 
   Returns:
     ``{'hidden_sizes', 'mask_group', 'model_flags', 'task_id', 'epoch',
