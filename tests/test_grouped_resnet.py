@@ -12,13 +12,14 @@ import numpy as np
 import optax
 import pytest
 
+from grouped_conv_checks import check_conv_update
 from sparcl_jax import flops
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry
 from sparcl_jax.models.grouped_conv import GroupedSparseConv
 from sparcl_jax.sparse import grouped
 from sparcl_jax.sparse.grouped_tdm import (dense_view, grouped_layers,
-                                           grouped_tdm, swap_counts, tdm_rows)
+                                           grouped_tdm, tdm_rows)
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.sparsity import keep_count
 from sparcl_jax.training import cli
@@ -94,39 +95,11 @@ def test_conv_drop_and_grow_keeps_exact_counts_and_zero_pruned_weights():
     dense, masks = dense_view(new_params, after)
     dense, masks = _flat(dense), _flat(masks)
     for layer, fan_in in fan_ins.items():
-      rows = np.asarray(flat_after[layer + "/rows"])
-      kept = np.asarray(flat_after[layer + "/kept"])
-      k = round(0.25 * fan_in)
-      assert rows.shape == (new_values[layer + "/values"].shape[0], k)
-      for block in rows:
-        assert len(set(block.tolist())) == k  # distinct
-      np.testing.assert_array_equal(kept,
-                                    grouped.kept_membership(rows, fan_in))
-      assert (kept.sum(-1) == k).all()
-      moved = (np.asarray(flat_before[layer + "/kept"]) != kept).sum(-1) // 2
-      at_start, at_swap = swap_counts(fan_in, k, SCHEDULE)
-      if s != 0 or epoch == SCHEDULE.last_update_epoch:
-        want = 0
-      else:
-        want = at_start if epoch == 0 else at_swap
-      assert (moved == want).all(), (layer, epoch, s, moved, want)
-      seen_swaps += int(want > 0)
-      # Grown slots (every tap, every unit) land on exactly 0.0; kept ones
-      # take the SGD step.
-      changed = rows != np.asarray(flat_before[layer + "/rows"])
-      w, g = values[layer + "/values"], grad_values[layer + "/values"]
-      new_w = np.moveaxis(np.asarray(new_values[layer + "/values"]), -2, 1)
-      step_w = np.moveaxis(np.asarray(w - 0.1 * g), -2, 1)
-      np.testing.assert_array_equal(new_w[changed], 0.0)
-      np.testing.assert_allclose(new_w[~changed], step_w[~changed],
-                                 rtol=1e-5, atol=1e-7)
-      # The dense kernel it stands for is exactly zero off the kept
-      # channels, and the mask keeps k channels x 9 taps x the block.
-      kernel, mask = (np.asarray(dense[layer + "/kernel"]),
-                      np.asarray(masks[layer + "/kernel"]))
-      assert kernel.shape[:3] == (3, 3, fan_in)
-      assert (kernel[~mask] == 0).all()
-      assert mask.sum() == 9 * k * kernel.shape[-1]
+      seen_swaps += check_conv_update(
+          layer, fan_in, round(0.25 * fan_in), before=flat_before,
+          after=flat_after, values=values, grads=grad_values,
+          new_values=new_values, dense=dense, masks=masks, lr=0.1,
+          schedule=SCHEDULE, epoch=epoch, step=s)
   # 3 swapping epochs (the task start, 2 middle updates) x the 16 convs.
   assert seen_swaps == 3 * 16
 

@@ -17,12 +17,13 @@ import optax
 import pytest
 
 from benchmarks.data_formats import write_cifar_folder
+from grouped_conv_checks import check_conv_update
 from sparcl_jax import flops
 from sparcl_jax.models import registry
 from sparcl_jax.models.cnn import GROUPED_LAYERS, ZenkeCNN
-from sparcl_jax.sparse import grouped, grouped_conv
+from sparcl_jax.sparse import grouped_conv
 from sparcl_jax.sparse.grouped_tdm import (dense_view, grouped_layers,
-                                           grouped_tdm, swap_counts, tdm_rows)
+                                           grouped_tdm, tdm_rows)
 from sparcl_jax.sparse.schedule import MaskSchedule
 from sparcl_jax.sparse.sparsity import keep_count
 from sparcl_jax.training import cli
@@ -175,32 +176,11 @@ def test_drop_and_grow_keeps_exact_counts_and_zero_pruned_weights():
     assert {p for p, m in masks.items() if m is not None} == {
         f"{layer}/kernel" for layer in FAN_IN}
     for layer, fan_in in FAN_IN.items():
-      rows, kept = (np.asarray(after[layer + "/rows"]),
-                    np.asarray(after[layer + "/kept"]))
-      k = round((1 - SPARSITY) * fan_in)
-      assert rows.shape == (new_values[layer + "/values"].shape[0], k)
-      assert all(len(set(block)) == k for block in rows.tolist())
-      np.testing.assert_array_equal(kept,
-                                    grouped.kept_membership(rows, fan_in))
-      moved = (np.asarray(before[layer + "/kept"]) != kept).sum(-1) // 2
-      at_start, at_swap = swap_counts(fan_in, k, SCHEDULE)
-      if s != 0 or epoch == SCHEDULE.last_update_epoch:
-        want = 0
-      else:
-        want = at_start if epoch == 0 else at_swap
-      assert (moved == want).all(), (layer, epoch, s, moved, want)
-      seen_swaps += int(want > 0)
-      changed = rows != np.asarray(before[layer + "/rows"])
-      w, g = values[layer + "/values"], grad_values[layer + "/values"]
-      new_w = np.moveaxis(np.asarray(new_values[layer + "/values"]), -2, 1)
-      step_w = np.moveaxis(np.asarray(w - 0.05 * g), -2, 1)
-      np.testing.assert_array_equal(new_w[changed], 0.0)
-      np.testing.assert_allclose(new_w[~changed], step_w[~changed],
-                                 rtol=1e-5, atol=1e-7)
-      kernel, mask = (np.asarray(dense[layer + "/kernel"]),
-                      np.asarray(masks[layer + "/kernel"]))
-      assert (kernel[~mask] == 0).all()
-      assert mask.sum() == 9 * k * kernel.shape[-1]
+      seen_swaps += check_conv_update(
+          layer, fan_in, round((1 - SPARSITY) * fan_in), before=before,
+          after=after, values=values, grads=grad_values,
+          new_values=new_values, dense=dense, masks=masks, lr=0.05,
+          schedule=SCHEDULE, epoch=epoch, step=s)
   # The task start and 2 middle updates, in each of the 3 grouped convs.
   assert seen_swaps == 3 * 3
 
