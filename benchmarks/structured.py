@@ -126,7 +126,7 @@ def resnet_structured_flags(sparsity: float) -> dict:
 def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                      sparsities: Sequence[float] = (0.75, 0.90, 0.95),
                      repeats: int = 5, hidden_sizes: str = "2000,2000",
-                     steps_per_call: int = 100, mask_group: int = 50,
+                     steps_per_call: int = 100, mask_group: int = 0,
                      steps_per_epoch: Optional[int] = None,
                      image_shape: Sequence[int] = (28, 28, 1),
                      buffer_size: int = 200, task_id: int = 1,
@@ -157,7 +157,9 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
     hidden_sizes: the MLP's hidden widths (``mask_group`` must divide each).
     steps_per_call: steps fused in one call (``train.py``'s default 100),
       capped at the epoch's length as ``loop.run`` caps it.
-    mask_group: output units per block of the structured variants.
+    mask_group: output units per block of the structured variants; 0
+      takes the model's default (``--mask_group=0``), and the results say
+      the size it resolved to.
     steps_per_epoch: steps of the simulated epoch; None: a Split MNIST
       task's (12000 examples: 375 steps at batch 32, 46 at 256).
     image_shape: (H, W, C) of the random inputs.
@@ -221,6 +223,9 @@ def structured_steps(batch_sizes: Sequence[int] = (32, 256),
                                        mask_structure="grouped",
                                        mask_group=mask_group,
                                        **{**common, **own}))
+    out["mask_group"] = next(
+        (cfg.group_size for kind, _, cfg in configs.values()
+         if kind == "structured"), mask_group)
     for s in sparsities if unstructured else ():
       configs[variant_name("unstructured", s)] = (
           "unstructured", s, make_config("sparcl_derpp", sparsity=s,

@@ -123,7 +123,7 @@ def _sections(args: argparse.Namespace) -> dict:
     # one epoch per task makes the timed epoch the task's first.
     results["structured_conv_steps"] = structured.structured_steps(
         batch_sizes=(32,), repeats=3 if args.quick else 5,
-        steps_per_call=10, mask_group=20, steps_per_epoch=30,
+        steps_per_call=10, steps_per_epoch=30,
         model_flags={"model": "resnet18", "nf": 20},
         structured_flags=structured.resnet_structured_flags, epoch=0,
         unstructured=not args.quick)
@@ -133,10 +133,10 @@ def _sections(args: argparse.Namespace) -> dict:
     # DER++ and structured SparCL-DER++ only; nf 64's step is about ten
     # times nf 20's, so its simulated epochs are shorter.
     results["structured_conv_32_steps"] = []
-    for nf, group, steps in ((20, 20, 30), (64, 64, 10)):
+    for nf, steps in ((20, 30), (64, 10)):
       r = structured.structured_steps(
           batch_sizes=(32,), repeats=2 if args.quick else 3,
-          steps_per_call=10, mask_group=group, steps_per_epoch=steps,
+          steps_per_call=10, steps_per_epoch=steps,
           image_shape=(32, 32, 3),
           model_flags={"model": "resnet18", "nf": nf},
           structured_flags=structured.resnet_structured_flags, epoch=0,

@@ -141,12 +141,14 @@ def test_structured_steps_time_every_variant_against_dense():
   from benchmarks.structured import structured_steps
   out = structured_steps(batch_sizes=(8,), sparsities=(0.75,),
                          repeats=2, hidden_sizes="40,40", steps_per_call=4,
-                         mask_group=10, steps_per_epoch=6,
+                         mask_group=0, steps_per_epoch=6,
                          image_shape=(8, 8, 1), buffer_size=16,
                          # 1/40: the least share that moves a row of 40.
                          structured_flags=lambda sparsity: dict(
                              mask_extra_growth=0.025,
                              mask_swap_fraction=0.025))
+  # --mask_group=0 resolves to the MLP's default block: its width, 40.
+  assert out["mask_group"] == 40
   batch = out["batches"]["8"]
   # Chunks capped at the epoch's steps; the last chunk is partly skipped.
   assert batch["steps_per_epoch"] == 6 and batch["steps_per_call"] == 4
@@ -167,6 +169,7 @@ def test_structured_steps_time_every_variant_against_dense():
   assert variants["dense"]["sparsity"] is None
   table = format_structured_steps(out)
   assert "structured 0.75" in table and "unstructured 0.75" in table
+  assert "blocks of 40 outputs" in table
 
 
 def test_structured_chunk_trains_only_the_kept_weights():
