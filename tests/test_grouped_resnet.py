@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from grouped_conv_checks import check_conv_update
+from grouped_checks import check_conv_update
 from sparcl_jax import flops
 from sparcl_jax.errors import ConfigError
 from sparcl_jax.models import registry

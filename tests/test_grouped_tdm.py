@@ -22,6 +22,7 @@ from sparcl_jax.training import config as config_lib
 from sparcl_jax.training import loop
 from sparcl_jax.training import optimizers
 
+from grouped_checks import check_rows_update
 from test_faults import EXACT_KEYS, QUICKSTART, _kill_in_task_2_then_rerun
 
 IN, WIDTHS, GROUP, SPARSITY = 16, (40, 40), 10, 0.75
@@ -84,20 +85,9 @@ def test_every_update_keeps_exact_distinct_rows_and_swaps_exact_counts():
       rows, kept = after[layer]["rows"], after[layer]["kept"]
       assert rows.shape == (WIDTHS[0] // GROUP if layer == "hidden_0"
                             else WIDTHS[1] // GROUP, k)
-      for block in np.asarray(rows):
-        assert len(set(block.tolist())) == k  # distinct
-      np.testing.assert_array_equal(
-          kept, grouped.kept_membership(rows, FAN_IN[layer]))
-      assert (np.asarray(kept).sum(-1) == k).all()
-      moved = np.asarray(
-          (before[layer]["kept"] != kept).sum(-1)) // 2  # left + grown
-      at_start, at_swap = swap_counts(FAN_IN[layer], k, SCHEDULE)
-      if s != 0 or epoch == SCHEDULE.last_update_epoch:
-        want = 0
-      else:
-        want = at_start if epoch == 0 else at_swap
-      assert (moved == want).all(), (layer, epoch, s, moved, want)
-      seen_swaps += int(want > 0)
+      seen_swaps += check_rows_update(
+          layer, rows, kept, before[layer]["kept"], FAN_IN[layer], k,
+          schedule=SCHEDULE, epoch=epoch, step=s)
   assert seen_swaps == 2 * 2 * 3  # 2 tasks x 2 layers x 3 swapping epochs
 
 

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from benchmarks.data_formats import write_cifar_folder
-from grouped_conv_checks import check_conv_update
+from grouped_checks import check_conv_update
 from sparcl_jax import flops
 from sparcl_jax.models import registry
 from sparcl_jax.models.cnn import GROUPED_LAYERS, ZenkeCNN

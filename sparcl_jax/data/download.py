@@ -52,8 +52,6 @@ MIRROR_ENV = "SPARCL_JAX_DATA_MIRROR"
 TIMEOUT = (10.0, 30.0)
 
 
-
-
 def data_folder(data_dir: Optional[str] = None) -> str:
   """The folder datasets are read from and downloaded to.
 
