@@ -28,13 +28,9 @@ import optax
 
 from sparcl_jax.data import sources
 from sparcl_jax.models import registry
+from sparcl_jax.paths import flatten_to_dict, map_with_paths
 
 NF, GROUP, SPARSITIES, SEEDS, BATCH = 20, 20, (0.75, 0.90, 0.95), 3, 32
-
-
-def _paths(tree):
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _is_block_conv(path: str) -> bool:
@@ -51,9 +47,9 @@ def relative_gradient(images, labels, geometric=False, **model_args) -> float:
                                     (1,) + images.shape[1:])
     params = variables.pop("params")
     if geometric:
-      kept = _paths(variables["sparsity"])
-      params = jax.tree_util.tree_map_with_path(
-          lambda p, w: w * _geometric_scale(kept, p), params)
+      kept_rows = flatten_to_dict(variables["sparsity"])
+      params = map_with_paths(
+          lambda path, w: w * _geometric_scale(kept_rows, path), params)
 
     def loss(p, variables=variables):
       logits, _ = model.apply({"params": p, **variables}, images, train=True,
@@ -61,19 +57,20 @@ def relative_gradient(images, labels, geometric=False, **model_args) -> float:
       return optax.softmax_cross_entropy_with_integer_labels(
           logits, labels).mean()
 
-    grads = _paths(jax.grad(loss)(params))
-    weights = _paths(params)
+    grads = flatten_to_dict(jax.grad(loss)(params))
+    weights = flatten_to_dict(params)
     ratios += [float(jnp.linalg.norm(grads[p]) / jnp.linalg.norm(w))
                for p, w in weights.items() if _is_block_conv(p)]
   return float(np.mean(ratios))
 
 
-def _geometric_scale(kept, path) -> float:
-  name = "/".join(str(getattr(k, "key", k)) for k in path)
-  if not name.endswith("values"):
+def _geometric_scale(kept_rows: dict, path: str) -> float:
+  """``(k / C_in) ** 0.25`` for a grouped conv's kept kernel, else 1."""
+  if not path.endswith("/values"):
     return 1.0
-  groups_by_channel = kept[name[:-len("values")] + "kept"]
-  k, fan_in = int(groups_by_channel[0].sum()), groups_by_channel.shape[-1]
+  layer = path[:-len("values")]
+  k = kept_rows[layer + "rows"].shape[-1]
+  fan_in = kept_rows[layer + "kept"].shape[-1]
   return (k / fan_in) ** 0.25
 
 
